@@ -1,0 +1,1 @@
+//! kiln-benches: criterion benchmarks, run by `cargo xtask bench` (benchmarks issue).

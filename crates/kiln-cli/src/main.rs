@@ -1,0 +1,42 @@
+//! `kiln`: fine-tune pretrained transformers with the whole family of transfer methods.
+
+mod encode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kiln_models::DeviceChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Fine-tune pretrained transformers on Burn"
+)]
+struct Cli {
+    /// Backend to run on: `cpu` (ndarray) or `wgpu` (needs the `wgpu` cargo feature).
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceChoice,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run texts through a model and print embeddings, token states or next-token predictions.
+    Encode(encode::EncodeArgs),
+}
+
+fn parse_device(value: &str) -> Result<DeviceChoice, String> {
+    value
+        .parse()
+        .map_err(|e: kiln_models::ModelError| e.to_string())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let device = cli.device.device()?;
+    match cli.command {
+        Command::Encode(args) => encode::run(args, cli.device, &device),
+    }
+}

@@ -1,0 +1,29 @@
+//! The hidden activations HF configs name (`hidden_act`, `activation_function`).
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU with erf (BERT's `gelu`).
+    Gelu,
+    /// The tanh approximation (GPT-2's `gelu_new`; `gelu_pytorch_tanh` is the same function).
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    Relu,
+    #[serde(alias = "swish")]
+    Silu,
+}
+
+impl Activation {
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Gelu => gelu(x),
+            Activation::GeluNew => gelu_approximate(x),
+            Activation::Relu => relu(x),
+            Activation::Silu => silu(x),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Scaled dot-product attention shared by the backbones, and the masks it takes.
+//!
+//! Masks are additive: 0 where a query may look, `f32::MIN` where it may not (the value HF
+//! `transformers` uses), so a padding mask and a causal mask combine into one tensor and a
+//! row with nothing to attend to stays finite.
+
+use burn::nn::Dropout;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, seq, width] = x.dims();
+    x.reshape([batch, seq, heads, width / heads])
+        .swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim]` → `[batch, seq, heads * head_dim]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// `softmax(q kᵀ · scale + bias) v`, with dropout on the attention probabilities.
+pub fn attend(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    bias: &Tensor<4>,
+    scale: f64,
+    dropout: &Dropout,
+) -> Tensor<4> {
+    let scores = query.matmul(key.swap_dims(2, 3)) * scale + bias.clone();
+    let probs = dropout.forward(softmax(scores, 3));
+    probs.matmul(value)
+}
+
+/// Key-side padding mask `[batch, 1, 1, seq]` from a `[batch, seq]` mask of 1 (token) / 0 (pad).
+pub fn padding_bias(attention_mask: &Tensor<2, Int>) -> Tensor<4> {
+    let blocked: Tensor<2, Bool> = attention_mask.clone().equal_elem(0);
+    to_bias(blocked.unsqueeze_dims::<4>(&[1, 2]))
+}
+
+/// Padding plus causal mask `[batch, 1, seq, seq]`: query `i` sees real keys `j <= i`.
+pub fn causal_padding_bias(attention_mask: &Tensor<2, Int>) -> Tensor<4> {
+    let [batch, seq] = attention_mask.dims();
+    let device = attention_mask.device();
+    // `tril_mask` is true strictly above the diagonal: the keys a query must not see.
+    let future: Tensor<4, Bool> = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([batch, 1, seq, seq]);
+    let padding: Tensor<4, Bool> = attention_mask
+        .clone()
+        .equal_elem(0)
+        .unsqueeze_dims::<4>(&[1, 2])
+        .expand([batch, 1, seq, seq]);
+    to_bias(future.bool_or(padding))
+}
+
+fn to_bias(blocked: Tensor<4, Bool>) -> Tensor<4> {
+    blocked.float() * f32::MIN
+}

@@ -1,0 +1,428 @@
+//! BERT (Devlin et al. 2019) as HF `BertModel` computes it: word + position + token-type
+//! embeddings, post-LN encoder layers, tanh pooler over the first token.
+//!
+//! Loads any HF BERT directory (`config.json` + `model.safetensors` or `pytorch_model.bin`),
+//! with or without the `bert.` prefix of the task classes.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::activation::Activation;
+use crate::attention::{attend, merge_heads, padding_bias, split_heads};
+use crate::config::{read_json, require};
+use crate::error::Result;
+use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
+
+/// The fields of a HF BERT `config.json` that shape the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_position_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_max_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_position_type() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = read_json(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        require(path, self.hidden_size > 0, "hidden_size must be positive")?;
+        require(
+            path,
+            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ),
+        )?;
+        require(
+            path,
+            self.position_embedding_type == "absolute",
+            format!(
+                "position_embedding_type `{}` is not supported (only `absolute`)",
+                self.position_embedding_type
+            ),
+        )?;
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            require(
+                path,
+                (0.0..1.0).contains(&p),
+                format!("{name} must be in [0, 1)"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A randomly initialised BERT of this shape, with pooler.
+    pub fn init(&self, device: &Device) -> Bert {
+        let layer_norm = || {
+            LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let dropout = DropoutConfig::new(self.hidden_dropout_prob);
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let h = self.hidden_size;
+        Bert {
+            embeddings: BertEmbeddings {
+                word: EmbeddingConfig::new(self.vocab_size, h).init(device),
+                position: EmbeddingConfig::new(self.max_position_embeddings, h).init(device),
+                token_type: EmbeddingConfig::new(self.type_vocab_size, h).init(device),
+                norm: layer_norm(),
+                dropout: dropout.init(),
+            },
+            layers: (0..self.num_hidden_layers)
+                .map(|_| BertLayer {
+                    attention: BertSelfAttention {
+                        query: linear(h, h),
+                        key: linear(h, h),
+                        value: linear(h, h),
+                        output: linear(h, h),
+                        heads: self.num_attention_heads,
+                        probs_dropout: DropoutConfig::new(self.attention_probs_dropout_prob).init(),
+                    },
+                    attention_norm: layer_norm(),
+                    intermediate: linear(h, self.intermediate_size),
+                    output: linear(self.intermediate_size, h),
+                    output_norm: layer_norm(),
+                    activation: self.hidden_act,
+                    dropout: dropout.init(),
+                })
+                .collect(),
+            pooler: Some(BertPooler {
+                dense: linear(h, h),
+            }),
+        }
+    }
+}
+
+/// kiln parameter path → HF `BertModel` tensor name.
+pub const BERT_KEYS: KeyTable = &[
+    row(
+        "embeddings.word.weight",
+        "embeddings.word_embeddings.weight",
+        Layout::Same,
+    ),
+    row(
+        "embeddings.position.weight",
+        "embeddings.position_embeddings.weight",
+        Layout::Same,
+    ),
+    row(
+        "embeddings.token_type.weight",
+        "embeddings.token_type_embeddings.weight",
+        Layout::Same,
+    ),
+    row(
+        "embeddings.norm.gamma",
+        "embeddings.LayerNorm.weight",
+        Layout::Same,
+    ),
+    row(
+        "embeddings.norm.beta",
+        "embeddings.LayerNorm.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention.query.weight",
+        "encoder.layer.{i}.attention.self.query.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.attention.query.bias",
+        "encoder.layer.{i}.attention.self.query.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention.key.weight",
+        "encoder.layer.{i}.attention.self.key.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.attention.key.bias",
+        "encoder.layer.{i}.attention.self.key.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention.value.weight",
+        "encoder.layer.{i}.attention.self.value.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.attention.value.bias",
+        "encoder.layer.{i}.attention.self.value.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention.output.weight",
+        "encoder.layer.{i}.attention.output.dense.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.attention.output.bias",
+        "encoder.layer.{i}.attention.output.dense.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention_norm.gamma",
+        "encoder.layer.{i}.attention.output.LayerNorm.weight",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.attention_norm.beta",
+        "encoder.layer.{i}.attention.output.LayerNorm.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.intermediate.weight",
+        "encoder.layer.{i}.intermediate.dense.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.intermediate.bias",
+        "encoder.layer.{i}.intermediate.dense.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.output.weight",
+        "encoder.layer.{i}.output.dense.weight",
+        Layout::Transposed,
+    ),
+    row(
+        "layers.{i}.output.bias",
+        "encoder.layer.{i}.output.dense.bias",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.output_norm.gamma",
+        "encoder.layer.{i}.output.LayerNorm.weight",
+        Layout::Same,
+    ),
+    row(
+        "layers.{i}.output_norm.beta",
+        "encoder.layer.{i}.output.LayerNorm.bias",
+        Layout::Same,
+    ),
+    row(
+        "pooler.dense.weight",
+        "pooler.dense.weight",
+        Layout::Transposed,
+    ),
+    row("pooler.dense.bias", "pooler.dense.bias", Layout::Same),
+];
+
+const fn row(kiln: &'static str, hf: &'static str, layout: Layout) -> KeyMapping {
+    KeyMapping { kiln, hf, layout }
+}
+
+#[derive(Module, Debug)]
+pub struct Bert {
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+    /// Absent when the checkpoint has no pooler (`add_pooling_layer=False`).
+    pub pooler: Option<BertPooler>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word: Embedding,
+    pub position: Embedding,
+    pub token_type: Embedding,
+    pub norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub heads: usize,
+    pub probs_dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertSelfAttention,
+    pub attention_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_norm: LayerNorm,
+    #[module(skip)]
+    pub activation: Activation,
+    pub dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct BertPooler {
+    pub dense: Linear,
+}
+
+/// One padded batch for BERT: all `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    pub input_ids: Tensor<2, Int>,
+    pub attention_mask: Tensor<2, Int>,
+    pub token_type_ids: Tensor<2, Int>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// `[batch, seq, hidden]`
+    pub last_hidden_state: Tensor<3>,
+    /// `[batch, hidden]`, when the model has a pooler.
+    pub pooled: Option<Tensor<2>>,
+}
+
+impl Bert {
+    /// Loads a HF BERT directory onto `device`.
+    pub fn from_pretrained(dir: &Path, device: &Device) -> Result<(Self, BertConfig)> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let mut weights = WeightFile::from_dir(dir)?;
+        weights.strip_prefix("bert.");
+        for name in weights.names().map(str::to_string).collect::<Vec<_>>() {
+            // Checkpoints from the TensorFlow era name LayerNorm parameters gamma/beta.
+            if let Some(stem) = name.strip_suffix("LayerNorm.gamma") {
+                weights.rename(&name, &format!("{stem}LayerNorm.weight"));
+            } else if let Some(stem) = name.strip_suffix("LayerNorm.beta") {
+                weights.rename(&name, &format!("{stem}LayerNorm.bias"));
+            }
+        }
+        let mut model = config.init(device);
+        if !weights.contains("pooler.dense.weight") {
+            model.pooler = None;
+        }
+        let model = weights.load_into(model, BERT_KEYS)?;
+        Ok((model, config))
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.word.weight.shape().dims::<2>()[1]
+    }
+
+    pub fn forward(&self, input: BertInput) -> BertOutput {
+        let bias = padding_bias(&input.attention_mask);
+        let mut hidden = self
+            .embeddings
+            .forward(input.input_ids, input.token_type_ids);
+        for layer in &self.layers {
+            hidden = layer.forward(hidden, &bias);
+        }
+        let pooled = self
+            .pooler
+            .as_ref()
+            .map(|pooler| pooler.forward(hidden.clone()));
+        BertOutput {
+            last_hidden_state: hidden,
+            pooled,
+        }
+    }
+}
+
+impl BertEmbeddings {
+    pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = input_ids.dims();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &input_ids.device())
+            .unsqueeze_dim::<2>(0)
+            .expand([batch, seq]);
+        let sum = self.word.forward(input_ids)
+            + self.position.forward(positions)
+            + self.token_type.forward(token_type_ids);
+        self.dropout.forward(self.norm.forward(sum))
+    }
+}
+
+impl BertSelfAttention {
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        let q = split_heads(self.query.forward(hidden.clone()), self.heads);
+        let k = split_heads(self.key.forward(hidden.clone()), self.heads);
+        let v = split_heads(self.value.forward(hidden), self.heads);
+        let head_dim = q.dims()[3];
+        let context = attend(
+            q,
+            k,
+            v,
+            bias,
+            1.0 / (head_dim as f64).sqrt(),
+            &self.probs_dropout,
+        );
+        self.output.forward(merge_heads(context))
+    }
+}
+
+impl BertLayer {
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        let attended = self
+            .dropout
+            .forward(self.attention.forward(hidden.clone(), bias));
+        let hidden = self.attention_norm.forward(hidden + attended);
+        let inner = self
+            .activation
+            .forward(self.intermediate.forward(hidden.clone()));
+        let out = self.dropout.forward(self.output.forward(inner));
+        self.output_norm.forward(hidden + out)
+    }
+}
+
+impl BertPooler {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [batch, _, width] = hidden.dims();
+        let first = hidden.slice_dim(1, 0..1).reshape([batch, width]);
+        self.dense.forward(first).tanh()
+    }
+}

@@ -1,0 +1,63 @@
+//! Reading a HF `config.json` and telling which backbone it describes.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{ModelError, Result};
+
+/// Parses `path` as JSON into `T`, naming the file and the serde error on failure.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ModelError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The backbone families kiln loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Bert,
+    Gpt2,
+}
+
+#[derive(serde::Deserialize)]
+struct ModelTypeOnly {
+    model_type: Option<String>,
+}
+
+impl ModelKind {
+    /// Reads `model_type` from `dir/config.json`.
+    pub fn detect(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let header: ModelTypeOnly = read_json(&path)?;
+        match header.model_type.as_deref() {
+            Some("bert") => Ok(ModelKind::Bert),
+            Some("gpt2") => Ok(ModelKind::Gpt2),
+            Some(other) => Err(ModelError::UnsupportedModel {
+                path,
+                model_type: other.to_string(),
+            }),
+            None => Err(ModelError::Config {
+                path,
+                message: "missing field `model_type`".into(),
+            }),
+        }
+    }
+}
+
+/// Rejects a config value that cannot describe a model, naming the field.
+pub(crate) fn require(path: &Path, ok: bool, message: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::Config {
+            path: path.to_path_buf(),
+            message: message.into(),
+        })
+    }
+}

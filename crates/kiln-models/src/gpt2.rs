@@ -1,0 +1,294 @@
+//! GPT-2 (Radford et al. 2019) as HF `GPT2Model` / `GPT2LMHeadModel` compute it: learned
+//! positions, pre-LN blocks with causal self-attention, final layer norm, LM head tied to the
+//! token embedding.
+//!
+//! HF stores GPT-2 projections as `Conv1D` with weights already `[in, out]`, Burn's `Linear`
+//! layout, so they load untransposed. Positions count real tokens only (cumulative sum of the
+//! attention mask), so a left-padded sequence gets the same hidden states as the same sequence
+//! unpadded, as HF's `generate` arranges.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::activation::Activation;
+use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
+use crate::config::{read_json, require};
+use crate::error::Result;
+use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
+
+/// The fields of a HF GPT-2 `config.json` that shape the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Feed-forward width; HF's `null` means `4 * n_embd`.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_act")]
+    pub activation_function: Activation,
+    #[serde(default = "default_dropout")]
+    pub resid_pdrop: f64,
+    #[serde(default = "default_dropout")]
+    pub embd_pdrop: f64,
+    #[serde(default = "default_dropout")]
+    pub attn_pdrop: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: usize,
+}
+
+fn default_act() -> Activation {
+    Activation::GeluNew
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_eos() -> usize {
+    50256
+}
+
+impl Gpt2Config {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = read_json(path)?;
+        require(path, config.n_embd > 0, "n_embd must be positive")?;
+        require(
+            path,
+            config.n_head > 0 && config.n_embd % config.n_head == 0,
+            format!(
+                "n_embd {} is not a multiple of n_head {}",
+                config.n_embd, config.n_head
+            ),
+        )?;
+        for (name, p) in [
+            ("resid_pdrop", config.resid_pdrop),
+            ("embd_pdrop", config.embd_pdrop),
+            ("attn_pdrop", config.attn_pdrop),
+        ] {
+            require(
+                path,
+                (0.0..1.0).contains(&p),
+                format!("{name} must be in [0, 1)"),
+            )?;
+        }
+        Ok(config)
+    }
+
+    pub fn inner_size(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// A randomly initialised GPT-2 of this shape.
+    pub fn init(&self, device: &Device) -> Gpt2 {
+        let h = self.n_embd;
+        let layer_norm = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_epsilon)
+                .init(device)
+        };
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let head_dim = (h / self.n_head) as f64;
+        Gpt2 {
+            wte: EmbeddingConfig::new(self.vocab_size, h).init(device),
+            wpe: EmbeddingConfig::new(self.n_positions, h).init(device),
+            dropout: DropoutConfig::new(self.embd_pdrop).init(),
+            blocks: (0..self.n_layer)
+                .map(|index| {
+                    let mut scale = if self.scale_attn_weights {
+                        1.0 / head_dim.sqrt()
+                    } else {
+                        1.0
+                    };
+                    if self.scale_attn_by_inverse_layer_idx {
+                        scale /= (index + 1) as f64;
+                    }
+                    Gpt2Block {
+                        ln_1: layer_norm(),
+                        attention: Gpt2Attention {
+                            c_attn: linear(h, 3 * h),
+                            c_proj: linear(h, h),
+                            heads: self.n_head,
+                            scale,
+                            probs_dropout: DropoutConfig::new(self.attn_pdrop).init(),
+                            resid_dropout: DropoutConfig::new(self.resid_pdrop).init(),
+                        },
+                        ln_2: layer_norm(),
+                        mlp: Gpt2Mlp {
+                            c_fc: linear(h, self.inner_size()),
+                            c_proj: linear(self.inner_size(), h),
+                            activation: self.activation_function,
+                            dropout: DropoutConfig::new(self.resid_pdrop).init(),
+                        },
+                    }
+                })
+                .collect(),
+            ln_f: layer_norm(),
+        }
+    }
+}
+
+/// kiln parameter path → HF `GPT2Model` tensor name. Conv1D weights are already `[in, out]`.
+pub const GPT2_KEYS: KeyTable = &[
+    row("wte.weight", "wte.weight"),
+    row("wpe.weight", "wpe.weight"),
+    row("blocks.{i}.ln_1.gamma", "h.{i}.ln_1.weight"),
+    row("blocks.{i}.ln_1.beta", "h.{i}.ln_1.bias"),
+    row(
+        "blocks.{i}.attention.c_attn.weight",
+        "h.{i}.attn.c_attn.weight",
+    ),
+    row("blocks.{i}.attention.c_attn.bias", "h.{i}.attn.c_attn.bias"),
+    row(
+        "blocks.{i}.attention.c_proj.weight",
+        "h.{i}.attn.c_proj.weight",
+    ),
+    row("blocks.{i}.attention.c_proj.bias", "h.{i}.attn.c_proj.bias"),
+    row("blocks.{i}.ln_2.gamma", "h.{i}.ln_2.weight"),
+    row("blocks.{i}.ln_2.beta", "h.{i}.ln_2.bias"),
+    row("blocks.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_fc.weight"),
+    row("blocks.{i}.mlp.c_fc.bias", "h.{i}.mlp.c_fc.bias"),
+    row("blocks.{i}.mlp.c_proj.weight", "h.{i}.mlp.c_proj.weight"),
+    row("blocks.{i}.mlp.c_proj.bias", "h.{i}.mlp.c_proj.bias"),
+    row("ln_f.gamma", "ln_f.weight"),
+    row("ln_f.beta", "ln_f.bias"),
+];
+
+const fn row(kiln: &'static str, hf: &'static str) -> KeyMapping {
+    KeyMapping {
+        kiln,
+        hf,
+        layout: Layout::Same,
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    /// Token embedding, also the LM head (tied, as in HF).
+    pub wte: Embedding,
+    pub wpe: Embedding,
+    pub dropout: Dropout,
+    pub blocks: Vec<Gpt2Block>,
+    pub ln_f: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Block {
+    pub ln_1: LayerNorm,
+    pub attention: Gpt2Attention,
+    pub ln_2: LayerNorm,
+    pub mlp: Gpt2Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Attention {
+    /// Fused query, key and value projection `[hidden, 3 * hidden]`, as HF's `c_attn`.
+    pub c_attn: Linear,
+    pub c_proj: Linear,
+    pub heads: usize,
+    pub scale: f64,
+    pub probs_dropout: Dropout,
+    pub resid_dropout: Dropout,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp {
+    pub c_fc: Linear,
+    pub c_proj: Linear,
+    #[module(skip)]
+    pub activation: Activation,
+    pub dropout: Dropout,
+}
+
+/// One padded batch for GPT-2: both `[batch, seq]`, padding on either side.
+#[derive(Debug, Clone)]
+pub struct Gpt2Input {
+    pub input_ids: Tensor<2, Int>,
+    pub attention_mask: Tensor<2, Int>,
+}
+
+impl Gpt2 {
+    /// Loads a HF GPT-2 directory onto `device`.
+    pub fn from_pretrained(dir: &Path, device: &Device) -> Result<(Self, Gpt2Config)> {
+        let config = Gpt2Config::from_file(&dir.join("config.json"))?;
+        let mut weights = WeightFile::from_dir(dir)?;
+        weights.strip_prefix("transformer.");
+        let model = weights.load_into(config.init(device), GPT2_KEYS)?;
+        Ok((model, config))
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.wte.weight.shape().dims::<2>()[1]
+    }
+
+    /// Last hidden state `[batch, seq, hidden]`, after the final layer norm.
+    pub fn forward(&self, input: Gpt2Input) -> Tensor<3> {
+        let bias = causal_padding_bias(&input.attention_mask);
+        let positions = (input.attention_mask.clone().cumsum(1) - 1).clamp_min(0);
+        let mut hidden = self
+            .dropout
+            .forward(self.wte.forward(input.input_ids) + self.wpe.forward(positions));
+        for block in &self.blocks {
+            hidden = block.forward(hidden, &bias);
+        }
+        self.ln_f.forward(hidden)
+    }
+
+    /// Next-token logits `[batch, seq, vocab]` through the tied head.
+    pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, width] = hidden.dims();
+        let vocab = self.wte.weight.val();
+        let rows = vocab.dims()[0];
+        hidden
+            .reshape([batch * seq, width])
+            .matmul(vocab.transpose())
+            .reshape([batch, seq, rows])
+    }
+}
+
+impl Gpt2Block {
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        let hidden = hidden.clone() + self.attention.forward(self.ln_1.forward(hidden), bias);
+        hidden.clone() + self.mlp.forward(self.ln_2.forward(hidden))
+    }
+}
+
+impl Gpt2Attention {
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        let width = hidden.dims()[2];
+        let qkv = self.c_attn.forward(hidden);
+        let q = split_heads(qkv.clone().narrow(2, 0, width), self.heads);
+        let k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
+        let v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
+        let context = attend(q, k, v, bias, self.scale, &self.probs_dropout);
+        self.resid_dropout
+            .forward(self.c_proj.forward(merge_heads(context)))
+    }
+}
+
+impl Gpt2Mlp {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let inner = self.activation.forward(self.c_fc.forward(hidden));
+        self.dropout.forward(self.c_proj.forward(inner))
+    }
+}

@@ -1,0 +1,26 @@
+//! kiln-models: the backbones kiln fine-tunes (BERT, GPT-2), loaded from HF model directories,
+//! and the tokenizers that feed them.
+//!
+//! A backbone never knows about methods, data or the trainer; it exposes Burn modules whose
+//! parameter paths the tuning crate matches, and it loads HF checkpoints through one key table
+//! per model ([`bert::BERT_KEYS`], [`gpt2::GPT2_KEYS`]).
+
+pub mod activation;
+pub mod attention;
+pub mod bert;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod gpt2;
+pub mod pretrained;
+pub mod tokenizer;
+pub mod weights;
+
+pub use bert::{Bert, BertConfig, BertInput, BertOutput};
+pub use config::ModelKind;
+pub use device::DeviceChoice;
+pub use error::{ModelError, Result};
+pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
+pub use pretrained::{Backbone, Pooling, Pretrained, last_token_pool, mean_pool};
+pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
+pub use weights::WeightFile;

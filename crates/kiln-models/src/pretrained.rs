@@ -1,0 +1,115 @@
+//! A HF model directory loaded whole: backbone (BERT or GPT-2, from `model_type`) and tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::bert::{Bert, BertConfig};
+use crate::config::ModelKind;
+use crate::error::{ModelError, Result};
+use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::tokenizer::{EncodedBatch, TextTokenizer};
+
+/// One of kiln's backbones with its HF config.
+#[derive(Debug)]
+pub enum Backbone {
+    Bert(Box<Bert>, BertConfig),
+    Gpt2(Box<Gpt2>, Gpt2Config),
+}
+
+/// A backbone and its tokenizer, loaded from one directory.
+pub struct Pretrained {
+    pub dir: PathBuf,
+    pub backbone: Backbone,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Pretrained {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let kind = ModelKind::detect(dir)?;
+        let backbone = match kind {
+            ModelKind::Bert => {
+                let (model, config) = Bert::from_pretrained(dir, device)?;
+                Backbone::Bert(Box::new(model), config)
+            }
+            ModelKind::Gpt2 => {
+                let (model, config) = Gpt2::from_pretrained(dir, device)?;
+                Backbone::Gpt2(Box::new(model), config)
+            }
+        };
+        let tokenizer = TextTokenizer::from_dir(dir, kind)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            backbone,
+            tokenizer,
+        })
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        match self.backbone {
+            Backbone::Bert(..) => ModelKind::Bert,
+            Backbone::Gpt2(..) => ModelKind::Gpt2,
+        }
+    }
+
+    /// Last hidden state `[batch, seq, hidden]` of an encoded batch.
+    pub fn hidden_states(&self, batch: &EncodedBatch, device: &Device) -> Tensor<3> {
+        match &self.backbone {
+            Backbone::Bert(model, _) => model.forward(batch.bert_input(device)).last_hidden_state,
+            Backbone::Gpt2(model, _) => model.forward(batch.gpt2_input(device)),
+        }
+    }
+}
+
+/// How token states become one vector per text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over real (unmasked) tokens, as sentence-transformers does.
+    Mean,
+    /// The first token (`[CLS]`); BERT only.
+    Cls,
+    /// The last real token, the one a causal model has read the whole text with.
+    Last,
+    /// No pooling: token-level states.
+    None,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "last" => Ok(Pooling::Last),
+            "none" => Ok(Pooling::None),
+            other => Err(ModelError::InvalidInput(format!(
+                "unknown pooling `{other}`: expected mean, cls, last or none"
+            ))),
+        }
+    }
+}
+
+/// Mean of `hidden` over the positions where `mask` is 1: `[batch, seq, h]` → `[batch, h]`.
+pub fn mean_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
+    let [batch, _, width] = hidden.dims();
+    let weights = mask.float().unsqueeze_dim::<3>(2);
+    let summed = (hidden * weights.clone())
+        .sum_dim(1)
+        .reshape([batch, width]);
+    let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
+    summed / counts
+}
+
+/// The state at the last position where `mask` is 1, for each row; works with either padding side.
+pub fn last_token_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
+    let [batch, seq, width] = hidden.dims();
+    let device = hidden.device();
+    // Position index where mask is 1, else -1; the row maximum is the last real token.
+    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        .unsqueeze_dim::<2>(0)
+        .expand([batch, seq]);
+    let last = (positions + 1) * mask - 1;
+    let index = last.max_dim(1).clamp_min(0);
+    let index = index.unsqueeze_dim::<3>(2).expand([batch, 1, width]);
+    hidden.gather(1, index).reshape([batch, width])
+}

