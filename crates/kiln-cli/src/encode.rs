@@ -29,9 +29,10 @@ pub struct EncodeArgs {
     #[arg(long, default_value = "mean", value_parser = parse_pooling)]
     pooling: Pooling,
 
-    /// Truncate each text to this many tokens, special tokens included.
-    #[arg(long, default_value_t = 512)]
-    max_len: usize,
+    /// Truncate each text to this many tokens, special tokens included [default: the model's
+    /// position limit, at most 512].
+    #[arg(long)]
+    max_len: Option<usize>,
 
     /// Print machine-readable JSON instead of a summary.
     #[arg(long)]
@@ -49,7 +50,7 @@ fn parse_pooling(value: &str) -> Result<Pooling, String> {
 }
 
 pub fn run(args: EncodeArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
-    let model = Pretrained::load(&args.model, device)
+    let mut model = Pretrained::load(&args.model, device)
         .with_context(|| format!("loading model from {}", args.model.display()))?;
     let is_gpt2 = matches!(model.backbone, Backbone::Gpt2(..));
     if args.lm_top_k.is_some() && !is_gpt2 {
@@ -69,9 +70,16 @@ pub fn run(args: EncodeArgs, choice: DeviceChoice, device: &Device) -> Result<()
         .iter()
         .map(|t| TextInput::Single(t.clone()))
         .collect();
-    let batch = model
-        .tokenizer
-        .encode_batch(&inputs, args.max_len, PaddingSide::Right)?;
+    if let Some(max_len) = args.max_len {
+        if max_len == 0 || max_len > model.max_positions() {
+            bail!(
+                "--max-len {max_len}: must be between 1 and the model's {} positions",
+                model.max_positions()
+            );
+        }
+        model.tokenizer.configure(max_len, PaddingSide::Right)?;
+    }
+    let batch = model.tokenizer.encode_batch(&inputs)?;
     let bert_input = batch.bert_input(device);
     let hidden = model.hidden_states(&batch, device);
     let width = hidden.dims()[2];

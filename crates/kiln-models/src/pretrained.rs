@@ -8,7 +8,7 @@ use crate::bert::{Bert, BertConfig};
 use crate::config::ModelKind;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
-use crate::tokenizer::{EncodedBatch, TextTokenizer};
+use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer};
 
 /// One of kiln's backbones with its HF config.
 #[derive(Debug)]
@@ -38,11 +38,23 @@ impl Pretrained {
             }
         };
         let tokenizer = TextTokenizer::from_dir(dir, kind)?;
-        Ok(Self {
+        let mut model = Self {
             dir: dir.to_path_buf(),
             backbone,
             tokenizer,
-        })
+        };
+        // A text longer than the position table would index past it.
+        let max_len = model.max_positions().min(DEFAULT_MAX_LEN);
+        model.tokenizer.configure(max_len, PaddingSide::Right)?;
+        Ok(model)
+    }
+
+    /// The longest input the position table allows.
+    pub fn max_positions(&self) -> usize {
+        match &self.backbone {
+            Backbone::Bert(_, config) => config.max_position_embeddings,
+            Backbone::Gpt2(_, config) => config.n_positions,
+        }
     }
 
     pub fn kind(&self) -> ModelKind {

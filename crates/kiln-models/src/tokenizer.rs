@@ -26,6 +26,9 @@ use crate::config::{ModelKind, read_json};
 use crate::error::{ModelError, Result};
 use crate::gpt2::Gpt2Input;
 
+/// Truncation length until [`TextTokenizer::configure`] says otherwise (BERT's usual limit).
+pub const DEFAULT_MAX_LEN: usize = 512;
+
 /// Which side padding goes on. GPT-2 users often want `Left` for generation-style scoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaddingSide {
@@ -47,11 +50,14 @@ impl From<&str> for TextInput {
     }
 }
 
-/// A tokenizer for one model directory, with the model's pad token.
+/// A tokenizer for one model directory, with the model's pad token, a truncation length and a
+/// padding side (set once with [`TextTokenizer::configure`], used by every batch).
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,
     source: PathBuf,
+    max_len: usize,
+    side: PaddingSide,
 }
 
 /// A padded batch, row-major `[batch, seq]`.
@@ -97,11 +103,59 @@ impl TextTokenizer {
                 path: source.clone(),
                 message: format!("vocabulary has no `{pad_token}` token"),
             })?;
-        Ok(Self {
+        let mut tokenizer = Self {
             inner,
             pad_id,
             source,
-        })
+            max_len: 0,
+            side: PaddingSide::Right,
+        };
+        tokenizer.configure(DEFAULT_MAX_LEN, PaddingSide::Right)?;
+        Ok(tokenizer)
+    }
+
+    /// Sets the truncation length (special tokens included) and the padding side.
+    pub fn configure(&mut self, max_len: usize, side: PaddingSide) -> Result<()> {
+        if max_len == 0 {
+            return Err(ModelError::InvalidInput(
+                "max length must be at least 1".into(),
+            ));
+        }
+        let pad_token = self.token(self.pad_id).unwrap_or_default();
+        let source = self.source.clone();
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| ModelError::Tokenizer {
+                path: source,
+                message: e.to_string(),
+            })?;
+        self.inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: match side {
+                PaddingSide::Right => PaddingDirection::Right,
+                PaddingSide::Left => PaddingDirection::Left,
+            },
+            pad_to_multiple_of: None,
+            pad_id: self.pad_id,
+            pad_type_id: 0,
+            pad_token,
+        }));
+        self.max_len = max_len;
+        self.side = side;
+        Ok(())
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn padding_side(&self) -> PaddingSide {
+        self.side
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -121,47 +175,17 @@ impl TextTokenizer {
         self.inner.decode(ids, false).map_err(|e| self.error(e))
     }
 
-    /// Ids of one text, with the model's special tokens, unpadded.
+    /// Ids of one text, with the model's special tokens, truncated but unpadded.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, true).map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Tokenizes, truncates to `max_len` and pads to the longest example.
-    pub fn encode_batch(
-        &self,
-        inputs: &[TextInput],
-        max_len: usize,
-        side: PaddingSide,
-    ) -> Result<EncodedBatch> {
+    /// Tokenizes, truncates to the configured length and pads to the longest example.
+    pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<EncodedBatch> {
         if inputs.is_empty() {
             return Err(ModelError::InvalidInput("no text to encode".into()));
         }
-        if max_len == 0 {
-            return Err(ModelError::InvalidInput(
-                "max length must be at least 1".into(),
-            ));
-        }
-        let mut tokenizer = self.inner.clone();
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: max_len,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| self.error(e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: match side {
-                PaddingSide::Right => PaddingDirection::Right,
-                PaddingSide::Left => PaddingDirection::Left,
-            },
-            pad_to_multiple_of: None,
-            pad_id: self.pad_id,
-            pad_type_id: 0,
-            pad_token: self.token(self.pad_id).unwrap_or_default(),
-        }));
         let inputs: Vec<EncodeInput> = inputs
             .iter()
             .map(|input| match input {
@@ -169,7 +193,8 @@ impl TextTokenizer {
                 TextInput::Pair(a, b) => EncodeInput::Dual(a.as_str().into(), b.as_str().into()),
             })
             .collect();
-        let encodings = tokenizer
+        let encodings = self
+            .inner
             .encode_batch(inputs, true)
             .map_err(|e| self.error(e))?;
         let batch = encodings.len();

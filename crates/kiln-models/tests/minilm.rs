@@ -17,17 +17,18 @@ struct MiniLmReference {
 #[test]
 fn minilm_sentence_embeddings_match_transformers() {
     let (device, tolerance) = device_under_test();
-    let model = Pretrained::load(&asset("models/all-MiniLM-L6-v2"), &device).expect("loads");
+    let mut model = Pretrained::load(&asset("models/all-MiniLM-L6-v2"), &device).expect("loads");
     let r: MiniLmReference = read_reference("minilm_embeddings.json");
     let inputs: Vec<TextInput> = r
         .sentences
         .iter()
         .map(|s| TextInput::Single(s.clone()))
         .collect();
-    let batch = model
+    model
         .tokenizer
-        .encode_batch(&inputs, 128, PaddingSide::Right)
-        .expect("encodes");
+        .configure(128, PaddingSide::Right)
+        .expect("configures");
+    let batch = model.tokenizer.encode_batch(&inputs).expect("encodes");
     let ids: Vec<i64> = r.input_ids.iter().flatten().copied().collect();
     assert_eq!(
         batch.input_ids, ids,

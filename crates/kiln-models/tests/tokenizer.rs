@@ -41,9 +41,7 @@ fn check_bert_tokenizer(tokenizer: &TextTokenizer) {
         .iter()
         .map(|t| TextInput::Single(t.clone()))
         .collect();
-    let batch = tokenizer
-        .encode_batch(&inputs, 512, PaddingSide::Right)
-        .expect("encodes");
+    let batch = tokenizer.encode_batch(&inputs).expect("encodes");
     assert_eq!(batch.seq, r.ids.iter().map(Vec::len).max().expect("texts"));
     for (row, expected) in r.ids.iter().enumerate() {
         assert_eq!(
@@ -57,9 +55,7 @@ fn check_bert_tokenizer(tokenizer: &TextTokenizer) {
         .iter()
         .map(|(a, b)| TextInput::Pair(a.clone(), b.clone()))
         .collect();
-    let batch = tokenizer
-        .encode_batch(&pairs, 512, PaddingSide::Right)
-        .expect("encodes");
+    let batch = tokenizer.encode_batch(&pairs).expect("encodes");
     for row in 0..pairs.len() {
         assert_eq!(unpadded(&batch, &batch.input_ids, row), r.pair_ids[row]);
         assert_eq!(
@@ -114,30 +110,34 @@ fn do_lower_case_false_keeps_case() {
 
 #[test]
 fn padding_truncation_and_masks() {
-    let tokenizer =
+    let mut tokenizer =
         TextTokenizer::from_dir(&fixtures().join("bert-tiny"), ModelKind::Bert).expect("loads");
     let inputs = [
         TextInput::from("the kiln fire clay water"),
         TextInput::from("a"),
     ];
-    let batch = tokenizer
-        .encode_batch(&inputs, 4, PaddingSide::Right)
-        .expect("encodes");
+    tokenizer
+        .configure(4, PaddingSide::Right)
+        .expect("configures");
+    let batch = tokenizer.encode_batch(&inputs).expect("encodes");
     assert_eq!((batch.batch, batch.seq), (2, 4));
     // Truncated to 4 with [CLS] ... [SEP] kept; the short text padded on the right.
     assert_eq!(&batch.input_ids[..4], &[2, 5, 100, 3]);
     assert_eq!(&batch.input_ids[4..], &[2, 111, 3, 0]);
     assert_eq!(batch.attention_mask, vec![1, 1, 1, 1, 1, 1, 1, 0]);
-    let left = tokenizer
-        .encode_batch(&inputs, 4, PaddingSide::Left)
-        .expect("encodes");
+    tokenizer
+        .configure(4, PaddingSide::Left)
+        .expect("configures");
+    let left = tokenizer.encode_batch(&inputs).expect("encodes");
     assert_eq!(&left.input_ids[4..], &[0, 2, 111, 3]);
     assert_eq!(left.mask_row(1), &[0, 1, 1, 1]);
 
-    let error = tokenizer
-        .encode_batch(&[], 4, PaddingSide::Right)
-        .expect_err("empty");
+    let error = tokenizer.encode_batch(&[]).expect_err("empty");
     assert!(error.to_string().contains("no text"));
+    let error = tokenizer
+        .configure(0, PaddingSide::Right)
+        .expect_err("zero length");
+    assert!(error.to_string().contains("at least 1"));
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Broken model directories are refused with errors that name the file and tensor at fault.
+//! Loading HF checkpoints: broken directories are refused with errors that name the file and
+//! tensor at fault; the layouts real checkpoints come in (task-class prefixes, legacy buffers and
+//! names) load.
 
 mod common;
 
@@ -157,4 +159,62 @@ fn unsupported_model_type_is_named() {
         error.contains("llama") && error.contains("config.json"),
         "{error}"
     );
+}
+
+/// `BertForSequenceClassification` saves `bert.`-prefixed names plus a classifier; old
+/// checkpoints name LayerNorm parameters gamma/beta. Both load as the base model.
+#[test]
+fn task_class_prefix_and_legacy_names_load() {
+    let dir = scratch_copy("bert-tiny");
+    let path = dir.path().join("model.safetensors");
+    rewrite_safetensors(&path, |tensors| {
+        for (name, _, _) in tensors.iter_mut() {
+            let renamed = name
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            *name = format!("bert.{renamed}");
+        }
+        tensors.push(("classifier.weight".into(), vec![2, 32], vec![0; 2 * 32 * 4]));
+    });
+    let (device, _) = device_under_test();
+    let (original, _) =
+        Bert::from_pretrained(&fixtures().join("bert-tiny"), &device).expect("loads");
+    let renamed = load_bert(dir.path()).expect("prefixed checkpoint loads");
+    let a = values(original.embeddings.norm.gamma.val());
+    let b = values(renamed.embeddings.norm.gamma.val());
+    assert_eq!(a, b);
+    let a = values(original.layers[1].output.weight.val());
+    let b = values(renamed.layers[1].output.weight.val());
+    assert_eq!(a, b);
+}
+
+/// GPT-2 checkpoints from older `transformers` carry `attn.bias` / `attn.masked_bias` buffers;
+/// they are masks, not parameters, and are ignored.
+#[test]
+fn gpt2_attention_buffers_are_ignored() {
+    let dir = scratch_copy("gpt2-tiny");
+    rewrite_safetensors(&dir.path().join("model.safetensors"), |tensors| {
+        let ones: Vec<u8> = std::iter::repeat_n(1.0f32.to_le_bytes(), 64 * 64)
+            .flatten()
+            .collect();
+        tensors.push(("transformer.h.0.attn.bias".into(), vec![1, 1, 64, 64], ones));
+        tensors.push((
+            "transformer.h.0.attn.masked_bias".into(),
+            vec![],
+            (-1e4f32).to_le_bytes().to_vec(),
+        ));
+    });
+    let (device, _) = device_under_test();
+    Gpt2::from_pretrained(dir.path(), &device).expect("buffers are skipped");
+}
+
+/// A checkpoint saved without the pooler (`add_pooling_layer=False`) loads with no pooler.
+#[test]
+fn bert_without_pooler_loads_without_one() {
+    let dir = scratch_copy("bert-tiny");
+    rewrite_safetensors(&dir.path().join("model.safetensors"), |tensors| {
+        tensors.retain(|(name, _, _)| !name.starts_with("pooler."))
+    });
+    let model = load_bert(dir.path()).expect("loads");
+    assert!(model.pooler.is_none());
 }
