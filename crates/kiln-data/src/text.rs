@@ -1,0 +1,596 @@
+//! Text-classification and regression datasets: folder-per-class directories (the BBC News
+//! layout), CSV/TSV/JSONL files with named columns, and the GLUE TSV layouts.
+//!
+//! Every reader decodes text strictly (UTF-8, or the encoding the user declares) and treats a
+//! row it cannot use (missing column, unknown or unparsable label, undecodable bytes) the same
+//! way: an error naming file and row, or, with [`OnBadRow::Skip`], a [`SkippedRow`] counted in
+//! the dataset.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use encoding_rs::Encoding;
+
+use crate::error::{DataError, Result};
+
+/// What a model is asked to predict for one example.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Index into [`TaskKind::Classification`]'s labels.
+    Class(usize),
+    /// A real-valued score (STS-B).
+    Score(f32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextExample {
+    pub text: String,
+    /// Second text of a sentence pair.
+    pub pair: Option<String>,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskKind {
+    /// Label names, in index order.
+    Classification {
+        labels: Vec<String>,
+    },
+    Regression,
+}
+
+/// A row (or document) a reader left out because the user asked it to skip bad rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRow {
+    pub location: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TextDataset {
+    pub source: PathBuf,
+    pub task: TaskKind,
+    pub examples: Vec<TextExample>,
+    pub skipped: Vec<SkippedRow>,
+}
+
+impl TextDataset {
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    pub fn num_classes(&self) -> Option<usize> {
+        match &self.task {
+            TaskKind::Classification { labels } => Some(labels.len()),
+            TaskKind::Regression => None,
+        }
+    }
+
+    /// Class index of every example (regression datasets have none).
+    pub fn classes(&self) -> Option<Vec<usize>> {
+        self.examples
+            .iter()
+            .map(|e| match e.target {
+                Target::Class(c) => Some(c),
+                Target::Score(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBadRow {
+    #[default]
+    Fail,
+    Skip,
+}
+
+/// Options every reader takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    pub on_bad_row: OnBadRow,
+    /// Encoding of files that are not UTF-8, e.g. `windows-1252`; `None` means strict UTF-8.
+    pub encoding: Option<&'static Encoding>,
+}
+
+impl ReadOptions {
+    /// Looks an encoding up by its WHATWG label (`latin1`, `windows-1252`, `utf-16le`, ...).
+    pub fn with_encoding_label(mut self, label: &str) -> Result<Self> {
+        let encoding = Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+            DataError::InvalidInput(format!(
+                "unknown text encoding `{label}` (try utf-8, latin1, windows-1252, utf-16le)"
+            ))
+        })?;
+        self.encoding = Some(encoding);
+        Ok(self)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<String, String> {
+        match self.encoding {
+            None => {
+                let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+                String::from_utf8(bytes.to_vec()).map_err(|e| {
+                    format!(
+                        "not valid UTF-8 at byte {} (declare the file's encoding, e.g. latin1)",
+                        e.utf8_error().valid_up_to()
+                    )
+                })
+            }
+            Some(encoding) => encoding
+                .decode_without_bom_handling_and_without_replacement(bytes)
+                .map(|text| text.into_owned())
+                .ok_or_else(|| format!("not valid {}", encoding.name())),
+        }
+    }
+}
+
+/// Collects rows, applying the bad-row policy in one place.
+struct RowSink {
+    path: PathBuf,
+    options: ReadOptions,
+    skipped: Vec<SkippedRow>,
+}
+
+impl RowSink {
+    fn new(path: &Path, options: ReadOptions) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            options,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// `Ok(Some(value))` for a good row, `Ok(None)` for a skipped one, `Err` when failing.
+    fn accept<T>(
+        &mut self,
+        row: usize,
+        value: std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        match value {
+            Ok(value) => Ok(Some(value)),
+            Err(message) => match self.options.on_bad_row {
+                OnBadRow::Fail => Err(DataError::Row {
+                    path: self.path.clone(),
+                    row,
+                    message,
+                }),
+                OnBadRow::Skip => {
+                    self.skipped.push(SkippedRow {
+                        location: format!("row {row}"),
+                        reason: message,
+                    });
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|cause| DataError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|cause| DataError::Io {
+        path: dir.to_path_buf(),
+        cause,
+    })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|cause| DataError::Io {
+            path: dir.to_path_buf(),
+            cause,
+        })?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with('.') {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Reads a directory with one subdirectory per class and one text file per document
+/// (`bbcnews/data/{business,...}/NNN.txt`). Classes are the subdirectory names, sorted.
+pub fn read_class_folders(dir: &Path, options: ReadOptions) -> Result<TextDataset> {
+    let class_dirs: Vec<PathBuf> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    if class_dirs.len() < 2 {
+        return Err(DataError::Layout {
+            path: dir.to_path_buf(),
+            message: format!(
+                "expected one subdirectory per class (at least two), found {}",
+                class_dirs.len()
+            ),
+        });
+    }
+    let labels: Vec<String> = class_dirs
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut examples = Vec::new();
+    let mut skipped = Vec::new();
+    for (class, class_dir) in class_dirs.iter().enumerate() {
+        for file in sorted_entries(class_dir)?
+            .into_iter()
+            .filter(|p| p.is_file())
+        {
+            let decoded = options.decode(&read_bytes(&file)?).and_then(|text| {
+                let text = text.trim().to_string();
+                if text.is_empty() {
+                    Err("empty document".to_string())
+                } else {
+                    Ok(text)
+                }
+            });
+            match decoded {
+                Ok(text) => examples.push(TextExample {
+                    text,
+                    pair: None,
+                    target: Target::Class(class),
+                }),
+                Err(message) if options.on_bad_row == OnBadRow::Skip => skipped.push(SkippedRow {
+                    location: file.display().to_string(),
+                    reason: message,
+                }),
+                Err(message) => {
+                    return Err(DataError::Document {
+                        path: file,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+    finish(dir, TaskKind::Classification { labels }, examples, skipped)
+}
+
+fn finish(
+    source: &Path,
+    task: TaskKind,
+    examples: Vec<TextExample>,
+    skipped: Vec<SkippedRow>,
+) -> Result<TextDataset> {
+    if examples.is_empty() {
+        return Err(DataError::Layout {
+            path: source.to_path_buf(),
+            message: format!("no usable examples ({} rows skipped)", skipped.len()),
+        });
+    }
+    Ok(TextDataset {
+        source: source.to_path_buf(),
+        task,
+        examples,
+        skipped,
+    })
+}
+
+/// File formats of [`read_table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    /// Tab-separated; quotes are ordinary characters, as in the GLUE files.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl TableFormat {
+    /// From the extension: `.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "csv" => Ok(TableFormat::Csv),
+            "tsv" | "tab" => Ok(TableFormat::Tsv),
+            "jsonl" | "ndjson" => Ok(TableFormat::Jsonl),
+            _ => Err(DataError::InvalidInput(format!(
+                "{}: cannot tell the format from the extension (expected .csv, .tsv or .jsonl)",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Which columns of a table hold what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    pub text_column: String,
+    pub pair_column: Option<String>,
+    pub label_column: String,
+    /// Labels are real numbers (regression) rather than class names.
+    pub regression: bool,
+    /// Class names in index order; `None` takes the sorted distinct labels of the file.
+    pub labels: Option<Vec<String>>,
+}
+
+impl TableSpec {
+    pub fn new(text_column: &str, label_column: &str) -> Self {
+        Self {
+            text_column: text_column.into(),
+            pair_column: None,
+            label_column: label_column.into(),
+            regression: false,
+            labels: None,
+        }
+    }
+}
+
+/// One raw row: line number and its named fields.
+struct RawRow {
+    line: usize,
+    fields: std::result::Result<Vec<(String, String)>, String>,
+}
+
+/// Reads a CSV, TSV or JSONL file (format from the extension) with the columns `spec` names.
+pub fn read_table(path: &Path, spec: &TableSpec, options: ReadOptions) -> Result<TextDataset> {
+    let format = TableFormat::from_path(path)?;
+    let rows = match format {
+        TableFormat::Csv => delimited_rows(path, b',', true, true, options)?,
+        TableFormat::Tsv => delimited_rows(path, b'\t', false, true, options)?,
+        TableFormat::Jsonl => jsonl_rows(path, options)?,
+    };
+    rows_to_dataset(path, rows, spec, options)
+}
+
+/// Rows of a delimited file; fields are named by the header, or `column 1`, `column 2`, ...
+fn delimited_rows(
+    path: &Path,
+    delimiter: u8,
+    quoting: bool,
+    has_header: bool,
+    options: ReadOptions,
+) -> Result<Vec<RawRow>> {
+    let bytes = read_bytes(path)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(quoting)
+        .flexible(true)
+        .has_headers(has_header)
+        .from_reader(bytes.as_slice());
+    let header_error = |message: String| DataError::Row {
+        path: path.to_path_buf(),
+        row: 1,
+        message,
+    };
+    let headers: Vec<String> = if has_header {
+        reader
+            .byte_headers()
+            .map_err(|e| header_error(e.to_string()))?
+            .iter()
+            .map(|h| options.decode(h).map(|h| h.trim().to_string()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(header_error)?
+    } else {
+        Vec::new()
+    };
+    let mut rows = Vec::new();
+    for record in reader.byte_records() {
+        let (line, fields) = match record {
+            Ok(record) => {
+                let line = record.position().map_or(0, |p| p.line() as usize);
+                let fields = record
+                    .iter()
+                    .enumerate()
+                    .map(|(i, field)| {
+                        let name = headers
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("column {}", i + 1));
+                        options.decode(field).map(|value| (name, value))
+                    })
+                    .collect();
+                (line, fields)
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                (line, Err(e.to_string()))
+            }
+        };
+        rows.push(RawRow { line, fields });
+    }
+    Ok(rows)
+}
+
+fn jsonl_rows(path: &Path, options: ReadOptions) -> Result<Vec<RawRow>> {
+    let bytes = read_bytes(path)?;
+    let mut rows = Vec::new();
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_number = index + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let fields = options.decode(line).and_then(|text| {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+            let object = value.as_object().ok_or("expected a JSON object")?;
+            Ok(object
+                .iter()
+                .map(|(key, value)| {
+                    let text = match value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (key.clone(), text)
+                })
+                .collect())
+        });
+        rows.push(RawRow {
+            line: line_number,
+            fields,
+        });
+    }
+    Ok(rows)
+}
+
+/// A row's fields pulled out by column name: (text, pair, raw label).
+type Extracted = (String, Option<String>, String);
+
+fn extract(
+    fields: &[(String, String)],
+    spec: &TableSpec,
+) -> std::result::Result<Extracted, String> {
+    let get = |column: &str| -> std::result::Result<String, String> {
+        fields
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| format!("missing column `{column}`"))
+    };
+    let text = get(&spec.text_column)?;
+    if text.trim().is_empty() {
+        return Err(format!("empty text in column `{}`", spec.text_column));
+    }
+    let pair = spec.pair_column.as_deref().map(get).transpose()?;
+    let label = get(&spec.label_column)?.trim().to_string();
+    Ok((text, pair, label))
+}
+
+fn rows_to_dataset(
+    path: &Path,
+    rows: Vec<RawRow>,
+    spec: &TableSpec,
+    options: ReadOptions,
+) -> Result<TextDataset> {
+    let mut sink = RowSink::new(path, options);
+    let mut good: Vec<(usize, Extracted)> = Vec::new();
+    for row in rows {
+        let extracted = row.fields.and_then(|fields| extract(&fields, spec));
+        if let Some(value) = sink.accept(row.line, extracted)? {
+            good.push((row.line, value));
+        }
+    }
+    let task = if spec.regression {
+        TaskKind::Regression
+    } else {
+        let labels = match &spec.labels {
+            Some(labels) => labels.clone(),
+            None => good
+                .iter()
+                .map(|(_, (_, _, label))| label.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        TaskKind::Classification { labels }
+    };
+    let mut examples = Vec::with_capacity(good.len());
+    for (line, (text, pair, label)) in good {
+        let target = match &task {
+            TaskKind::Regression => label
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(Target::Score)
+                .ok_or_else(|| format!("label `{label}` is not a number")),
+            TaskKind::Classification { labels } => labels
+                .iter()
+                .position(|l| *l == label)
+                .map(Target::Class)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown label `{label}` (expected one of: {})",
+                        labels.join(", ")
+                    )
+                }),
+        };
+        if let Some(target) = sink.accept(line, target)? {
+            examples.push(TextExample { text, pair, target });
+        }
+    }
+    finish(path, task, examples, sink.skipped)
+}
+
+/// The GLUE tasks whose TSV layouts kiln reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlueTask {
+    Sst2,
+    Cola,
+    Mrpc,
+    Rte,
+    StsB,
+}
+
+impl std::str::FromStr for GlueTask {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_lowercase().replace(['-', '_'], "").as_str() {
+            "sst2" => Ok(GlueTask::Sst2),
+            "cola" => Ok(GlueTask::Cola),
+            "mrpc" => Ok(GlueTask::Mrpc),
+            "rte" => Ok(GlueTask::Rte),
+            "stsb" => Ok(GlueTask::StsB),
+            _ => Err(DataError::InvalidInput(format!(
+                "unknown GLUE task `{s}` (expected sst2, cola, mrpc, rte or sts-b)"
+            ))),
+        }
+    }
+}
+
+impl GlueTask {
+    /// Column layout of the task's `train.tsv` / `dev.tsv`, as GLUE distributes them.
+    fn spec(self) -> TableSpec {
+        let classes = |labels: &[&str]| Some(labels.iter().map(|l| l.to_string()).collect());
+        match self {
+            GlueTask::Sst2 => TableSpec {
+                labels: classes(&["0", "1"]),
+                ..TableSpec::new("sentence", "label")
+            },
+            // CoLA has no header: source, label, original mark, sentence.
+            GlueTask::Cola => TableSpec {
+                labels: classes(&["0", "1"]),
+                ..TableSpec::new("column 4", "column 2")
+            },
+            GlueTask::Mrpc => TableSpec {
+                pair_column: Some("#2 String".into()),
+                labels: classes(&["0", "1"]),
+                ..TableSpec::new("#1 String", "Quality")
+            },
+            GlueTask::Rte => TableSpec {
+                pair_column: Some("sentence2".into()),
+                labels: classes(&["not_entailment", "entailment"]),
+                ..TableSpec::new("sentence1", "label")
+            },
+            GlueTask::StsB => TableSpec {
+                pair_column: Some("sentence2".into()),
+                regression: true,
+                ..TableSpec::new("sentence1", "score")
+            },
+        }
+    }
+}
+
+/// Reads `dir/{split}.tsv` of a GLUE task (`split` is `train` or `dev`).
+pub fn read_glue(
+    dir: &Path,
+    task: GlueTask,
+    split: &str,
+    options: ReadOptions,
+) -> Result<TextDataset> {
+    let path = dir.join(format!("{split}.tsv"));
+    if !path.is_file() {
+        return Err(DataError::Layout {
+            path,
+            message: format!("missing: a GLUE {task:?} directory has train.tsv and dev.tsv"),
+        });
+    }
+    let has_header = task != GlueTask::Cola;
+    let rows = delimited_rows(&path, b'\t', false, has_header, options)?;
+    rows_to_dataset(&path, rows, &task.spec(), options)
+}
