@@ -80,30 +80,26 @@ pub fn run(args: EncodeArgs, choice: DeviceChoice, device: &Device) -> Result<()
         model.tokenizer.configure(max_len, PaddingSide::Right)?;
     }
     let batch = model.tokenizer.encode_batch(&inputs)?;
-    let bert_input = batch.bert_input(device);
+    let mask = batch.mask_tensor(device);
     let hidden = model.hidden_states(&batch, device);
     let width = hidden.dims()[2];
 
-    let vectors: Option<Vec<Vec<f32>>> = match args.pooling {
+    let pooled = match args.pooling {
         Pooling::None => None,
-        Pooling::Mean => Some(rows(mean_pool(
-            hidden.clone(),
-            bert_input.attention_mask.clone(),
-        ))),
-        Pooling::Cls => {
-            let first = hidden.clone().narrow(1, 0, 1).reshape([batch.batch, width]);
-            Some(rows(first))
-        }
-        Pooling::Last => Some(rows(last_token_pool(
-            hidden.clone(),
-            bert_input.attention_mask.clone(),
-        ))),
+        Pooling::Mean => Some(mean_pool(hidden.clone(), mask.clone())),
+        Pooling::Cls => Some(hidden.clone().narrow(1, 0, 1).reshape([batch.batch, width])),
+        Pooling::Last => Some(last_token_pool(hidden.clone(), mask.clone())),
     };
-    let token_states: Vec<f32> = to_vec(hidden.clone());
+    let vectors: Option<Vec<Vec<f32>>> = pooled.map(rows);
+    // Token-level states are copied out only when they are printed.
+    let token_states: Vec<f32> = match args.pooling {
+        Pooling::None => to_vec(hidden.clone()),
+        _ => Vec::new(),
+    };
 
     let next_tokens = match (&model.backbone, args.lm_top_k) {
         (Backbone::Gpt2(gpt2, _), Some(k)) => {
-            let last = last_token_pool(hidden, bert_input.attention_mask);
+            let last = last_token_pool(hidden, mask);
             let logits = gpt2.lm_logits(last.unsqueeze_dim::<3>(1));
             let logits = logits.reshape([batch.batch, gpt2_vocab(gpt2)]);
             Some(

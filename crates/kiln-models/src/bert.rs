@@ -7,10 +7,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +15,7 @@ use crate::activation::Activation;
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF BERT `config.json` that shape the model.
@@ -77,7 +75,8 @@ impl BertConfig {
         require(path, self.hidden_size > 0, "hidden_size must be positive")?;
         require(
             path,
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
             format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -115,7 +114,7 @@ impl BertConfig {
                 .init(device)
         };
         let dropout = DropoutConfig::new(self.hidden_dropout_prob);
-        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let linear = |d_in, d_out| TunableLinear::new(d_in, d_out, device);
         let h = self.hidden_size;
         Bert {
             embeddings: BertEmbeddings {
@@ -288,10 +287,10 @@ pub struct BertEmbeddings {
 
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
-    pub output: Linear,
+    pub query: TunableLinear,
+    pub key: TunableLinear,
+    pub value: TunableLinear,
+    pub output: TunableLinear,
     pub heads: usize,
     pub probs_dropout: Dropout,
 }
@@ -300,8 +299,8 @@ pub struct BertSelfAttention {
 pub struct BertLayer {
     pub attention: BertSelfAttention,
     pub attention_norm: LayerNorm,
-    pub intermediate: Linear,
-    pub output: Linear,
+    pub intermediate: TunableLinear,
+    pub output: TunableLinear,
     pub output_norm: LayerNorm,
     #[module(skip)]
     pub activation: Activation,
@@ -310,7 +309,7 @@ pub struct BertLayer {
 
 #[derive(Module, Debug)]
 pub struct BertPooler {
-    pub dense: Linear,
+    pub dense: TunableLinear,
 }
 
 /// One padded batch for BERT: all `[batch, seq]`.
@@ -349,6 +348,29 @@ impl Bert {
         }
         let model = weights.load_into(model, BERT_KEYS)?;
         Ok((model, config))
+    }
+
+    /// Every projection with its parameter path (`layers.3.attention.query`, `pooler.dense`):
+    /// what LoRA targets by name and what merging walks.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        let mut found = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let attention = &mut layer.attention;
+            for (name, projection) in [
+                ("attention.query", &mut attention.query),
+                ("attention.key", &mut attention.key),
+                ("attention.value", &mut attention.value),
+                ("attention.output", &mut attention.output),
+                ("intermediate", &mut layer.intermediate),
+                ("output", &mut layer.output),
+            ] {
+                found.push((format!("layers.{i}.{name}"), projection));
+            }
+        }
+        if let Some(pooler) = self.pooler.as_mut() {
+            found.push(("pooler.dense".to_string(), &mut pooler.dense));
+        }
+        found
     }
 
     pub fn hidden_size(&self) -> usize {

@@ -10,10 +10,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +18,7 @@ use crate::activation::Activation;
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF GPT-2 `config.json` that shape the model.
@@ -75,7 +73,7 @@ impl Gpt2Config {
         require(path, config.n_embd > 0, "n_embd must be positive")?;
         require(
             path,
-            config.n_head > 0 && config.n_embd % config.n_head == 0,
+            config.n_head > 0 && config.n_embd.is_multiple_of(config.n_head),
             format!(
                 "n_embd {} is not a multiple of n_head {}",
                 config.n_embd, config.n_head
@@ -107,7 +105,7 @@ impl Gpt2Config {
                 .with_epsilon(self.layer_norm_epsilon)
                 .init(device)
         };
-        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let linear = |d_in, d_out| TunableLinear::new(d_in, d_out, device);
         let head_dim = (h / self.n_head) as f64;
         Gpt2 {
             wte: EmbeddingConfig::new(self.vocab_size, h).init(device),
@@ -203,8 +201,8 @@ pub struct Gpt2Block {
 #[derive(Module, Debug)]
 pub struct Gpt2Attention {
     /// Fused query, key and value projection `[hidden, 3 * hidden]`, as HF's `c_attn`.
-    pub c_attn: Linear,
-    pub c_proj: Linear,
+    pub c_attn: TunableLinear,
+    pub c_proj: TunableLinear,
     pub heads: usize,
     pub scale: f64,
     pub probs_dropout: Dropout,
@@ -213,8 +211,8 @@ pub struct Gpt2Attention {
 
 #[derive(Module, Debug)]
 pub struct Gpt2Mlp {
-    pub c_fc: Linear,
-    pub c_proj: Linear,
+    pub c_fc: TunableLinear,
+    pub c_proj: TunableLinear,
     #[module(skip)]
     pub activation: Activation,
     pub dropout: Dropout,
@@ -235,6 +233,23 @@ impl Gpt2 {
         weights.strip_prefix("transformer.");
         let model = weights.load_into(config.init(device), GPT2_KEYS)?;
         Ok((model, config))
+    }
+
+    /// Every projection with its parameter path (`blocks.3.attention.c_attn`, `blocks.3.mlp.c_fc`):
+    /// what LoRA targets by name and what merging walks.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        let mut found = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, projection) in [
+                ("attention.c_attn", &mut block.attention.c_attn),
+                ("attention.c_proj", &mut block.attention.c_proj),
+                ("mlp.c_fc", &mut block.mlp.c_fc),
+                ("mlp.c_proj", &mut block.mlp.c_proj),
+            ] {
+                found.push((format!("blocks.{i}.{name}"), projection));
+            }
+        }
+        found
     }
 
     pub fn hidden_size(&self) -> usize {

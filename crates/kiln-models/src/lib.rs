@@ -8,19 +8,23 @@
 pub mod activation;
 pub mod attention;
 pub mod bert;
+pub mod classifier;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod gpt2;
 pub mod pretrained;
 pub mod tokenizer;
+pub mod tunable;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
+pub use classifier::{HeadConfig, MlpHead, Readout, SequenceClassifier};
 pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
 pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use pretrained::{Backbone, Pooling, Pretrained, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
+pub use tunable::{LowRankConfig, LowRankDelta, TunableLinear};
 pub use weights::WeightFile;

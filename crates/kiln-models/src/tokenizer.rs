@@ -231,10 +231,15 @@ impl EncodedBatch {
         )
     }
 
+    /// The attention mask `[batch, seq]`: 1 for tokens, 0 for padding.
+    pub fn mask_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        self.tensor(&self.attention_mask, device)
+    }
+
     pub fn bert_input(&self, device: &Device) -> BertInput {
         BertInput {
             input_ids: self.tensor(&self.input_ids, device),
-            attention_mask: self.tensor(&self.attention_mask, device),
+            attention_mask: self.mask_tensor(device),
             token_type_ids: self.tensor(&self.token_type_ids, device),
         }
     }
@@ -242,7 +247,7 @@ impl EncodedBatch {
     pub fn gpt2_input(&self, device: &Device) -> Gpt2Input {
         Gpt2Input {
             input_ids: self.tensor(&self.input_ids, device),
-            attention_mask: self.tensor(&self.attention_mask, device),
+            attention_mask: self.mask_tensor(device),
         }
     }
 

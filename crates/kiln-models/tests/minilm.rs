@@ -35,7 +35,7 @@ fn minilm_sentence_embeddings_match_transformers() {
         "tokenization differs from transformers"
     );
     let hidden = model.hidden_states(&batch, &device);
-    let pooled = mean_pool(hidden, batch.bert_input(&device).attention_mask);
+    let pooled = mean_pool(hidden, batch.mask_tensor(&device));
     assert_eq!(pooled.dims().to_vec(), r.embeddings.shape);
     let diff = max_abs_diff(&values(pooled), &r.embeddings.values, |_| true);
     eprintln!("MiniLM mean-pooled embeddings: max |diff| {diff:e}");

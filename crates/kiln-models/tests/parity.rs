@@ -124,7 +124,7 @@ fn gpt2_left_padding_equals_no_padding() {
     let (model, _) = Gpt2::from_pretrained(&fixtures().join("gpt2-tiny"), &device).expect("loads");
     let ids = vec![51i64, 257, 262, 272];
     let unpadded = model.forward(Gpt2Input {
-        input_ids: int_tensor(&[ids.clone()], &device),
+        input_ids: int_tensor(std::slice::from_ref(&ids), &device),
         attention_mask: int_tensor(&[vec![1; 4]], &device),
     });
     let mut padded_ids = vec![273i64, 273];

@@ -1,0 +1,145 @@
+//! The projection every backbone uses: a base weight and bias, plus a slot for a low-rank delta
+//! (LoRA, Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models").
+//!
+//! With the slot filled the layer computes `x·W + b + dropout(x)·A·B·(alpha/r)`. `A` is
+//! `[d_in, r]` and starts random, `B` is `[r, d_out]` and starts at zero, so a fresh delta leaves
+//! the model's outputs unchanged. Merging folds `A·B·(alpha/r)` into `W` for inference at the
+//! base model's cost; unmerging subtracts it again. Trainable parameters per filled slot:
+//! `r·(d_in + d_out)`.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor};
+
+/// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
+/// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`.
+#[derive(Module, Debug)]
+pub struct TunableLinear {
+    /// `[d_in, d_out]`: Burn's layout, the transpose of PyTorch's `nn.Linear`.
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<LowRankDelta>,
+}
+
+/// Settings of one LoRA delta.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowRankConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Dropout on the delta's input only (peft's `lora_dropout`).
+    pub dropout: f64,
+}
+
+/// `dropout(x)·A·B·scale` with `scale = alpha / rank`.
+#[derive(Module, Debug)]
+pub struct LowRankDelta {
+    /// `[d_in, r]`
+    pub a: Param<Tensor<2>>,
+    /// `[r, d_out]`
+    pub b: Param<Tensor<2>>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub scale: f64,
+    /// True while `A·B·scale` sits inside the base weight; the delta then adds nothing.
+    #[module(skip)]
+    pub merged: bool,
+}
+
+impl TunableLinear {
+    /// A randomly initialised projection, initialised as Burn's `Linear`.
+    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
+        Self::from(LinearConfig::new(d_in, d_out).init(device))
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let base = linear(
+            input.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+        );
+        match &self.lora {
+            Some(delta) if !delta.merged => base + delta.forward(input),
+            _ => base,
+        }
+    }
+
+    /// Fills the low-rank slot with a fresh delta (`A` Kaiming-uniform as in peft, `B` zero).
+    pub fn add_lora(&mut self, config: LowRankConfig) {
+        let device = self.weight.lazy_device();
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        let a = Initializer::KaimingUniform {
+            gain: 1.0 / 5f64.sqrt(),
+            fan_out_only: false,
+        }
+        .init_with([d_in, config.rank], Some(d_in), None, &device);
+        let b = Initializer::Zeros.init([config.rank, d_out], &device);
+        self.lora = Some(LowRankDelta {
+            a,
+            b,
+            dropout: DropoutConfig::new(config.dropout).init(),
+            scale: config.alpha / config.rank as f64,
+            merged: false,
+        });
+    }
+
+    /// Adds the delta into the base weight; outputs stay the same, the delta's cost is gone.
+    pub fn merge_lora(&mut self) {
+        let Some(delta) = self.lora.as_mut() else {
+            return;
+        };
+        if delta.merged {
+            return;
+        }
+        let update = delta.product().detach();
+        self.weight = self.weight.clone().map(|w| w + update);
+        delta.merged = true;
+    }
+
+    /// Takes a merged delta back out of the base weight.
+    pub fn unmerge_lora(&mut self) {
+        let Some(delta) = self.lora.as_mut() else {
+            return;
+        };
+        if !delta.merged {
+            return;
+        }
+        let update = delta.product().detach();
+        self.weight = self.weight.clone().map(|w| w - update);
+        delta.merged = false;
+    }
+}
+
+impl From<Linear> for TunableLinear {
+    fn from(linear: Linear) -> Self {
+        Self {
+            weight: linear.weight,
+            bias: linear.bias,
+            lora: None,
+        }
+    }
+}
+
+impl LowRankDelta {
+    pub fn rank(&self) -> usize {
+        self.a.lazy_shape().dims::<2>()[1]
+    }
+
+    /// `A·B·scale`, `[d_in, d_out]`: what merging adds to the base weight.
+    pub fn product(&self) -> Tensor<2> {
+        self.a.val().matmul(self.b.val()) * self.scale
+    }
+
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let low = linear(self.dropout.forward(input), self.a.val(), None);
+        linear(low, self.b.val(), None) * self.scale
+    }
+}
