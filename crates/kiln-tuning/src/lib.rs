@@ -1,4 +1,12 @@
-//! kiln-tuning: the transfer methods (one file per method under `methods/`), the one
-//! trainability mechanism (parameter-path patterns), the method registry, merge and export.
-//!
-//! Methods arrive with the trainer issue; this crate fixes their place in the workspace.
+//! kiln-tuning: the transfer methods. Each method fills the backbone's tuning slots and names
+//! the parameters that train through one mechanism (path patterns, [`trainable`]); the
+//! [`method::METHODS`] registry is what the CLI and the docs list.
+
+pub mod error;
+pub mod method;
+pub mod methods;
+pub mod trainable;
+
+pub use error::{Result, TuningError};
+pub use method::{METHODS, Method, MethodConfig, MethodInfo, MethodOptions};
+pub use trainable::{ParamEntry, ParamReport, glob_match, set_trainable, tracked_report};

@@ -1,0 +1,19 @@
+//! Full fine-tuning: every parameter of the backbone and the head trains.
+//!
+//! The reference point every other method is measured against. Trainable parameters: all of
+//! them, backbone + head (one linear layer: `h·c + c`).
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::SequenceClassifier;
+
+use crate::method::Method;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FullConfig {}
+
+impl Method for FullConfig {
+    fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
+        vec!["*".into()]
+    }
+}

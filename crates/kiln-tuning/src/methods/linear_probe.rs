@@ -1,0 +1,19 @@
+//! Linear probe: the backbone is frozen and one linear layer on its pooled features trains.
+//!
+//! The classic test of what a representation already holds (Alain and Bengio 2016). Trainable
+//! parameters: `h·c + c` for width `h` and `c` outputs.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::SequenceClassifier;
+
+use crate::method::Method;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinearProbeConfig {}
+
+impl Method for LinearProbeConfig {
+    fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
+        vec!["head.*".into()]
+    }
+}
