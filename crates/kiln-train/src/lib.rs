@@ -1,4 +1,20 @@
-//! kiln-train: the training loop, optimiser and schedules, gradient transforms, metrics,
-//! checkpoints and reports.
-//!
-//! The loop arrives with the trainer issue; this crate fixes its place in the workspace.
+//! kiln-train: the training loop and what surrounds it. Optimizer and schedule
+//! ([`schedule`]), gradient transforms between backward and step ([`transforms`]), task metrics
+//! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), and the loop with
+//! evaluation, early stopping, JSON-lines logs and resume ([`trainer`]).
+
+pub mod checkpoint;
+pub mod error;
+pub mod memory;
+pub mod metrics;
+pub mod schedule;
+pub mod trainer;
+pub mod transforms;
+
+pub use checkpoint::{load_params, save_params, write_atomically};
+pub use error::{Result, TrainError};
+pub use metrics::Metrics;
+pub use schedule::{Decay, learning_rate};
+pub use trainer::{
+    EpochRecord, TaskData, TrainConfig, TrainState, TrainSummary, Trainer, evaluate,
+};

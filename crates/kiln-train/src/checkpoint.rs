@@ -1,0 +1,202 @@
+//! Checkpoints: a model's parameters (all, or those a pattern list selects) as safetensors keyed
+//! by parameter path, with each tensor's `ParamId` in the metadata so that a resumed optimizer
+//! finds its state again. Every file is written to a temporary name and renamed into place, so
+//! a crash leaves either the old file or the new one, never half of one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+
+use kiln_tuning::glob_match;
+
+use crate::error::{Result, TrainError};
+
+const PARAM_IDS_KEY: &str = "kiln.param_ids";
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainError::io(dir, e))?;
+    std::io::Write::write_all(&mut temp, bytes).map_err(|e| TrainError::io(path, e))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| TrainError::io(path, e))?;
+    temp.persist(path)
+        .map_err(|e| TrainError::io(path, e.error))?;
+    Ok(())
+}
+
+/// Saves the parameters whose paths match one of `patterns` to `path`.
+pub fn save_params<M: Module>(model: &M, patterns: &[String], path: &Path) -> Result<usize> {
+    let mut collector = Collector {
+        patterns,
+        path: Vec::new(),
+        tensors: Vec::new(),
+    };
+    model.visit(&mut collector);
+    let ids: HashMap<&str, String> = collector
+        .tensors
+        .iter()
+        .map(|t| (t.path.as_str(), t.id.val().to_string()))
+        .collect();
+    let metadata = HashMap::from([(
+        PARAM_IDS_KEY.to_string(),
+        serde_json::to_string(&ids).map_err(|e| TrainError::Invalid(e.to_string()))?,
+    )]);
+    let views = collector
+        .tensors
+        .iter()
+        .map(|t| {
+            let view = TensorView::new(Dtype::F32, t.shape.clone(), &t.bytes)
+                .map_err(|e| TrainError::Invalid(format!("tensor `{}`: {e}", t.path)))?;
+            Ok((t.path.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| TrainError::Invalid(format!("cannot serialise {}: {e}", path.display())))?;
+    write_atomically(path, &bytes)?;
+    Ok(collector.tensors.len())
+}
+
+struct SavedTensor {
+    path: String,
+    id: ParamId,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+struct Collector<'a> {
+    patterns: &'a [String],
+    path: Vec<String>,
+    tensors: Vec<SavedTensor>,
+}
+
+impl ModuleVisitor for Collector<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if !self.patterns.iter().any(|p| glob_match(p, &path)) {
+            return;
+        }
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        let floats: Vec<f32> = value
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("data converted to f32 reads back as f32");
+        self.tensors.push(SavedTensor {
+            path,
+            id: param.id,
+            shape,
+            bytes: floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+}
+
+/// Loads every tensor of the checkpoint at `path` into the parameter of the same path, keeping
+/// the saved `ParamId`. Every tensor must find a parameter of the same shape. Trainability is not
+/// kept: set it again after loading.
+pub fn load_params<M: Module>(model: M, path: &Path) -> Result<(M, usize)> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let ids: HashMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(PARAM_IDS_KEY))
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .map_err(|e| TrainError::checkpoint(path, format!("bad {PARAM_IDS_KEY}: {e}")))?
+        .unwrap_or_default();
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let mut loader = Loader {
+        file: &file,
+        ids: &ids,
+        file_path: path,
+        path: Vec::new(),
+        loaded: Vec::new(),
+        error: None,
+    };
+    let model = model.map(&mut loader);
+    if let Some(error) = loader.error {
+        return Err(error);
+    }
+    if let Some(name) = file
+        .names()
+        .into_iter()
+        .find(|name| !loader.loaded.iter().any(|l| l == *name))
+    {
+        return Err(TrainError::checkpoint(
+            path,
+            format!("tensor `{name}` matches no parameter of this model (other method or model?)"),
+        ));
+    }
+    let count = loader.loaded.len();
+    Ok((model, count))
+}
+
+struct Loader<'a> {
+    file: &'a safetensors::SafeTensors<'a>,
+    ids: &'a HashMap<String, String>,
+    file_path: &'a Path,
+    path: Vec<String>,
+    loaded: Vec<String>,
+    error: Option<TrainError>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let Ok(view) = self.file.tensor(&path) else {
+            return param;
+        };
+        let expected = param.lazy_shape().dims::<D>().to_vec();
+        if view.shape() != expected.as_slice() || view.dtype() != Dtype::F32 {
+            self.error.get_or_insert(TrainError::checkpoint(
+                self.file_path,
+                format!(
+                    "tensor `{path}` is {:?} {:?}, the model expects F32 {expected:?}",
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+            return param;
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let device = param.lazy_device();
+        let id = match self.ids.get(&path).and_then(|id| id.parse::<u64>().ok()) {
+            Some(id) => ParamId::from(id),
+            None => param.id,
+        };
+        self.loaded.push(path);
+        Param::initialized(
+            id,
+            Tensor::from_data(TensorData::new(values, expected), &device),
+        )
+    }
+}

@@ -1,0 +1,490 @@
+//! The training loop: AdamW (no decay on biases and layer norms, as HF's Trainer) with warm-up
+//! then decay, global-norm clipping, evaluation after every epoch, early stopping and
+//! best-checkpoint keeping on the validation metric, metrics as JSON lines, and resume from the
+//! last completed epoch.
+//!
+//! Run directory:
+//! - `metrics.jsonl`: one `{"record": "step", ...}` line per logged step and one
+//!   `{"record": "epoch", ...}` line per epoch;
+//! - `checkpoints/epoch-N/{trained.safetensors, optimizer.bpk}` and `state.json`, which names the
+//!   last complete epoch and is written last (atomically): it is what a resume trusts;
+//! - `best/trained.safetensors` and `best.json`: the epoch with the best validation metric.
+//!
+//! Reproducibility: the device is re-seeded and the training order reshuffled from `seed` and the
+//! epoch number at the start of every epoch, so the same seed gives the same losses, and a resumed
+//! run continues exactly as the uninterrupted one would have.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ParamGroup};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use kiln_data::{SplitMix64, Target, TaskKind, TextExample, make_batch};
+use kiln_models::{SequenceClassifier, TextTokenizer};
+use kiln_tuning::set_trainable;
+
+use crate::checkpoint::{load_params, save_params, write_atomically};
+use crate::error::{Result, TrainError};
+use crate::memory::peak_rss_mib;
+use crate::metrics::Metrics;
+use crate::schedule::{Decay, learning_rate};
+use crate::transforms::clip_global_norm;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Share of all steps spent warming the learning rate up from 0.
+    pub warmup_ratio: f64,
+    pub decay: Decay,
+    pub weight_decay: f64,
+    /// Clip the joint gradient norm to this; `None` leaves gradients alone.
+    pub max_grad_norm: Option<f64>,
+    /// Stop after this many epochs without a better validation metric.
+    pub patience: Option<usize>,
+    pub seed: u64,
+    /// Write a step record every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            lr: 5e-5,
+            batch_size: 16,
+            eval_batch_size: 64,
+            warmup_ratio: 0.1,
+            decay: Decay::Linear,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            patience: None,
+            seed: 42,
+            log_every: 10,
+        }
+    }
+}
+
+/// Train and validation examples of one task.
+pub struct TaskData<'a> {
+    pub kind: &'a TaskKind,
+    pub train: Vec<&'a TextExample>,
+    pub validation: Vec<&'a TextExample>,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub validation: Metrics,
+    pub seconds: f64,
+    pub train_tokens_per_second: f64,
+}
+
+/// What `state.json` holds: enough to resume after the last complete epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub completed_epochs: usize,
+    pub global_step: usize,
+    pub best_epoch: Option<usize>,
+    pub best_metric: Option<f64>,
+    pub epochs_without_improvement: usize,
+    pub history: Vec<EpochRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub state: TrainState,
+    pub metric_name: String,
+    pub peak_rss_mib: Option<f64>,
+    pub resumed_from_epoch: Option<usize>,
+}
+
+impl TrainSummary {
+    pub fn best_validation(&self) -> Option<&Metrics> {
+        let best = self.state.best_epoch?;
+        self.state
+            .history
+            .iter()
+            .find(|r| r.epoch == best)
+            .map(|r| &r.validation)
+    }
+}
+
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    pub tokenizer: &'a TextTokenizer,
+    /// An autodiff device: where the model trains.
+    pub device: Device,
+    pub run_dir: PathBuf,
+    /// Patterns of the parameters that train; set again after a checkpoint is loaded.
+    pub trainable: Vec<String>,
+    /// Patterns of the parameters a checkpoint holds (the trained ones, or `*`).
+    pub saved: Vec<String>,
+    /// Draw a progress bar (it hides itself when stderr is not a terminal).
+    pub progress: bool,
+    /// Stop, resumably, once this many epochs are complete (time-boxed sessions).
+    pub epoch_limit: Option<usize>,
+}
+
+pub const STATE_FILE: &str = "state.json";
+pub const BEST_DIR: &str = "best";
+pub const TRAINED_FILE: &str = "trained.safetensors";
+
+impl Trainer<'_> {
+    /// Trains `model` and returns it as it was at the best epoch, with the run's summary. With
+    /// `resume`, a run directory holding a `state.json` continues after its last complete epoch.
+    pub fn fit(
+        &self,
+        model: SequenceClassifier,
+        data: &TaskData,
+        resume: bool,
+    ) -> Result<(SequenceClassifier, TrainSummary)> {
+        let config = &self.config;
+        if data.train.is_empty() || data.validation.is_empty() {
+            return Err(TrainError::Invalid(
+                "training needs at least one train and one validation example".into(),
+            ));
+        }
+        if config.batch_size == 0 || config.eval_batch_size == 0 {
+            return Err(TrainError::Invalid(
+                "--batch-size must be at least 1".into(),
+            ));
+        }
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
+        let mut model = model;
+        let mut optim = self.optimizer();
+        let mut state = TrainState::default();
+        let mut resumed_from_epoch = None;
+        let state_path = self.run_dir.join(STATE_FILE);
+        if resume && state_path.is_file() {
+            state = read_json(&state_path)?;
+            let dir = self.epoch_dir(state.completed_epochs);
+            model = self.load_trained(model, &dir.join(TRAINED_FILE))?;
+            optim = optim
+                .load(dir.join("optimizer.bpk"))
+                .map_err(|e| TrainError::checkpoint(dir.join("optimizer.bpk"), e.to_string()))?;
+            resumed_from_epoch = Some(state.completed_epochs);
+            eprintln!(
+                "resuming {} after epoch {}",
+                self.run_dir.display(),
+                state.completed_epochs
+            );
+        }
+
+        let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+        let total_steps = steps_per_epoch * config.epochs;
+        let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+        let mut log = self.open_log()?;
+        let eval_device = self.device.clone().inner();
+
+        let last_epoch = config.epochs.min(self.epoch_limit.unwrap_or(usize::MAX));
+        for epoch in state.completed_epochs + 1..=last_epoch {
+            if let Some(patience) = config.patience
+                && state.epochs_without_improvement >= patience
+            {
+                eprintln!("early stop: no better validation metric for {patience} epochs");
+                break;
+            }
+            let started = Instant::now();
+            self.device.seed(epoch_seed(config.seed, epoch));
+            let mut order: Vec<usize> = (0..data.train.len()).collect();
+            SplitMix64::new(epoch_seed(config.seed, epoch)).shuffle(&mut order);
+
+            let bar = self.progress_bar(epoch, steps_per_epoch as u64);
+            let (mut loss_sum, mut tokens) = (0.0, 0usize);
+            for (i, chunk) in order.chunks(config.batch_size).enumerate() {
+                let examples: Vec<&TextExample> = chunk.iter().map(|&j| data.train[j]).collect();
+                let batch = make_batch(self.tokenizer, &examples)?;
+                tokens += batch.encoded.batch * batch.encoded.seq;
+                let outputs = model.forward(batch.encoded.bert_input(&self.device));
+                let loss = task_loss(outputs, &batch.targets, data.kind, &self.device);
+                let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                if !loss_value.is_finite() {
+                    return Err(TrainError::Invalid(format!(
+                        "the loss became {loss_value} at epoch {epoch} step {}; lower --lr",
+                        i + 1
+                    )));
+                }
+                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                if let Some(max_norm) = config.max_grad_norm {
+                    clip_global_norm(&model, &mut grads, max_norm);
+                }
+                let lr = learning_rate(
+                    config.lr,
+                    config.decay,
+                    state.global_step,
+                    warmup,
+                    total_steps,
+                );
+                model = optim.step(lr, model, grads);
+                state.global_step += 1;
+                loss_sum += loss_value * examples.len() as f64;
+                let tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {loss_value:.4} | {tokens_per_second:.0} tok/s"
+                ));
+                bar.inc(1);
+                if state.global_step % config.log_every.max(1) == 0 {
+                    let record = serde_json::json!({
+                        "record": "step", "epoch": epoch, "step": state.global_step,
+                        "loss": loss_value, "lr": lr, "tokens_per_second": tokens_per_second,
+                    });
+                    writeln!(log, "{record}").map_err(|e| TrainError::io(&self.log_path(), e))?;
+                }
+            }
+            bar.finish_and_clear();
+            let train_seconds = started.elapsed().as_secs_f64();
+
+            let validation = evaluate(
+                &model.valid(),
+                self.tokenizer,
+                &data.validation,
+                data.kind,
+                &eval_device,
+                config.eval_batch_size,
+            )?;
+            let record = EpochRecord {
+                epoch,
+                train_loss: loss_sum / data.train.len() as f64,
+                validation,
+                seconds: started.elapsed().as_secs_f64(),
+                train_tokens_per_second: tokens as f64 / train_seconds,
+            };
+            let (metric_name, metric) = record.validation.primary();
+            eprintln!(
+                "epoch {epoch}/{}: train loss {:.4}, validation {metric_name} {metric:.4} (loss {:.4}), {:.1} s",
+                config.epochs, record.train_loss, record.validation.loss, record.seconds
+            );
+            let line = serde_json::json!({ "record": "epoch", "data": &record });
+            writeln!(log, "{line}").map_err(|e| TrainError::io(&self.log_path(), e))?;
+
+            if state.best_metric.is_none_or(|best| metric > best) {
+                state.best_metric = Some(metric);
+                state.best_epoch = Some(epoch);
+                state.epochs_without_improvement = 0;
+                let best = self.run_dir.join(BEST_DIR);
+                save_params(&model, &self.saved, &best.join(TRAINED_FILE))?;
+                write_json(&self.run_dir.join("best.json"), &record)?;
+            } else {
+                state.epochs_without_improvement += 1;
+            }
+            state.completed_epochs = epoch;
+            state.history.push(record);
+            self.save_epoch(&model, &optim, &state)?;
+        }
+
+        // The caller gets the best model, not the last one.
+        if state
+            .best_epoch
+            .is_some_and(|best| best != state.completed_epochs)
+        {
+            model = self.load_trained(model, &self.run_dir.join(BEST_DIR).join(TRAINED_FILE))?;
+        }
+        let metric_name = state
+            .history
+            .last()
+            .map(|r| r.validation.primary().0.to_string())
+            .unwrap_or_default();
+        Ok((
+            model,
+            TrainSummary {
+                state,
+                metric_name,
+                peak_rss_mib: peak_rss_mib(),
+                resumed_from_epoch,
+            },
+        ))
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        let adamw = AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(self.config.weight_decay as f32);
+        let no_decay = ParamGroup::from_regex(r"(bias|beta|gamma)$")
+            .expect("a fixed, valid regular expression");
+        adamw
+            .init()
+            .with_group(no_decay, adamw.clone().with_weight_decay(0.0).build(), None)
+    }
+
+    fn load_trained(&self, model: SequenceClassifier, path: &Path) -> Result<SequenceClassifier> {
+        let (model, _) = load_params(model, path)?;
+        Ok(set_trainable(model, &self.trainable).0)
+    }
+
+    fn epoch_dir(&self, epoch: usize) -> PathBuf {
+        self.run_dir
+            .join("checkpoints")
+            .join(format!("epoch-{epoch}"))
+    }
+
+    /// Weights and optimizer of `state.completed_epochs`, then `state.json` pointing at them; the
+    /// previous epoch's directory goes once the new one is named.
+    fn save_epoch(
+        &self,
+        model: &SequenceClassifier,
+        optim: &ModuleOptimizer,
+        state: &TrainState,
+    ) -> Result<()> {
+        let dir = self.epoch_dir(state.completed_epochs);
+        save_params(model, &self.saved, &dir.join(TRAINED_FILE))?;
+        let optimizer_path = dir.join("optimizer.bpk");
+        optim
+            .save(&optimizer_path)
+            .map_err(|e| TrainError::checkpoint(optimizer_path.clone(), e.to_string()))?;
+        write_json(&self.run_dir.join(STATE_FILE), state)?;
+        for epoch in 1..state.completed_epochs {
+            let old = self.epoch_dir(epoch);
+            if old.is_dir() {
+                std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.run_dir.join("metrics.jsonl")
+    }
+
+    fn open_log(&self) -> Result<std::fs::File> {
+        let path = self.log_path();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))
+    }
+
+    fn progress_bar(&self, epoch: usize, steps: u64) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(steps);
+        if let Ok(style) =
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(epoch.to_string());
+        bar
+    }
+}
+
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(epoch as u64)
+}
+
+/// Cross-entropy for classification, mean squared error for regression.
+fn task_loss(
+    outputs: Tensor<2>,
+    targets: &[Target],
+    kind: &TaskKind,
+    device: &Device,
+) -> Tensor<1> {
+    match kind {
+        TaskKind::Classification { .. } => {
+            let classes: Vec<i64> = targets
+                .iter()
+                .map(|t| match t {
+                    Target::Class(c) => *c as i64,
+                    Target::Score(s) => *s as i64,
+                })
+                .collect();
+            let classes = Tensor::<1, Int>::from_data(TensorData::from(classes.as_slice()), device);
+            CrossEntropyLossConfig::new()
+                .init(device)
+                .forward(outputs, classes)
+        }
+        TaskKind::Regression => {
+            let scores: Vec<f32> = targets
+                .iter()
+                .map(|t| match t {
+                    Target::Score(s) => *s,
+                    Target::Class(c) => *c as f32,
+                })
+                .collect();
+            let n = scores.len();
+            let scores = Tensor::<1>::from_data(TensorData::from(scores.as_slice()), device);
+            (outputs.reshape([n]) - scores).powi_scalar(2).mean()
+        }
+    }
+}
+
+/// Loss and metrics of `model` (a validation snapshot, see `Module::valid`) on `examples`.
+pub fn evaluate(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    examples: &[&TextExample],
+    kind: &TaskKind,
+    device: &Device,
+    batch_size: usize,
+) -> Result<Metrics> {
+    let mut loss_sum = 0.0;
+    let mut outputs_all: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = make_batch(tokenizer, chunk)?;
+        let outputs = model.forward(batch.encoded.bert_input(device));
+        let [rows, width] = outputs.dims();
+        let loss = task_loss(outputs.clone(), &batch.targets, kind, device);
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * rows as f64;
+        let values: Vec<f32> = outputs
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
+        outputs_all.extend(values.chunks(width).map(<[f32]>::to_vec));
+    }
+    let loss = loss_sum / examples.len().max(1) as f64;
+    Ok(match kind {
+        TaskKind::Classification { labels } => {
+            let predicted: Vec<usize> = outputs_all.iter().map(|row| argmax(row)).collect();
+            let actual: Vec<usize> = examples
+                .iter()
+                .map(|e| match e.target {
+                    Target::Class(c) => c,
+                    Target::Score(s) => s as usize,
+                })
+                .collect();
+            Metrics::classification(loss, &predicted, &actual, labels.len())
+        }
+        TaskKind::Regression => {
+            let predicted: Vec<f64> = outputs_all.iter().map(|row| f64::from(row[0])).collect();
+            let actual: Vec<f64> = examples
+                .iter()
+                .map(|e| match e.target {
+                    Target::Score(s) => f64::from(s),
+                    Target::Class(c) => c as f64,
+                })
+                .collect();
+            Metrics::regression(loss, &predicted, &actual)
+        }
+    })
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    write_atomically(path, text.as_bytes())
+}

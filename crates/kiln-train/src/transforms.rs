@@ -1,0 +1,52 @@
+//! Gradient transforms: what happens to the gradients between backward and the optimizer step.
+//! Clipping by global norm lives here; Child-Tuning's masks join it as further transforms.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+/// Scales all gradients together so that their joint L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    let mut squares = SumOfSquares { grads, total: None };
+    model.visit(&mut squares);
+    let norm = match squares.total {
+        Some(total) => f64::from(total.sqrt().into_scalar::<f32>()),
+        None => return 0.0,
+    };
+    if norm > max_norm {
+        let factor = max_norm / (norm + 1e-6);
+        model.visit(&mut Scale { grads, factor });
+    }
+    norm
+}
+
+struct SumOfSquares<'a> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SumOfSquares<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.get::<D>(param.id) {
+            let square = grad.powi_scalar(2).sum();
+            self.total = Some(match self.total.take() {
+                Some(total) => total + square,
+                None => square,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            self.grads.register::<D>(param.id, grad * self.factor);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The trainer on the tiny fixtures: every method lowers the loss, the same seed gives the same
+//! losses, a resumed run continues exactly as an uninterrupted one, and checkpoints reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use kiln_data::{LoadedTask, TaskSpec};
+use kiln_models::{DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
+use kiln_train::{TaskData, TrainConfig, Trainer, evaluate, load_params, save_params};
+use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// Burn's backend RNG is process-wide: tests that seed it and then draw from it (initialisation,
+/// dropout) must not interleave, or the same seed stops giving the same numbers.
+fn seeded_section() -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn cpu() -> Device {
+    DeviceChoice::Cpu
+        .device()
+        .expect("the CPU backend is always compiled in")
+}
+
+fn task() -> LoadedTask {
+    TaskSpec::new(fixtures().join("tasks/fire-water.csv"))
+        .load(7)
+        .expect("fixture task loads")
+}
+
+struct Setup {
+    model: SequenceClassifier,
+    tokenizer: kiln_models::TextTokenizer,
+    report: ParamReport,
+}
+
+fn setup(fixture: &str, method: &MethodConfig, seed: u64, device: &Device) -> Setup {
+    device.seed(seed);
+    let mut pretrained = Pretrained::load(&fixtures().join(fixture), device).expect("fixture");
+    pretrained
+        .tokenizer
+        .configure(32, PaddingSide::Right)
+        .expect("length");
+    let readout = if fixture.starts_with("gpt2") {
+        Readout::Last
+    } else {
+        Readout::Mean
+    };
+    let head = HeadConfig {
+        layers: method.method().head_layers(),
+        outputs: 2,
+        dropout: 0.1,
+    };
+    let model = SequenceClassifier::new(pretrained.backbone, readout, head, device).expect("model");
+    let (model, report) = method.apply(model).expect("method");
+    Setup {
+        model,
+        tokenizer: pretrained.tokenizer,
+        report,
+    }
+}
+
+fn config(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        lr,
+        batch_size: 8,
+        eval_batch_size: 16,
+        warmup_ratio: 0.0,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+fn trainer<'a>(setup: &'a Setup, config: TrainConfig, dir: &Path, device: &Device) -> Trainer<'a> {
+    let trainable: Vec<String> = setup
+        .report
+        .trainable_paths()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    Trainer {
+        config,
+        tokenizer: &setup.tokenizer,
+        device: device.clone(),
+        run_dir: dir.to_path_buf(),
+        saved: trainable.clone(),
+        trainable,
+        progress: false,
+        epoch_limit: None,
+    }
+}
+
+fn method(name: &str) -> MethodConfig {
+    MethodConfig::from_options(name, &MethodOptions::default()).expect("method")
+}
+
+/// Loss on the training examples before and after `epochs` of training.
+fn loss_before_after(fixture: &str, method: &MethodConfig, lr: f64, epochs: usize) -> (f64, f64) {
+    let device = cpu().autodiff();
+    let task = task();
+    let setup = setup(fixture, method, 3, &device);
+    let train = task.part(&task.split.train);
+    let loss = |model: &SequenceClassifier| {
+        evaluate(
+            &model.valid(),
+            &setup.tokenizer,
+            &train,
+            &task.kind,
+            &cpu(),
+            16,
+        )
+        .expect("evaluates")
+        .loss
+    };
+    let before = loss(&setup.model);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = TaskData {
+        kind: &task.kind,
+        train: train.clone(),
+        validation: task.part(&task.split.validation),
+    };
+    let (model, _) = trainer(&setup, config(epochs, lr, 3), dir.path(), &device)
+        .fit(setup.model.clone(), &data, false)
+        .expect("trains");
+    (before, loss(&model))
+}
+
+#[test]
+fn every_method_lowers_the_loss_on_bert() {
+    let _rng = seeded_section();
+    // The frozen random backbone dilutes the one telling word in its mean-pooled features, so
+    // the probe and bias-only tuning gain least; every method must still cut the loss by 5%.
+    for (name, lr) in [
+        ("full", 1e-3),
+        ("linear-probe", 1e-2),
+        ("partial-k", 1e-3),
+        ("mlp-k", 1e-2),
+        ("bitfit", 2e-2),
+        ("lora", 1e-2),
+    ] {
+        let (before, after) = loss_before_after("bert-tiny", &method(name), lr, 4);
+        assert!(
+            after < 0.95 * before,
+            "{name}: loss {before:.4} -> {after:.4}"
+        );
+    }
+}
+
+#[test]
+fn lora_lowers_the_loss_on_gpt2() {
+    let _rng = seeded_section();
+    let (before, after) = loss_before_after("gpt2-tiny", &method("lora"), 1e-2, 4);
+    assert!(after < 0.9 * before, "loss {before:.4} -> {after:.4}");
+}
+
+fn run_losses(dir: &Path, epoch_limit: Option<usize>, resume: bool) -> Vec<f64> {
+    let device = cpu().autodiff();
+    let task = task();
+    let method = method("lora");
+    let setup = setup("bert-tiny", &method, 11, &device);
+    let data = TaskData {
+        kind: &task.kind,
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    let mut trainer = trainer(&setup, config(3, 5e-3, 11), dir, &device);
+    trainer.epoch_limit = epoch_limit;
+    let (_, summary) = trainer
+        .fit(setup.model.clone(), &data, resume)
+        .expect("trains");
+    summary
+        .state
+        .history
+        .iter()
+        .flat_map(|r| [r.train_loss, r.validation.loss])
+        .collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_losses() {
+    let _rng = seeded_section();
+    let (a, b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let first = run_losses(a.path(), None, false);
+    let second = run_losses(b.path(), None, false);
+    assert_eq!(first.len(), 6);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn a_resumed_run_continues_as_the_uninterrupted_one() {
+    let _rng = seeded_section();
+    let (a, b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let uninterrupted = run_losses(a.path(), None, false);
+    let interrupted = run_losses(b.path(), Some(1), false);
+    assert_eq!(interrupted.len(), 2);
+    assert!(b.path().join("state.json").is_file());
+    let resumed = run_losses(b.path(), None, true);
+    assert_eq!(resumed, uninterrupted);
+    // Only the last epoch's checkpoint is kept.
+    let kept: Vec<_> = std::fs::read_dir(b.path().join("checkpoints"))
+        .expect("checkpoints")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(kept, ["epoch-3"]);
+}
+
+#[test]
+fn checkpoints_round_trip_and_refuse_mismatches() {
+    let _rng = seeded_section();
+    let device = cpu();
+    let lora = method("lora");
+    let trained = setup("bert-tiny", &lora, 5, &device);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("trained.safetensors");
+    let patterns = vec!["*.lora.*".to_string(), "head.*".to_string()];
+    let saved = save_params(&trained.model, &patterns, &path).expect("saves");
+    assert_eq!(
+        saved,
+        2 * 2 * 2 + 2,
+        "2 layers x (query, value) x (a, b) + head"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["trained.safetensors"],
+        "no temporary file is left behind"
+    );
+
+    // Another seed gives other LoRA and head weights; loading restores the saved ones.
+    let other = setup("bert-tiny", &lora, 6, &device);
+    let task = task();
+    let examples = task.part(&task.split.validation);
+    let metrics = |model: &SequenceClassifier| {
+        evaluate(model, &trained.tokenizer, &examples, &task.kind, &device, 8)
+    };
+    let (reloaded, count) = load_params(other.model, &path).expect("loads");
+    assert_eq!(count, saved);
+    assert_eq!(
+        metrics(&reloaded).expect("eval"),
+        metrics(&trained.model).expect("eval")
+    );
+
+    // A checkpoint of another method has tensors this model lacks.
+    let probe = setup("bert-tiny", &method("linear-probe"), 5, &device);
+    let err = load_params(probe.model, &path).expect_err("LoRA tensors do not fit a probe");
+    let message = err.to_string();
+    assert!(
+        message.contains("lora") && message.contains("trained.safetensors"),
+        "{message}"
+    );
+
+    // A head of another width is refused with both shapes.
+    let mut wide = setup("bert-tiny", &lora, 5, &device);
+    wide.model.head = HeadConfig {
+        layers: 1,
+        outputs: 3,
+        dropout: 0.0,
+    }
+    .init(32, &device)
+    .expect("head");
+    let err = load_params(wide.model, &path).expect_err("3 outputs vs 2");
+    let message = err.to_string();
+    assert!(
+        message.contains("head.output.weight") && message.contains("[32, 3]"),
+        "{message}"
+    );
+
+    let truncated = dir.path().join("truncated.safetensors");
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let err = load_params(setup("bert-tiny", &lora, 5, &device).model, &truncated)
+        .expect_err("truncated file");
+    assert!(err.to_string().contains("truncated.safetensors"), "{err}");
+}
