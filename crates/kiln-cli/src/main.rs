@@ -1,6 +1,7 @@
 //! `kiln`: fine-tune pretrained transformers with the whole family of transfer methods.
 
 mod encode;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,12 @@ struct Cli {
 enum Command {
     /// Run texts through a model and print embeddings, token states or next-token predictions.
     Encode(encode::EncodeArgs),
+    /// Fine-tune a model on a task with one transfer method.
+    Train(Box<train::TrainArgs>),
+    /// Reload a run's best checkpoint and evaluate it.
+    Eval(train::EvalArgs),
+    /// List every registered method with its options.
+    Methods,
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -38,5 +45,11 @@ fn main() -> Result<()> {
     let device = cli.device.device()?;
     match cli.command {
         Command::Encode(args) => encode::run(args, cli.device, &device),
+        Command::Train(args) => train::train(*args, cli.device, &device),
+        Command::Eval(args) => train::eval(args, &device),
+        Command::Methods => {
+            train::methods();
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,433 @@
+//! `kiln train`, `kiln eval` and `kiln methods`.
+//!
+//! A run directory holds `run.json` (everything needed to rebuild the model and the data split),
+//! the trainer's files (`metrics.jsonl`, `state.json`, checkpoints, `best/`), and `summary.json`
+//! with the test metrics once training ends.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use kiln_data::{LoadedTask, TaskSpec};
+use kiln_models::{
+    Backbone, DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
+};
+use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
+use kiln_train::{Decay, EpochRecord, Metrics, TaskData, TrainConfig, Trainer, evaluate};
+use kiln_tuning::{METHODS, MethodConfig, MethodOptions, ParamReport};
+
+#[derive(Args)]
+pub struct TaskArgs {
+    /// A folder-per-class directory, a GLUE task directory (train.tsv, dev.tsv), or a
+    /// CSV/TSV/JSONL file.
+    #[arg(long)]
+    task: PathBuf,
+    /// Table column with the text [default: text].
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Table column with the second text of a pair.
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Table column with the label [default: label].
+    #[arg(long)]
+    label_column: Option<String>,
+    /// The table's labels are real numbers (regression).
+    #[arg(long)]
+    regression: bool,
+    /// GLUE task of a GLUE directory (sst2, cola, mrpc, rte, sts-b) [default: the directory name].
+    #[arg(long)]
+    glue: Option<String>,
+    /// Encoding of files that are not UTF-8 (latin1, windows-1252, utf-16le, ...).
+    #[arg(long)]
+    encoding: Option<String>,
+    /// Skip and count bad rows instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+}
+
+impl TaskArgs {
+    fn spec(&self) -> TaskSpec {
+        TaskSpec {
+            path: self.task.clone(),
+            text_column: self.text_column.clone(),
+            pair_column: self.pair_column.clone(),
+            label_column: self.label_column.clone(),
+            regression: self.regression,
+            glue: self.glue.clone(),
+            encoding: self.encoding.clone(),
+            skip_bad_rows: self.skip_bad_rows,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// HF model directory (BERT or GPT-2).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Transfer method; `kiln methods` lists them with their options.
+    #[arg(long)]
+    method: String,
+    /// partial-k: layers that train; mlp-k: layers of the head.
+    #[arg(long)]
+    k: Option<usize>,
+    /// LoRA rank.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (the delta is scaled by alpha / rank).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// LoRA dropout on the delta's input.
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// LoRA target projections, comma-separated (query,value; c_attn; attention.output).
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-3 otherwise].
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Tokens per text, special tokens included; longer texts are truncated.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Seeds the split, the initialisation, the data order and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    /// Decay after warm-up: linear, cosine or constant.
+    #[arg(long, default_value = "linear")]
+    schedule: Decay,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip the joint gradient norm (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Stop after this many epochs without a better validation metric.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// How texts become one vector: mean, cls, pooler (BERT) or last (GPT-2) [default: mean
+    /// for BERT, last for GPT-2].
+    #[arg(long)]
+    readout: Option<Readout>,
+    /// Save the whole model in checkpoints, not only what the method trains.
+    #[arg(long)]
+    save_full: bool,
+    /// Run directory.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue the run in --out after its last complete epoch.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Everything needed to rebuild a run's model and data: `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub model: PathBuf,
+    pub task: TaskSpec,
+    pub method: MethodConfig,
+    pub train: TrainConfig,
+    pub readout: Readout,
+    pub head: HeadConfig,
+    pub max_len: usize,
+    pub save_full: bool,
+}
+
+/// `summary.json`: how the run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub method: String,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub trainable_percent: f64,
+    pub best_epoch: Option<usize>,
+    pub validation: Option<Metrics>,
+    pub test: Option<Metrics>,
+    pub seconds_per_epoch: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub device: String,
+}
+
+fn default_lr(method: &MethodConfig) -> f64 {
+    match method {
+        MethodConfig::Full(_) => 5e-5,
+        MethodConfig::PartialK(_) => 1e-4,
+        _ => 1e-3,
+    }
+}
+
+pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
+    let options = MethodOptions {
+        k: args.k,
+        rank: args.rank,
+        alpha: args.alpha,
+        lora_dropout: args.lora_dropout,
+        targets: args.targets.clone(),
+    };
+    let method = MethodConfig::from_options(&args.method, &options)?;
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr.unwrap_or_else(|| default_lr(&method)),
+        batch_size: args.batch_size,
+        warmup_ratio: args.warmup_ratio,
+        decay: args.schedule,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        patience: args.patience,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let task = args
+        .task
+        .spec()
+        .load(args.seed)
+        .with_context(|| format!("reading task {}", args.task.task.display()))?;
+    report_task(&task);
+
+    let train_device = device.clone().autodiff();
+    train_device.seed(args.seed);
+    let pretrained = Pretrained::load(&args.model, &train_device)
+        .with_context(|| format!("loading model from {}", args.model.display()))?;
+    let readout = args.readout.unwrap_or(match pretrained.backbone {
+        Backbone::Bert(..) => Readout::Mean,
+        Backbone::Gpt2(..) => Readout::Last,
+    });
+    let head = HeadConfig {
+        layers: method.method().head_layers(),
+        outputs: task.num_outputs(),
+        dropout: 0.1,
+    };
+    let run = RunConfig {
+        model: args.model.clone(),
+        task: args.task.spec(),
+        method,
+        train: train_config,
+        readout,
+        head,
+        max_len: args.max_len,
+        save_full: args.save_full,
+    };
+    prepare_run_dir(&args.out, &run, args.resume)?;
+
+    let (model, tokenizer, report) = build(pretrained, &run, &train_device)?;
+    println!(
+        "{}: {} of {} parameters train ({:.3}%)",
+        run.method.label(),
+        report.trainable(),
+        report.total(),
+        report.trainable_percent()
+    );
+    let trainable = trainable_patterns(&report);
+    let trainer = Trainer {
+        config: run.train.clone(),
+        tokenizer: &tokenizer,
+        device: train_device.clone(),
+        run_dir: args.out.clone(),
+        saved: if run.save_full {
+            vec!["*".into()]
+        } else {
+            trainable.clone()
+        },
+        trainable,
+        progress: true,
+        epoch_limit: None,
+    };
+    let data = TaskData {
+        kind: &task.kind,
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    let (model, summary) = trainer.fit(model, &data, args.resume)?;
+
+    let test = if task.split.test.is_empty() {
+        None
+    } else {
+        Some(evaluate(
+            &model.valid(),
+            &tokenizer,
+            &task.part(&task.split.test),
+            &task.kind,
+            device,
+            run.train.eval_batch_size,
+        )?)
+    };
+    let history = &summary.state.history;
+    let run_summary = RunSummary {
+        method: run.method.label(),
+        trainable_params: report.trainable(),
+        total_params: report.total(),
+        trainable_percent: report.trainable_percent(),
+        best_epoch: summary.state.best_epoch,
+        validation: summary.best_validation().cloned(),
+        test: test.clone(),
+        seconds_per_epoch: history.iter().map(|r| r.seconds).sum::<f64>()
+            / history.len().max(1) as f64,
+        peak_rss_mib: summary.peak_rss_mib,
+        device: choice.to_string(),
+    };
+    write_json(&args.out.join("summary.json"), &run_summary)?;
+    if let Some(test) = &test {
+        let (name, value) = test.primary();
+        println!(
+            "test {name}: {value:.4} ({} examples); trainable {:.3}%; {:.1} s/epoch; peak memory {}",
+            task.split.test.len(),
+            run_summary.trainable_percent,
+            run_summary.seconds_per_epoch,
+            run_summary
+                .peak_rss_mib
+                .map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        );
+    }
+    println!("run written to {}", args.out.display());
+    Ok(())
+}
+
+/// The model of `run` on `pretrained`'s backbone, with the method applied and the tokenizer
+/// set to the run's length.
+fn build(
+    pretrained: Pretrained,
+    run: &RunConfig,
+    device: &Device,
+) -> Result<(SequenceClassifier, kiln_models::TextTokenizer, ParamReport)> {
+    let Pretrained {
+        backbone,
+        mut tokenizer,
+        ..
+    } = pretrained;
+    tokenizer.configure(run.max_len, PaddingSide::Right)?;
+    let classifier = SequenceClassifier::new(backbone, run.readout, run.head, device)?;
+    let (model, report) = run.method.apply(classifier)?;
+    Ok((model, tokenizer, report))
+}
+
+fn trainable_patterns(report: &ParamReport) -> Vec<String> {
+    report
+        .trainable_paths()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+fn report_task(task: &LoadedTask) {
+    println!(
+        "task: {} examples ({} train, {} validation, {} test), {} outputs",
+        task.examples.len(),
+        task.split.train.len(),
+        task.split.validation.len(),
+        task.split.test.len(),
+        task.num_outputs()
+    );
+    if !task.skipped.is_empty() {
+        println!("skipped {} bad rows:", task.skipped.len());
+        for row in task.skipped.iter().take(10) {
+            println!("  {}: {}", row.location, row.reason);
+        }
+    }
+}
+
+/// A run directory is never overwritten: a new run needs an empty one, a resumed run the same
+/// settings.
+fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
+    let path = dir.join("run.json");
+    if path.is_file() {
+        if !resume {
+            bail!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                dir.display()
+            );
+        }
+        let recorded: RunConfig = read_json(&path)?;
+        if &recorded != run {
+            bail!(
+                "{} holds a run with other settings; resume it with the same options (see {})",
+                dir.display(),
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    write_json(&path, run)?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Run directory written by `kiln train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Which part of the run's split: validation or test.
+    #[arg(long, default_value = "validation")]
+    split: String,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
+    let run: RunConfig = read_json(&args.run.join("run.json"))?;
+    let task = run
+        .task
+        .load(run.train.seed)
+        .with_context(|| format!("reading task {}", run.task.path.display()))?;
+    let indices = match args.split.as_str() {
+        "validation" => &task.split.validation,
+        "test" => &task.split.test,
+        other => bail!("--split {other}: expected validation or test"),
+    };
+    let pretrained = Pretrained::load(&run.model, device)
+        .with_context(|| format!("loading model from {}", run.model.display()))?;
+    let (model, tokenizer, _) = build(pretrained, &run, device)?;
+    let weights = args.run.join(BEST_DIR).join(TRAINED_FILE);
+    let (model, _) = kiln_train::load_params(model, &weights)?;
+    let metrics = evaluate(
+        &model,
+        &tokenizer,
+        &task.part(indices),
+        &task.kind,
+        device,
+        run.train.eval_batch_size,
+    )?;
+    let (name, value) = metrics.primary();
+    if args.json {
+        println!("{}", serde_json::to_string(&metrics)?);
+    } else {
+        println!(
+            "{} {name}: {value:.6} (loss {:.6})",
+            args.split, metrics.loss
+        );
+    }
+    if args.split == "validation" {
+        let best: EpochRecord = read_json(&args.run.join("best.json"))?;
+        let recorded = best.validation.primary().1;
+        if !args.json {
+            println!("recorded at epoch {}: {recorded:.6}", best.epoch);
+        }
+        if recorded != value {
+            bail!("the reloaded model gives {value}, the run recorded {recorded}");
+        }
+    }
+    Ok(())
+}
+
+pub fn methods() {
+    let width = METHODS.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    for method in METHODS {
+        let options = if method.options.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", method.options)
+        };
+        println!("{:width$}  {}{options}", method.name, method.summary);
+    }
+}

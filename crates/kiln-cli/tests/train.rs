@@ -1,0 +1,139 @@
+//! `kiln train`, `kiln eval` and `kiln methods` end to end on the tiny fixtures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn kiln(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("kiln runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn methods_lists_every_registered_method() {
+    let (ok, stdout, stderr) = kiln(&["methods"]);
+    assert!(ok, "{stderr}");
+    for name in [
+        "full",
+        "linear-probe",
+        "partial-k",
+        "mlp-k",
+        "bitfit",
+        "lora",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("--rank"), "{stdout}");
+}
+
+#[test]
+fn train_then_eval_reproduces_the_recorded_metric() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = dir.path().join("run");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let train_args = [
+        "train",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--method",
+        "lora",
+        "--rank",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--out",
+        path(&run),
+    ];
+    let (ok, stdout, stderr) = kiln(&train_args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("lora-r4: 1090 of"), "{stdout}");
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+    for file in [
+        "run.json",
+        "state.json",
+        "best.json",
+        "summary.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(summary["trainable_params"], 1090);
+    let epochs = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("log")
+        .lines()
+        .filter(|l| l.contains(r#""record":"epoch""#))
+        .count();
+    assert_eq!(epochs, 2);
+
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&run)]);
+    assert!(ok, "{stderr}\n{stdout}");
+    assert!(stdout.contains("validation accuracy"), "{stdout}");
+
+    // The run directory is not overwritten by accident.
+    let (ok, _, stderr) = kiln(&train_args);
+    assert!(!ok);
+    assert!(
+        stderr.contains("already holds a run") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_requests_name_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let out = dir.path().join("run");
+    let base = [
+        "train",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--out",
+        path(&out),
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    let (ok, _, stderr) = with(&["--method", "lorra"]);
+    assert!(!ok && stderr.contains("unknown method `lorra`"), "{stderr}");
+    let (ok, _, stderr) = with(&["--method", "bitfit", "--rank", "4"]);
+    assert!(!ok && stderr.contains("--rank"), "{stderr}");
+    let (ok, _, stderr) = with(&["--method", "full", "--label-column", "category"]);
+    assert!(!ok && stderr.contains("category"), "{stderr}");
+}
