@@ -1,27 +1,11 @@
 //! `kiln encode` end to end on the committed fixtures: the JSON it prints agrees with the
 //! `transformers` reference outputs, and bad requests fail with a clear message.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{fixtures, kiln};
 
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn kiln(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("kiln runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// `kiln encode --model fixtures/<fixture> <args> --json`, which must succeed, parsed.
 fn encode_json(fixture: &str, args: &[&str]) -> Value {

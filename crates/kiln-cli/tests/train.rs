@@ -1,26 +1,10 @@
 //! `kiln train`, `kiln eval` and `kiln methods` end to end on the tiny fixtures.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{fixtures, kiln};
 
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn kiln(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("kiln runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")

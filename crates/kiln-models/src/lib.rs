@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod gpt2;
+pub mod paths;
 pub mod pretrained;
 pub mod tokenizer;
 pub mod tunable;

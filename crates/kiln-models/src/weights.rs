@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
+use crate::paths::{ParamMapper, map_params};
 
 /// A float tensor read from a weight file, converted to f32.
 #[derive(Debug, Clone)]
@@ -163,10 +164,9 @@ impl WeightFile {
         let mut loader = Loader {
             file: self,
             table,
-            path: Vec::new(),
             error: None,
         };
-        let module = module.map(&mut loader);
+        let module = map_params(module, &mut loader);
         match loader.error {
             Some(error) => Err(error),
             None => Ok(module),
@@ -177,7 +177,6 @@ impl WeightFile {
 struct Loader<'a> {
     file: &'a WeightFile,
     table: KeyTable,
-    path: Vec<String>,
     error: Option<ModelError>,
 }
 
@@ -232,22 +231,17 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+impl ParamMapper for Loader<'_> {
+    fn map<const D: usize>(
+        &mut self,
+        param_path: &str,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
         if self.error.is_some() {
             return param;
         }
-        let param_path = self.path.join(".");
         let expected = param.lazy_shape().dims::<D>().to_vec();
-        match self.tensor_for(&param_path, &expected) {
+        match self.tensor_for(param_path, &expected) {
             Ok(data) => {
                 let device = param.lazy_device();
                 let id = param.id;

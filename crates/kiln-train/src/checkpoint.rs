@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
+use kiln_models::paths::{ParamMapper, ParamVisitor, map_params, visit_params};
 use kiln_tuning::glob_match;
 
 use crate::error::{Result, TrainError};
@@ -34,10 +35,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn save_params<M: Module>(model: &M, patterns: &[String], path: &Path) -> Result<usize> {
     let mut collector = Collector {
         patterns,
-        path: Vec::new(),
         tensors: Vec::new(),
     };
-    model.visit(&mut collector);
+    visit_params(model, &mut collector);
     let ids: HashMap<&str, String> = collector
         .tensors
         .iter()
@@ -71,22 +71,12 @@ struct SavedTensor {
 
 struct Collector<'a> {
     patterns: &'a [String],
-    path: Vec<String>,
     tensors: Vec<SavedTensor>,
 }
 
-impl ModuleVisitor for Collector<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
-        if !self.patterns.iter().any(|p| glob_match(p, &path)) {
+impl ParamVisitor for Collector<'_> {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+        if !self.patterns.iter().any(|p| glob_match(p, path)) {
             return;
         }
         let value = param.val();
@@ -97,7 +87,7 @@ impl ModuleVisitor for Collector<'_> {
             .try_to_vec::<f32>()
             .expect("data converted to f32 reads back as f32");
         self.tensors.push(SavedTensor {
-            path,
+            path: path.to_string(),
             id: param.id,
             shape,
             bytes: floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -126,11 +116,10 @@ pub fn load_params<M: Module>(model: M, path: &Path) -> Result<(M, usize)> {
         file: &file,
         ids: &ids,
         file_path: path,
-        path: Vec::new(),
         loaded: Vec::new(),
         error: None,
     };
-    let model = model.map(&mut loader);
+    let model = map_params(model, &mut loader);
     if let Some(error) = loader.error {
         return Err(error);
     }
@@ -152,23 +141,13 @@ struct Loader<'a> {
     file: &'a safetensors::SafeTensors<'a>,
     ids: &'a HashMap<String, String>,
     file_path: &'a Path,
-    path: Vec<String>,
     loaded: Vec<String>,
     error: Option<TrainError>,
 }
 
-impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
-        let Ok(view) = self.file.tensor(&path) else {
+impl ParamMapper for Loader<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Ok(view) = self.file.tensor(path) else {
             return param;
         };
         let expected = param.lazy_shape().dims::<D>().to_vec();
@@ -189,11 +168,11 @@ impl ModuleMapper for Loader<'_> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let device = param.lazy_device();
-        let id = match self.ids.get(&path).and_then(|id| id.parse::<u64>().ok()) {
+        let id = match self.ids.get(path).and_then(|id| id.parse::<u64>().ok()) {
             Some(id) => ParamId::from(id),
             None => param.id,
         };
-        self.loaded.push(path);
+        self.loaded.push(path.to_string());
         Param::initialized(
             id,
             Tensor::from_data(TensorData::new(values, expected), &device),

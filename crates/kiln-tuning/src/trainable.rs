@@ -2,9 +2,11 @@
 //! of the model. What matches trains (`require_grad = true`); everything else is frozen and
 //! carries no gradient. The report of trainable and total parameters comes from the same walk.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use serde::Serialize;
+
+use kiln_models::paths::{ParamMapper, ParamVisitor, map_params, visit_params};
 
 /// `*` matches any run of characters, dots included: `bert.*.bias`, `head.*`, `*`.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
@@ -75,33 +77,22 @@ impl ParamReport {
 pub fn set_trainable<M: Module>(model: M, patterns: &[String]) -> (M, ParamReport) {
     let mut marker = Marker {
         patterns,
-        path: Vec::new(),
         report: ParamReport::default(),
     };
-    let model = model.map(&mut marker);
+    let model = map_params(model, &mut marker);
     (model, marker.report)
 }
 
 struct Marker<'a> {
     patterns: &'a [String],
-    path: Vec<String>,
     report: ParamReport,
 }
 
-impl ModuleMapper for Marker<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
-        let trainable = self.patterns.iter().any(|p| glob_match(p, &path));
+impl ParamMapper for Marker<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let trainable = self.patterns.iter().any(|p| glob_match(p, path));
         self.report.entries.push(ParamEntry {
-            path,
+            path: path.to_string(),
             numel: param.lazy_shape().num_elements(),
             trainable,
         });
@@ -113,31 +104,21 @@ impl ModuleMapper for Marker<'_> {
 /// trainable-set tests compare against.
 pub fn tracked_report<M: Module>(model: &M) -> ParamReport {
     let mut reader = Reader {
-        path: Vec::new(),
         report: ParamReport::default(),
     };
-    model.visit(&mut reader);
+    visit_params(model, &mut reader);
     reader.report
 }
 
 struct Reader {
-    path: Vec<String>,
     report: ParamReport,
 }
 
-impl ModuleVisitor for Reader {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl ParamVisitor for Reader {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         let value = param.val();
         self.report.entries.push(ParamEntry {
-            path: self.path.join("."),
+            path: path.to_string(),
             numel: value.shape().num_elements(),
             trainable: value.is_require_grad(),
         });
