@@ -293,7 +293,16 @@ fn demo() -> Result<()> {
     run(
         cargo()
             // Release: training is several times faster than in the dev profile.
-            .args(["run", "--release", "--quiet", "-p", "kiln-cli", "--", "train", "--model"])
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "kiln-cli",
+                "--",
+                "train",
+                "--model",
+            ])
             .arg(&assets.minilm)
             .arg("--task")
             .arg(&assets.bbc_news)
