@@ -22,6 +22,24 @@ pub enum Target {
     Score(f32),
 }
 
+impl Target {
+    /// The class index a classification loss or metric reads (a score is truncated).
+    pub fn class_index(&self) -> usize {
+        match *self {
+            Target::Class(c) => c,
+            Target::Score(s) => s as usize,
+        }
+    }
+
+    /// The value a regression loss or metric reads.
+    pub fn score(&self) -> f32 {
+        match *self {
+            Target::Score(s) => s,
+            Target::Class(c) => c as f32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextExample {
     pub text: String,

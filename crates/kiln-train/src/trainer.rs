@@ -394,26 +394,14 @@ fn task_loss(
 ) -> Tensor<1> {
     match kind {
         TaskKind::Classification { .. } => {
-            let classes: Vec<i64> = targets
-                .iter()
-                .map(|t| match t {
-                    Target::Class(c) => *c as i64,
-                    Target::Score(s) => *s as i64,
-                })
-                .collect();
+            let classes: Vec<i64> = targets.iter().map(|t| t.class_index() as i64).collect();
             let classes = Tensor::<1, Int>::from_data(TensorData::from(classes.as_slice()), device);
             CrossEntropyLossConfig::new()
                 .init(device)
                 .forward(outputs, classes)
         }
         TaskKind::Regression => {
-            let scores: Vec<f32> = targets
-                .iter()
-                .map(|t| match t {
-                    Target::Score(s) => *s,
-                    Target::Class(c) => *c as f32,
-                })
-                .collect();
+            let scores: Vec<f32> = targets.iter().map(Target::score).collect();
             let n = scores.len();
             let scores = Tensor::<1>::from_data(TensorData::from(scores.as_slice()), device);
             (outputs.reshape([n]) - scores).powi_scalar(2).mean()
@@ -448,23 +436,14 @@ pub fn evaluate(
     Ok(match kind {
         TaskKind::Classification { labels } => {
             let predicted: Vec<usize> = outputs_all.iter().map(|row| argmax(row)).collect();
-            let actual: Vec<usize> = examples
-                .iter()
-                .map(|e| match e.target {
-                    Target::Class(c) => c,
-                    Target::Score(s) => s as usize,
-                })
-                .collect();
+            let actual: Vec<usize> = examples.iter().map(|e| e.target.class_index()).collect();
             Metrics::classification(loss, &predicted, &actual, labels.len())
         }
         TaskKind::Regression => {
             let predicted: Vec<f64> = outputs_all.iter().map(|row| f64::from(row[0])).collect();
             let actual: Vec<f64> = examples
                 .iter()
-                .map(|e| match e.target {
-                    Target::Score(s) => f64::from(s),
-                    Target::Class(c) => c as f64,
-                })
+                .map(|e| f64::from(e.target.score()))
                 .collect();
             Metrics::regression(loss, &predicted, &actual)
         }
