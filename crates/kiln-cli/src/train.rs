@@ -13,11 +13,15 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use kiln_data::{LoadedTask, TaskSpec};
+use kiln_models::{Activation, AdapterInit};
 use kiln_models::{
     Backbone, DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
 };
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
-use kiln_train::{Decay, EpochRecord, Metrics, TaskData, TrainConfig, Trainer, evaluate};
+use kiln_train::{
+    Decay, EpochRecord, Metrics, TaskData, TrainConfig, Trainer, evaluate, load_adapter,
+    save_adapter,
+};
 use kiln_tuning::{METHODS, MethodConfig, MethodOptions, ParamReport};
 
 #[derive(Args)]
@@ -89,6 +93,8 @@ pub struct TrainArgs {
     /// LoRA target projections, comma-separated (query,value; c_attn; attention.output).
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-3 otherwise].
@@ -131,6 +137,53 @@ pub struct TrainArgs {
     resume: bool,
 }
 
+/// Options of the adapter family (houlsby, pfeiffer, parallel, fusion, adapter-drop, mam, side).
+#[derive(Args)]
+pub struct AdapterArgs {
+    /// Adapter bottleneck width (overrides --reduction-factor).
+    #[arg(long)]
+    bottleneck: Option<usize>,
+    /// Bottleneck = hidden size / this.
+    #[arg(long)]
+    reduction_factor: Option<usize>,
+    /// Adapter non-linearity: relu, gelu, gelu_new, swish, tanh.
+    #[arg(long)]
+    adapter_activation: Option<Activation>,
+    /// near-identity (Houlsby) or lora (up-projection zero).
+    #[arg(long)]
+    adapter_init: Option<AdapterInit>,
+    /// Train the backbone's layer norms with the adapter (true or false).
+    #[arg(long)]
+    train_norms: Option<bool>,
+    /// Name the adapter is saved under [default: the method's name].
+    #[arg(long)]
+    adapter_name: Option<String>,
+    /// Parallel / MAM adapter output scale s.
+    #[arg(long)]
+    scale: Option<f64>,
+    /// MAM: prefix rows per attention.
+    #[arg(long)]
+    prefix_len: Option<usize>,
+    /// fusion: directories of saved adapters (RUN/adapter), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    adapters: Option<Vec<PathBuf>>,
+    /// adapter-drop: lowest layers without adapters at inference.
+    #[arg(long)]
+    drop_layers: Option<usize>,
+    /// adapter-drop: most layers dropped in a training step.
+    #[arg(long)]
+    drop_max: Option<usize>,
+    /// side: hidden width of the side network.
+    #[arg(long)]
+    side_width: Option<usize>,
+    /// side: weight of the backbone's features (at the start of training).
+    #[arg(long)]
+    side_alpha: Option<f64>,
+    /// side: weight at the end of training and at inference (a linear curriculum).
+    #[arg(long)]
+    side_alpha_end: Option<f64>,
+}
+
 /// Everything needed to rebuild a run's model and data: `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -143,6 +196,9 @@ pub struct RunConfig {
     pub max_len: usize,
     pub save_full: bool,
 }
+
+/// Where `kiln train` saves an adapter method's adapter on its own (see `kiln_train::adapters`).
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// `summary.json`: how the run ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,12 +224,27 @@ fn default_lr(method: &MethodConfig) -> f64 {
 }
 
 pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
+    let adapter = &args.adapter;
     let options = MethodOptions {
         k: args.k,
         rank: args.rank,
         alpha: args.alpha,
         lora_dropout: args.lora_dropout,
         targets: args.targets.clone(),
+        bottleneck: adapter.bottleneck,
+        reduction_factor: adapter.reduction_factor,
+        adapter_activation: adapter.adapter_activation,
+        adapter_init: adapter.adapter_init,
+        train_norms: adapter.train_norms,
+        adapter_name: adapter.adapter_name.clone(),
+        scale: adapter.scale,
+        prefix_len: adapter.prefix_len,
+        adapters: adapter.adapters.clone(),
+        drop_layers: adapter.drop_layers,
+        drop_max: adapter.drop_max,
+        side_width: adapter.side_width,
+        side_alpha: adapter.side_alpha,
+        side_alpha_end: adapter.side_alpha_end,
     };
     let method = MethodConfig::from_options(&args.method, &options)?;
     let train_config = TrainConfig {
@@ -249,6 +320,15 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         validation: task.part(&task.split.validation),
     };
     let (model, summary) = trainer.fit(model, &data, args.resume)?;
+    if let Some(adapter) = run.method.adapter() {
+        let dir = args.out.join(ADAPTER_DIR);
+        save_adapter(&model, &adapter.name, run.method.name(), &dir)?;
+        println!(
+            "adapter `{}` saved on its own in {}",
+            adapter.name,
+            dir.display()
+        );
+    }
 
     let test = if task.split.test.is_empty() {
         None
@@ -306,7 +386,20 @@ fn build(
         ..
     } = pretrained;
     tokenizer.configure(run.max_len, PaddingSide::Right)?;
-    let classifier = SequenceClassifier::new(backbone, run.readout, run.head, device)?;
+    let mut classifier = SequenceClassifier::new(backbone, run.readout, run.head, device)?;
+    if let MethodConfig::Fusion(fusion) = &run.method {
+        for dir in &fusion.adapters {
+            let (loaded, saved) = load_adapter(classifier, dir)
+                .with_context(|| format!("loading the adapter in {}", dir.display()))?;
+            println!(
+                "loaded adapter `{}` ({}) from {}",
+                saved.name,
+                saved.method,
+                dir.display()
+            );
+            classifier = loaded;
+        }
+    }
     let (model, report) = run.method.apply(classifier)?;
     Ok((model, tokenizer, report))
 }
@@ -372,6 +465,9 @@ pub struct EvalArgs {
     /// Print the metrics as JSON.
     #[arg(long)]
     json: bool,
+    /// Run without adapters in this many of the lowest layers (AdapterDrop at inference).
+    #[arg(long)]
+    adapter_drop: Option<usize>,
 }
 
 pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
@@ -389,7 +485,21 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         .with_context(|| format!("loading model from {}", run.model.display()))?;
     let (model, tokenizer, _) = build(pretrained, &run, device)?;
     let weights = args.run.join(BEST_DIR).join(TRAINED_FILE);
-    let (model, _) = kiln_train::load_params(model, &weights)?;
+    let (mut model, _) = kiln_train::load_params(model, &weights)?;
+    if let Some(layers) = args.adapter_drop {
+        if model.adapters.is_empty() {
+            bail!("--adapter-drop: the run's model holds no adapters");
+        }
+        if layers > model.num_layers() {
+            bail!(
+                "--adapter-drop {layers}: the model has {} layers",
+                model.num_layers()
+            );
+        }
+        let training_max = model.adapter_drop_max;
+        model.set_adapter_drop(training_max, layers);
+    }
+    let started = std::time::Instant::now();
     let metrics = evaluate(
         &model,
         &tokenizer,
@@ -398,16 +508,19 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         device,
         run.train.eval_batch_size,
     )?;
+    let seconds = started.elapsed().as_secs_f64();
     let (name, value) = metrics.primary();
     if args.json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {
         println!(
-            "{} {name}: {value:.6} (loss {:.6})",
-            args.split, metrics.loss
+            "{} {name}: {value:.6} (loss {:.6}); {} examples in {seconds:.2} s",
+            args.split,
+            metrics.loss,
+            indices.len()
         );
     }
-    if args.split == "validation" {
+    if args.split == "validation" && args.adapter_drop.is_none() {
         let best: EpochRecord = read_json(&args.run.join("best.json"))?;
         let recorded = best.validation.primary().1;
         if !args.json {

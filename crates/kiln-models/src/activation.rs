@@ -15,6 +15,17 @@ pub enum Activation {
     Relu,
     #[serde(alias = "swish")]
     Silu,
+    Tanh,
+}
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+    /// The names HF configs and AdapterHub use: `gelu`, `gelu_new`, `relu`, `silu`/`swish`, `tanh`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            format!("unknown activation `{s}`: expected relu, gelu, gelu_new, silu (swish) or tanh")
+        })
+    }
 }
 
 impl Activation {
@@ -24,6 +35,7 @@ impl Activation {
             Activation::GeluNew => gelu_approximate(x),
             Activation::Relu => relu(x),
             Activation::Silu => silu(x),
+            Activation::Tanh => x.tanh(),
         }
     }
 }

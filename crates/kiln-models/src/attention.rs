@@ -8,6 +8,8 @@ use burn::nn::Dropout;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
+use crate::adapter::AttentionPrefix;
+
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [batch, seq, width] = x.dims();
@@ -33,6 +35,29 @@ pub fn attend(
     let scores = query.matmul(key.swap_dims(2, 3)) * scale + bias.clone();
     let probs = dropout.forward(softmax(scores, 3));
     probs.matmul(value)
+}
+
+/// Keys, values and mask with `prefix`'s rows in front: `[batch, heads, l + seq, head_dim]` and
+/// a mask that lets every query see every prefix row.
+pub fn with_prefix(
+    key: Tensor<4>,
+    value: Tensor<4>,
+    bias: &Tensor<4>,
+    prefix: &AttentionPrefix,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [batch, heads, _, head_dim] = key.dims();
+    let rows = prefix.len();
+    let expand = |rows_param: Tensor<2>| {
+        rows_param
+            .reshape([1, rows, heads, head_dim])
+            .swap_dims(1, 2)
+            .expand([batch, heads, rows, head_dim])
+    };
+    let key = Tensor::cat(vec![expand(prefix.key.val()), key], 2);
+    let value = Tensor::cat(vec![expand(prefix.value.val()), value], 2);
+    let [b, one, queries, _] = bias.dims();
+    let open = Tensor::zeros([b, one, queries, rows], &bias.device());
+    (key, value, Tensor::cat(vec![open, bias.clone()], 3))
 }
 
 /// Key-side padding mask `[batch, 1, 1, seq]` from a `[batch, seq]` mask of 1 (token) / 0 (pad).

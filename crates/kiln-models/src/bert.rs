@@ -12,7 +12,8 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::attention::{attend, merge_heads, padding_bias, split_heads};
+use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
+use crate::attention::{attend, merge_heads, padding_bias, split_heads, with_prefix};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::tunable::TunableLinear;
@@ -140,11 +141,13 @@ impl BertConfig {
                     output_norm: layer_norm(),
                     activation: self.hidden_act,
                     dropout: dropout.init(),
+                    adapters: None,
                 })
                 .collect(),
             pooler: Some(BertPooler {
                 dense: linear(h, h),
             }),
+            adapter_drop: AdapterDropState::default(),
         }
     }
 }
@@ -274,6 +277,8 @@ pub struct Bert {
     pub layers: Vec<BertLayer>,
     /// Absent when the checkpoint has no pooler (`add_pooling_layer=False`).
     pub pooler: Option<BertPooler>,
+    #[module(skip)]
+    pub adapter_drop: AdapterDropState,
 }
 
 #[derive(Module, Debug)]
@@ -305,6 +310,8 @@ pub struct BertLayer {
     #[module(skip)]
     pub activation: Activation,
     pub dropout: Dropout,
+    /// Adapter slots (see [`crate::adapter`]); `None` for a plain layer.
+    pub adapters: Option<LayerAdapters>,
 }
 
 #[derive(Module, Debug)]
@@ -382,8 +389,9 @@ impl Bert {
         let mut hidden = self
             .embeddings
             .forward(input.input_ids, input.token_type_ids);
-        for layer in &self.layers {
-            hidden = layer.forward(hidden, &bias);
+        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(hidden, &bias, i >= skipped);
         }
         let pooled = self
             .pooler
@@ -410,33 +418,50 @@ impl BertEmbeddings {
 }
 
 impl BertSelfAttention {
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        prefix: Option<&AttentionPrefix>,
+    ) -> Tensor<3> {
         let q = split_heads(self.query.forward(hidden.clone()), self.heads);
         let k = split_heads(self.key.forward(hidden.clone()), self.heads);
         let v = split_heads(self.value.forward(hidden), self.heads);
         let head_dim = q.dims()[3];
-        let context = attend(
-            q,
-            k,
-            v,
-            bias,
-            1.0 / (head_dim as f64).sqrt(),
-            &self.probs_dropout,
-        );
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let context = match prefix {
+            Some(prefix) => {
+                let (k, v, bias) = with_prefix(k, v, bias, prefix);
+                attend(q, k, v, &bias, scale, &self.probs_dropout)
+            }
+            None => attend(q, k, v, bias, scale, &self.probs_dropout),
+        };
         self.output.forward(merge_heads(context))
     }
 }
 
 impl BertLayer {
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
-        let attended = self
-            .dropout
-            .forward(self.attention.forward(hidden.clone(), bias));
+    /// With `adapters_on` false the layer runs as the plain backbone (AdapterDrop).
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>, adapters_on: bool) -> Tensor<3> {
+        let adapters = self.adapters.as_ref().filter(|_| adapters_on);
+        let prefix = adapters.and_then(LayerAdapters::prefix);
+        let mut attended =
+            self.dropout
+                .forward(self.attention.forward(hidden.clone(), bias, prefix));
+        if let Some(adapters) = adapters {
+            attended = adapters.after_attention(attended);
+        }
         let hidden = self.attention_norm.forward(hidden + attended);
         let inner = self
             .activation
             .forward(self.intermediate.forward(hidden.clone()));
-        let out = self.dropout.forward(self.output.forward(inner));
+        let mut out = self.dropout.forward(self.output.forward(inner));
+        if let Some(adapters) = adapters {
+            out = adapters.after_feed_forward(out);
+            if let Some(beside) = adapters.beside_feed_forward(hidden.clone()) {
+                out = out + beside;
+            }
+        }
         self.output_norm.forward(hidden + out)
     }
 }

@@ -14,10 +14,12 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::{ActiveAdapter, AdapterConfig, AdapterFusion, LayerAdapters};
 use crate::bert::{Bert, BertInput};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Input};
 use crate::pretrained::{Backbone, last_token_pool, mean_pool};
+use crate::side::{SideConfig, SideNetwork};
 use crate::tunable::TunableLinear;
 
 /// How the token states of one text become the head's input.
@@ -98,14 +100,30 @@ impl MlpHead {
     }
 }
 
+/// An adapter the model holds (in every layer's slots), by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedAdapter {
+    pub name: String,
+    pub config: AdapterConfig,
+}
+
 /// A backbone (exactly one of `bert`, `gpt2`) with a readout and a task head.
 #[derive(Module, Debug)]
 pub struct SequenceClassifier {
     pub bert: Option<Bert>,
     pub gpt2: Option<Gpt2>,
+    /// Side-tuning's side network, blended with the backbone's features.
+    pub side: Option<SideNetwork>,
     pub head: MlpHead,
     #[module(skip)]
     pub readout: Readout,
+    /// The adapters in the layers' slots, in slot order (index `k` is `adapters.loaded.k`).
+    #[module(skip)]
+    pub adapters: Vec<NamedAdapter>,
+    /// AdapterDrop's robust training: each step drops the adapters of the lowest `n` layers, `n`
+    /// drawn uniformly from `0..=adapter_drop_max`.
+    #[module(skip)]
+    pub adapter_drop_max: usize,
 }
 
 impl SequenceClassifier {
@@ -150,8 +168,11 @@ impl SequenceClassifier {
         Ok(Self {
             bert,
             gpt2,
+            side: None,
             head: head.init(width, device)?,
             readout,
+            adapters: Vec::new(),
+            adapter_drop_max: 0,
         })
     }
 
@@ -160,8 +181,22 @@ impl SequenceClassifier {
         self.head.forward(self.features(input))
     }
 
-    /// The head's input `[batch, hidden]`.
+    /// The head's input `[batch, hidden]`: the backbone's read-out features, blended with the
+    /// side network's when there is one.
     pub fn features(&self, input: BertInput) -> Tensor<2> {
+        let Some(side) = &self.side else {
+            return self.backbone_features(input);
+        };
+        let embedded = match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert.embeddings.word.forward(input.input_ids.clone()),
+            (_, Some(gpt2)) => gpt2.wte.forward(input.input_ids.clone()),
+            _ => unreachable!("a classifier always holds a backbone"),
+        };
+        let side_features = side.forward(mean_pool(embedded, input.attention_mask.clone()));
+        side.blend(self.backbone_features(input), side_features)
+    }
+
+    fn backbone_features(&self, input: BertInput) -> Tensor<2> {
         let mask = input.attention_mask.clone();
         if let Some(bert) = &self.bert {
             let out = bert.forward(input);
@@ -217,6 +252,200 @@ impl SequenceClassifier {
             Some(_) => Vec::new(),
             None => vec!["gpt2.ln_f".into()],
         }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert.hidden_size(),
+            (_, Some(gpt2)) => gpt2.hidden_size(),
+            _ => unreachable!("a classifier always holds a backbone"),
+        }
+    }
+
+    /// Patterns of every layer-norm parameter of the backbone.
+    pub fn norm_patterns(&self) -> Vec<String> {
+        match self.bert {
+            Some(_) => vec!["bert.*norm.*".into()],
+            None => vec!["gpt2.*ln_*".into()],
+        }
+    }
+
+    /// Patterns of the parameters of the adapter called `name`, in every layer.
+    pub fn adapter_patterns(&self, name: &str) -> Vec<String> {
+        self.adapter_index(name)
+            .map(|k| vec![format!("{}.*.adapters.loaded.{k}.*", self.backbone_name())])
+            .unwrap_or_default()
+    }
+
+    /// Patterns of the fusion layers' parameters.
+    pub fn fusion_patterns(&self) -> Vec<String> {
+        vec![format!("{}.*.adapters.fusion.*", self.backbone_name())]
+    }
+
+    pub fn adapter_index(&self, name: &str) -> Option<usize> {
+        self.adapters.iter().position(|a| a.name == name)
+    }
+
+    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+        match (&mut self.bert, &mut self.gpt2) {
+            (Some(bert), _) => bert.layers.iter_mut().map(|l| &mut l.adapters).collect(),
+            (_, Some(gpt2)) => gpt2.blocks.iter_mut().map(|b| &mut b.adapters).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_active(&mut self, active: ActiveAdapter) {
+        for slots in self.layer_adapters_mut().into_iter().flatten() {
+            slots.active = active;
+        }
+    }
+
+    /// Adds a fresh adapter called `name` to every layer and makes it the active one.
+    pub fn add_adapter(&mut self, name: &str, config: &AdapterConfig) -> Result<()> {
+        if self.adapter_index(name).is_some() {
+            return Err(ModelError::InvalidInput(format!(
+                "the model already holds an adapter called `{name}`"
+            )));
+        }
+        if config.bottleneck == 0
+            && (config.after_attention || config.after_feed_forward || config.parallel)
+        {
+            return Err(ModelError::InvalidInput(
+                "an adapter bottleneck must be at least 1 wide".into(),
+            ));
+        }
+        let width = self.hidden_size();
+        let device = self.head.output.weight.lazy_device();
+        for slots in self.layer_adapters_mut() {
+            slots
+                .get_or_insert_with(|| LayerAdapters {
+                    loaded: Vec::new(),
+                    fusion: None,
+                    active: ActiveAdapter::Off,
+                })
+                .loaded
+                .push(config.init_layer(width, &device));
+        }
+        self.adapters.push(NamedAdapter {
+            name: name.to_string(),
+            config: config.clone(),
+        });
+        self.set_active_adapter(Some(name))
+    }
+
+    /// Makes the adapter called `name` the only active one; `None` runs the plain backbone.
+    pub fn set_active_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        let active = match name {
+            None => ActiveAdapter::Off,
+            Some(name) => ActiveAdapter::One(self.require_adapter(name)?),
+        };
+        self.set_active(active);
+        Ok(())
+    }
+
+    /// The active adapter's name, `None` when adapters are off or fused.
+    pub fn active_adapter(&self) -> Option<&str> {
+        let slots = match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert.layers.first()?.adapters.as_ref(),
+            (_, Some(gpt2)) => gpt2.blocks.first()?.adapters.as_ref(),
+            _ => None,
+        }?;
+        match slots.active {
+            ActiveAdapter::One(k) => self.adapters.get(k).map(|a| a.name.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Removes the adapter called `name` from every layer.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        let index = self.require_adapter(name)?;
+        for slots in self.layer_adapters_mut().into_iter().flatten() {
+            if slots.fusion.is_some() {
+                return Err(ModelError::InvalidInput(format!(
+                    "adapter `{name}` takes part in a fusion; it cannot be deleted"
+                )));
+            }
+            slots.loaded.remove(index);
+            slots.active = match slots.active {
+                ActiveAdapter::One(k) if k == index => ActiveAdapter::Off,
+                ActiveAdapter::One(k) if k > index => ActiveAdapter::One(k - 1),
+                other => other,
+            };
+        }
+        self.adapters.remove(index);
+        Ok(())
+    }
+
+    /// Adds a fusion layer over all loaded adapters to every layer (AdapterFusion) and makes it
+    /// active. Every adapter must sit after the feed-forward and nowhere else.
+    pub fn add_fusion(&mut self) -> Result<()> {
+        if self.adapters.len() < 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "AdapterFusion needs at least two adapters; the model holds {}",
+                self.adapters.len()
+            )));
+        }
+        if let Some(adapter) = self.adapters.iter().find(|a| {
+            let c = &a.config;
+            !c.after_feed_forward || c.after_attention || c.parallel || c.prefix_len > 0
+        }) {
+            return Err(ModelError::InvalidInput(format!(
+                "adapter `{}` is not a feed-forward (Pfeiffer) adapter; AdapterFusion mixes                  adapters that sit after the feed-forward only",
+                adapter.name
+            )));
+        }
+        let width = self.hidden_size();
+        let device = self.head.output.weight.lazy_device();
+        for slots in self.layer_adapters_mut().into_iter().flatten() {
+            slots.fusion = Some(AdapterFusion::new(width, &device));
+            slots.active = ActiveAdapter::Fusion;
+        }
+        Ok(())
+    }
+
+    fn require_adapter(&self, name: &str) -> Result<usize> {
+        self.adapter_index(name).ok_or_else(|| {
+            let names: Vec<&str> = self.adapters.iter().map(|a| a.name.as_str()).collect();
+            ModelError::InvalidInput(format!(
+                "no adapter called `{name}` (the model holds: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })
+    }
+
+    /// Puts a fresh side network beside the backbone (side-tuning).
+    pub fn add_side_network(&mut self, config: &SideConfig) {
+        let device = self.head.output.weight.lazy_device();
+        self.side = Some(config.init(self.hidden_size(), &device));
+    }
+
+    /// AdapterDrop: `inference` lowest layers run without adapters at inference; while training
+    /// each step drops a number drawn from `0..=training_max`.
+    pub fn set_adapter_drop(&mut self, training_max: usize, inference: usize) {
+        self.adapter_drop_max = training_max;
+        self.adapter_drop_state().inference = inference;
+    }
+
+    fn adapter_drop_state(&mut self) -> &mut crate::adapter::AdapterDropState {
+        match (&mut self.bert, &mut self.gpt2) {
+            (Some(bert), _) => &mut bert.adapter_drop,
+            (_, Some(gpt2)) => &mut gpt2.adapter_drop,
+            _ => unreachable!("a classifier always holds a backbone"),
+        }
+    }
+
+    /// Called by the trainer before each step: `progress` in `[0, 1]` moves side-tuning's alpha
+    /// curriculum, `draw` (a fresh random number) picks AdapterDrop's layer count.
+    pub fn begin_train_step(&mut self, progress: f64, draw: u64) {
+        if let Some(side) = self.side.as_mut() {
+            side.set_progress(progress);
+        }
+        let max = self.adapter_drop_max;
+        self.adapter_drop_state().training = (draw % (max as u64 + 1)) as usize;
     }
 
     /// Every backbone projection with its full path (`bert.layers.0.attention.query`).

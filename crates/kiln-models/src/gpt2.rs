@@ -15,7 +15,8 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
+use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
+use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads, with_prefix};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::tunable::TunableLinear;
@@ -138,10 +139,12 @@ impl Gpt2Config {
                             activation: self.activation_function,
                             dropout: DropoutConfig::new(self.resid_pdrop).init(),
                         },
+                        adapters: None,
                     }
                 })
                 .collect(),
             ln_f: layer_norm(),
+            adapter_drop: AdapterDropState::default(),
         }
     }
 }
@@ -188,6 +191,8 @@ pub struct Gpt2 {
     pub dropout: Dropout,
     pub blocks: Vec<Gpt2Block>,
     pub ln_f: LayerNorm,
+    #[module(skip)]
+    pub adapter_drop: AdapterDropState,
 }
 
 #[derive(Module, Debug)]
@@ -196,6 +201,8 @@ pub struct Gpt2Block {
     pub attention: Gpt2Attention,
     pub ln_2: LayerNorm,
     pub mlp: Gpt2Mlp,
+    /// Adapter slots (see [`crate::adapter`]); `None` for a plain block.
+    pub adapters: Option<LayerAdapters>,
 }
 
 #[derive(Module, Debug)]
@@ -263,8 +270,9 @@ impl Gpt2 {
         let mut hidden = self
             .dropout
             .forward(self.wte.forward(input.input_ids) + self.wpe.forward(positions));
-        for block in &self.blocks {
-            hidden = block.forward(hidden, &bias);
+        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        for (i, block) in self.blocks.iter().enumerate() {
+            hidden = block.forward(hidden, &bias, i >= skipped);
         }
         self.ln_f.forward(hidden)
     }
@@ -282,20 +290,48 @@ impl Gpt2 {
 }
 
 impl Gpt2Block {
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
-        let hidden = hidden.clone() + self.attention.forward(self.ln_1.forward(hidden), bias);
-        hidden.clone() + self.mlp.forward(self.ln_2.forward(hidden))
+    /// With `adapters_on` false the block runs as the plain backbone (AdapterDrop).
+    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>, adapters_on: bool) -> Tensor<3> {
+        let adapters = self.adapters.as_ref().filter(|_| adapters_on);
+        let prefix = adapters.and_then(LayerAdapters::prefix);
+        let mut attended = self
+            .attention
+            .forward(self.ln_1.forward(hidden.clone()), bias, prefix);
+        if let Some(adapters) = adapters {
+            attended = adapters.after_attention(attended);
+        }
+        let hidden = hidden + attended;
+        let normed = self.ln_2.forward(hidden.clone());
+        let mut out = self.mlp.forward(normed.clone());
+        if let Some(adapters) = adapters {
+            out = adapters.after_feed_forward(out);
+            if let Some(beside) = adapters.beside_feed_forward(normed) {
+                out = out + beside;
+            }
+        }
+        hidden + out
     }
 }
 
 impl Gpt2Attention {
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        prefix: Option<&AttentionPrefix>,
+    ) -> Tensor<3> {
         let width = hidden.dims()[2];
         let qkv = self.c_attn.forward(hidden);
         let q = split_heads(qkv.clone().narrow(2, 0, width), self.heads);
         let k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
         let v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
-        let context = attend(q, k, v, bias, self.scale, &self.probs_dropout);
+        let context = match prefix {
+            Some(prefix) => {
+                let (k, v, bias) = with_prefix(k, v, bias, prefix);
+                attend(q, k, v, &bias, self.scale, &self.probs_dropout)
+            }
+            None => attend(q, k, v, bias, self.scale, &self.probs_dropout),
+        };
         self.resid_dropout
             .forward(self.c_proj.forward(merge_heads(context)))
     }

@@ -6,6 +6,7 @@
 //! per model ([`bert::BERT_KEYS`], [`gpt2::GPT2_KEYS`]).
 
 pub mod activation;
+pub mod adapter;
 pub mod attention;
 pub mod bert;
 pub mod classifier;
@@ -15,17 +16,24 @@ pub mod error;
 pub mod gpt2;
 pub mod paths;
 pub mod pretrained;
+pub mod side;
 pub mod tokenizer;
 pub mod tunable;
 pub mod weights;
 
+pub use activation::Activation;
+pub use adapter::{
+    ActiveAdapter, AdapterConfig, AdapterDropState, AdapterFusion, AdapterInit, AttentionPrefix,
+    BottleneckAdapter, LayerAdapter, LayerAdapters,
+};
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
-pub use classifier::{HeadConfig, MlpHead, Readout, SequenceClassifier};
+pub use classifier::{HeadConfig, MlpHead, NamedAdapter, Readout, SequenceClassifier};
 pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
 pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use pretrained::{Backbone, Pooling, Pretrained, last_token_pool, mean_pool};
+pub use side::{SideConfig, SideNetwork};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
 pub use tunable::{LowRankConfig, LowRankDelta, TunableLinear};
 pub use weights::WeightFile;

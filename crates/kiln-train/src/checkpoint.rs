@@ -33,8 +33,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves the parameters whose paths match one of `patterns` to `path`.
 pub fn save_params<M: Module>(model: &M, patterns: &[String], path: &Path) -> Result<usize> {
+    save_params_as(model, path, |param_path| {
+        patterns
+            .iter()
+            .any(|p| glob_match(p, param_path))
+            .then(|| param_path.to_string())
+    })
+}
+
+/// Saves the parameters for which `key` gives a name, under that name.
+pub fn save_params_as<M: Module>(
+    model: &M,
+    path: &Path,
+    key: impl Fn(&str) -> Option<String>,
+) -> Result<usize> {
     let mut collector = Collector {
-        patterns,
+        key,
         tensors: Vec::new(),
     };
     visit_params(model, &mut collector);
@@ -69,16 +83,16 @@ struct SavedTensor {
     bytes: Vec<u8>,
 }
 
-struct Collector<'a> {
-    patterns: &'a [String],
+struct Collector<F> {
+    key: F,
     tensors: Vec<SavedTensor>,
 }
 
-impl ParamVisitor for Collector<'_> {
+impl<F: Fn(&str) -> Option<String>> ParamVisitor for Collector<F> {
     fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
-        if !self.patterns.iter().any(|p| glob_match(p, path)) {
+        let Some(key) = (self.key)(path) else {
             return;
-        }
+        };
         let value = param.val();
         let shape = value.dims().to_vec();
         let floats: Vec<f32> = value
@@ -87,7 +101,7 @@ impl ParamVisitor for Collector<'_> {
             .try_to_vec::<f32>()
             .expect("data converted to f32 reads back as f32");
         self.tensors.push(SavedTensor {
-            path: path.to_string(),
+            path: key,
             id: param.id,
             shape,
             bytes: floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -99,6 +113,15 @@ impl ParamVisitor for Collector<'_> {
 /// the saved `ParamId`. Every tensor must find a parameter of the same shape. Trainability is not
 /// kept: set it again after loading.
 pub fn load_params<M: Module>(model: M, path: &Path) -> Result<(M, usize)> {
+    load_params_as(model, path, |param_path| Some(param_path.to_string()))
+}
+
+/// Loads the tensor named `key(path)` into each parameter `path` for which it gives a name.
+pub fn load_params_as<M: Module>(
+    model: M,
+    path: &Path,
+    key: impl Fn(&str) -> Option<String>,
+) -> Result<(M, usize)> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
@@ -113,6 +136,7 @@ pub fn load_params<M: Module>(model: M, path: &Path) -> Result<(M, usize)> {
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     let mut loader = Loader {
+        key,
         file: &file,
         ids: &ids,
         file_path: path,
@@ -137,7 +161,8 @@ pub fn load_params<M: Module>(model: M, path: &Path) -> Result<(M, usize)> {
     Ok((model, count))
 }
 
-struct Loader<'a> {
+struct Loader<'a, F> {
+    key: F,
     file: &'a safetensors::SafeTensors<'a>,
     ids: &'a HashMap<String, String>,
     file_path: &'a Path,
@@ -145,9 +170,12 @@ struct Loader<'a> {
     error: Option<TrainError>,
 }
 
-impl ParamMapper for Loader<'_> {
+impl<F: Fn(&str) -> Option<String>> ParamMapper for Loader<'_, F> {
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Ok(view) = self.file.tensor(path) else {
+        let Some(key) = (self.key)(path) else {
+            return param;
+        };
+        let Ok(view) = self.file.tensor(&key) else {
             return param;
         };
         let expected = param.lazy_shape().dims::<D>().to_vec();
@@ -155,7 +183,7 @@ impl ParamMapper for Loader<'_> {
             self.error.get_or_insert(TrainError::checkpoint(
                 self.file_path,
                 format!(
-                    "tensor `{path}` is {:?} {:?}, the model expects F32 {expected:?}",
+                    "tensor `{key}` is {:?} {:?}, the model's `{path}` expects F32 {expected:?}",
                     view.dtype(),
                     view.shape()
                 ),
@@ -168,11 +196,11 @@ impl ParamMapper for Loader<'_> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let device = param.lazy_device();
-        let id = match self.ids.get(path).and_then(|id| id.parse::<u64>().ok()) {
+        let id = match self.ids.get(&key).and_then(|id| id.parse::<u64>().ok()) {
             Some(id) => ParamId::from(id),
             None => param.id,
         };
-        self.loaded.push(path.to_string());
+        self.loaded.push(key);
         Param::initialized(
             id,
             Tensor::from_data(TensorData::new(values, expected), &device),

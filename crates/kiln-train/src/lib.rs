@@ -1,8 +1,10 @@
 //! kiln-train: the training loop and what surrounds it. Optimizer and schedule
 //! ([`schedule`]), gradient transforms between backward and step ([`transforms`]), task metrics
-//! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), and the loop with
+//! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), adapters saved on their own
+//! ([`adapters`]), and the loop with
 //! evaluation, early stopping, JSON-lines logs and resume ([`trainer`]).
 
+pub mod adapters;
 pub mod checkpoint;
 pub mod error;
 pub mod memory;
@@ -11,7 +13,10 @@ pub mod schedule;
 pub mod trainer;
 pub mod transforms;
 
-pub use checkpoint::{load_params, save_params, write_atomically};
+pub use adapters::{
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, load_adapter, save_adapter,
+};
+pub use checkpoint::{load_params, load_params_as, save_params, save_params_as, write_atomically};
 pub use error::{Result, TrainError};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};

@@ -206,6 +206,12 @@ impl Trainer<'_> {
                 let examples: Vec<&TextExample> = chunk.iter().map(|&j| data.train[j]).collect();
                 let batch = make_batch(self.tokenizer, &examples)?;
                 tokens += batch.encoded.batch * batch.encoded.seq;
+                // Per-step state of the methods that have one (AdapterDrop, side-tuning's alpha),
+                // drawn from the step number so a resumed run draws the same.
+                model.begin_train_step(
+                    state.global_step as f64 / total_steps.max(1) as f64,
+                    SplitMix64::new(epoch_seed(config.seed, state.global_step)).next_u64(),
+                );
                 let outputs = model.forward(batch.encoded.bert_input(&self.device));
                 let loss = task_loss(outputs, &batch.targets, data.kind, &self.device);
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());

@@ -1,12 +1,17 @@
 //! What every method shares, and the registry that maps names to their configs.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
+use crate::adapters::{BOTTLENECK_FLAGS, BottleneckOptions};
 use crate::error::{Result, TuningError};
 use crate::methods::{
-    BitFitConfig, FullConfig, LinearProbeConfig, LoraConfig, MlpConfig, PartialConfig,
+    AdapterDropConfig, BitFitConfig, FullConfig, FusionConfig, HoulsbyConfig, LinearProbeConfig,
+    LoraConfig, MamConfig, MlpConfig, ParallelConfig, PartialConfig, PfeifferConfig,
+    SideTuningConfig,
 };
 use crate::trainable::{ParamReport, set_trainable};
 
@@ -42,6 +47,13 @@ pub enum MethodConfig {
     MlpK(MlpConfig),
     Bitfit(BitFitConfig),
     Lora(LoraConfig),
+    Houlsby(HoulsbyConfig),
+    Pfeiffer(PfeifferConfig),
+    Parallel(ParallelConfig),
+    Fusion(FusionConfig),
+    AdapterDrop(AdapterDropConfig),
+    Mam(MamConfig),
+    Side(SideTuningConfig),
 }
 
 /// One line of `kiln methods`.
@@ -84,6 +96,41 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "low-rank deltas on chosen projections, mergeable (Hu et al. 2022)",
         options: "--rank R (8) --alpha A (16) --lora-dropout P (0.1) --targets a,b (query,value | c_attn)",
     },
+    MethodInfo {
+        name: "houlsby",
+        summary: "bottleneck adapters after attention and feed-forward, layer norms train (Houlsby et al. 2019)",
+        options: "--reduction-factor 16 | --bottleneck M, --adapter-activation swish, --adapter-init near-identity, --train-norms true, --adapter-name",
+    },
+    MethodInfo {
+        name: "pfeiffer",
+        summary: "one bottleneck adapter after each feed-forward (Pfeiffer et al. 2021)",
+        options: "--reduction-factor 16 | --bottleneck M, --adapter-activation relu, --adapter-init near-identity, --train-norms false, --adapter-name",
+    },
+    MethodInfo {
+        name: "parallel",
+        summary: "scaled adapter beside each feed-forward (He et al. 2022); --scale 1 is unscaled",
+        options: "--scale 4, --reduction-factor 2 | --bottleneck M, --adapter-activation relu, --adapter-init lora, --train-norms false, --adapter-name",
+    },
+    MethodInfo {
+        name: "fusion",
+        summary: "AdapterFusion: attention over frozen trained adapters (Pfeiffer et al. 2021)",
+        options: "--adapters DIR,DIR (saved adapters, e.g. RUN/adapter)",
+    },
+    MethodInfo {
+        name: "adapter-drop",
+        summary: "Pfeiffer adapters dropped from the lowest layers, robust training (Rücklé et al. 2021)",
+        options: "--drop-layers N (L/2, inference) --drop-max N (L-1, training), Pfeiffer's adapter options",
+    },
+    MethodInfo {
+        name: "mam",
+        summary: "prefix tuning plus a scaled parallel adapter (He et al. 2022)",
+        options: "--prefix-len 30, --scale 4, --reduction-factor 2 | --bottleneck M, --adapter-activation relu, --adapter-init lora, --adapter-name",
+    },
+    MethodInfo {
+        name: "side",
+        summary: "side-tuning: frozen backbone blended with a small side network (Zhang et al. 2020)",
+        options: "--side-width W (h) --side-alpha 0.5 --side-alpha-end A (fixed)",
+    },
 ];
 
 /// Method options as the CLI collects them; each method takes the ones it understands.
@@ -94,28 +141,49 @@ pub struct MethodOptions {
     pub alpha: Option<f64>,
     pub lora_dropout: Option<f64>,
     pub targets: Option<Vec<String>>,
+    pub bottleneck: Option<usize>,
+    pub reduction_factor: Option<usize>,
+    pub adapter_activation: Option<Activation>,
+    pub adapter_init: Option<AdapterInit>,
+    pub train_norms: Option<bool>,
+    pub adapter_name: Option<String>,
+    pub scale: Option<f64>,
+    pub prefix_len: Option<usize>,
+    pub adapters: Option<Vec<PathBuf>>,
+    pub drop_layers: Option<usize>,
+    pub drop_max: Option<usize>,
+    pub side_width: Option<usize>,
+    pub side_alpha: Option<f64>,
+    pub side_alpha_end: Option<f64>,
 }
 
 impl MethodOptions {
     /// Names of the options that were given, as CLI flags.
     fn given(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        if self.k.is_some() {
-            given.push("k");
-        }
-        if self.rank.is_some() {
-            given.push("rank");
-        }
-        if self.alpha.is_some() {
-            given.push("alpha");
-        }
-        if self.lora_dropout.is_some() {
-            given.push("lora-dropout");
-        }
-        if self.targets.is_some() {
-            given.push("targets");
-        }
-        given
+        [
+            ("k", self.k.is_some()),
+            ("rank", self.rank.is_some()),
+            ("alpha", self.alpha.is_some()),
+            ("lora-dropout", self.lora_dropout.is_some()),
+            ("targets", self.targets.is_some()),
+            ("bottleneck", self.bottleneck.is_some()),
+            ("reduction-factor", self.reduction_factor.is_some()),
+            ("adapter-activation", self.adapter_activation.is_some()),
+            ("adapter-init", self.adapter_init.is_some()),
+            ("train-norms", self.train_norms.is_some()),
+            ("adapter-name", self.adapter_name.is_some()),
+            ("scale", self.scale.is_some()),
+            ("prefix-len", self.prefix_len.is_some()),
+            ("adapters", self.adapters.is_some()),
+            ("drop-layers", self.drop_layers.is_some()),
+            ("drop-max", self.drop_max.is_some()),
+            ("side-width", self.side_width.is_some()),
+            ("side-alpha", self.side_alpha.is_some()),
+            ("side-alpha-end", self.side_alpha_end.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
     }
 }
 
@@ -123,28 +191,64 @@ impl MethodConfig {
     /// The method called `name` with `options` applied over its defaults. An option the method
     /// does not take is an error, not silently ignored.
     pub fn from_options(name: &str, options: &MethodOptions) -> Result<Self> {
-        let (config, accepted): (Self, &[&str]) = match name {
-            "full" => (Self::Full(FullConfig {}), &[]),
-            "linear-probe" => (Self::LinearProbe(LinearProbeConfig {}), &[]),
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            BOTTLENECK_FLAGS.iter().chain(extra).copied().collect()
+        };
+        let (config, accepted): (Self, Vec<&str>) = match name {
+            "full" => (Self::Full(FullConfig {}), vec![]),
+            "linear-probe" => (Self::LinearProbe(LinearProbeConfig {}), vec![]),
             "partial-k" => {
                 let mut c = PartialConfig::default();
                 c.k = options.k.unwrap_or(c.k);
-                (Self::PartialK(c), &["k"])
+                (Self::PartialK(c), vec!["k"])
             }
             "mlp-k" => {
                 let mut c = MlpConfig::default();
                 c.k = options.k.unwrap_or(c.k);
-                (Self::MlpK(c), &["k"])
+                (Self::MlpK(c), vec!["k"])
             }
-            "bitfit" => (Self::Bitfit(BitFitConfig {}), &[]),
+            "bitfit" => (Self::Bitfit(BitFitConfig {}), vec![]),
             "lora" => {
                 let mut c = LoraConfig::default();
                 c.rank = options.rank.unwrap_or(c.rank);
                 c.alpha = options.alpha.unwrap_or(c.alpha);
                 c.dropout = options.lora_dropout.unwrap_or(c.dropout);
                 c.targets = options.targets.clone();
-                (Self::Lora(c), &["rank", "alpha", "lora-dropout", "targets"])
+                (
+                    Self::Lora(c),
+                    vec!["rank", "alpha", "lora-dropout", "targets"],
+                )
             }
+            "houlsby" => (
+                Self::Houlsby(HoulsbyConfig::with_options(options)),
+                with(&[]),
+            ),
+            "pfeiffer" => (
+                Self::Pfeiffer(PfeifferConfig::with_options(options)),
+                with(&[]),
+            ),
+            "parallel" => (
+                Self::Parallel(ParallelConfig::with_options(options)),
+                with(&["scale"]),
+            ),
+            "fusion" => (
+                Self::Fusion(FusionConfig {
+                    adapters: options.adapters.clone().unwrap_or_default(),
+                }),
+                vec!["adapters"],
+            ),
+            "adapter-drop" => (
+                Self::AdapterDrop(AdapterDropConfig::with_options(options)),
+                with(&["drop-layers", "drop-max"]),
+            ),
+            "mam" => (
+                Self::Mam(MamConfig::with_options(options)),
+                with(&["scale", "prefix-len"]),
+            ),
+            "side" => (
+                Self::Side(SideTuningConfig::with_options(options)),
+                vec!["side-width", "side-alpha", "side-alpha-end"],
+            ),
             other => return Err(TuningError::UnknownMethod(other.to_string())),
         };
         if let Some(option) = options.given().into_iter().find(|o| !accepted.contains(o)) {
@@ -165,6 +269,13 @@ impl MethodConfig {
             Self::MlpK(_) => "mlp-k",
             Self::Bitfit(_) => "bitfit",
             Self::Lora(_) => "lora",
+            Self::Houlsby(_) => "houlsby",
+            Self::Pfeiffer(_) => "pfeiffer",
+            Self::Parallel(_) => "parallel",
+            Self::Fusion(_) => "fusion",
+            Self::AdapterDrop(_) => "adapter-drop",
+            Self::Mam(_) => "mam",
+            Self::Side(_) => "side",
         }
     }
 
@@ -174,6 +285,7 @@ impl MethodConfig {
             Self::PartialK(c) => format!("partial-{}", c.k),
             Self::MlpK(c) => format!("mlp-{}", c.k),
             Self::Lora(c) => format!("lora-r{}", c.rank),
+            Self::Parallel(c) => format!("parallel-s{}", c.scale),
             other => other.name().to_string(),
         }
     }
@@ -186,6 +298,25 @@ impl MethodConfig {
             Self::MlpK(c) => c,
             Self::Bitfit(c) => c,
             Self::Lora(c) => c,
+            Self::Houlsby(c) => c,
+            Self::Pfeiffer(c) => c,
+            Self::Parallel(c) => c,
+            Self::Fusion(c) => c,
+            Self::AdapterDrop(c) => c,
+            Self::Mam(c) => c,
+            Self::Side(c) => c,
+        }
+    }
+
+    /// The bottleneck adapter this method trains, if any: what `kiln train` saves on its own.
+    pub fn adapter(&self) -> Option<&BottleneckOptions> {
+        match self {
+            Self::Houlsby(c) => Some(&c.adapter),
+            Self::Pfeiffer(c) => Some(&c.adapter),
+            Self::Parallel(c) => Some(&c.adapter),
+            Self::AdapterDrop(c) => Some(&c.adapter),
+            Self::Mam(c) => Some(&c.adapter),
+            _ => None,
         }
     }
 

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use kiln_models::{BertInput, DeviceChoice, HeadConfig, Pretrained, Readout, SequenceClassifier};
+use kiln_models::{
+    Activation, AdapterConfig, AdapterInit, BertInput, DeviceChoice, HeadConfig, Pretrained,
+    Readout, SequenceClassifier,
+};
 use kiln_tuning::{MethodConfig, MethodOptions, ParamReport, TuningError, tracked_report};
 
 // Shapes of the fixtures: hidden 32, feed-forward 64 (GPT-2: 4·32), 2 layers, 2 classes.
@@ -294,4 +297,249 @@ fn merged_lora_gives_the_unmerged_outputs() {
             .into_scalar::<f32>();
         assert!(diff <= 1e-5, "unmerge left the base weight off by {diff}");
     }
+}
+
+fn adapter_options(f: impl FnOnce(&mut MethodOptions)) -> MethodOptions {
+    let mut options = MethodOptions::default();
+    f(&mut options);
+    options
+}
+
+/// One bottleneck adapter of width `m` on a model of width `H`: `2Hm + m + H`.
+fn bottleneck(m: usize) -> usize {
+    2 * H * m + m + H
+}
+
+/// Every layer norm of the tiny fixtures: two per layer plus the embeddings' (BERT) or the final
+/// one (GPT-2), gain and shift each.
+const NORMS: usize = (2 * L + 1) * 2 * H;
+
+#[test]
+fn houlsby_trains_two_adapters_per_layer_and_the_layer_norms() {
+    let report = check(
+        "bert-tiny",
+        &method("houlsby", MethodOptions::default()),
+        |p| {
+            p.starts_with("head.")
+                || p.contains(".adapters.loaded.0.attention.")
+                || p.contains(".adapters.loaded.0.feed_forward.")
+                || p.contains("norm.")
+        },
+    );
+    // Reduction factor 16 on width 32: m = 2.
+    assert_eq!(report.trainable(), L * 2 * bottleneck(2) + NORMS + HEAD);
+
+    let options = adapter_options(|o| {
+        o.bottleneck = Some(5);
+        o.train_norms = Some(false);
+    });
+    let report = check("gpt2-tiny", &method("houlsby", options), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.")
+    });
+    assert_eq!(report.trainable(), L * 2 * bottleneck(5) + HEAD);
+}
+
+#[test]
+fn pfeiffer_and_adapter_drop_train_one_adapter_per_layer() {
+    for name in ["pfeiffer", "adapter-drop"] {
+        for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+            let report = check(fixture_name, &method(name, MethodOptions::default()), |p| {
+                p.starts_with("head.") || p.contains(".adapters.loaded.0.feed_forward.")
+            });
+            assert_eq!(report.trainable(), L * bottleneck(2) + HEAD, "{name}");
+        }
+    }
+    let options = adapter_options(|o| {
+        o.reduction_factor = Some(4);
+        o.train_norms = Some(true);
+    });
+    let report = check("bert-tiny", &method("pfeiffer", options), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.") || p.contains("norm.")
+    });
+    assert_eq!(report.trainable(), L * bottleneck(8) + NORMS + HEAD);
+}
+
+#[test]
+fn parallel_and_mam_train_their_slots() {
+    // Reduction factor 2: m = 16.
+    let report = check(
+        "bert-tiny",
+        &method("parallel", MethodOptions::default()),
+        |p| p.starts_with("head.") || p.contains(".adapters.loaded.0.parallel."),
+    );
+    assert_eq!(report.trainable(), L * bottleneck(16) + HEAD);
+
+    let options = adapter_options(|o| o.prefix_len = Some(3));
+    for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+        let report = check(fixture_name, &method("mam", options.clone()), |p| {
+            p.starts_with("head.")
+                || p.contains(".adapters.loaded.0.parallel.")
+                || p.contains(".adapters.loaded.0.prefix.")
+        });
+        assert_eq!(
+            report.trainable(),
+            L * (2 * 3 * H + bottleneck(16)) + HEAD,
+            "{fixture_name}"
+        );
+    }
+}
+
+#[test]
+fn side_tuning_trains_the_side_network_and_head() {
+    let report = check(
+        "bert-tiny",
+        &method("side", MethodOptions::default()),
+        |p| p.starts_with("head.") || p.starts_with("side."),
+    );
+    assert_eq!(report.trainable(), 2 * H * H + H + H + HEAD);
+    let options = adapter_options(|o| o.side_width = Some(8));
+    let report = check("gpt2-tiny", &method("side", options), |p| {
+        p.starts_with("head.") || p.starts_with("side.")
+    });
+    assert_eq!(report.trainable(), 2 * H * 8 + 8 + H + HEAD);
+}
+
+/// The tiny BERT classifier with two Pfeiffer adapters of random weights, `a` and `b`.
+fn with_two_adapters(device: &Device) -> SequenceClassifier {
+    let mut model = classifier(
+        "bert-tiny",
+        &method("linear-probe", MethodOptions::default()),
+        device,
+    );
+    let layout = AdapterConfig {
+        after_attention: false,
+        after_feed_forward: true,
+        parallel: false,
+        bottleneck: 4,
+        activation: Activation::Relu,
+        scale: 1.0,
+        init: AdapterInit::NearIdentity,
+        prefix_len: 0,
+    };
+    for name in ["a", "b"] {
+        model.add_adapter(name, &layout).expect("adds");
+    }
+    // Near-identity adapters barely move the outputs; make them matter.
+    for layer in model.bert.as_mut().expect("bert").layers.iter_mut() {
+        for adapter in &mut layer.adapters.as_mut().expect("slots").loaded {
+            let up = adapter.feed_forward.as_mut().expect("adapter");
+            let shape = up.up.weight.val().dims();
+            up.up.weight = Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.5),
+                device,
+            ));
+        }
+    }
+    model
+}
+
+#[test]
+fn fusion_trains_only_the_fusion_layers_and_head() {
+    let device = cpu().autodiff();
+    let fusion = method(
+        "fusion",
+        adapter_options(|o| o.adapters = Some(vec!["a".into(), "b".into()])),
+    );
+    let (model, report) = fusion
+        .apply(with_two_adapters(&device))
+        .expect("fusion applies");
+    assert_eq!(tracked_report(&model), report);
+    for entry in &report.entries {
+        let expected = entry.path.starts_with("head.") || entry.path.contains(".adapters.fusion.");
+        assert_eq!(entry.trainable, expected, "{}", entry.path);
+    }
+    assert_eq!(report.trainable(), L * (3 * H * H + 2 * H) + HEAD);
+
+    // One adapter is not enough to fuse.
+    let mut single = with_two_adapters(&device);
+    single.delete_adapter("b").expect("deletes");
+    let err = fusion.apply(single).expect_err("one adapter");
+    assert!(err.to_string().contains("--adapters"), "{err}");
+}
+
+fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+#[test]
+fn adapters_switch_without_touching_the_base() {
+    let device = cpu();
+    let mut model = with_two_adapters(&device);
+    model.set_active_adapter(None).expect("off");
+    let base = model.forward(input(&device));
+    model.set_active_adapter(Some("a")).expect("a");
+    assert_eq!(model.active_adapter(), Some("a"));
+    let with_a = model.forward(input(&device));
+    model.set_active_adapter(Some("b")).expect("b");
+    let with_b = model.forward(input(&device));
+    assert!(
+        max_diff(with_a.clone(), base.clone()) > 1e-3,
+        "adapter a changes the outputs"
+    );
+    assert!(
+        max_diff(with_a.clone(), with_b.clone()) > 1e-3,
+        "a and b differ"
+    );
+
+    // Deleting `b` leaves `a` and the base as they were.
+    model.delete_adapter("b").expect("deletes");
+    assert_eq!(model.active_adapter(), None);
+    model.set_active_adapter(Some("a")).expect("a");
+    assert!(max_diff(model.forward(input(&device)), with_a) <= 1e-6);
+    model.set_active_adapter(None).expect("off");
+    assert!(max_diff(model.forward(input(&device)), base.clone()) <= 1e-6);
+
+    // AdapterDrop over every layer is the plain backbone.
+    model.set_active_adapter(Some("a")).expect("a");
+    model.set_adapter_drop(0, L);
+    assert!(max_diff(model.forward(input(&device)), base) <= 1e-6);
+
+    let err = model
+        .set_active_adapter(Some("c"))
+        .expect_err("no adapter c");
+    assert!(
+        err.to_string().contains("`c`") && err.to_string().contains("a"),
+        "{err}"
+    );
+    let layout = model.adapters[0].config.clone();
+    let err = model.add_adapter("a", &layout).expect_err("duplicate name");
+    assert!(err.to_string().contains("already"), "{err}");
+}
+
+#[test]
+fn a_fresh_parallel_adapter_leaves_the_outputs_unchanged() {
+    let device = cpu();
+    let config = method("parallel", MethodOptions::default());
+    let plain = classifier("bert-tiny", &config, &device);
+    let head = plain.head.clone();
+    let before = plain.forward(input(&device));
+    let (mut tuned, _) = config.apply(plain).expect("applies");
+    tuned.head = head;
+    let diff = max_diff(before, tuned.forward(input(&device)));
+    assert!(
+        diff <= 1e-6,
+        "a fresh parallel adapter moves outputs by {diff}"
+    );
+}
+
+#[test]
+fn adapter_method_configs_round_trip_through_json() {
+    for name in [
+        "houlsby",
+        "pfeiffer",
+        "parallel",
+        "adapter-drop",
+        "mam",
+        "side",
+        "fusion",
+    ] {
+        let config = method(name, MethodOptions::default());
+        let json = serde_json::to_string(&config).expect("serialises");
+        let back: MethodConfig = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, config, "{json}");
+    }
+    let err = MethodConfig::from_options("pfeiffer", &adapter_options(|o| o.prefix_len = Some(4)))
+        .expect_err("pfeiffer has no prefix");
+    assert!(err.to_string().contains("--prefix-len"), "{err}");
 }

@@ -1,0 +1,84 @@
+//! The side network of side-tuning (Zhang et al. 2020, "Side-Tuning: A Baseline for Network
+//! Adaptation via Additive Side Networks"): a small network beside the frozen backbone whose
+//! output is blended with the backbone's features as `alpha·base + (1 - alpha)·side`.
+//!
+//! kiln's side network reads the backbone's own (frozen) token embeddings, mean-pooled over the
+//! real tokens, through a two-layer MLP `h → w → h`: a bag-of-embeddings model that learns what
+//! the frozen features miss, at `2hw + w + h` parameters.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SideConfig {
+    /// Width `w` of the MLP's hidden layer.
+    pub width: usize,
+    /// Weight of the backbone's features at the start of training.
+    pub alpha: f64,
+    /// Weight at the end of training and at inference; equal to `alpha` for a fixed blend.
+    pub alpha_end: f64,
+}
+
+impl SideConfig {
+    pub fn init(&self, features: usize, device: &Device) -> SideNetwork {
+        SideNetwork {
+            hidden: LinearConfig::new(features, self.width).init(device),
+            output: LinearConfig::new(self.width, features).init(device),
+            blend: AlphaCurriculum {
+                start: self.alpha,
+                end: self.alpha_end,
+                now: self.alpha,
+            },
+        }
+    }
+
+    /// Parameters of the side network on features of width `h`: `2hw + w + h`.
+    pub fn num_params(&self, features: usize) -> usize {
+        2 * features * self.width + self.width + features
+    }
+}
+
+/// `alpha` moves linearly from `start` to `end` over training (Zhang et al.'s curriculum).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AlphaCurriculum {
+    pub start: f64,
+    pub end: f64,
+    /// The training steps' current value.
+    pub now: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct SideNetwork {
+    pub hidden: Linear,
+    pub output: Linear,
+    #[module(skip)]
+    pub blend: AlphaCurriculum,
+}
+
+impl SideNetwork {
+    /// Side features `[batch, h]` from pooled embeddings `[batch, h]`.
+    pub fn forward(&self, pooled_embeddings: Tensor<2>) -> Tensor<2> {
+        self.output
+            .forward(gelu(self.hidden.forward(pooled_embeddings)))
+    }
+
+    /// `alpha·base + (1 - alpha)·side`, with the curriculum's value while training (autodiff
+    /// device) and the final value at inference.
+    pub fn blend(&self, base: Tensor<2>, side: Tensor<2>) -> Tensor<2> {
+        let alpha = if base.device().is_autodiff() {
+            self.blend.now
+        } else {
+            self.blend.end
+        };
+        base * alpha + side * (1.0 - alpha)
+    }
+
+    /// Sets the curriculum to `progress` (0 at the first step, 1 at the end of training).
+    pub fn set_progress(&mut self, progress: f64) {
+        let progress = progress.clamp(0.0, 1.0);
+        self.blend.now = self.blend.start + (self.blend.end - self.blend.start) * progress;
+    }
+}

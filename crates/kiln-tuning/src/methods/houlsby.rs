@@ -1,0 +1,53 @@
+//! Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP"): a
+//! bottleneck adapter `x + up(f(down(x)))` on the output of every attention block and of every
+//! feed-forward block, before the residual is added; the backbone is frozen, the adapters, the
+//! layer norms and the head train.
+//!
+//! Defaults as AdapterHub's `HoulsbyConfig`: `m = h/16`, swish, near-identity initialisation,
+//! layer norms trained. Trainable parameters: `L·2·(2hm + m + h) + [2h·(2L+1) with
+//! --train-norms] + h·c + c`.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::{Activation, AdapterInit, SequenceClassifier};
+
+use crate::adapters::{BottleneckOptions, Slots};
+use crate::error::Result;
+use crate::method::{Method, MethodOptions};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoulsbyConfig {
+    #[serde(flatten)]
+    pub adapter: BottleneckOptions,
+}
+
+impl HoulsbyConfig {
+    pub fn with_options(options: &MethodOptions) -> Self {
+        let mut defaults = BottleneckOptions::new(16, Activation::Silu, AdapterInit::NearIdentity);
+        defaults.train_norms = true;
+        defaults.name = "houlsby".into();
+        Self {
+            adapter: defaults.with_options(options),
+        }
+    }
+}
+
+impl Method for HoulsbyConfig {
+    fn check(&self, model: &SequenceClassifier) -> Result<()> {
+        self.adapter.check(model)
+    }
+
+    fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        let slots = Slots {
+            after_attention: true,
+            after_feed_forward: true,
+            parallel: false,
+        };
+        let layout = self.adapter.layout(model, slots, 1.0, 0);
+        Ok(model.add_adapter(&self.adapter.name, &layout)?)
+    }
+
+    fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {
+        self.adapter.trainable_patterns(model)
+    }
+}

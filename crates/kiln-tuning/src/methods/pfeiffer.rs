@@ -1,0 +1,54 @@
+//! Pfeiffer adapters (Pfeiffer et al. 2021, "AdapterFusion: Non-Destructive Task Composition for
+//! Transfer Learning"): one bottleneck adapter `x + up(f(down(x)))` per layer, on the output of
+//! the feed-forward block before its residual is added; the backbone is frozen, the adapters and
+//! the head train. Half of Houlsby's adapters at about the same accuracy, and the adapter
+//! AdapterFusion mixes.
+//!
+//! Defaults as AdapterHub's `PfeifferConfig`: `m = h/16`, ReLU, near-identity initialisation.
+//! Trainable parameters: `L·(2hm + m + h) + [2h·(2L+1) with --train-norms] + h·c + c`.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::{Activation, AdapterInit, SequenceClassifier};
+
+use crate::adapters::{BottleneckOptions, Slots};
+use crate::error::Result;
+use crate::method::{Method, MethodOptions};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PfeifferConfig {
+    #[serde(flatten)]
+    pub adapter: BottleneckOptions,
+}
+
+impl PfeifferConfig {
+    pub fn with_options(options: &MethodOptions) -> Self {
+        let mut defaults = BottleneckOptions::new(16, Activation::Relu, AdapterInit::NearIdentity);
+        defaults.name = "pfeiffer".into();
+        Self {
+            adapter: defaults.with_options(options),
+        }
+    }
+}
+
+/// Pfeiffer's placement: after the feed-forward only.
+pub(crate) const PFEIFFER_SLOTS: Slots = Slots {
+    after_attention: false,
+    after_feed_forward: true,
+    parallel: false,
+};
+
+impl Method for PfeifferConfig {
+    fn check(&self, model: &SequenceClassifier) -> Result<()> {
+        self.adapter.check(model)
+    }
+
+    fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        let layout = self.adapter.layout(model, PFEIFFER_SLOTS, 1.0, 0);
+        Ok(model.add_adapter(&self.adapter.name, &layout)?)
+    }
+
+    fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {
+        self.adapter.trainable_patterns(model)
+    }
+}

@@ -1,0 +1,78 @@
+//! Side-tuning (Zhang et al. 2020, "Side-Tuning: A Baseline for Network Adaptation via Additive
+//! Side Networks"): the backbone stays frozen and untouched; a small side network learns beside
+//! it, and the head reads the blend `alpha·base + (1 - alpha)·side` of their features. `alpha`
+//! is fixed, or follows a linear curriculum from `--side-alpha` to `--side-alpha-end` over
+//! training (the end value is used at inference).
+//!
+//! The side network is a two-layer MLP `h → w → h` on the mean of the backbone's (frozen) token
+//! embeddings (see `kiln_models::side`). Defaults: `w = h`, `alpha = 0.5` fixed. Trainable
+//! parameters: `2hw + w + h + h·c + c`.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::{SequenceClassifier, SideConfig};
+
+use crate::error::{Result, TuningError};
+use crate::method::{Method, MethodOptions};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SideTuningConfig {
+    /// Hidden width `w` of the side MLP; `None` is the backbone's width.
+    pub width: Option<usize>,
+    pub alpha: f64,
+    /// Final `alpha` of the curriculum; `None` keeps `alpha` fixed.
+    pub alpha_end: Option<f64>,
+}
+
+impl SideTuningConfig {
+    pub fn with_options(options: &MethodOptions) -> Self {
+        Self {
+            width: options.side_width,
+            alpha: options.side_alpha.unwrap_or(0.5),
+            alpha_end: options.side_alpha_end,
+        }
+    }
+
+    pub fn network(&self, model: &SequenceClassifier) -> SideConfig {
+        SideConfig {
+            width: self.width.unwrap_or(model.hidden_size()),
+            alpha: self.alpha,
+            alpha_end: self.alpha_end.unwrap_or(self.alpha),
+        }
+    }
+}
+
+impl Method for SideTuningConfig {
+    fn check(&self, _model: &SequenceClassifier) -> Result<()> {
+        if self.width == Some(0) {
+            return Err(TuningError::Option {
+                option: "side-width",
+                message: "the side network needs a hidden layer at least 1 wide".into(),
+            });
+        }
+        for (option, alpha) in [
+            ("side-alpha", Some(self.alpha)),
+            ("side-alpha-end", self.alpha_end),
+        ] {
+            if let Some(alpha) = alpha
+                && !(0.0..=1.0).contains(&alpha)
+            {
+                return Err(TuningError::Option {
+                    option,
+                    message: format!("{alpha} is not a blend weight in [0, 1]"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        let network = self.network(model);
+        model.add_side_network(&network);
+        Ok(())
+    }
+
+    fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
+        vec!["side.*".into(), "head.*".into()]
+    }
+}
