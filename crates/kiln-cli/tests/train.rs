@@ -21,6 +21,13 @@ fn methods_lists_every_registered_method() {
         "mlp-k",
         "bitfit",
         "lora",
+        "houlsby",
+        "pfeiffer",
+        "parallel",
+        "fusion",
+        "adapter-drop",
+        "mam",
+        "side",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),
@@ -120,4 +127,106 @@ fn bad_requests_name_what_is_wrong() {
     assert!(!ok && stderr.contains("--rank"), "{stderr}");
     let (ok, _, stderr) = with(&["--method", "full", "--label-column", "category"]);
     assert!(!ok && stderr.contains("category"), "{stderr}");
+}
+
+/// `kiln train` on the tiny BERT and task with `extra` options, into `out`.
+fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let mut args = vec![
+        "train",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--out",
+        path(out),
+    ];
+    args.extend_from_slice(extra);
+    kiln(&args)
+}
+
+#[test]
+fn adapters_train_save_and_fuse_in_two_stages() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Stage one: two adapters, saved on their own under their names.
+    for name in ["first", "second"] {
+        let run = dir.path().join(name);
+        let (ok, stdout, stderr) = train_tiny(
+            &run,
+            &[
+                "--method",
+                "pfeiffer",
+                "--adapter-name",
+                name,
+                "--seed",
+                "3",
+            ],
+        );
+        assert!(ok, "{stderr}");
+        assert!(
+            stdout.contains(&format!("adapter `{name}` saved")),
+            "{stdout}"
+        );
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("adapter/adapter_config.json")).expect("config"),
+        )
+        .expect("json");
+        assert_eq!(config["name"], name);
+        assert_eq!(config["method"], "pfeiffer");
+        assert_eq!(config["num_layers"], 2);
+        assert_eq!(config["adapter"]["bottleneck"], 2);
+        assert!(run.join("adapter/adapter.safetensors").is_file());
+    }
+    // Stage two: fuse them for the target task; eval rebuilds the fusion and reproduces it.
+    let adapters = format!(
+        "{},{}",
+        path(&dir.path().join("first/adapter")),
+        path(&dir.path().join("second/adapter"))
+    );
+    let fused = dir.path().join("fused");
+    let (ok, stdout, stderr) = train_tiny(&fused, &["--method", "fusion", "--adapters", &adapters]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("loaded adapter `first`"), "{stdout}");
+    // 2 layers x (3·32² + 2·32) + head (32·2 + 2).
+    assert!(stdout.contains("fusion: 6338 of"), "{stdout}");
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&fused)]);
+    assert!(ok, "{stderr}\n{stdout}");
+
+    // The same adapter twice is refused by name.
+    let first = path(&dir.path().join("first/adapter")).to_string();
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("twice"),
+        &[
+            "--method",
+            "fusion",
+            "--adapters",
+            &format!("{first},{first}"),
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("already holds an adapter called `first`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn adapter_drop_is_measured_at_inference() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = dir.path().join("drop");
+    let (ok, stdout, stderr) = train_tiny(&run, &["--method", "adapter-drop"]);
+    assert!(ok, "{stderr}\n{stdout}");
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&run), "--adapter-drop", "0"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("examples in"), "{stdout}");
+    let (ok, _, stderr) = kiln(&["eval", "--run", path(&run), "--adapter-drop", "9"]);
+    assert!(!ok && stderr.contains("--adapter-drop 9"), "{stderr}");
 }

@@ -8,7 +8,9 @@ use burn::module::Module;
 use burn::tensor::Device;
 use kiln_data::{LoadedTask, TaskSpec};
 use kiln_models::{DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
-use kiln_train::{TaskData, TrainConfig, Trainer, evaluate, load_params, save_params};
+use kiln_train::{
+    TaskData, TrainConfig, Trainer, evaluate, load_adapter, load_params, save_adapter, save_params,
+};
 use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
 
 fn fixtures() -> PathBuf {
@@ -151,6 +153,142 @@ fn every_method_lowers_the_loss_on_bert() {
             "{name}: loss {before:.4} -> {after:.4}"
         );
     }
+}
+
+#[test]
+fn every_adapter_method_lowers_the_loss() {
+    let _rng = seeded_section();
+    for (fixture, name, lr) in [
+        ("bert-tiny", "houlsby", 1e-2),
+        ("bert-tiny", "pfeiffer", 1e-2),
+        ("bert-tiny", "parallel", 1e-2),
+        ("bert-tiny", "adapter-drop", 1e-2),
+        ("bert-tiny", "mam", 1e-2),
+        ("bert-tiny", "side", 1e-2),
+        ("gpt2-tiny", "houlsby", 3e-3),
+        ("gpt2-tiny", "mam", 1e-2),
+    ] {
+        let (before, after) = loss_before_after(fixture, &method(name), lr, 4);
+        // As for the other methods: on the frozen random tiny BERT even the linear probe only
+        // gains about 8%, so 5% is the bar there and 10% on GPT-2.
+        let bar = if fixture == "bert-tiny" { 0.95 } else { 0.9 };
+        assert!(
+            after < bar * before,
+            "{fixture} {name}: loss {before:.4} -> {after:.4}"
+        );
+    }
+}
+
+#[test]
+fn fusion_over_two_adapters_lowers_the_loss() {
+    let _rng = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    // Stage one: two Pfeiffer adapters trained on the task, saved on their own.
+    let dir = tempfile::tempdir().expect("dir");
+    for name in ["one", "two"] {
+        let options = MethodOptions {
+            adapter_name: Some(name.into()),
+            ..Default::default()
+        };
+        let pfeiffer = MethodConfig::from_options("pfeiffer", &options).expect("method");
+        let setup = setup("bert-tiny", &pfeiffer, 21, &device);
+        let run = dir.path().join(name);
+        let data = TaskData {
+            kind: &task.kind,
+            train: task.part(&task.split.train),
+            validation: task.part(&task.split.validation),
+        };
+        let (model, _) = trainer(&setup, config(2, 1e-2, 21), &run, &device)
+            .fit(setup.model.clone(), &data, false)
+            .expect("trains");
+        save_adapter(&model, name, "pfeiffer", &run.join("adapter")).expect("saves");
+    }
+    // Stage two: a fresh model loads both and learns only the fusion and the head.
+    let fusion = MethodConfig::from_options(
+        "fusion",
+        &MethodOptions {
+            adapters: Some(vec![dir.path().join("one"), dir.path().join("two")]),
+            ..Default::default()
+        },
+    )
+    .expect("method");
+    let mut base = setup("bert-tiny", &method("linear-probe"), 22, &device);
+    let mut model = base.model.clone();
+    for name in ["one", "two"] {
+        model = load_adapter(model, &dir.path().join(name).join("adapter"))
+            .expect("loads")
+            .0;
+    }
+    let (model, report) = fusion.apply(model).expect("fusion applies");
+    assert!(
+        report
+            .trainable_paths()
+            .iter()
+            .all(|p| p.starts_with("head.") || p.contains(".fusion."))
+    );
+    base.model = model;
+    base.report = report;
+    let train = task.part(&task.split.train);
+    let loss = |model: &SequenceClassifier| {
+        evaluate(
+            &model.valid(),
+            &base.tokenizer,
+            &train,
+            &task.kind,
+            &cpu(),
+            16,
+        )
+        .expect("evaluates")
+        .loss
+    };
+    let before = loss(&base.model);
+    let data = TaskData {
+        kind: &task.kind,
+        train: train.clone(),
+        validation: task.part(&task.split.validation),
+    };
+    let run = dir.path().join("fused");
+    let (fused, _) = trainer(&base, config(4, 3e-3, 22), &run, &device)
+        .fit(base.model.clone(), &data, false)
+        .expect("fusion trains");
+    let after = loss(&fused);
+    assert!(
+        after < 0.9 * before,
+        "fusion: loss {before:.4} -> {after:.4}"
+    );
+}
+
+#[test]
+fn saved_adapters_reload_to_identical_outputs_and_refuse_other_models() {
+    let _rng = seeded_section();
+    let device = cpu();
+    let task = task();
+    let examples = task.part(&task.split.validation);
+    let houlsby = method("houlsby");
+    let trained = setup("bert-tiny", &houlsby, 5, &device);
+    let dir = tempfile::tempdir().expect("dir");
+    save_adapter(&trained.model, "houlsby", "houlsby", dir.path()).expect("saves");
+
+    // A model with another head and no adapter: load the adapter, copy the head, same outputs.
+    let mut other = setup("bert-tiny", &method("linear-probe"), 6, &device).model;
+    other.head = trained.model.head.clone();
+    let (reloaded, saved) = load_adapter(other, dir.path()).expect("loads");
+    assert_eq!(saved.name, "houlsby");
+    assert_eq!(reloaded.active_adapter(), Some("houlsby"));
+    let metrics = |model: &SequenceClassifier| {
+        evaluate(model, &trained.tokenizer, &examples, &task.kind, &device, 8).expect("eval")
+    };
+    assert_eq!(metrics(&reloaded), metrics(&trained.model));
+
+    // The same adapter on GPT-2 is refused, naming the config file and the field.
+    let gpt2 = setup("gpt2-tiny", &method("linear-probe"), 6, &device).model;
+    let err = load_adapter(gpt2, dir.path()).expect_err("bert adapter on gpt2");
+    let message = err.to_string();
+    assert!(
+        message.contains("adapter_config.json") && message.contains("backbone"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -543,3 +543,40 @@ fn adapter_method_configs_round_trip_through_json() {
         .expect_err("pfeiffer has no prefix");
     assert!(err.to_string().contains("--prefix-len"), "{err}");
 }
+
+#[test]
+fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
+    let device = cpu();
+    let mam = method("mam", adapter_options(|o| o.prefix_len = Some(3)));
+    let (mut model, _) = mam
+        .apply(classifier("gpt2-tiny", &mam, &device))
+        .expect("applies");
+    // Give the parallel adapter weights so both slots shape the output.
+    for block in model.gpt2.as_mut().expect("gpt2").blocks.iter_mut() {
+        let parallel = block.adapters.as_mut().expect("slots").loaded[0]
+            .parallel
+            .as_mut()
+            .expect("parallel");
+        let shape = parallel.up.weight.val().dims();
+        parallel.up.weight = Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+    }
+    let batch = |ids: Vec<i64>, mask: Vec<i64>| BertInput {
+        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 5]), &device),
+        attention_mask: Tensor::<2, Int>::from_data(TensorData::new(mask, [1, 5]), &device),
+        token_type_ids: Tensor::<2, Int>::zeros([1, 5], &device),
+    };
+    let right = model.features(batch(vec![40, 41, 42, 0, 0], vec![1, 1, 1, 0, 0]));
+    let left = model.features(batch(vec![0, 0, 40, 41, 42], vec![0, 0, 1, 1, 1]));
+    let diff = max_diff(right.clone(), left);
+    assert!(diff <= 1e-5, "padding side changes the features by {diff}");
+    model.set_active_adapter(None).expect("off");
+    let plain = model.features(batch(vec![40, 41, 42, 0, 0], vec![1, 1, 1, 0, 0]));
+    assert!(
+        max_diff(right, plain) > 1e-3,
+        "the prefix and adapter take part"
+    );
+}
