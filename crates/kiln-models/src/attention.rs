@@ -23,7 +23,8 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
-/// `softmax(q kᵀ · scale + bias) v`, with dropout on the attention probabilities.
+/// `softmax(q kᵀ · scale + bias) v`, with dropout on the attention probabilities; a `prefix`'s
+/// key and value rows go in front of the real ones.
 pub fn attend(
     query: Tensor<4>,
     key: Tensor<4>,
@@ -31,7 +32,12 @@ pub fn attend(
     bias: &Tensor<4>,
     scale: f64,
     dropout: &Dropout,
+    prefix: Option<&AttentionPrefix>,
 ) -> Tensor<4> {
+    if let Some(prefix) = prefix {
+        let (key, value, bias) = with_prefix(key, value, bias, prefix);
+        return attend(query, key, value, &bias, scale, dropout, None);
+    }
     let scores = query.matmul(key.swap_dims(2, 3)) * scale + bias.clone();
     let probs = dropout.forward(softmax(scores, 3));
     probs.matmul(value)
@@ -39,7 +45,7 @@ pub fn attend(
 
 /// Keys, values and mask with `prefix`'s rows in front: `[batch, heads, l + seq, head_dim]` and
 /// a mask that lets every query see every prefix row.
-pub fn with_prefix(
+fn with_prefix(
     key: Tensor<4>,
     value: Tensor<4>,
     bias: &Tensor<4>,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
-use crate::attention::{attend, merge_heads, padding_bias, split_heads, with_prefix};
+use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::tunable::TunableLinear;
@@ -429,13 +429,7 @@ impl BertSelfAttention {
         let v = split_heads(self.value.forward(hidden), self.heads);
         let head_dim = q.dims()[3];
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let context = match prefix {
-            Some(prefix) => {
-                let (k, v, bias) = with_prefix(k, v, bias, prefix);
-                attend(q, k, v, &bias, scale, &self.probs_dropout)
-            }
-            None => attend(q, k, v, bias, scale, &self.probs_dropout),
-        };
+        let context = attend(q, k, v, bias, scale, &self.probs_dropout, prefix);
         self.output.forward(merge_heads(context))
     }
 }

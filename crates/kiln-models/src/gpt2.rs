@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
-use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads, with_prefix};
+use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::tunable::TunableLinear;
@@ -325,13 +325,7 @@ impl Gpt2Attention {
         let q = split_heads(qkv.clone().narrow(2, 0, width), self.heads);
         let k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
         let v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
-        let context = match prefix {
-            Some(prefix) => {
-                let (k, v, bias) = with_prefix(k, v, bias, prefix);
-                attend(q, k, v, &bias, self.scale, &self.probs_dropout)
-            }
-            None => attend(q, k, v, bias, self.scale, &self.probs_dropout),
-        };
+        let context = attend(q, k, v, bias, self.scale, &self.probs_dropout, prefix);
         self.resid_dropout
             .forward(self.c_proj.forward(merge_heads(context)))
     }

@@ -103,24 +103,25 @@ fn method(name: &str) -> MethodConfig {
     MethodConfig::from_options(name, &MethodOptions::default()).expect("method")
 }
 
+/// Loss of `model` (in inference mode) on the task's training examples.
+fn training_loss(
+    model: &SequenceClassifier,
+    tokenizer: &kiln_models::TextTokenizer,
+    task: &LoadedTask,
+) -> f64 {
+    let train = task.part(&task.split.train);
+    evaluate(&model.valid(), tokenizer, &train, &task.kind, &cpu(), 16)
+        .expect("evaluates")
+        .loss
+}
+
 /// Loss on the training examples before and after `epochs` of training.
 fn loss_before_after(fixture: &str, method: &MethodConfig, lr: f64, epochs: usize) -> (f64, f64) {
     let device = cpu().autodiff();
     let task = task();
     let setup = setup(fixture, method, 3, &device);
     let train = task.part(&task.split.train);
-    let loss = |model: &SequenceClassifier| {
-        evaluate(
-            &model.valid(),
-            &setup.tokenizer,
-            &train,
-            &task.kind,
-            &cpu(),
-            16,
-        )
-        .expect("evaluates")
-        .loss
-    };
+    let loss = |model: &SequenceClassifier| training_loss(model, &setup.tokenizer, &task);
     let before = loss(&setup.model);
     let dir = tempfile::tempdir().expect("temp dir");
     let data = TaskData {
@@ -230,18 +231,7 @@ fn fusion_over_two_adapters_lowers_the_loss() {
     base.model = model;
     base.report = report;
     let train = task.part(&task.split.train);
-    let loss = |model: &SequenceClassifier| {
-        evaluate(
-            &model.valid(),
-            &base.tokenizer,
-            &train,
-            &task.kind,
-            &cpu(),
-            16,
-        )
-        .expect("evaluates")
-        .loss
-    };
+    let loss = |model: &SequenceClassifier| training_loss(model, &base.tokenizer, &task);
     let before = loss(&base.model);
     let data = TaskData {
         kind: &task.kind,
