@@ -580,3 +580,46 @@ fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
         "the prefix and adapter take part"
     );
 }
+
+#[test]
+fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
+    let device = cpu();
+    let side = method(
+        "side",
+        adapter_options(|o| {
+            o.side_alpha = Some(1.0);
+            o.side_alpha_end = Some(0.2);
+        }),
+    );
+    let (mut model, _) = side
+        .apply(classifier("bert-tiny", &side, &device))
+        .expect("applies");
+    model.begin_train_step(0.5, 0);
+    let blend = model.side.as_ref().expect("side network").blend;
+    assert!((blend.now - 0.6).abs() < 1e-12, "halfway: {}", blend.now);
+    // Inference (no autodiff) blends with the final alpha: 0.2·base + 0.8·side.
+    let base = Tensor::<2>::ones([1, 2], &device);
+    let side_features = Tensor::<2>::zeros([1, 2], &device);
+    let blended = model
+        .side
+        .as_ref()
+        .expect("side network")
+        .blend(base, side_features);
+    assert!(max_diff(blended, Tensor::<2>::full([1, 2], 0.2, &device)) < 1e-6);
+
+    let drop = method("adapter-drop", MethodOptions::default());
+    let (mut model, _) = drop
+        .apply(classifier("bert-tiny", &drop, &device))
+        .expect("applies");
+    // Defaults on 2 layers: up to 1 dropped while training, the lower half (1) at inference.
+    assert_eq!(model.adapter_drop_max, 1);
+    let bert = |m: &SequenceClassifier| m.bert.as_ref().expect("bert").adapter_drop;
+    assert_eq!(bert(&model).inference, 1);
+    let drawn: Vec<usize> = (0..6)
+        .map(|draw| {
+            model.begin_train_step(0.0, draw);
+            bert(&model).training
+        })
+        .collect();
+    assert_eq!(drawn, [0, 1, 0, 1, 0, 1]);
+}
