@@ -95,6 +95,8 @@ pub struct TrainArgs {
     targets: Option<Vec<String>>,
     #[command(flatten)]
     adapter: AdapterArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-3 otherwise].
@@ -161,7 +163,7 @@ pub struct AdapterArgs {
     /// Parallel / MAM adapter output scale s.
     #[arg(long)]
     scale: Option<f64>,
-    /// MAM: prefix rows per attention.
+    /// MAM, prefix, p-tuning-v2: prefix rows per attention.
     #[arg(long)]
     prefix_len: Option<usize>,
     /// fusion: directories of saved adapters (RUN/adapter), comma-separated.
@@ -182,6 +184,26 @@ pub struct AdapterArgs {
     /// side: weight at the end of training and at inference (a linear curriculum).
     #[arg(long)]
     side_alpha_end: Option<f64>,
+}
+
+/// Options of the prompt family (prompt, prefix, p-tuning, p-tuning-v2).
+#[derive(Args)]
+pub struct PromptArgs {
+    /// prompt: virtual tokens.
+    #[arg(long)]
+    prompt_len: Option<usize>,
+    /// prompt, p-tuning: start the virtual tokens from these words' embeddings.
+    #[arg(long)]
+    prompt_init_text: Option<String>,
+    /// p-tuning: virtual tokens before and after the text, `B,A`.
+    #[arg(long, value_delimiter = ',')]
+    template: Option<Vec<usize>>,
+    /// p-tuning: prompt encoder, lstm or mlp.
+    #[arg(long)]
+    prompt_encoder: Option<String>,
+    /// prefix: hidden width of the reparameterisation MLP.
+    #[arg(long)]
+    prefix_hidden: Option<usize>,
 }
 
 /// Everything needed to rebuild a run's model and data: `run.json`.
@@ -225,7 +247,13 @@ fn default_lr(method: &MethodConfig) -> f64 {
 
 pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     let adapter = &args.adapter;
-    let options = MethodOptions {
+    let prompt = &args.prompt;
+    let template = match prompt.template.as_deref() {
+        None => None,
+        Some(&[before, after]) => Some((before, after)),
+        Some(other) => bail!("--template takes two counts, before,after (got {other:?})"),
+    };
+    let mut options = MethodOptions {
         k: args.k,
         rank: args.rank,
         alpha: args.alpha,
@@ -245,8 +273,14 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         side_width: adapter.side_width,
         side_alpha: adapter.side_alpha,
         side_alpha_end: adapter.side_alpha_end,
+        prompt_len: prompt.prompt_len,
+        prompt_init_text: prompt.prompt_init_text.clone(),
+        prompt_init_ids: Vec::new(),
+        template,
+        prompt_encoder: prompt.prompt_encoder.clone(),
+        prefix_hidden: prompt.prefix_hidden,
     };
-    let method = MethodConfig::from_options(&args.method, &options)?;
+    let mut method = MethodConfig::from_options(&args.method, &options)?;
     let train_config = TrainConfig {
         epochs: args.epochs,
         lr: args.lr.unwrap_or_else(|| default_lr(&method)),
@@ -270,6 +304,13 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
     train_device.seed(args.seed);
     let pretrained = Pretrained::load(&args.model, &train_device)
         .with_context(|| format!("loading model from {}", args.model.display()))?;
+    if let Some(text) = &options.prompt_init_text {
+        options.prompt_init_ids = pretrained
+            .tokenizer
+            .encode_words(text)
+            .context("--prompt-init-text")?;
+        method = MethodConfig::from_options(&args.method, &options)?;
+    }
     let readout = args.readout.unwrap_or(match pretrained.backbone {
         Backbone::Bert(..) => Readout::Mean,
         Backbone::Gpt2(..) => Readout::Last,
@@ -320,14 +361,15 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         validation: task.part(&task.split.validation),
     };
     let (model, summary) = trainer.fit(model, &data, args.resume)?;
-    if let Some(adapter) = run.method.adapter() {
+    let mut model = model;
+    if let MethodConfig::Prefix(prefix) = &run.method {
+        // The test metrics below come from the folded prefixes.
+        model.fold_prefix_encoder(&prefix.name)?;
+    }
+    if let Some(name) = run.method.adapter_name() {
         let dir = args.out.join(ADAPTER_DIR);
-        save_adapter(&model, &adapter.name, run.method.name(), &dir)?;
-        println!(
-            "adapter `{}` saved on its own in {}",
-            adapter.name,
-            dir.display()
-        );
+        save_adapter(&model, name, run.method.name(), &dir)?;
+        println!("adapter `{name}` saved on its own in {}", dir.display());
     }
 
     let test = if task.split.test.is_empty() {

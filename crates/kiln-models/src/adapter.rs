@@ -62,6 +62,20 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
+    /// Prefix rows only, no bottleneck adapters: prefix tuning's folded prefixes, deep prompts.
+    pub fn prefix_only(prefix_len: usize) -> Self {
+        Self {
+            after_attention: false,
+            after_feed_forward: false,
+            parallel: false,
+            bottleneck: 0,
+            activation: Activation::Relu,
+            scale: 1.0,
+            init: AdapterInit::Lora,
+            prefix_len,
+        }
+    }
+
     /// Parameters per layer on a model of width `h`: `(2hm + m + h)` per bottleneck adapter and
     /// `2·l·h` for the prefix.
     pub fn params_per_layer(&self, width: usize) -> usize {
@@ -265,9 +279,10 @@ impl LayerAdapters {
         }
     }
 
-    /// The active adapter's attention prefix.
-    pub fn prefix(&self) -> Option<&AttentionPrefix> {
-        self.active_one()?.prefix.as_ref()
+    /// The active adapter's attention prefix: key and value rows `[l, h]`.
+    pub fn prefix(&self) -> Option<(Tensor<2>, Tensor<2>)> {
+        let prefix = self.active_one()?.prefix.as_ref()?;
+        Some((prefix.key.val(), prefix.value.val()))
     }
 
     /// Applied to the attention block's output, before its residual is added.

@@ -8,8 +8,6 @@ use burn::nn::Dropout;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::adapter::AttentionPrefix;
-
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [batch, seq, width] = x.dims();
@@ -32,7 +30,7 @@ pub fn attend(
     bias: &Tensor<4>,
     scale: f64,
     dropout: &Dropout,
-    prefix: Option<&AttentionPrefix>,
+    prefix: Option<(Tensor<2>, Tensor<2>)>,
 ) -> Tensor<4> {
     if let Some(prefix) = prefix {
         let (key, value, bias) = with_prefix(key, value, bias, prefix);
@@ -43,24 +41,24 @@ pub fn attend(
     probs.matmul(value)
 }
 
-/// Keys, values and mask with `prefix`'s rows in front: `[batch, heads, l + seq, head_dim]` and
-/// a mask that lets every query see every prefix row.
+/// Keys, values and mask with the prefix's key and value rows (`[l, h]` each) in front:
+/// `[batch, heads, l + seq, head_dim]` and a mask that lets every query see every prefix row.
 fn with_prefix(
     key: Tensor<4>,
     value: Tensor<4>,
     bias: &Tensor<4>,
-    prefix: &AttentionPrefix,
+    (prefix_key, prefix_value): (Tensor<2>, Tensor<2>),
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [batch, heads, _, head_dim] = key.dims();
-    let rows = prefix.len();
+    let rows = prefix_key.dims()[0];
     let expand = |rows_param: Tensor<2>| {
         rows_param
             .reshape([1, rows, heads, head_dim])
             .swap_dims(1, 2)
             .expand([batch, heads, rows, head_dim])
     };
-    let key = Tensor::cat(vec![expand(prefix.key.val()), key], 2);
-    let value = Tensor::cat(vec![expand(prefix.value.val()), value], 2);
+    let key = Tensor::cat(vec![expand(prefix_key), key], 2);
+    let value = Tensor::cat(vec![expand(prefix_value), value], 2);
     let [b, one, queries, _] = bias.dims();
     let open = Tensor::zeros([b, one, queries, rows], &bias.device());
     (key, value, Tensor::cat(vec![open, bias.clone()], 3))

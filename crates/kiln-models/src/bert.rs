@@ -12,10 +12,11 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
+use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens};
 use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -148,6 +149,8 @@ impl BertConfig {
                 dense: linear(h, h),
             }),
             adapter_drop: AdapterDropState::default(),
+            prompt: None,
+            prefix_encoder: None,
         }
     }
 }
@@ -279,6 +282,10 @@ pub struct Bert {
     pub pooler: Option<BertPooler>,
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
+    /// Virtual tokens in the input (prompt tuning, P-tuning).
+    pub prompt: Option<SoftPrompt>,
+    /// Prefix tuning's reparameterisation, producing every layer's prefix while training.
+    pub prefix_encoder: Option<PrefixEncoder>,
 }
 
 #[derive(Module, Debug)]
@@ -329,10 +336,14 @@ pub struct BertInput {
 
 #[derive(Debug, Clone)]
 pub struct BertOutput {
-    /// `[batch, seq, hidden]`
+    /// `[batch, seq, hidden]`; `seq` counts virtual tokens when the model has a prompt.
     pub last_hidden_state: Tensor<3>,
     /// `[batch, hidden]`, when the model has a pooler.
     pub pooled: Option<Tensor<2>>,
+    /// `[batch, seq]`: 1 where attention looked (real and virtual tokens).
+    pub attention_mask: Tensor<2, Int>,
+    /// `[batch, seq]`: 1 at real tokens only.
+    pub token_mask: Tensor<2, Int>,
 }
 
 impl Bert {
@@ -385,13 +396,43 @@ impl Bert {
     }
 
     pub fn forward(&self, input: BertInput) -> BertOutput {
-        let bias = padding_bias(&input.attention_mask);
-        let mut hidden = self
-            .embeddings
-            .forward(input.input_ids, input.token_type_ids);
+        let BertInput {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+        } = input;
+        let (mut hidden, attention_mask, token_mask) = match &self.prompt {
+            None => (
+                self.embeddings.forward(input_ids, token_type_ids),
+                attention_mask.clone(),
+                attention_mask,
+            ),
+            Some(prompt) => {
+                let words = self.embeddings.word.forward(input_ids);
+                let prompted = insert_virtual_tokens(
+                    words,
+                    &attention_mask,
+                    prompt,
+                    TextBounds::InsideSpecialTokens,
+                );
+                let types = follow_sources(token_type_ids, &prompted.sources, 0);
+                (
+                    self.embeddings.forward_words(prompted.embeddings, types),
+                    prompted.attention_mask,
+                    prompted.token_mask,
+                )
+            }
+        };
+        let bias = padding_bias(&attention_mask);
+        let mut prefixes = self
+            .prefix_encoder
+            .as_ref()
+            .map(PrefixEncoder::prefixes)
+            .unwrap_or_default()
+            .into_iter();
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
         for (i, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(hidden, &bias, i >= skipped);
+            hidden = layer.forward(hidden, &bias, i >= skipped, prefixes.next());
         }
         let pooled = self
             .pooler
@@ -400,19 +441,25 @@ impl Bert {
         BertOutput {
             last_hidden_state: hidden,
             pooled,
+            attention_mask,
+            token_mask,
         }
     }
 }
 
 impl BertEmbeddings {
     pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, seq] = input_ids.dims();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &input_ids.device())
+        self.forward_words(self.word.forward(input_ids), token_type_ids)
+    }
+
+    /// From word embeddings `[batch, seq, h]` (virtual tokens included) on.
+    pub fn forward_words(&self, words: Tensor<3>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq, _] = words.dims();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &words.device())
             .unsqueeze_dim::<2>(0)
             .expand([batch, seq]);
-        let sum = self.word.forward(input_ids)
-            + self.position.forward(positions)
-            + self.token_type.forward(token_type_ids);
+        let sum =
+            words + self.position.forward(positions) + self.token_type.forward(token_type_ids);
         self.dropout.forward(self.norm.forward(sum))
     }
 }
@@ -422,7 +469,7 @@ impl BertSelfAttention {
         &self,
         hidden: Tensor<3>,
         bias: &Tensor<4>,
-        prefix: Option<&AttentionPrefix>,
+        prefix: Option<(Tensor<2>, Tensor<2>)>,
     ) -> Tensor<3> {
         let q = split_heads(self.query.forward(hidden.clone()), self.heads);
         let k = split_heads(self.key.forward(hidden.clone()), self.heads);
@@ -435,10 +482,17 @@ impl BertSelfAttention {
 }
 
 impl BertLayer {
-    /// With `adapters_on` false the layer runs as the plain backbone (AdapterDrop).
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>, adapters_on: bool) -> Tensor<3> {
+    /// With `adapters_on` false the layer runs as the plain backbone (AdapterDrop). `prefix`
+    /// (from a prefix encoder) takes the place of the active adapter's.
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        adapters_on: bool,
+        prefix: Option<(Tensor<2>, Tensor<2>)>,
+    ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
-        let prefix = adapters.and_then(LayerAdapters::prefix);
+        let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
         let mut attended =
             self.dropout
                 .forward(self.attention.forward(hidden.clone(), bias, prefix));

@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
@@ -19,6 +19,7 @@ use crate::bert::{Bert, BertInput};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Input};
 use crate::pretrained::{Backbone, last_token_pool, mean_pool};
+use crate::prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 use crate::side::{SideConfig, SideNetwork};
 use crate::tunable::TunableLinear;
 
@@ -197,12 +198,11 @@ impl SequenceClassifier {
     }
 
     fn backbone_features(&self, input: BertInput) -> Tensor<2> {
-        let mask = input.attention_mask.clone();
         if let Some(bert) = &self.bert {
             let out = bert.forward(input);
             return match (self.readout, out.pooled) {
                 (Readout::Pooler, Some(pooled)) => pooled,
-                (Readout::Mean, _) => mean_pool(out.last_hidden_state, mask),
+                (Readout::Mean, _) => mean_pool(out.last_hidden_state, out.token_mask),
                 (_, _) => {
                     let [batch, _, width] = out.last_hidden_state.dims();
                     out.last_hidden_state
@@ -214,13 +214,15 @@ impl SequenceClassifier {
         let Some(gpt2) = &self.gpt2 else {
             unreachable!("a classifier always holds a backbone")
         };
-        let hidden = gpt2.forward(Gpt2Input {
+        let (hidden, attention_mask, token_mask) = gpt2.forward_masked(Gpt2Input {
             input_ids: input.input_ids,
             attention_mask: input.attention_mask,
         });
+        // The last position attention looked at: a virtual token when the template puts some
+        // behind the text, as P-tuning reads.
         match self.readout {
-            Readout::Mean => mean_pool(hidden, mask),
-            _ => last_token_pool(hidden, mask),
+            Readout::Mean => mean_pool(hidden, token_mask),
+            _ => last_token_pool(hidden, attention_mask),
         }
     }
 
@@ -415,6 +417,79 @@ impl SequenceClassifier {
                 }
             ))
         })
+    }
+
+    /// The backbone's token embedding table `[vocab, h]`.
+    pub fn word_embeddings(&self) -> Tensor<2> {
+        match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert.embeddings.word.weight.val(),
+            (_, Some(gpt2)) => gpt2.wte.weight.val(),
+            _ => unreachable!("a classifier always holds a backbone"),
+        }
+    }
+
+    /// Puts virtual tokens into the input: `initial` `[n, h]` with `n` the template's length,
+    /// through a prompt encoder (P-tuning; with or without its LSTM) when `encoder` says so.
+    pub fn add_prompt(
+        &mut self,
+        template: PromptTemplate,
+        initial: Tensor<2>,
+        encoder: Option<bool>,
+    ) -> Result<()> {
+        let [n, width] = initial.dims();
+        if n != template.len() || n == 0 || width != self.hidden_size() {
+            return Err(ModelError::InvalidInput(format!(
+                "a prompt of {} virtual tokens needs [{}, {}] initial embeddings, got [{n}, {width}]",
+                template.len(),
+                template.len(),
+                self.hidden_size()
+            )));
+        }
+        let device = initial.device();
+        let prompt = SoftPrompt {
+            embedding: Param::from_tensor(initial.detach()),
+            encoder: encoder.map(|lstm| PromptEncoder::new(width, lstm, &device)),
+            template,
+        };
+        match (&mut self.bert, &mut self.gpt2) {
+            (Some(bert), _) => bert.prompt = Some(prompt),
+            (_, Some(gpt2)) => gpt2.prompt = Some(prompt),
+            _ => unreachable!("a classifier always holds a backbone"),
+        }
+        Ok(())
+    }
+
+    /// Puts prefix tuning's reparameterisation (`len` rows, MLP width `mid`) on every layer.
+    pub fn add_prefix_encoder(&mut self, len: usize, mid: usize) {
+        let device = self.head.output.weight.lazy_device();
+        let encoder = PrefixEncoder::new(len, self.hidden_size(), mid, self.num_layers(), &device);
+        match (&mut self.bert, &mut self.gpt2) {
+            (Some(bert), _) => bert.prefix_encoder = Some(encoder),
+            (_, Some(gpt2)) => gpt2.prefix_encoder = Some(encoder),
+            _ => unreachable!("a classifier always holds a backbone"),
+        }
+    }
+
+    /// Replaces the prefix encoder by the prefixes it computes, as a prefix-only adapter called
+    /// `name`: same outputs, no MLP left, saved and loaded like any adapter.
+    pub fn fold_prefix_encoder(&mut self, name: &str) -> Result<()> {
+        let encoder = match (&mut self.bert, &mut self.gpt2) {
+            (Some(bert), _) => bert.prefix_encoder.take(),
+            (_, Some(gpt2)) => gpt2.prefix_encoder.take(),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::InvalidInput("the model has no prefix encoder".into()))?;
+        let prefixes = encoder.prefixes();
+        let len = prefixes.first().map_or(0, |(key, _)| key.dims()[0]);
+        self.add_adapter(name, &AdapterConfig::prefix_only(len))?;
+        let index = self.adapters.len() - 1;
+        for (slots, (key, value)) in self.layer_adapters_mut().into_iter().zip(prefixes) {
+            if let Some(prefix) = slots.as_mut().and_then(|s| s.loaded[index].prefix.as_mut()) {
+                prefix.key = Param::from_tensor(key.detach());
+                prefix.value = Param::from_tensor(value.detach());
+            }
+        }
+        Ok(())
     }
 
     /// Puts a fresh side network beside the backbone (side-tuning).

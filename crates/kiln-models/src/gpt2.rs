@@ -15,10 +15,11 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, AttentionPrefix, LayerAdapters};
+use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens};
 use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -145,6 +146,8 @@ impl Gpt2Config {
                 .collect(),
             ln_f: layer_norm(),
             adapter_drop: AdapterDropState::default(),
+            prompt: None,
+            prefix_encoder: None,
         }
     }
 }
@@ -193,6 +196,10 @@ pub struct Gpt2 {
     pub ln_f: LayerNorm,
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
+    /// Virtual tokens in the input (prompt tuning, P-tuning).
+    pub prompt: Option<SoftPrompt>,
+    /// Prefix tuning's reparameterisation, producing every layer's prefix while training.
+    pub prefix_encoder: Option<PrefixEncoder>,
 }
 
 #[derive(Module, Debug)]
@@ -265,16 +272,43 @@ impl Gpt2 {
 
     /// Last hidden state `[batch, seq, hidden]`, after the final layer norm.
     pub fn forward(&self, input: Gpt2Input) -> Tensor<3> {
-        let bias = causal_padding_bias(&input.attention_mask);
-        let positions = (input.attention_mask.clone().cumsum(1) - 1).clamp_min(0);
-        let mut hidden = self
-            .dropout
-            .forward(self.wte.forward(input.input_ids) + self.wpe.forward(positions));
+        self.forward_masked(input).0
+    }
+
+    /// The last hidden state with the masks of its positions (virtual tokens included):
+    /// where attention looked, and where the real tokens are.
+    pub fn forward_masked(&self, input: Gpt2Input) -> (Tensor<3>, Tensor<2, Int>, Tensor<2, Int>) {
+        let words = self.wte.forward(input.input_ids);
+        let (words, attention_mask, token_mask) = match &self.prompt {
+            None => (words, input.attention_mask.clone(), input.attention_mask),
+            Some(prompt) => {
+                let prompted = insert_virtual_tokens(
+                    words,
+                    &input.attention_mask,
+                    prompt,
+                    TextBounds::AllRealTokens,
+                );
+                (
+                    prompted.embeddings,
+                    prompted.attention_mask,
+                    prompted.token_mask,
+                )
+            }
+        };
+        let bias = causal_padding_bias(&attention_mask);
+        let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0);
+        let mut hidden = self.dropout.forward(words + self.wpe.forward(positions));
+        let mut prefixes = self
+            .prefix_encoder
+            .as_ref()
+            .map(PrefixEncoder::prefixes)
+            .unwrap_or_default()
+            .into_iter();
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
         for (i, block) in self.blocks.iter().enumerate() {
-            hidden = block.forward(hidden, &bias, i >= skipped);
+            hidden = block.forward(hidden, &bias, i >= skipped, prefixes.next());
         }
-        self.ln_f.forward(hidden)
+        (self.ln_f.forward(hidden), attention_mask, token_mask)
     }
 
     /// Next-token logits `[batch, seq, vocab]` through the tied head.
@@ -290,10 +324,17 @@ impl Gpt2 {
 }
 
 impl Gpt2Block {
-    /// With `adapters_on` false the block runs as the plain backbone (AdapterDrop).
-    pub fn forward(&self, hidden: Tensor<3>, bias: &Tensor<4>, adapters_on: bool) -> Tensor<3> {
+    /// With `adapters_on` false the block runs as the plain backbone (AdapterDrop). `prefix`
+    /// (from a prefix encoder) takes the place of the active adapter's.
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        adapters_on: bool,
+        prefix: Option<(Tensor<2>, Tensor<2>)>,
+    ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
-        let prefix = adapters.and_then(LayerAdapters::prefix);
+        let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
         let mut attended = self
             .attention
             .forward(self.ln_1.forward(hidden.clone()), bias, prefix);
@@ -318,7 +359,7 @@ impl Gpt2Attention {
         &self,
         hidden: Tensor<3>,
         bias: &Tensor<4>,
-        prefix: Option<&AttentionPrefix>,
+        prefix: Option<(Tensor<2>, Tensor<2>)>,
     ) -> Tensor<3> {
         let width = hidden.dims()[2];
         let qkv = self.c_attn.forward(hidden);

@@ -181,6 +181,12 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Ids of one text without special tokens, not truncated (prompt initialisation words).
+    pub fn encode_words(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Tokenizes, truncates to the configured length and pads to the longest example.
     pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<EncodedBatch> {
         if inputs.is_empty() {

@@ -10,9 +10,10 @@ use crate::adapters::{BOTTLENECK_FLAGS, BottleneckOptions};
 use crate::error::{Result, TuningError};
 use crate::methods::{
     AdapterDropConfig, BitFitConfig, FullConfig, FusionConfig, HoulsbyConfig, LinearProbeConfig,
-    LoraConfig, MamConfig, MlpConfig, ParallelConfig, PartialConfig, PfeifferConfig,
-    SideTuningConfig,
+    LoraConfig, MamConfig, MlpConfig, PTuningConfig, PTuningV2Config, ParallelConfig,
+    PartialConfig, PfeifferConfig, PrefixTuningConfig, PromptTuningConfig, SideTuningConfig,
 };
+use crate::prompts::PromptInit;
 use crate::trainable::{ParamReport, set_trainable};
 
 /// A transfer method: which slots it fills and which parameters it trains.
@@ -54,6 +55,10 @@ pub enum MethodConfig {
     AdapterDrop(AdapterDropConfig),
     Mam(MamConfig),
     Side(SideTuningConfig),
+    Prompt(PromptTuningConfig),
+    Prefix(PrefixTuningConfig),
+    PTuning(PTuningConfig),
+    PTuningV2(PTuningV2Config),
 }
 
 /// One line of `kiln methods`.
@@ -131,6 +136,26 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "side-tuning: frozen backbone blended with a small side network (Zhang et al. 2020)",
         options: "--side-width W (h) --side-alpha 0.5 --side-alpha-end A (fixed)",
     },
+    MethodInfo {
+        name: "prompt",
+        summary: "prompt tuning: trained virtual tokens in front of the text (Lester et al. 2021)",
+        options: "--prompt-len 20, --prompt-init-text TEXT (sampled vocabulary)",
+    },
+    MethodInfo {
+        name: "prefix",
+        summary: "prefix tuning: MLP-reparameterised key/value prefixes, folded after training (Li and Liang 2021)",
+        options: "--prefix-len 20 --prefix-hidden 512, --adapter-name",
+    },
+    MethodInfo {
+        name: "p-tuning",
+        summary: "P-tuning: virtual tokens from a prompt encoder, placed by a template (Liu et al. 2021)",
+        options: "--template 5,5 (before,after) --prompt-encoder lstm|mlp, --prompt-init-text TEXT",
+    },
+    MethodInfo {
+        name: "p-tuning-v2",
+        summary: "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)",
+        options: "--prefix-len 20, --adapter-name",
+    },
 ];
 
 /// Method options as the CLI collects them; each method takes the ones it understands.
@@ -155,6 +180,13 @@ pub struct MethodOptions {
     pub side_width: Option<usize>,
     pub side_alpha: Option<f64>,
     pub side_alpha_end: Option<f64>,
+    pub prompt_len: Option<usize>,
+    pub prompt_init_text: Option<String>,
+    /// The token ids of `prompt_init_text`, filled in by the caller that has the tokenizer.
+    pub prompt_init_ids: Vec<u32>,
+    pub template: Option<(usize, usize)>,
+    pub prompt_encoder: Option<String>,
+    pub prefix_hidden: Option<usize>,
 }
 
 impl MethodOptions {
@@ -180,10 +212,25 @@ impl MethodOptions {
             ("side-width", self.side_width.is_some()),
             ("side-alpha", self.side_alpha.is_some()),
             ("side-alpha-end", self.side_alpha_end.is_some()),
+            ("prompt-len", self.prompt_len.is_some()),
+            ("prompt-init-text", self.prompt_init_text.is_some()),
+            ("template", self.template.is_some()),
+            ("prompt-encoder", self.prompt_encoder.is_some()),
+            ("prefix-hidden", self.prefix_hidden.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
         .collect()
+    }
+}
+
+impl MethodOptions {
+    /// How the prompt methods initialise their virtual tokens.
+    pub fn prompt_init(&self) -> PromptInit {
+        PromptInit {
+            text: self.prompt_init_text.clone(),
+            ids: self.prompt_init_ids.clone(),
+        }
     }
 }
 
@@ -249,6 +296,22 @@ impl MethodConfig {
                 Self::Side(SideTuningConfig::with_options(options)),
                 vec!["side-width", "side-alpha", "side-alpha-end"],
             ),
+            "prompt" => (
+                Self::Prompt(PromptTuningConfig::with_options(options)),
+                vec!["prompt-len", "prompt-init-text"],
+            ),
+            "prefix" => (
+                Self::Prefix(PrefixTuningConfig::with_options(options)),
+                vec!["prefix-len", "prefix-hidden", "adapter-name"],
+            ),
+            "p-tuning" => (
+                Self::PTuning(PTuningConfig::with_options(options)?),
+                vec!["template", "prompt-encoder", "prompt-init-text"],
+            ),
+            "p-tuning-v2" => (
+                Self::PTuningV2(PTuningV2Config::with_options(options)),
+                vec!["prefix-len", "adapter-name"],
+            ),
             other => return Err(TuningError::UnknownMethod(other.to_string())),
         };
         if let Some(option) = options.given().into_iter().find(|o| !accepted.contains(o)) {
@@ -276,6 +339,10 @@ impl MethodConfig {
             Self::AdapterDrop(_) => "adapter-drop",
             Self::Mam(_) => "mam",
             Self::Side(_) => "side",
+            Self::Prompt(_) => "prompt",
+            Self::Prefix(_) => "prefix",
+            Self::PTuning(_) => "p-tuning",
+            Self::PTuningV2(_) => "p-tuning-v2",
         }
     }
 
@@ -305,17 +372,27 @@ impl MethodConfig {
             Self::AdapterDrop(c) => c,
             Self::Mam(c) => c,
             Self::Side(c) => c,
+            Self::Prompt(c) => c,
+            Self::Prefix(c) => c,
+            Self::PTuning(c) => c,
+            Self::PTuningV2(c) => c,
         }
     }
 
-    /// The bottleneck adapter this method trains, if any: what `kiln train` saves on its own.
-    pub fn adapter(&self) -> Option<&BottleneckOptions> {
+    /// The name of the adapter this method trains, if any: what `kiln train` saves on its own.
+    /// Prefix tuning's adapter exists once its encoder is folded.
+    pub fn adapter_name(&self) -> Option<&str> {
+        fn bottleneck(options: &BottleneckOptions) -> &str {
+            &options.name
+        }
         match self {
-            Self::Houlsby(c) => Some(&c.adapter),
-            Self::Pfeiffer(c) => Some(&c.adapter),
-            Self::Parallel(c) => Some(&c.adapter),
-            Self::AdapterDrop(c) => Some(&c.adapter),
-            Self::Mam(c) => Some(&c.adapter),
+            Self::Houlsby(c) => Some(bottleneck(&c.adapter)),
+            Self::Pfeiffer(c) => Some(bottleneck(&c.adapter)),
+            Self::Parallel(c) => Some(bottleneck(&c.adapter)),
+            Self::AdapterDrop(c) => Some(bottleneck(&c.adapter)),
+            Self::Mam(c) => Some(bottleneck(&c.adapter)),
+            Self::Prefix(c) => Some(&c.name),
+            Self::PTuningV2(c) => Some(&c.name),
             _ => None,
         }
     }

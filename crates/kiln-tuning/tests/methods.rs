@@ -623,3 +623,165 @@ fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
         .collect();
     assert_eq!(drawn, [0, 1, 0, 1, 0, 1]);
 }
+
+#[test]
+fn prompt_methods_train_their_prompts_and_the_head() {
+    for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+        let backbone = &fixture_name[..4];
+        let prompt = method("prompt", adapter_options(|o| o.prompt_len = Some(4)));
+        let report = check(fixture_name, &prompt, |p| {
+            p.starts_with("head.") || p.contains(".prompt.embedding")
+        });
+        assert_eq!(report.trainable(), 4 * H + HEAD, "{fixture_name}");
+
+        let v2 = method("p-tuning-v2", adapter_options(|o| o.prefix_len = Some(3)));
+        let report = check(fixture_name, &v2, |p| {
+            p.starts_with("head.") || p.contains(".adapters.loaded.0.prefix.")
+        });
+        assert_eq!(report.trainable(), 2 * L * 3 * H + HEAD, "{fixture_name}");
+
+        let prefix = method(
+            "prefix",
+            adapter_options(|o| {
+                o.prefix_len = Some(3);
+                o.prefix_hidden = Some(8);
+            }),
+        );
+        let report = check(fixture_name, &prefix, |p| {
+            p.starts_with("head.") || p.contains(".prefix_encoder.")
+        });
+        let encoder = 3 * H + (H * 8 + 8) + (8 * 2 * L * H + 2 * L * H);
+        assert_eq!(report.trainable(), encoder + HEAD, "{fixture_name}");
+
+        // P-tuning: with the bi-LSTM, 2 directions x 4 gates x (input and hidden transforms).
+        let p_tuning = method("p-tuning", adapter_options(|o| o.template = Some((2, 1))));
+        let report = check(fixture_name, &p_tuning, |p| {
+            p.starts_with("head.") || (p.starts_with(backbone) && p.contains(".prompt."))
+        });
+        let lstm = 2 * 4 * (2 * H * H + 2 * H);
+        let mlp = (2 * H * H + H) + (H * H + H);
+        assert_eq!(
+            report.trainable(),
+            3 * H + lstm + mlp + HEAD,
+            "{fixture_name}"
+        );
+        let mlp_only = method(
+            "p-tuning",
+            adapter_options(|o| o.prompt_encoder = Some("mlp".into())),
+        );
+        let report = check(fixture_name, &mlp_only, |p| {
+            p.starts_with("head.") || p.contains(".prompt.")
+        });
+        assert_eq!(report.trainable(), 10 * H + 2 * (H * H + H) + HEAD);
+    }
+    let err = MethodConfig::from_options(
+        "p-tuning",
+        &adapter_options(|o| o.prompt_encoder = Some("gru".into())),
+    )
+    .expect_err("no gru encoder");
+    assert!(err.to_string().contains("--prompt-encoder"), "{err}");
+}
+
+#[test]
+fn prompts_start_from_the_given_words_embeddings() {
+    let device = cpu();
+    let prompt = method(
+        "prompt",
+        adapter_options(|o| {
+            o.prompt_len = Some(3);
+            o.prompt_init_text = Some("fire water".into());
+            o.prompt_init_ids = vec![40, 41];
+        }),
+    );
+    let (model, _) = prompt
+        .apply(classifier("bert-tiny", &prompt, &device))
+        .expect("applies");
+    let table = model.word_embeddings();
+    let rows = model
+        .bert
+        .as_ref()
+        .expect("bert")
+        .prompt
+        .as_ref()
+        .expect("prompt")
+        .embedding
+        .val();
+    // The ids repeat to fill the prompt: 40, 41, 40.
+    for (row, id) in [(0, 40), (1, 41), (2, 40)] {
+        let expected = table.clone().narrow(0, id, 1);
+        assert!(max_diff(rows.clone().narrow(0, row, 1), expected) == 0.0);
+    }
+}
+
+fn one_row(device: &Device, ids: Vec<i64>, mask: Vec<i64>) -> BertInput {
+    BertInput {
+        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 5]), device),
+        attention_mask: Tensor::<2, Int>::from_data(TensorData::new(mask, [1, 5]), device),
+        token_type_ids: Tensor::<2, Int>::zeros([1, 5], device),
+    }
+}
+
+/// Ids 40, 41, 42 padded on the right and on the left.
+fn padded_both_ways(device: &Device) -> (BertInput, BertInput) {
+    (
+        one_row(device, vec![40, 41, 42, 0, 0], vec![1, 1, 1, 0, 0]),
+        one_row(device, vec![0, 0, 40, 41, 42], vec![0, 0, 1, 1, 1]),
+    )
+}
+
+#[test]
+fn virtual_tokens_work_with_either_padding_side_on_gpt2() {
+    let device = cpu();
+    for config in [
+        method("prompt", adapter_options(|o| o.prompt_len = Some(3))),
+        method("p-tuning", adapter_options(|o| o.template = Some((2, 2)))),
+        method("prefix", adapter_options(|o| o.prefix_len = Some(2))),
+    ] {
+        let (model, _) = config
+            .apply(classifier("gpt2-tiny", &config, &device))
+            .expect("applies");
+        let (right, left) = padded_both_ways(&device);
+        let plain = classifier("gpt2-tiny", &config, &device);
+        let right_features = model.features(right.clone());
+        let diff = max_diff(right_features.clone(), model.features(left));
+        assert!(
+            diff <= 1e-5,
+            "{}: padding side moves features by {diff}",
+            config.label()
+        );
+        assert!(
+            max_diff(right_features, plain.features(right)) > 1e-4,
+            "{}: the prompt takes part",
+            config.label()
+        );
+    }
+}
+
+#[test]
+fn folded_prefixes_give_the_outputs_of_the_prefix_encoder() {
+    let device = cpu();
+    for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+        let prefix = method("prefix", adapter_options(|o| o.prefix_len = Some(3)));
+        let (mut model, _) = prefix
+            .apply(classifier(fixture_name, &prefix, &device))
+            .expect("applies");
+        // BERT's text sits between [CLS] (2) and [SEP] (3).
+        let batch = one_row(&device, vec![2, 40, 41, 3, 0], vec![1, 1, 1, 1, 0]);
+        let before = model.forward(batch.clone());
+        model.fold_prefix_encoder("prefix").expect("folds");
+        assert!(
+            model
+                .bert
+                .as_ref()
+                .is_none_or(|b| b.prefix_encoder.is_none())
+        );
+        assert_eq!(model.active_adapter(), Some("prefix"));
+        assert_eq!(model.adapters[0].config.prefix_len, 3);
+        let diff = max_diff(before, model.forward(batch));
+        assert!(
+            diff <= 1e-5,
+            "{fixture_name}: folding moves outputs by {diff}"
+        );
+        assert!(model.fold_prefix_encoder("again").is_err());
+    }
+}

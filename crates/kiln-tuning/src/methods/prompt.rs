@@ -1,0 +1,66 @@
+//! Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt
+//! Tuning"): `n` virtual tokens, trained embeddings in the input layer, go in front of the text
+//! (after `[CLS]` for BERT, so the classifier still reads `[CLS]` there); the attention mask grows
+//! by `n`. The backbone is frozen. This is also VPT-shallow (Jia et al. 2022, "Visual Prompt
+//! Tuning"): nothing in it is specific to text, so it applies unchanged to any sequence of patch
+//! embeddings.
+//!
+//! Initialisation from the embeddings of given words (`--prompt-init-text`, repeated to fill
+//! `n`) or of randomly sampled vocabulary tokens. Default `n = 20`. Trainable parameters:
+//! `n·h + h·c + c`.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::{PromptTemplate, SequenceClassifier};
+
+use crate::error::{Result, TuningError};
+use crate::method::{Method, MethodOptions};
+use crate::prompts::PromptInit;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptTuningConfig {
+    /// `n`, virtual tokens.
+    pub len: usize,
+    pub init: PromptInit,
+}
+
+impl PromptTuningConfig {
+    pub fn with_options(options: &MethodOptions) -> Self {
+        Self {
+            len: options.prompt_len.unwrap_or(20),
+            init: options.prompt_init(),
+        }
+    }
+}
+
+pub(crate) fn check_len(option: &'static str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(TuningError::Option {
+            option,
+            message: "needs at least one virtual token".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Method for PromptTuningConfig {
+    fn check(&self, _model: &SequenceClassifier) -> Result<()> {
+        check_len("prompt-len", self.len)
+    }
+
+    fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        let template = PromptTemplate {
+            before: self.len,
+            after: 0,
+        };
+        let initial = self.init.embeddings(model, self.len)?;
+        Ok(model.add_prompt(template, initial, None)?)
+    }
+
+    fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {
+        vec![
+            format!("{}.prompt.*", model.backbone_name()),
+            "head.*".into(),
+        ]
+    }
+}
