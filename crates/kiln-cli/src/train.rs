@@ -99,7 +99,8 @@ pub struct TrainArgs {
     prompt: PromptArgs,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
-    /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-3 otherwise].
+    /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-2 prompt,
+    /// p-tuning and p-tuning-v2, 1e-3 otherwise].
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 16)]
@@ -241,6 +242,9 @@ fn default_lr(method: &MethodConfig) -> f64 {
     match method {
         MethodConfig::Full(_) => 5e-5,
         MethodConfig::PartialK(_) => 1e-4,
+        // Free virtual tokens and deep prompts move slowly at adapter rates (Lester et al. and
+        // P-tuning v2 train them at 1e-2 and above).
+        MethodConfig::Prompt(_) | MethodConfig::PTuning(_) | MethodConfig::PTuningV2(_) => 1e-2,
         _ => 1e-3,
     }
 }

@@ -28,6 +28,10 @@ fn methods_lists_every_registered_method() {
         "adapter-drop",
         "mam",
         "side",
+        "prompt",
+        "prefix",
+        "p-tuning",
+        "p-tuning-v2",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),
@@ -229,4 +233,53 @@ fn adapter_drop_is_measured_at_inference() {
     assert!(stdout.contains("examples in"), "{stdout}");
     let (ok, _, stderr) = kiln(&["eval", "--run", path(&run), "--adapter-drop", "9"]);
     assert!(!ok && stderr.contains("--adapter-drop 9"), "{stderr}");
+}
+
+#[test]
+fn prompt_methods_train_save_and_reload() {
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = dir.path().join("prefix");
+    let (ok, stdout, stderr) = train_tiny(&prefix, &["--method", "prefix", "--prefix-len", "4"]);
+    assert!(ok, "{stderr}");
+    // The folded prefixes are the adapter saved on its own.
+    assert!(stdout.contains("adapter `prefix` saved"), "{stdout}");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(prefix.join("adapter/adapter_config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(config["adapter"]["prefix_len"], 4);
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&prefix)]);
+    assert!(ok, "{stderr}\n{stdout}");
+
+    let prompt = dir.path().join("prompt");
+    let (ok, stdout, stderr) = train_tiny(
+        &prompt,
+        &[
+            "--method",
+            "prompt",
+            "--prompt-len",
+            "3",
+            "--prompt-init-text",
+            "fire water",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("prompt: 162 of"), "{stdout}");
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(prompt.join("run.json")).expect("run"))
+            .expect("json");
+    assert_eq!(run["method"]["init"]["text"], "fire water");
+    assert!(
+        run["method"]["init"]["ids"]
+            .as_array()
+            .is_some_and(|ids| !ids.is_empty())
+    );
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&prompt)]);
+    assert!(ok, "{stderr}\n{stdout}");
+
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("bad"),
+        &["--method", "p-tuning", "--template", "1,2,3"],
+    );
+    assert!(!ok && stderr.contains("--template"), "{stderr}");
 }

@@ -296,6 +296,49 @@ fn saved_adapters_reload_to_identical_outputs_and_refuse_other_models() {
 }
 
 #[test]
+fn saved_prompts_and_prefixes_reload_to_identical_outputs() {
+    let _rng = seeded_section();
+    let device = cpu();
+    let task = task();
+    let examples = task.part(&task.split.validation);
+    for fixture in ["bert-tiny", "gpt2-tiny"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let outputs = |setup: &Setup, model: &SequenceClassifier| {
+            evaluate(model, &setup.tokenizer, &examples, &task.kind, &device, 8).expect("eval")
+        };
+        // Virtual tokens (and their encoder) save with the head and load into a fresh model.
+        for name in ["prompt", "p-tuning"] {
+            let trained = setup(fixture, &method(name), 5, &device);
+            let path = dir.path().join(format!("{name}.safetensors"));
+            let patterns = vec!["*.prompt.*".to_string(), "head.*".to_string()];
+            save_params(&trained.model, &patterns, &path).expect("saves");
+            let fresh = setup(fixture, &method(name), 6, &device);
+            let (reloaded, _) = load_params(fresh.model.clone(), &path).expect("loads");
+            assert_ne!(
+                outputs(&fresh, &fresh.model),
+                outputs(&trained, &trained.model)
+            );
+            assert_eq!(
+                outputs(&trained, &reloaded),
+                outputs(&trained, &trained.model)
+            );
+        }
+        // Prefixes fold into a prefix-only adapter, which reloads into a plain model.
+        let mut trained = setup(fixture, &method("prefix"), 5, &device);
+        trained.model.fold_prefix_encoder("prefix").expect("folds");
+        save_adapter(&trained.model, "prefix", "prefix", dir.path()).expect("saves");
+        let mut plain = setup(fixture, &method("linear-probe"), 6, &device).model;
+        plain.head = trained.model.head.clone();
+        let (reloaded, saved) = load_adapter(plain, dir.path()).expect("loads");
+        assert_eq!(saved.adapter.prefix_len, 20);
+        assert_eq!(
+            outputs(&trained, &reloaded),
+            outputs(&trained, &trained.model)
+        );
+    }
+}
+
+#[test]
 fn lora_lowers_the_loss_on_gpt2() {
     let _rng = seeded_section();
     let (before, after) = loss_before_after("gpt2-tiny", &method("lora"), 1e-2, 4);
