@@ -146,10 +146,10 @@ pub fn insert_virtual_tokens(
                     real.push(0);
                 }
             }
-            if j < seq {
+            if let Some(&token) = row.get(j) {
                 sources.push((n + j) as i64);
-                attend.push(row[j]);
-                real.push(row[j]);
+                attend.push(token);
+                real.push(token);
             }
         }
     }
