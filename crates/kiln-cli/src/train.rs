@@ -426,6 +426,15 @@ fn build(
     run: &RunConfig,
     device: &Device,
 ) -> Result<(SequenceClassifier, kiln_models::TextTokenizer, ParamReport)> {
+    let positions = pretrained.max_positions();
+    let virtual_tokens = run.method.method().virtual_tokens();
+    if run.max_len + virtual_tokens > positions {
+        bail!(
+            "--max-len {} plus {virtual_tokens} virtual tokens is more than the model's {positions} \
+             positions",
+            run.max_len
+        );
+    }
     let Pretrained {
         backbone,
         mut tokenizer,

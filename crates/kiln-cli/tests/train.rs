@@ -133,7 +133,8 @@ fn bad_requests_name_what_is_wrong() {
     assert!(!ok && stderr.contains("category"), "{stderr}");
 }
 
-/// `kiln train` on the tiny BERT and task with `extra` options, into `out`.
+/// `kiln train` on the tiny BERT and task with `extra` options (length 32 unless they say),
+/// into `out`.
 fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
     let model = fixtures().join("bert-tiny");
     let task = fixtures().join("tasks/fire-water.csv");
@@ -147,13 +148,14 @@ fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
         "1",
         "--batch-size",
         "8",
-        "--max-len",
-        "32",
         "--lr",
         "1e-2",
         "--out",
         path(out),
     ];
+    if !extra.contains(&"--max-len") {
+        args.extend_from_slice(&["--max-len", "32"]);
+    }
     args.extend_from_slice(extra);
     kiln(&args)
 }
@@ -282,4 +284,14 @@ fn prompt_methods_train_save_and_reload() {
         &["--method", "p-tuning", "--template", "1,2,3"],
     );
     assert!(!ok && stderr.contains("--template"), "{stderr}");
+
+    // The tiny BERT has 64 positions: 60 tokens and 5 virtual ones do not fit.
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("long"),
+        &["--method", "prompt", "--prompt-len", "5", "--max-len", "60"],
+    );
+    assert!(
+        !ok && stderr.contains("--max-len 60 plus 5 virtual tokens"),
+        "{stderr}"
+    );
 }

@@ -23,6 +23,11 @@ pub trait Method {
         1
     }
 
+    /// Virtual tokens the method adds to every input (they take positions too).
+    fn virtual_tokens(&self) -> usize {
+        0
+    }
+
     /// Refuses options that do not fit `model` (a `k` above its depth, say).
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         Ok(())

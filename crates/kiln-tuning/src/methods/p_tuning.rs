@@ -49,6 +49,10 @@ impl PTuningConfig {
 }
 
 impl Method for PTuningConfig {
+    fn virtual_tokens(&self) -> usize {
+        self.template.len()
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         check_len("template", self.template.len())
     }

@@ -44,6 +44,10 @@ pub(crate) fn check_len(option: &'static str, len: usize) -> Result<()> {
 }
 
 impl Method for PromptTuningConfig {
+    fn virtual_tokens(&self) -> usize {
+        self.len
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         check_len("prompt-len", self.len)
     }
