@@ -19,8 +19,8 @@ use kiln_models::{
 };
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
-    Decay, EpochRecord, Metrics, TaskData, TrainConfig, Trainer, evaluate, load_adapter,
-    save_adapter,
+    ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TrainConfig, Trainer,
+    estimate_fisher, evaluate, load_adapter, save_adapter,
 };
 use kiln_tuning::{METHODS, MethodConfig, MethodOptions, ParamReport};
 
@@ -97,6 +97,19 @@ pub struct TrainArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     prompt: PromptArgs,
+    /// Child-Tuning gradient mask: f (fresh random mask each step) or d (fixed, by Fisher
+    /// information); works with any method, meant for full fine-tuning.
+    #[arg(long)]
+    child_tuning: Option<String>,
+    /// Child-Tuning: share of the gradients kept.
+    #[arg(long, default_value_t = 0.3)]
+    reserve: f64,
+    /// Child-Tuning D: training batches the Fisher information is estimated on [default: all].
+    #[arg(long)]
+    fisher_batches: Option<usize>,
+    /// Child-Tuning D: reuse a Fisher estimate saved by an earlier run (RUN/fisher.safetensors).
+    #[arg(long)]
+    fisher: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-2 prompt,
@@ -223,6 +236,9 @@ pub struct RunConfig {
 /// Where `kiln train` saves an adapter method's adapter on its own (see `kiln_train::adapters`).
 pub const ADAPTER_DIR: &str = "adapter";
 
+/// Where Child-Tuning D's Fisher estimate is saved in a run directory.
+pub const FISHER_FILE: &str = "fisher.safetensors";
+
 /// `summary.json`: how the run ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -285,7 +301,21 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         prefix_hidden: prompt.prefix_hidden,
     };
     let mut method = MethodConfig::from_options(&args.method, &options)?;
+    let child_tuning = match args.child_tuning.as_deref() {
+        None => None,
+        Some("f") => Some(ChildTuning::F {
+            reserve: args.reserve,
+        }),
+        Some("d") => Some(ChildTuning::D {
+            reserve: args.reserve,
+        }),
+        Some(other) => bail!("--child-tuning {other}: expected f or d"),
+    };
+    if let Some(child_tuning) = &child_tuning {
+        child_tuning.check()?;
+    }
     let train_config = TrainConfig {
+        child_tuning,
         epochs: args.epochs,
         lr: args.lr.unwrap_or_else(|| default_lr(&method)),
         batch_size: args.batch_size,
@@ -345,6 +375,22 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         report.trainable_percent()
     );
     let trainable = trainable_patterns(&report);
+    let child_mask = match run.train.child_tuning {
+        Some(ChildTuning::D { reserve }) => {
+            let fisher = child_network_fisher(&args, &model, &tokenizer, &task, &train_device)?;
+            let mask = fisher.top_share_mask(reserve)?;
+            println!(
+                "Child-Tuning D: the child network keeps {:.0} of {} backbone entries",
+                mask.values
+                    .values()
+                    .map(|m| f64::from(m.clone().sum().into_scalar::<f32>()))
+                    .sum::<f64>(),
+                mask.num_elements()
+            );
+            Some(mask)
+        }
+        _ => None,
+    };
     let trainer = Trainer {
         config: run.train.clone(),
         tokenizer: &tokenizer,
@@ -358,6 +404,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         trainable,
         progress: true,
         epoch_limit: None,
+        child_mask,
     };
     let data = TaskData {
         kind: &task.kind,
@@ -417,6 +464,43 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
     }
     println!("run written to {}", args.out.display());
     Ok(())
+}
+
+/// Child-Tuning D's Fisher information: `--fisher`, the run's own from an earlier start, or a
+/// fresh estimate saved in the run directory.
+fn child_network_fisher(
+    args: &TrainArgs,
+    model: &SequenceClassifier,
+    tokenizer: &kiln_models::TextTokenizer,
+    task: &LoadedTask,
+    device: &Device,
+) -> Result<PathTensors> {
+    let own = args.out.join(FISHER_FILE);
+    let saved = args
+        .fisher
+        .clone()
+        .or_else(|| own.is_file().then(|| own.clone()));
+    if let Some(path) = saved {
+        println!("Child-Tuning D: Fisher information from {}", path.display());
+        return PathTensors::load(&path, &device.clone().inner())
+            .with_context(|| format!("--fisher {}", path.display()));
+    }
+    let fisher = estimate_fisher(
+        model,
+        tokenizer,
+        &task.part(&task.split.train),
+        &task.kind,
+        device,
+        args.batch_size,
+        args.fisher_batches,
+        true,
+    )?;
+    fisher.save(&own)?;
+    println!(
+        "Child-Tuning D: Fisher information saved to {}",
+        own.display()
+    );
+    Ok(fisher)
 }
 
 /// The model of `run` on `pretrained`'s backbone, with the method applied and the tokenizer

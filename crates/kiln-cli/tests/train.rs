@@ -295,3 +295,64 @@ fn prompt_methods_train_save_and_reload() {
         "{stderr}"
     );
 }
+
+#[test]
+fn child_tuning_runs_from_the_cli_and_reuses_its_fisher_estimate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let first = dir.path().join("d");
+    let (ok, stdout, stderr) = train_tiny(
+        &first,
+        &[
+            "--method",
+            "full",
+            "--child-tuning",
+            "d",
+            "--fisher-batches",
+            "2",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Fisher information saved"), "{stdout}");
+    assert!(stdout.contains("the child network keeps"), "{stdout}");
+    let fisher = first.join("fisher.safetensors");
+    assert!(fisher.is_file());
+
+    let (ok, stdout, stderr) = train_tiny(
+        &dir.path().join("d-again"),
+        &[
+            "--method",
+            "full",
+            "--child-tuning",
+            "d",
+            "--fisher",
+            path(&fisher),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Fisher information from"), "{stdout}");
+
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("f"),
+        &[
+            "--method",
+            "full",
+            "--child-tuning",
+            "f",
+            "--reserve",
+            "0.3",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("bad"),
+        &[
+            "--method",
+            "full",
+            "--child-tuning",
+            "f",
+            "--reserve",
+            "1.5",
+        ],
+    );
+    assert!(!ok && stderr.contains("--reserve 1.5"), "{stderr}");
+}

@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod checkpoint;
+pub mod child_tuning;
 pub mod error;
 pub mod memory;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub use adapters::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, load_adapter, save_adapter,
 };
 pub use checkpoint::{load_params, load_params_as, save_params, save_params_as, write_atomically};
+pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Result, TrainError};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};

@@ -30,6 +30,9 @@ use kiln_models::{SequenceClassifier, TextTokenizer};
 use kiln_tuning::set_trainable;
 
 use crate::checkpoint::{load_params, save_params, write_atomically};
+use crate::child_tuning::{
+    ChildTuning, PathTensors, mask_gradients_fixed, mask_gradients_randomly,
+};
 use crate::error::{Result, TrainError};
 use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
@@ -53,6 +56,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a step record every this many steps.
     pub log_every: usize,
+    /// Child-Tuning's gradient mask (see [`crate::child_tuning`]).
+    #[serde(default)]
+    pub child_tuning: Option<ChildTuning>,
 }
 
 impl Default for TrainConfig {
@@ -69,6 +75,7 @@ impl Default for TrainConfig {
             patience: None,
             seed: 42,
             log_every: 10,
+            child_tuning: None,
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct Trainer<'a> {
     pub progress: bool,
     /// Stop, resumably, once this many epochs are complete (time-boxed sessions).
     pub epoch_limit: Option<usize>,
+    /// Child-Tuning D's fixed child network, by parameter path.
+    pub child_mask: Option<PathTensors>,
 }
 
 pub const STATE_FILE: &str = "state.json";
@@ -159,6 +168,15 @@ impl Trainer<'_> {
             return Err(TrainError::Invalid(
                 "--batch-size must be at least 1".into(),
             ));
+        }
+        if let Some(child_tuning) = &config.child_tuning {
+            child_tuning.check()?;
+            if matches!(child_tuning, ChildTuning::D { .. }) && self.child_mask.is_none() {
+                return Err(TrainError::Invalid(
+                    "Child-Tuning D needs its child network (estimate the Fisher information first)"
+                        .into(),
+                ));
+            }
         }
         std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
         let mut model = model;
@@ -224,6 +242,16 @@ impl Trainer<'_> {
                 let mut grads = GradientsParams::from_grads(loss.backward(), &model);
                 if let Some(max_norm) = config.max_grad_norm {
                     clip_global_norm(&model, &mut grads, max_norm);
+                }
+                // After clipping, as the authors' optimizer masks what HF's Trainer clipped.
+                match (config.child_tuning, &self.child_mask) {
+                    (Some(ChildTuning::F { reserve }), _) => {
+                        mask_gradients_randomly(&model, &mut grads, reserve);
+                    }
+                    (Some(ChildTuning::D { .. }), Some(masks)) => {
+                        mask_gradients_fixed(&model, &mut grads, masks);
+                    }
+                    _ => {}
                 }
                 let lr = learning_rate(
                     config.lr,
@@ -392,7 +420,7 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 }
 
 /// Cross-entropy for classification, mean squared error for regression.
-fn task_loss(
+pub(crate) fn task_loss(
     outputs: Tensor<2>,
     targets: &[Target],
     kind: &TaskKind,

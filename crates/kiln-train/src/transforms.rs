@@ -1,5 +1,5 @@
 //! Gradient transforms: what happens to the gradients between backward and the optimizer step.
-//! Clipping by global norm lives here; Child-Tuning's masks join it as further transforms.
+//! Clipping by global norm lives here; Child-Tuning's masks are in [`crate::child_tuning`].
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;

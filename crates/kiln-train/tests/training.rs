@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
+use kiln_data::make_batch;
 use kiln_data::{LoadedTask, TaskSpec};
+use kiln_models::paths::{ParamVisitor, visit_params};
 use kiln_models::{DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
+use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
-    TaskData, TrainConfig, Trainer, evaluate, load_adapter, load_params, save_adapter, save_params,
+    ChildTuning, PathTensors, TaskData, TrainConfig, Trainer, estimate_fisher, evaluate,
+    load_adapter, load_params, save_adapter, save_params,
 };
 use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
 
@@ -96,6 +101,7 @@ fn trainer<'a>(setup: &'a Setup, config: TrainConfig, dir: &Path, device: &Devic
         trainable,
         progress: false,
         epoch_limit: None,
+        child_mask: None,
     }
 }
 
@@ -472,4 +478,298 @@ fn checkpoints_round_trip_and_refuse_mismatches() {
     let err = load_params(setup("bert-tiny", &lora, 5, &device).model, &truncated)
         .expect_err("truncated file");
     assert!(err.to_string().contains("truncated.safetensors"), "{err}");
+}
+
+/// Every gradient of `model` in `grads`, flattened, by parameter path.
+fn flat_gradients(model: &SequenceClassifier, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+    struct Reader<'a> {
+        grads: &'a GradientsParams,
+        found: Vec<(String, Vec<f32>)>,
+    }
+    impl ParamVisitor for Reader<'_> {
+        fn visit<const D: usize>(
+            &mut self,
+            path: &str,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if let Some(grad) = self.grads.get::<D>(param.id) {
+                let values = grad
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .expect("f32");
+                self.found.push((path.to_string(), values));
+            }
+        }
+    }
+    let mut reader = Reader {
+        grads,
+        found: Vec::new(),
+    };
+    visit_params(model, &mut reader);
+    reader.found
+}
+
+/// Gradients of the full-fine-tuning loss on the first training batch of 8.
+fn first_batch_gradients(setup: &Setup, task: &LoadedTask, device: &Device) -> GradientsParams {
+    let train = task.part(&task.split.train);
+    let batch = make_batch(&setup.tokenizer, &train[..8]).expect("batch");
+    let outputs = setup.model.forward(batch.encoded.bert_input(device));
+    let targets: Vec<i64> = batch
+        .targets
+        .iter()
+        .map(|t| t.class_index() as i64)
+        .collect();
+    let targets = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(targets, [8]),
+        device,
+    );
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(device)
+        .forward(outputs, targets);
+    GradientsParams::from_grads(loss.backward(), &setup.model)
+}
+
+#[test]
+fn child_tuning_f_keeps_a_reserve_share_and_rescales_it() {
+    let _rng = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    let setup = setup("bert-tiny", &method("full"), 9, &device);
+    let mut grads = first_batch_gradients(&setup, &task, &device);
+    let before = flat_gradients(&setup.model, &grads);
+    mask_gradients_randomly(&setup.model, &mut grads, 0.3);
+    let after = flat_gradients(&setup.model, &grads);
+    let (mut nonzero, mut kept) = (0usize, 0usize);
+    for ((path, original), (_, masked)) in before.iter().zip(&after) {
+        for (&g, &m) in original.iter().zip(masked) {
+            if g == 0.0 {
+                continue;
+            }
+            nonzero += 1;
+            if m != 0.0 {
+                kept += 1;
+                assert!((m / g - 1.0 / 0.3).abs() < 1e-4, "{path}: {g} became {m}");
+            }
+        }
+    }
+    let share = kept as f64 / nonzero as f64;
+    // About 19k nonzero entries: the share's standard deviation is about 0.003.
+    assert!(
+        nonzero > 15_000 && (share - 0.3).abs() < 0.015,
+        "kept {share} of {nonzero}"
+    );
+}
+
+#[test]
+fn child_tuning_d_keeps_the_highest_fisher_entries() {
+    let device = cpu();
+    let tensor = |values: Vec<f32>| {
+        let len = values.len();
+        burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(values, [len]), &device)
+    };
+    let fisher = PathTensors {
+        values: [
+            ("a".to_string(), tensor(vec![1.0, 2.0, 3.0, 4.0])),
+            ("b".to_string(), tensor(vec![10.0, 0.0, 5.0, 6.0])),
+        ]
+        .into(),
+    };
+    // Sorted: 0 1 2 3 4 5 6 10; the 75th percentile (numpy, linear) is 5.25: keeps 6 and 10.
+    let mask = fisher.top_share_mask(0.25).expect("mask");
+    let read = |name: &str| {
+        mask.values[name]
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    };
+    assert_eq!(read("a"), [0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(read("b"), [1.0, 0.0, 0.0, 1.0]);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("fisher.safetensors");
+    fisher.save(&path).expect("saves");
+    let back = PathTensors::load(&path, &device).expect("loads");
+    let read_back = |name: &str| {
+        back.values[name]
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    };
+    assert_eq!(read_back("b"), [10.0, 0.0, 5.0, 6.0]);
+}
+
+#[test]
+fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
+    let _rng = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    let setup = setup("bert-tiny", &method("full"), 9, &device);
+    let train = task.part(&task.split.train);
+
+    // The estimate over two batches is the mean of their squared gradients, summed by hand.
+    // A first pass initialises the lazy parameters, so both passes below draw the same dropout.
+    first_batch_gradients(&setup, &task, &device);
+    device.seed(4);
+    let fisher = estimate_fisher(
+        &setup.model,
+        &setup.tokenizer,
+        &train,
+        &task.kind,
+        &device,
+        8,
+        Some(2),
+        false,
+    )
+    .expect("fisher");
+    assert!(
+        fisher.values.keys().all(|p| p.starts_with("bert.")),
+        "backbone only"
+    );
+    device.seed(4);
+    let mut by_hand: Vec<(String, Vec<f32>)> = Vec::new();
+    for chunk in train.chunks(8).take(2) {
+        let batch = make_batch(&setup.tokenizer, chunk).expect("batch");
+        let outputs = setup.model.forward(batch.encoded.bert_input(&device));
+        let targets: Vec<i64> = batch
+            .targets
+            .iter()
+            .map(|t| t.class_index() as i64)
+            .collect();
+        let n = targets.len();
+        let targets = burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(targets, [n]),
+            &device,
+        );
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(outputs, targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &setup.model);
+        for (path, values) in flat_gradients(&setup.model, &grads) {
+            let squares: Vec<f32> = values.iter().map(|g| g * g / 2.0).collect();
+            match by_hand.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, sum)) => sum.iter_mut().zip(squares).for_each(|(s, v)| *s += v),
+                None => by_hand.push((path, squares)),
+            }
+        }
+    }
+    let query = "bert.layers.0.attention.query.weight";
+    let estimated = fisher.values[query]
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32");
+    let (_, expected) = by_hand
+        .iter()
+        .find(|(p, _)| p == query)
+        .expect("query gradient");
+    for (e, x) in estimated.iter().zip(expected) {
+        assert!((e - x).abs() <= 1e-6 * x.abs().max(1e-3), "{e} vs {x}");
+    }
+
+    // The child network has the requested share and stays the same from step to step.
+    let masks = fisher.top_share_mask(0.3).expect("mask");
+    let total = masks.num_elements() as f64;
+    let kept: f64 = masks
+        .values
+        .values()
+        .map(|m| f64::from(m.clone().sum().into_scalar::<f32>()))
+        .sum();
+    assert!((kept / total - 0.3).abs() < 0.01, "kept {}", kept / total);
+    // Two different steps: whatever survives lies inside the same child network.
+    let outside_child_is_zero = |grads: &GradientsParams| {
+        for (path, values) in flat_gradients(&setup.model, grads) {
+            let Some(mask) = masks.values.get(&path) else {
+                assert!(!path.starts_with("bert."), "{path} has no mask");
+                continue;
+            };
+            let mask = mask
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32");
+            for (g, m) in values.iter().zip(mask) {
+                assert!(
+                    m == 1.0 || *g == 0.0,
+                    "{path}: a gradient outside the child network"
+                );
+            }
+        }
+    };
+    let mut first = first_batch_gradients(&setup, &task, &device);
+    mask_gradients_fixed(&setup.model, &mut first, &masks);
+    outside_child_is_zero(&first);
+    let later = make_batch(&setup.tokenizer, &train[8..16]).expect("batch");
+    let loss = setup
+        .model
+        .forward(later.encoded.bert_input(&device))
+        .powi_scalar(2)
+        .sum();
+    let mut second = GradientsParams::from_grads(loss.backward(), &setup.model);
+    mask_gradients_fixed(&setup.model, &mut second, &masks);
+    outside_child_is_zero(&second);
+}
+
+#[test]
+fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
+    let _rng = seeded_section();
+    for mode in ["f", "d"] {
+        let device = cpu().autodiff();
+        let task = task();
+        let full = method("full");
+        let setup = setup("bert-tiny", &full, 3, &device);
+        let train = task.part(&task.split.train);
+        let before = training_loss(&setup.model, &setup.tokenizer, &task);
+        let mut config = config(4, 1e-3, 3);
+        let masks = if mode == "f" {
+            config.child_tuning = Some(ChildTuning::F { reserve: 0.3 });
+            None
+        } else {
+            config.child_tuning = Some(ChildTuning::D { reserve: 0.3 });
+            let fisher = estimate_fisher(
+                &setup.model,
+                &setup.tokenizer,
+                &train,
+                &task.kind,
+                &device,
+                8,
+                None,
+                false,
+            )
+            .expect("fisher");
+            Some(fisher.top_share_mask(0.3).expect("mask"))
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let data = TaskData {
+            kind: &task.kind,
+            train,
+            validation: task.part(&task.split.validation),
+        };
+        let mut trainer = trainer(&setup, config.clone(), dir.path(), &device);
+        trainer.child_mask = masks;
+        let (trained, _) = trainer
+            .fit(setup.model.clone(), &data, false)
+            .expect("trains");
+        let after = training_loss(&trained, &setup.tokenizer, &task);
+        // The tiny random BERT's bar, as for the methods (5%).
+        assert!(
+            after < 0.95 * before,
+            "child-tuning {mode}: loss {before:.4} -> {after:.4}"
+        );
+
+        if mode == "d" {
+            let mut unmasked = trainer;
+            unmasked.child_mask = None;
+            let err = unmasked
+                .fit(setup.model.clone(), &data, false)
+                .expect_err("D without mask");
+            assert!(err.to_string().contains("Fisher"), "{err}");
+        }
+    }
 }

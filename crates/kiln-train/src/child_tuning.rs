@@ -1,0 +1,288 @@
+//! Child-Tuning (Xu et al. 2021, "Raise a Child in Large Language Model: Towards Effective and
+//! Generalizable Fine-tuning", EMNLP; the authors' ChildTuning code in AliceMind): between
+//! backward and the optimizer step, only a "child network" of the parameters gets its gradient.
+//!
+//! - **F** (task-free): every step draws a fresh Bernoulli(`reserve`) mask per gradient element
+//!   of every trainable parameter; surviving entries are scaled by `1 / reserve`, so the
+//!   expected gradient is unchanged.
+//! - **D** (task-driven): before training, the diagonal Fisher information of the task loss (the
+//!   mean squared gradient over the training batches) is estimated for every backbone parameter;
+//!   the entries at or above its `(1 - reserve)` quantile form the child network, fixed for the
+//!   whole run. Other gradients of the backbone are zeroed (no rescaling, as the authors do);
+//!   the head's pass untouched.
+//!
+//! The Fisher estimate saves to safetensors (keyed by parameter path) and loads back, so one
+//! pass serves several runs.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use kiln_data::{TaskKind, TextExample, make_batch};
+use kiln_models::paths::{ParamVisitor, visit_params};
+use kiln_models::{SequenceClassifier, TextTokenizer};
+
+use crate::checkpoint::write_atomically;
+use crate::error::{Result, TrainError};
+use crate::trainer::task_loss;
+
+/// Which Child-Tuning variant, with its reserve share `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum ChildTuning {
+    F { reserve: f64 },
+    D { reserve: f64 },
+}
+
+impl ChildTuning {
+    pub fn reserve(&self) -> f64 {
+        match self {
+            Self::F { reserve } | Self::D { reserve } => *reserve,
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        let reserve = self.reserve();
+        if !(reserve > 0.0 && reserve <= 1.0) {
+            return Err(TrainError::Invalid(format!(
+                "--reserve {reserve}: Child-Tuning keeps a share in (0, 1] of the gradients"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Child-Tuning F: a fresh Bernoulli(`reserve`) mask on every gradient, survivors `× 1/reserve`.
+pub fn mask_gradients_randomly<M: Module>(model: &M, grads: &mut GradientsParams, reserve: f64) {
+    model.visit(&mut RandomMask { grads, reserve });
+}
+
+struct RandomMask<'a> {
+    grads: &'a mut GradientsParams,
+    reserve: f64,
+}
+
+impl ModuleVisitor for RandomMask<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            let keep = grad.random_like(Distribution::Bernoulli(self.reserve));
+            self.grads
+                .register::<D>(param.id, grad * keep * (1.0 / self.reserve));
+        }
+    }
+}
+
+/// Per backbone parameter path, a flat tensor of values (Fisher information, or a 0/1 mask).
+#[derive(Debug, Clone, Default)]
+pub struct PathTensors {
+    pub values: HashMap<String, Tensor<1>>,
+}
+
+impl PathTensors {
+    pub fn num_elements(&self) -> usize {
+        self.values.values().map(|t| t.dims()[0]).sum()
+    }
+
+    /// Writes the tensors as safetensors keyed by path.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut names: Vec<&String> = self.values.keys().collect();
+        names.sort();
+        let data: Vec<(String, Vec<u8>, usize)> = names
+            .into_iter()
+            .map(|name| {
+                let floats: Vec<f32> = self.values[name]
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e:?}")))?;
+                let bytes = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Ok((name.clone(), bytes, floats.len()))
+            })
+            .collect::<Result<_>>()?;
+        let views = data
+            .iter()
+            .map(|(name, bytes, len)| {
+                let view = TensorView::new(Dtype::F32, vec![*len], bytes)
+                    .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| {
+            TrainError::Invalid(format!("cannot serialise {}: {e}", path.display()))
+        })?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Reads tensors written by [`PathTensors::save`] onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+        let mut values = HashMap::new();
+        for (name, view) in file.tensors() {
+            if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+                return Err(TrainError::checkpoint(
+                    path,
+                    format!("tensor `{name}` is not a flat F32 tensor"),
+                ));
+            }
+            let floats: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let len = floats.len();
+            values.insert(
+                name,
+                Tensor::from_data(TensorData::new(floats, [len]), device),
+            );
+        }
+        Ok(Self { values })
+    }
+
+    /// Child-Tuning D's child network: 1 where the Fisher information is at or above its
+    /// `(1 - reserve)` quantile over all entries, 0 elsewhere.
+    pub fn top_share_mask(&self, reserve: f64) -> Result<Self> {
+        let mut all: Vec<f32> = Vec::with_capacity(self.num_elements());
+        for tensor in self.values.values() {
+            let floats = tensor
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| {
+                    TrainError::Invalid(format!("cannot read the Fisher values: {e:?}"))
+                })?;
+            all.extend(floats);
+        }
+        if all.is_empty() {
+            return Err(TrainError::Invalid(
+                "Child-Tuning D found no trainable backbone parameter to mask".into(),
+            ));
+        }
+        all.sort_by(f32::total_cmp);
+        // numpy's `percentile` with linear interpolation, as the authors compute the threshold.
+        let position = (1.0 - reserve) * (all.len() - 1) as f64;
+        let (low, high) = (position.floor() as usize, position.ceil() as usize);
+        let fraction = (position - low as f64) as f32;
+        let threshold = all[low] + (all[high] - all[low]) * fraction;
+        let values = self
+            .values
+            .iter()
+            .map(|(path, fisher)| {
+                let mask = fisher.clone().greater_equal_elem(threshold).float();
+                (path.clone(), mask)
+            })
+            .collect();
+        Ok(Self { values })
+    }
+}
+
+/// Child-Tuning D: multiplies each backbone gradient by its fixed mask.
+pub fn mask_gradients_fixed(
+    model: &SequenceClassifier,
+    grads: &mut GradientsParams,
+    masks: &PathTensors,
+) {
+    visit_params(model, &mut FixedMask { grads, masks });
+}
+
+struct FixedMask<'a> {
+    grads: &'a mut GradientsParams,
+    masks: &'a PathTensors,
+}
+
+impl ParamVisitor for FixedMask<'_> {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+        let Some(mask) = self.masks.values.get(path) else {
+            return;
+        };
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            let shape = grad.shape();
+            self.grads
+                .register::<D>(param.id, grad * mask.clone().reshape(shape));
+        }
+    }
+}
+
+/// The diagonal Fisher information of the task loss for every trainable backbone parameter:
+/// the mean over `batches` training batches (all, when `None`) of the squared gradient. `model`
+/// sits on an autodiff `device`; the result lives on its inner device.
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_fisher(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    examples: &[&TextExample],
+    kind: &TaskKind,
+    device: &Device,
+    batch_size: usize,
+    batches: Option<usize>,
+    progress: bool,
+) -> Result<PathTensors> {
+    let chunks: Vec<&[&TextExample]> = examples
+        .chunks(batch_size.max(1))
+        .take(batches.unwrap_or(usize::MAX))
+        .collect();
+    let bar = if progress {
+        let bar = ProgressBar::new(chunks.len() as u64);
+        if let Ok(style) = ProgressStyle::with_template("Fisher [{bar:30}] {pos}/{len} ({eta})") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let prefix = format!("{}.", model.backbone_name());
+    let mut sums = PathTensors::default();
+    for chunk in &chunks {
+        let batch = make_batch(tokenizer, chunk)?;
+        let outputs = model.forward(batch.encoded.bert_input(device));
+        let loss = task_loss(outputs, &batch.targets, kind, device);
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        visit_params(
+            model,
+            &mut SquaredGradients {
+                grads: &grads,
+                prefix: &prefix,
+                sums: &mut sums,
+            },
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let count = chunks.len().max(1) as f64;
+    for value in sums.values.values_mut() {
+        *value = value.clone() / count;
+    }
+    Ok(sums)
+}
+
+struct SquaredGradients<'a> {
+    grads: &'a GradientsParams,
+    prefix: &'a str,
+    sums: &'a mut PathTensors,
+}
+
+impl ParamVisitor for SquaredGradients<'_> {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+        if !path.starts_with(self.prefix) {
+            return;
+        }
+        let Some(grad) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        let len = grad.shape().num_elements();
+        let square = grad.powi_scalar(2).reshape([len]);
+        let entry = self.sums.values.entry(path.to_string());
+        entry
+            .and_modify(|sum| *sum = sum.clone() + square.clone())
+            .or_insert(square);
+    }
+}
