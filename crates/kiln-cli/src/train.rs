@@ -110,6 +110,10 @@ pub struct TrainArgs {
     /// Child-Tuning D: reuse a Fisher estimate saved by an earlier run (RUN/fisher.safetensors).
     #[arg(long)]
     fisher: Option<PathBuf>,
+    /// Layer-wise learning-rate decay: each layer below the top trains at this factor times the
+    /// rate of the one above (embeddings last); the head keeps --lr.
+    #[arg(long)]
+    layer_decay: Option<f64>,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-2 prompt,
@@ -316,6 +320,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
     }
     let train_config = TrainConfig {
         child_tuning,
+        layer_decay: args.layer_decay,
         epochs: args.epochs,
         lr: args.lr.unwrap_or_else(|| default_lr(&method)),
         batch_size: args.batch_size,

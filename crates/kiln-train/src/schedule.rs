@@ -1,7 +1,12 @@
 //! Learning-rate schedules: linear warm-up from 0, then constant, linear decay to 0, or cosine
 //! decay to 0 (the schedules of HF `get_*_schedule_with_warmup`).
 
+use burn::module::ParamGroup;
+use burn::optim::lr_scheduler::constant::ConstantLr;
+use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
 use serde::{Deserialize, Serialize};
+
+use kiln_models::SequenceClassifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +42,33 @@ pub fn learning_rate(base: f64, decay: Decay, step: usize, warmup: usize, total:
         Decay::Linear => base * (1.0 - progress),
         Decay::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
     }
+}
+
+/// Layer-wise learning-rate decay (Howard and Ruder 2018; Clark et al. 2020): the top transformer
+/// layer trains at `lr`, each layer below at `decay` times the one above, the embeddings at
+/// `lr · decay^L`; the head and anything else above the layers keep `lr`. Parameters inside a
+/// layer (adapters, LoRA deltas) take their layer's rate.
+pub fn layer_decayed(model: &SequenceClassifier, lr: f64, decay: f64) -> ModuleLearningRate {
+    let layers = model.num_layers();
+    let group = |pattern: String| {
+        ParamGroup::from_regex(&pattern).expect("a regular expression built from fixed parts")
+    };
+    let embeddings = match model.backbone_name() {
+        "bert" => r"^bert\.embeddings\.",
+        _ => r"^gpt2\.(wte|wpe)\.",
+    };
+    let mut scheduler = ModuleLrScheduler::new(ConstantLr::from(lr)).with_group(
+        group(embeddings.to_string()),
+        ConstantLr::from(lr * decay.powi(layers as i32)),
+    );
+    for i in 0..layers {
+        let path = model.layer_path(i).replace('.', r"\.");
+        scheduler = scheduler.with_group(
+            group(format!("^{path}\\.")),
+            ConstantLr::from(lr * decay.powi((layers - 1 - i) as i32)),
+        );
+    }
+    scheduler.step()
 }
 
 #[cfg(test)]

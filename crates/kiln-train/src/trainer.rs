@@ -36,7 +36,7 @@ use crate::child_tuning::{
 use crate::error::{Result, TrainError};
 use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
-use crate::schedule::{Decay, learning_rate};
+use crate::schedule::{Decay, layer_decayed, learning_rate};
 use crate::transforms::clip_global_norm;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub struct TrainConfig {
     /// Child-Tuning's gradient mask (see [`crate::child_tuning`]).
     #[serde(default)]
     pub child_tuning: Option<ChildTuning>,
+    /// Layer-wise learning-rate decay factor (see [`crate::schedule::layer_decayed`]).
+    #[serde(default)]
+    pub layer_decay: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +79,7 @@ impl Default for TrainConfig {
             seed: 42,
             log_every: 10,
             child_tuning: None,
+            layer_decay: None,
         }
     }
 }
@@ -169,6 +173,13 @@ impl Trainer<'_> {
                 "--batch-size must be at least 1".into(),
             ));
         }
+        if let Some(decay) = config.layer_decay
+            && !(decay > 0.0 && decay <= 1.0)
+        {
+            return Err(TrainError::Invalid(format!(
+                "--layer-decay {decay}: the factor must be in (0, 1]"
+            )));
+        }
         if let Some(child_tuning) = &config.child_tuning {
             child_tuning.check()?;
             if matches!(child_tuning, ChildTuning::D { .. }) && self.child_mask.is_none() {
@@ -260,7 +271,10 @@ impl Trainer<'_> {
                     warmup,
                     total_steps,
                 );
-                model = optim.step(lr, model, grads);
+                model = match config.layer_decay {
+                    Some(decay) => optim.step(layer_decayed(&model, lr, decay), model, grads),
+                    None => optim.step(lr, model, grads),
+                };
                 state.global_step += 1;
                 loss_sum += loss_value * examples.len() as f64;
                 let tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64();

@@ -719,7 +719,7 @@ fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
 #[test]
 fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
     let _rng = seeded_section();
-    for mode in ["f", "d"] {
+    for mode in ["f", "d", "f with layer decay"] {
         let device = cpu().autodiff();
         let task = task();
         let full = method("full");
@@ -727,8 +727,9 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
         let train = task.part(&task.split.train);
         let before = training_loss(&setup.model, &setup.tokenizer, &task);
         let mut config = config(4, 1e-3, 3);
-        let masks = if mode == "f" {
+        let masks = if mode != "d" {
             config.child_tuning = Some(ChildTuning::F { reserve: 0.3 });
+            config.layer_decay = (mode != "f").then_some(0.8);
             None
         } else {
             config.child_tuning = Some(ChildTuning::D { reserve: 0.3 });
@@ -771,5 +772,26 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
                 .expect_err("D without mask");
             assert!(err.to_string().contains("Fisher"), "{err}");
         }
+    }
+}
+
+#[test]
+fn layer_decay_lowers_the_rate_layer_by_layer() {
+    let device = cpu();
+    let setup = setup("bert-tiny", &method("full"), 1, &device);
+    let rates = kiln_train::schedule::layer_decayed(&setup.model, 1e-3, 0.5);
+    let id = burn::module::ParamId::new();
+    for (path, expected) in [
+        ("head.output.weight", 1e-3),
+        ("bert.layers.1.attention.query.weight", 1e-3),
+        (
+            "bert.layers.1.adapters.loaded.0.feed_forward.up.weight",
+            1e-3,
+        ),
+        ("bert.layers.0.output_norm.beta", 5e-4),
+        ("bert.embeddings.word.weight", 2.5e-4),
+    ] {
+        let lr = rates.lr_from_param(id, Some(path));
+        assert!((lr - expected).abs() < 1e-12, "{path}: {lr}");
     }
 }
