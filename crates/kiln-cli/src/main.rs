@@ -1,6 +1,7 @@
 //! `kiln`: fine-tune pretrained transformers with the whole family of transfer methods.
 
 mod encode;
+mod study;
 mod train;
 
 use anyhow::Result;
@@ -32,6 +33,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// List every registered method with its options.
     Methods,
+    /// Full fine-tuning vs Child-Tuning F and D on small training subsets, several seeds.
+    Study(Box<study::StudyArgs>),
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         Command::Encode(args) => encode::run(args, cli.device, &device),
         Command::Train(args) => train::train(*args, cli.device, &device),
         Command::Eval(args) => train::eval(args, &device),
+        Command::Study(args) => study::study(*args, cli.device),
         Command::Methods => {
             train::methods();
             Ok(())

@@ -54,6 +54,31 @@ pub struct TaskArgs {
 }
 
 impl TaskArgs {
+    /// The same options as `kiln` flags, for a `kiln train` started by another command.
+    pub fn to_cli_args(&self) -> Vec<String> {
+        let mut args = vec!["--task".to_string(), self.task.display().to_string()];
+        for (flag, value) in [
+            ("--text-column", &self.text_column),
+            ("--pair-column", &self.pair_column),
+            ("--label-column", &self.label_column),
+            ("--glue", &self.glue),
+            ("--encoding", &self.encoding),
+        ] {
+            if let Some(value) = value {
+                args.extend([flag.to_string(), value.clone()]);
+            }
+        }
+        for (flag, on) in [
+            ("--regression", self.regression),
+            ("--skip-bad-rows", self.skip_bad_rows),
+        ] {
+            if on {
+                args.push(flag.to_string());
+            }
+        }
+        args
+    }
+
     fn spec(&self) -> TaskSpec {
         TaskSpec {
             path: self.task.clone(),
@@ -149,6 +174,10 @@ pub struct TrainArgs {
     /// Save the whole model in checkpoints, not only what the method trains.
     #[arg(long)]
     save_full: bool,
+    /// Train on a random subset of this many training examples (drawn from --seed); validation
+    /// and test stay whole.
+    #[arg(long)]
+    train_examples: Option<usize>,
     /// Run directory.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -235,6 +264,9 @@ pub struct RunConfig {
     pub head: HeadConfig,
     pub max_len: usize,
     pub save_full: bool,
+    /// Train on a seeded random subset of this many training examples.
+    #[serde(default)]
+    pub train_examples: Option<usize>,
 }
 
 /// Where `kiln train` saves an adapter method's adapter on its own (see `kiln_train::adapters`).
@@ -332,11 +364,18 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         seed: args.seed,
         ..TrainConfig::default()
     };
-    let task = args
+    let mut task = args
         .task
         .spec()
         .load(args.seed)
         .with_context(|| format!("reading task {}", args.task.task.display()))?;
+    if let Some(n) = args.train_examples {
+        let available = task.split.train.len();
+        if n == 0 || n > available {
+            bail!("--train-examples {n}: the split has {available} training examples");
+        }
+        task.split.subsample_train(n, args.seed);
+    }
     report_task(&task);
 
     let train_device = device.clone().autodiff();
@@ -368,6 +407,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         head,
         max_len: args.max_len,
         save_full: args.save_full,
+        train_examples: args.train_examples,
     };
     prepare_run_dir(&args.out, &run, args.resume)?;
 

@@ -356,3 +356,64 @@ fn child_tuning_runs_from_the_cli_and_reuses_its_fisher_estimate() {
     );
     assert!(!ok && stderr.contains("--reserve 1.5"), "{stderr}");
 }
+
+#[test]
+fn the_small_data_study_runs_every_cell_and_resumes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("study");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let args = [
+        "study",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--sizes",
+        "8,16",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--lr",
+        "1e-3",
+        "--out",
+        path(&out),
+    ];
+    let (ok, stdout, stderr) = kiln(&args);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| train examples | vanilla | child-f | child-d |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\n| 8 |") && stdout.contains("\n| 16 |"),
+        "{stdout}"
+    );
+    let runs = std::fs::read_dir(out.join("n16")).expect("n16").count();
+    assert_eq!(runs, 6, "3 variants x 2 seeds");
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("n8/child-d-s43/run.json")).expect("run.json"),
+    )
+    .expect("json");
+    assert_eq!(run["train_examples"], 8);
+    assert_eq!(run["train"]["child_tuning"]["mode"], "d");
+    let table = std::fs::read_to_string(out.join("study.md")).expect("study.md");
+
+    // A second call finds every run done and writes the same table.
+    let (ok, stdout, stderr) = kiln(&args);
+    assert!(ok, "{stderr}");
+    assert!(
+        !stderr.contains("epoch 1/1"),
+        "nothing trains again: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("study.md")).expect("md"),
+        table
+    );
+    assert!(stdout.contains(table.trim()), "{stdout}");
+}

@@ -13,6 +13,16 @@ pub struct Split {
     pub test: Vec<usize>,
 }
 
+impl Split {
+    /// Keeps a random `n` of the training examples, drawn from `seed` (small-data studies);
+    /// validation and test stay whole.
+    pub fn subsample_train(&mut self, n: usize, seed: u64) {
+        SplitMix64::new(seed ^ 0x5EED_5EED).shuffle(&mut self.train);
+        self.train.truncate(n);
+        self.train.sort_unstable();
+    }
+}
+
 /// Shares of the data for validation and test; train gets the rest.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SplitFractions {
@@ -167,5 +177,25 @@ mod tests {
             test: 0.5,
         };
         assert!(stratified_split(10, None, bad, 0).is_err());
+    }
+
+    #[test]
+    fn a_training_subset_is_seeded_and_leaves_the_rest_alone() {
+        let split = Split {
+            train: (0..100).collect(),
+            validation: vec![100, 101],
+            test: vec![102],
+        };
+        let subset = |seed| {
+            let mut s = split.clone();
+            s.subsample_train(10, seed);
+            s
+        };
+        let (a, b, c) = (subset(1), subset(1), subset(2));
+        assert_eq!(a, b);
+        assert_ne!(a.train, c.train);
+        assert_eq!(a.train.len(), 10);
+        assert!(a.train.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!((a.validation, a.test), (split.validation, split.test));
     }
 }
