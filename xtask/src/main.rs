@@ -38,7 +38,12 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets the variable at run time too. The compile-time value is only a fallback:
+    // a binary left in a shared target directory by another checkout would carry that
+    // checkout's path and test the wrong tree.
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(manifest_dir)
         .parent()
         .expect("xtask sits in the workspace")
         .to_path_buf()
