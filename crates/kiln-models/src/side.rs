@@ -3,11 +3,12 @@
 //! output is blended with the backbone's features as `alpha·base + (1 - alpha)·side`.
 //!
 //! kiln's side network reads the backbone's own (frozen) token embeddings, mean-pooled over the
-//! real tokens, through a two-layer MLP `h → w → h`: a bag-of-embeddings model that learns what
-//! the frozen features miss, at `2hw + w + h` parameters.
+//! real tokens, through a two-layer MLP `h → w → h` whose output layer starts at zero: a
+//! bag-of-embeddings model that learns what the frozen features miss, at `2hw + w + h`
+//! parameters.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,11 @@ impl SideConfig {
     pub fn init(&self, features: usize, device: &Device) -> SideNetwork {
         SideNetwork {
             hidden: LinearConfig::new(features, self.width).init(device),
-            output: LinearConfig::new(self.width, features).init(device),
+            // Zero: training starts from `alpha·base`, the frozen features alone, and the side
+            // network adds what they miss (a random side would bury them in noise at first).
+            output: LinearConfig::new(self.width, features)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
             blend: AlphaCurriculum {
                 start: self.alpha,
                 end: self.alpha_end,
