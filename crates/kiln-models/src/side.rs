@@ -28,7 +28,7 @@ impl SideConfig {
         SideNetwork {
             hidden: LinearConfig::new(features, self.width).init(device),
             // Zero: training starts from `alpha·base`, the frozen features alone, and the side
-            // network adds what they miss (a random side would bury them in noise at first).
+            // network adds what they miss.
             output: LinearConfig::new(self.width, features)
                 .with_initializer(Initializer::Zeros)
                 .init(device),
