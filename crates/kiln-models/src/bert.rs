@@ -16,7 +16,9 @@ use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
-use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens};
+use crate::prompt::{
+    PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens, layer_prefixes,
+};
 use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -424,12 +426,7 @@ impl Bert {
             }
         };
         let bias = padding_bias(&attention_mask);
-        let mut prefixes = self
-            .prefix_encoder
-            .as_ref()
-            .map(PrefixEncoder::prefixes)
-            .unwrap_or_default()
-            .into_iter();
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
         for (i, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(hidden, &bias, i >= skipped, prefixes.next());

@@ -19,7 +19,7 @@ use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
-use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens};
+use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
 use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -298,12 +298,7 @@ impl Gpt2 {
         let bias = causal_padding_bias(&attention_mask);
         let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0);
         let mut hidden = self.dropout.forward(words + self.wpe.forward(positions));
-        let mut prefixes = self
-            .prefix_encoder
-            .as_ref()
-            .map(PrefixEncoder::prefixes)
-            .unwrap_or_default()
-            .into_iter();
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
         for (i, block) in self.blocks.iter().enumerate() {
             hidden = block.forward(hidden, &bias, i >= skipped, prefixes.next());

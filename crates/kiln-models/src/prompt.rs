@@ -235,3 +235,13 @@ impl PrefixEncoder {
             .collect()
     }
 }
+
+/// Every layer's prefix from a prefix encoder, in layer order; nothing without one.
+pub fn layer_prefixes(
+    encoder: Option<&PrefixEncoder>,
+) -> std::vec::IntoIter<(Tensor<2>, Tensor<2>)> {
+    encoder
+        .map(PrefixEncoder::prefixes)
+        .unwrap_or_default()
+        .into_iter()
+}
