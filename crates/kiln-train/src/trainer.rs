@@ -1,7 +1,8 @@
 //! The training loop: AdamW (no decay on biases and layer norms, as HF's Trainer) with warm-up
-//! then decay, global-norm clipping, evaluation after every epoch, early stopping and
-//! best-checkpoint keeping on the validation metric, metrics as JSON lines, and resume from the
-//! last completed epoch.
+//! then decay (optionally decayed layer by layer), global-norm clipping, then Child-Tuning's
+//! gradient mask if asked for, evaluation after every epoch, early stopping and best-checkpoint
+//! keeping on the validation metric, metrics as JSON lines, and resume from the last completed
+//! epoch.
 //!
 //! Run directory:
 //! - `metrics.jsonl`: one `{"record": "step", ...}` line per logged step and one
