@@ -142,7 +142,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's: 5e-5 full, 1e-4 partial-k, 1e-2 prompt,
-    /// p-tuning and p-tuning-v2, 1e-3 otherwise].
+    /// p-tuning, p-tuning-v2 and side, 1e-3 otherwise].
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 16)]
@@ -295,8 +295,12 @@ fn default_lr(method: &MethodConfig) -> f64 {
         MethodConfig::Full(_) => 5e-5,
         MethodConfig::PartialK(_) => 1e-4,
         // Free virtual tokens and deep prompts move slowly at adapter rates (Lester et al. and
-        // P-tuning v2 train them at 1e-2 and above).
-        MethodConfig::Prompt(_) | MethodConfig::PTuning(_) | MethodConfig::PTuningV2(_) => 1e-2,
+        // P-tuning v2 train them at 1e-2 and above); so does a head on MiniLM's small features
+        // beside a side network (BBC News, one epoch: 72.6% at 1e-3, 95.5% at 1e-2).
+        MethodConfig::Prompt(_)
+        | MethodConfig::PTuning(_)
+        | MethodConfig::PTuningV2(_)
+        | MethodConfig::Side(_) => 1e-2,
         _ => 1e-3,
     }
 }
