@@ -79,12 +79,16 @@ impl AdapterConfig {
     /// Parameters per layer on a model of width `h`: `(2hm + m + h)` per bottleneck adapter and
     /// `2·l·h` for the prefix.
     pub fn params_per_layer(&self, width: usize) -> usize {
-        let adapters = [self.after_attention, self.after_feed_forward, self.parallel]
+        self.bottlenecks() * (2 * width * self.bottleneck + self.bottleneck + width)
+            + 2 * self.prefix_len * width
+    }
+
+    /// Bottleneck adapters per layer (after attention, after and beside the feed-forward).
+    pub fn bottlenecks(&self) -> usize {
+        [self.after_attention, self.after_feed_forward, self.parallel]
             .iter()
             .filter(|&&on| on)
-            .count();
-        adapters * (2 * width * self.bottleneck + self.bottleneck + width)
-            + 2 * self.prefix_len * width
+            .count()
     }
 
     /// One layer's share of this adapter, randomly initialised.
@@ -316,6 +320,16 @@ impl LayerAdapters {
     pub fn beside_feed_forward(&self, input: Tensor<3>) -> Option<Tensor<3>> {
         let adapter = self.active_one()?.parallel.as_ref()?;
         Some(adapter.delta(input))
+    }
+
+    /// The feed-forward block's output `out` (for `input`) with both feed-forward slots applied:
+    /// the adapter (or fusion) after it and the parallel adapter beside it.
+    pub fn around_feed_forward(&self, input: Tensor<3>, out: Tensor<3>) -> Tensor<3> {
+        let out = self.after_feed_forward(out);
+        match self.beside_feed_forward(input) {
+            Some(beside) => out + beside,
+            None => out,
+        }
     }
 }
 

@@ -502,10 +502,7 @@ impl BertLayer {
             .forward(self.intermediate.forward(hidden.clone()));
         let mut out = self.dropout.forward(self.output.forward(inner));
         if let Some(adapters) = adapters {
-            out = adapters.after_feed_forward(out);
-            if let Some(beside) = adapters.beside_feed_forward(hidden.clone()) {
-                out = out + beside;
-            }
+            out = adapters.around_feed_forward(hidden.clone(), out);
         }
         self.output_norm.forward(hidden + out)
     }

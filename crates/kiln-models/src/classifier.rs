@@ -9,7 +9,7 @@
 use std::str::FromStr;
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -188,11 +188,7 @@ impl SequenceClassifier {
         let Some(side) = &self.side else {
             return self.backbone_features(input);
         };
-        let embedded = match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.embeddings.word.forward(input.input_ids.clone()),
-            (_, Some(gpt2)) => gpt2.wte.forward(input.input_ids.clone()),
-            _ => unreachable!("a classifier always holds a backbone"),
-        };
+        let embedded = self.word_embedding().forward(input.input_ids.clone());
         let side_features = side.forward(mean_pool(embedded, input.attention_mask.clone()));
         side.blend(self.backbone_features(input), side_features)
     }
@@ -421,9 +417,13 @@ impl SequenceClassifier {
 
     /// The backbone's token embedding table `[vocab, h]`.
     pub fn word_embeddings(&self) -> Tensor<2> {
+        self.word_embedding().weight.val()
+    }
+
+    fn word_embedding(&self) -> &Embedding {
         match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.embeddings.word.weight.val(),
-            (_, Some(gpt2)) => gpt2.wte.weight.val(),
+            (Some(bert), _) => &bert.embeddings.word,
+            (_, Some(gpt2)) => &gpt2.wte,
             _ => unreachable!("a classifier always holds a backbone"),
         }
     }

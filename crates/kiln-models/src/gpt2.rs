@@ -340,10 +340,7 @@ impl Gpt2Block {
         let normed = self.ln_2.forward(hidden.clone());
         let mut out = self.mlp.forward(normed.clone());
         if let Some(adapters) = adapters {
-            out = adapters.after_feed_forward(out);
-            if let Some(beside) = adapters.beside_feed_forward(normed) {
-                out = out + beside;
-            }
+            out = adapters.around_feed_forward(normed, out);
         }
         hidden + out
     }

@@ -117,15 +117,7 @@ pub fn load_adapter(
 
 /// Tensors per layer: weight and bias of both projections per bottleneck, key and value rows.
 fn expected_tensors(config: &AdapterConfig) -> usize {
-    let bottlenecks = [
-        config.after_attention,
-        config.after_feed_forward,
-        config.parallel,
-    ]
-    .iter()
-    .filter(|&&on| on)
-    .count();
-    4 * bottlenecks + if config.prefix_len > 0 { 2 } else { 0 }
+    4 * config.bottlenecks() + if config.prefix_len > 0 { 2 } else { 0 }
 }
 
 #[cfg(test)]
