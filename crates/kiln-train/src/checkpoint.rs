@@ -31,6 +31,39 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes named f32 tensors (name, shape, little-endian bytes) and `metadata` as one
+/// safetensors file, atomically.
+pub(crate) fn write_f32_tensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, shape, bytes)| {
+            let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)
+                .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| TrainError::Invalid(format!("cannot serialise {}: {e}", path.display())))?;
+    write_atomically(path, &bytes)
+}
+
+/// Little-endian bytes of `values`, as safetensors stores F32.
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The values of an F32 tensor's little-endian bytes.
+pub(crate) fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Saves the parameters whose paths match one of `patterns` to `path`.
 pub fn save_params<M: Module>(model: &M, patterns: &[String], path: &Path) -> Result<usize> {
     save_params_as(model, path, |param_path| {
@@ -61,18 +94,11 @@ pub fn save_params_as<M: Module>(
         PARAM_IDS_KEY.to_string(),
         serde_json::to_string(&ids).map_err(|e| TrainError::Invalid(e.to_string()))?,
     )]);
-    let views = collector
+    let tensors = collector
         .tensors
         .iter()
-        .map(|t| {
-            let view = TensorView::new(Dtype::F32, t.shape.clone(), &t.bytes)
-                .map_err(|e| TrainError::Invalid(format!("tensor `{}`: {e}", t.path)))?;
-            Ok((t.path.clone(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| TrainError::Invalid(format!("cannot serialise {}: {e}", path.display())))?;
-    write_atomically(path, &bytes)?;
+        .map(|t| (t.path.as_str(), t.shape.as_slice(), t.bytes.as_slice()));
+    write_f32_tensors(path, tensors, Some(metadata))?;
     Ok(collector.tensors.len())
 }
 
@@ -104,7 +130,7 @@ impl<F: Fn(&str) -> Option<String>> ParamVisitor for Collector<F> {
             path: key,
             id: param.id,
             shape,
-            bytes: floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            bytes: f32_bytes(&floats),
         });
     }
 }
@@ -190,11 +216,7 @@ impl<F: Fn(&str) -> Option<String>> ParamMapper for Loader<'_, F> {
             ));
             return param;
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = f32_values(view.data());
         let device = param.lazy_device();
         let id = match self.ids.get(&key).and_then(|id| id.parse::<u64>().ok()) {
             Some(id) => ParamId::from(id),

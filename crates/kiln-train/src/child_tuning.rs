@@ -21,14 +21,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
 use kiln_data::{TaskKind, TextExample, make_batch};
 use kiln_models::paths::{ParamVisitor, visit_params};
 use kiln_models::{SequenceClassifier, TextTokenizer};
 
-use crate::checkpoint::write_atomically;
+use crate::checkpoint::{f32_bytes, f32_values, write_f32_tensors};
 use crate::error::{Result, TrainError};
 use crate::trainer::task_loss;
 
@@ -93,7 +93,7 @@ impl PathTensors {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut names: Vec<&String> = self.values.keys().collect();
         names.sort();
-        let data: Vec<(String, Vec<u8>, usize)> = names
+        let data: Vec<(&str, [usize; 1], Vec<u8>)> = names
             .into_iter()
             .map(|name| {
                 let floats: Vec<f32> = self.values[name]
@@ -102,22 +102,13 @@ impl PathTensors {
                     .convert::<f32>()
                     .try_to_vec::<f32>()
                     .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e:?}")))?;
-                let bytes = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Ok((name.clone(), bytes, floats.len()))
+                Ok((name.as_str(), [floats.len()], f32_bytes(&floats)))
             })
             .collect::<Result<_>>()?;
-        let views = data
+        let tensors = data
             .iter()
-            .map(|(name, bytes, len)| {
-                let view = TensorView::new(Dtype::F32, vec![*len], bytes)
-                    .map_err(|e| TrainError::Invalid(format!("tensor `{name}`: {e}")))?;
-                Ok((name.clone(), view))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| {
-            TrainError::Invalid(format!("cannot serialise {}: {e}", path.display()))
-        })?;
-        write_atomically(path, &bytes)
+            .map(|(name, shape, bytes)| (*name, shape.as_slice(), bytes.as_slice()));
+        write_f32_tensors(path, tensors, None)
     }
 
     /// Reads tensors written by [`PathTensors::save`] onto `device`.
@@ -133,11 +124,7 @@ impl PathTensors {
                     format!("tensor `{name}` is not a flat F32 tensor"),
                 ));
             }
-            let floats: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let floats = f32_values(view.data());
             let len = floats.len();
             values.insert(
                 name,
