@@ -1,6 +1,7 @@
 //! `kiln`: fine-tune pretrained transformers with the whole family of transfer methods.
 
 mod encode;
+mod fpt;
 mod study;
 mod train;
 
@@ -35,6 +36,8 @@ enum Command {
     Methods,
     /// Full fine-tuning vs Child-Tuning F and D on small training subsets, several seeds.
     Study(Box<study::StudyArgs>),
+    /// Frozen Pretrained Transformer on a non-language task (bits, ListOps, images).
+    Fpt(Box<fpt::FptArgs>),
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::train(*args, cli.device, &device),
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),
+        Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Methods => {
             train::methods();
             Ok(())

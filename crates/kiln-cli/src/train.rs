@@ -19,8 +19,8 @@ use kiln_models::{
 };
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
-    ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TrainConfig, Trainer,
-    estimate_fisher, evaluate, load_adapter, save_adapter,
+    ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TextTask, TrainConfig,
+    Trainer, estimate_fisher, evaluate, load_adapter, save_adapter,
 };
 use kiln_tuning::{METHODS, MethodConfig, MethodOptions, ParamReport};
 
@@ -442,7 +442,6 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
     };
     let trainer = Trainer {
         config: run.train.clone(),
-        tokenizer: &tokenizer,
         device: train_device.clone(),
         run_dir: args.out.clone(),
         saved: if run.save_full {
@@ -455,8 +454,12 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         epoch_limit: None,
         child_mask,
     };
+    let text_task = TextTask {
+        tokenizer: tokenizer.clone(),
+        kind: task.kind.clone(),
+    };
     let data = TaskData {
-        kind: &task.kind,
+        task: &text_task,
         train: task.part(&task.split.train),
         validation: task.part(&task.split.validation),
     };

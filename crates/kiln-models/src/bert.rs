@@ -403,7 +403,7 @@ impl Bert {
             attention_mask,
             token_type_ids,
         } = input;
-        let (mut hidden, attention_mask, token_mask) = match &self.prompt {
+        let (hidden, attention_mask, token_mask) = match &self.prompt {
             None => (
                 self.embeddings.forward(input_ids, token_type_ids),
                 attention_mask.clone(),
@@ -425,12 +425,7 @@ impl Bert {
                 )
             }
         };
-        let bias = padding_bias(&attention_mask);
-        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
-        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
-        for (i, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(hidden, &bias, i >= skipped, prefixes.next());
-        }
+        let hidden = self.encode(hidden, &attention_mask);
         let pooled = self
             .pooler
             .as_ref()
@@ -441,6 +436,34 @@ impl Bert {
             attention_mask,
             token_mask,
         }
+    }
+}
+
+impl Bert {
+    /// Last hidden state `[batch, seq, hidden]` from input vectors `[batch, seq, hidden]` in
+    /// place of word embeddings (positions, token type 0, the embedding norm still apply), as
+    /// the Frozen Pretrained Transformer feeds projected patches.
+    pub fn forward_vectors(
+        &self,
+        vectors: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+    ) -> Tensor<3> {
+        let types = attention_mask.zeros_like();
+        self.encode(
+            self.embeddings.forward_words(vectors, types),
+            attention_mask,
+        )
+    }
+
+    /// The layers over embedded input.
+    fn encode(&self, mut hidden: Tensor<3>, attention_mask: &Tensor<2, Int>) -> Tensor<3> {
+        let bias = padding_bias(attention_mask);
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
+        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(hidden, &bias, i >= skipped, prefixes.next());
+        }
+        hidden
     }
 }
 

@@ -295,15 +295,30 @@ impl Gpt2 {
                 )
             }
         };
-        let bias = causal_padding_bias(&attention_mask);
+        (
+            self.forward_vectors(words, &attention_mask),
+            attention_mask,
+            token_mask,
+        )
+    }
+
+    /// Last hidden state from input vectors `[batch, seq, hidden]` in place of token embeddings
+    /// (positions still added), as the Frozen Pretrained Transformer feeds projected patches.
+    pub fn forward_vectors(
+        &self,
+        vectors: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+    ) -> Tensor<3> {
+        let bias = causal_padding_bias(attention_mask);
+        // Positions count attended tokens only, so left padding shifts nothing.
         let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0);
-        let mut hidden = self.dropout.forward(words + self.wpe.forward(positions));
+        let mut hidden = self.dropout.forward(vectors + self.wpe.forward(positions));
         let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
         for (i, block) in self.blocks.iter().enumerate() {
             hidden = block.forward(hidden, &bias, i >= skipped, prefixes.next());
         }
-        (self.ln_f.forward(hidden), attention_mask, token_mask)
+        self.ln_f.forward(hidden)
     }
 
     /// Next-token logits `[batch, seq, vocab]` through the tied head.

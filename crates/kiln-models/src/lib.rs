@@ -1,5 +1,5 @@
 //! kiln-models: the backbones kiln fine-tunes (BERT, GPT-2), loaded from HF model directories,
-//! and the tokenizers that feed them.
+//! the tokenizers that feed them, and the task models around them (sequence classifier, FPT).
 //!
 //! A backbone never knows about methods, data or the trainer; it exposes Burn modules whose
 //! parameter paths the tuning crate matches, and it loads HF checkpoints through one key table
@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fpt;
 pub mod gpt2;
 pub mod paths;
 pub mod pretrained;
@@ -32,6 +33,7 @@ pub use classifier::{HeadConfig, MlpHead, NamedAdapter, Readout, SequenceClassif
 pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
+pub use fpt::{Fpt, FptConfig, FptTokens};
 pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use pretrained::{Backbone, Pooling, Pretrained, last_token_pool, mean_pool};
 pub use prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};

@@ -24,10 +24,10 @@ pub struct Pretrained {
     pub tokenizer: TextTokenizer,
 }
 
-impl Pretrained {
+impl Backbone {
+    /// The backbone of a HF directory with its weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let kind = ModelKind::detect(dir)?;
-        let backbone = match kind {
+        Ok(match ModelKind::detect(dir)? {
             ModelKind::Bert => {
                 let (model, config) = Bert::from_pretrained(dir, device)?;
                 Backbone::Bert(Box::new(model), config)
@@ -36,7 +36,30 @@ impl Pretrained {
                 let (model, config) = Gpt2::from_pretrained(dir, device)?;
                 Backbone::Gpt2(Box::new(model), config)
             }
-        };
+        })
+    }
+
+    /// The same architecture (the directory's `config.json`) at random initialisation: the
+    /// baseline that tells what pretraining contributed.
+    pub fn random(dir: &Path, device: &Device) -> Result<Self> {
+        let path = dir.join("config.json");
+        Ok(match ModelKind::detect(dir)? {
+            ModelKind::Bert => {
+                let config = BertConfig::from_file(&path)?;
+                Backbone::Bert(Box::new(config.init(device)), config)
+            }
+            ModelKind::Gpt2 => {
+                let config = Gpt2Config::from_file(&path)?;
+                Backbone::Gpt2(Box::new(config.init(device)), config)
+            }
+        })
+    }
+}
+
+impl Pretrained {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let kind = ModelKind::detect(dir)?;
+        let backbone = Backbone::load(dir, device)?;
         let tokenizer = TextTokenizer::from_dir(dir, kind)?;
         let mut model = Self {
             dir: dir.to_path_buf(),

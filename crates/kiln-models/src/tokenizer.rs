@@ -52,6 +52,7 @@ impl From<&str> for TextInput {
 
 /// A tokenizer for one model directory, with the model's pad token, a truncation length and a
 /// padding side (set once with [`TextTokenizer::configure`], used by every batch).
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,

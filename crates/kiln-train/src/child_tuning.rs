@@ -173,8 +173,8 @@ impl PathTensors {
 }
 
 /// Child-Tuning D: multiplies each backbone gradient by its fixed mask.
-pub fn mask_gradients_fixed(
-    model: &SequenceClassifier,
+pub fn mask_gradients_fixed<M: Module>(
+    model: &M,
     grads: &mut GradientsParams,
     masks: &PathTensors,
 ) {

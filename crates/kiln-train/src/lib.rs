@@ -1,13 +1,15 @@
 //! kiln-train: the training loop and what surrounds it. Optimizer and schedule
 //! ([`schedule`]), gradient transforms between backward and step ([`transforms`]), task metrics
 //! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), adapters saved on their own
-//! ([`adapters`]), and the loop with
-//! evaluation, early stopping, JSON-lines logs and resume ([`trainer`]).
+//! ([`adapters`]), and the loop with evaluation, early stopping, JSON-lines logs and resume
+//! ([`trainer`]) over any model that says how to take a batch's loss ([`learner`]).
 
 pub mod adapters;
 pub mod checkpoint;
 pub mod child_tuning;
 pub mod error;
+pub mod fpt;
+pub mod learner;
 pub mod memory;
 pub mod metrics;
 pub mod schedule;
@@ -20,6 +22,7 @@ pub use adapters::{
 pub use checkpoint::{load_params, load_params_as, save_params, save_params_as, write_atomically};
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Result, TrainError};
+pub use learner::{Learner, TextTask};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};
 pub use trainer::{

@@ -35,9 +35,10 @@ use crate::child_tuning::{
     ChildTuning, PathTensors, mask_gradients_fixed, mask_gradients_randomly,
 };
 use crate::error::{Result, TrainError};
+use crate::learner::Learner;
 use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
-use crate::schedule::{Decay, layer_decayed, learning_rate};
+use crate::schedule::{Decay, learning_rate};
 use crate::transforms::clip_global_norm;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,10 +87,10 @@ impl Default for TrainConfig {
 }
 
 /// Train and validation examples of one task.
-pub struct TaskData<'a> {
-    pub kind: &'a TaskKind,
-    pub train: Vec<&'a TextExample>,
-    pub validation: Vec<&'a TextExample>,
+pub struct TaskData<'a, L: Learner> {
+    pub task: &'a L::Task,
+    pub train: Vec<&'a L::Example>,
+    pub validation: Vec<&'a L::Example>,
 }
 
 /// What one epoch did.
@@ -132,9 +133,8 @@ impl TrainSummary {
     }
 }
 
-pub struct Trainer<'a> {
+pub struct Trainer {
     pub config: TrainConfig,
-    pub tokenizer: &'a TextTokenizer,
     /// An autodiff device: where the model trains.
     pub device: Device,
     pub run_dir: PathBuf,
@@ -154,15 +154,15 @@ pub const STATE_FILE: &str = "state.json";
 pub const BEST_DIR: &str = "best";
 pub const TRAINED_FILE: &str = "trained.safetensors";
 
-impl Trainer<'_> {
+impl Trainer {
     /// Trains `model` and returns it as it was at the best epoch, with the run's summary. With
     /// `resume`, a run directory holding a `state.json` continues after its last complete epoch.
-    pub fn fit(
+    pub fn fit<L: Learner>(
         &self,
-        model: SequenceClassifier,
-        data: &TaskData,
+        model: L,
+        data: &TaskData<L>,
         resume: bool,
-    ) -> Result<(SequenceClassifier, TrainSummary)> {
+    ) -> Result<(L, TrainSummary)> {
         let config = &self.config;
         if data.train.is_empty() || data.validation.is_empty() {
             return Err(TrainError::Invalid(
@@ -233,17 +233,15 @@ impl Trainer<'_> {
             let bar = self.progress_bar(epoch, steps_per_epoch as u64);
             let (mut loss_sum, mut tokens) = (0.0, 0usize);
             for (i, chunk) in order.chunks(config.batch_size).enumerate() {
-                let examples: Vec<&TextExample> = chunk.iter().map(|&j| data.train[j]).collect();
-                let batch = make_batch(self.tokenizer, &examples)?;
-                tokens += batch.encoded.batch * batch.encoded.seq;
+                let examples: Vec<&L::Example> = chunk.iter().map(|&j| data.train[j]).collect();
                 // Per-step state of the methods that have one (AdapterDrop, side-tuning's alpha),
                 // drawn from the step number so a resumed run draws the same.
                 model.begin_train_step(
                     state.global_step as f64 / total_steps.max(1) as f64,
                     SplitMix64::new(epoch_seed(config.seed, state.global_step)).next_u64(),
                 );
-                let outputs = model.forward(batch.encoded.bert_input(&self.device));
-                let loss = task_loss(outputs, &batch.targets, data.kind, &self.device);
+                let (loss, batch_tokens) = model.batch_loss(data.task, &examples, &self.device)?;
+                tokens += batch_tokens;
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
                     return Err(TrainError::Invalid(format!(
@@ -272,8 +270,11 @@ impl Trainer<'_> {
                     warmup,
                     total_steps,
                 );
-                model = match config.layer_decay {
-                    Some(decay) => optim.step(layer_decayed(&model, lr, decay), model, grads),
+                model = match config
+                    .layer_decay
+                    .and_then(|decay| model.layer_rates(lr, decay))
+                {
+                    Some(rates) => optim.step(rates, model, grads),
                     None => optim.step(lr, model, grads),
                 };
                 state.global_step += 1;
@@ -294,11 +295,9 @@ impl Trainer<'_> {
             bar.finish_and_clear();
             let train_seconds = started.elapsed().as_secs_f64();
 
-            let validation = evaluate(
-                &model.valid(),
-                self.tokenizer,
+            let validation = model.valid().evaluate(
+                data.task,
                 &data.validation,
-                data.kind,
                 &eval_device,
                 config.eval_batch_size,
             )?;
@@ -366,7 +365,7 @@ impl Trainer<'_> {
             .with_group(no_decay, adamw.clone().with_weight_decay(0.0).build(), None)
     }
 
-    fn load_trained(&self, model: SequenceClassifier, path: &Path) -> Result<SequenceClassifier> {
+    fn load_trained<M: Module>(&self, model: M, path: &Path) -> Result<M> {
         let (model, _) = load_params(model, path)?;
         Ok(set_trainable(model, &self.trainable).0)
     }
@@ -379,9 +378,9 @@ impl Trainer<'_> {
 
     /// Weights and optimizer of `state.completed_epochs`, then `state.json` pointing at them; the
     /// previous epoch's directory goes once the new one is named.
-    fn save_epoch(
+    fn save_epoch<M: Module>(
         &self,
-        model: &SequenceClassifier,
+        model: &M,
         optim: &ModuleOptimizer,
         state: &TrainState,
     ) -> Result<()> {

@@ -13,7 +13,7 @@ use kiln_models::paths::{ParamVisitor, visit_params};
 use kiln_models::{DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
 use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
-    ChildTuning, PathTensors, TaskData, TrainConfig, Trainer, estimate_fisher, evaluate,
+    ChildTuning, PathTensors, TaskData, TextTask, TrainConfig, Trainer, estimate_fisher, evaluate,
     load_adapter, load_params, save_adapter, save_params,
 };
 use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
@@ -85,7 +85,14 @@ fn config(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
     }
 }
 
-fn trainer<'a>(setup: &'a Setup, config: TrainConfig, dir: &Path, device: &Device) -> Trainer<'a> {
+fn text_task(setup: &Setup, task: &LoadedTask) -> TextTask {
+    TextTask {
+        tokenizer: setup.tokenizer.clone(),
+        kind: task.kind.clone(),
+    }
+}
+
+fn trainer(setup: &Setup, config: TrainConfig, dir: &Path, device: &Device) -> Trainer {
     let trainable: Vec<String> = setup
         .report
         .trainable_paths()
@@ -94,7 +101,6 @@ fn trainer<'a>(setup: &'a Setup, config: TrainConfig, dir: &Path, device: &Devic
         .collect();
     Trainer {
         config,
-        tokenizer: &setup.tokenizer,
         device: device.clone(),
         run_dir: dir.to_path_buf(),
         saved: trainable.clone(),
@@ -131,7 +137,7 @@ fn loss_before_after(fixture: &str, method: &MethodConfig, lr: f64, epochs: usiz
     let before = loss(&setup.model);
     let dir = tempfile::tempdir().expect("temp dir");
     let data = TaskData {
-        kind: &task.kind,
+        task: &text_task(&setup, &task),
         train: train.clone(),
         validation: task.part(&task.split.validation),
     };
@@ -216,7 +222,7 @@ fn fusion_over_two_adapters_lowers_the_loss() {
         let setup = setup("bert-tiny", &pfeiffer, 21, &device);
         let run = dir.path().join(name);
         let data = TaskData {
-            kind: &task.kind,
+            task: &text_task(&setup, &task),
             train: task.part(&task.split.train),
             validation: task.part(&task.split.validation),
         };
@@ -254,7 +260,7 @@ fn fusion_over_two_adapters_lowers_the_loss() {
     let loss = |model: &SequenceClassifier| training_loss(model, &base.tokenizer, &task);
     let before = loss(&base.model);
     let data = TaskData {
-        kind: &task.kind,
+        task: &text_task(&base, &task),
         train: train.clone(),
         validation: task.part(&task.split.validation),
     };
@@ -357,7 +363,7 @@ fn run_losses(dir: &Path, epoch_limit: Option<usize>, resume: bool) -> Vec<f64> 
     let method = method("lora");
     let setup = setup("bert-tiny", &method, 11, &device);
     let data = TaskData {
-        kind: &task.kind,
+        task: &text_task(&setup, &task),
         train: task.part(&task.split.train),
         validation: task.part(&task.split.validation),
     };
@@ -748,7 +754,7 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
         };
         let dir = tempfile::tempdir().expect("dir");
         let data = TaskData {
-            kind: &task.kind,
+            task: &text_task(&setup, &task),
             train,
             validation: task.part(&task.split.validation),
         };

@@ -161,6 +161,11 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)",
         options: "--prefix-len 20, --adapter-name",
     },
+    MethodInfo {
+        name: "fpt",
+        summary: "Frozen Pretrained Transformer on non-language tasks: new input and output layers, layer norms and positions train (Lu et al. 2021); `kiln fpt`",
+        options: "--freeze-input --freeze-output --freeze-norms --freeze-positions --train-attention --train-feed-forward --full",
+    },
 ];
 
 /// Method options as the CLI collects them; each method takes the ones it understands.
@@ -317,6 +322,14 @@ impl MethodConfig {
                 Self::PTuningV2(PTuningV2Config::with_options(options)),
                 vec!["prefix-len", "adapter-name"],
             ),
+            "fpt" => {
+                return Err(TuningError::Option {
+                    option: "method",
+                    message: "fpt trains on non-language tasks (bit memory, bit XOR, ListOps, \
+                              images): run `kiln fpt`"
+                        .into(),
+                });
+            }
             other => return Err(TuningError::UnknownMethod(other.to_string())),
         };
         if let Some(option) = options.given().into_iter().find(|o| !accepted.contains(o)) {

@@ -2,6 +2,7 @@
 
 mod adapter_drop;
 mod bitfit;
+mod fpt;
 mod full;
 mod fusion;
 mod houlsby;
@@ -20,6 +21,7 @@ mod side;
 
 pub use adapter_drop::AdapterDropConfig;
 pub use bitfit::BitFitConfig;
+pub use fpt::FptTuningConfig;
 pub use full::FullConfig;
 pub use fusion::FusionConfig;
 pub use houlsby::HoulsbyConfig;

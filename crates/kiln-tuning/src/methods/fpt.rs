@@ -1,0 +1,93 @@
+//! Frozen Pretrained Transformer (Lu, Grover, Abbeel, Mordatch 2021, "Pretrained Transformers as
+//! Universal Computation Engines"): self-attention and feed-forward layers stay frozen; the new
+//! input layer, the new output layer, every layer norm and the position embeddings train. Each
+//! part can be switched, as the authors' `freeze_*` flags; `full` trains everything (their
+//! `freeze_trans=False`, the fully trained baseline).
+//!
+//! Trainable parameters with the defaults, width `h`, `L` layers, `P` positions, output `o` per
+//! token: input `d·h + h` for `d`-number patches (or `V·h` for a `V`-id vocabulary), output
+//! `h·o + o`, layer norms `2h(2L + 1)` (BERT: two per layer and the embedding norm; GPT-2: two
+//! per block and the final norm), positions `P·h`. For GPT-2 small (h 768, L 12, P 1024) the
+//! backbone part is 824,832 of 124.4 M (0.66%), of which the norms are 38,400 (0.03%).
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::Fpt;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FptTuningConfig {
+    pub train_input: bool,
+    pub train_output: bool,
+    pub train_norms: bool,
+    pub train_positions: bool,
+    pub train_attention: bool,
+    pub train_feed_forward: bool,
+    /// Everything trains (the fully trained baseline).
+    pub full: bool,
+}
+
+impl Default for FptTuningConfig {
+    fn default() -> Self {
+        Self {
+            train_input: true,
+            train_output: true,
+            train_norms: true,
+            train_positions: true,
+            train_attention: false,
+            train_feed_forward: false,
+            full: false,
+        }
+    }
+}
+
+impl FptTuningConfig {
+    pub fn trainable_patterns(&self, model: &Fpt) -> Vec<String> {
+        if self.full {
+            return vec!["*".into()];
+        }
+        let bert = model.bert.is_some();
+        let mut patterns: Vec<String> = Vec::new();
+        if self.train_input {
+            patterns.push("input_*".into());
+        }
+        if self.train_output {
+            patterns.push("output.*".into());
+        }
+        if self.train_norms {
+            patterns.push(if bert { "bert.*norm.*" } else { "gpt2.*ln_*" }.into());
+        }
+        if self.train_positions {
+            patterns.push(
+                if bert {
+                    "bert.embeddings.position.*"
+                } else {
+                    "gpt2.wpe.*"
+                }
+                .into(),
+            );
+        }
+        for i in 0..model.num_layers() {
+            let (attention, feed_forward) = if bert {
+                (
+                    vec![format!("bert.layers.{i}.attention.*")],
+                    vec![
+                        format!("bert.layers.{i}.intermediate.*"),
+                        format!("bert.layers.{i}.output.*"),
+                    ],
+                )
+            } else {
+                (
+                    vec![format!("gpt2.blocks.{i}.attention.*")],
+                    vec![format!("gpt2.blocks.{i}.mlp.*")],
+                )
+            };
+            if self.train_attention {
+                patterns.extend(attention);
+            }
+            if self.train_feed_forward {
+                patterns.extend(feed_forward);
+            }
+        }
+        patterns
+    }
+}
