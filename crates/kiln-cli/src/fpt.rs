@@ -175,7 +175,11 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     let (model, report) = set_trainable(model, &trainable);
     println!(
         "fpt ({}{}): {} of {} parameters train ({:.3}%)",
-        if args.random_init { "random " } else { "pretrained " },
+        if args.random_init {
+            "random "
+        } else {
+            "pretrained "
+        },
         model.backbone_name(),
         report.trainable(),
         report.total(),
@@ -290,11 +294,9 @@ fn load_task(args: &FptArgs) -> Result<SequenceTask> {
                 args.seed,
             )?
         }
-        FptTaskName::Cifar10 => read_cifar10(data(1)?)?.into_task(
-            "cifar10",
-            args.patch_size.unwrap_or(4),
-            args.seed,
-        )?,
+        FptTaskName::Cifar10 => {
+            read_cifar10(data(1)?)?.into_task("cifar10", args.patch_size.unwrap_or(4), args.seed)?
+        }
     };
     let images = !matches!(
         args.task,
@@ -302,7 +304,10 @@ fn load_task(args: &FptArgs) -> Result<SequenceTask> {
     );
     if images && let Some(n) = args.train_examples {
         if n == 0 || n > task.train.len() {
-            bail!("--train-examples {n}: the split has {} training examples", task.train.len());
+            bail!(
+                "--train-examples {n}: the split has {} training examples",
+                task.train.len()
+            );
         }
         task.subsample_train(n, args.seed);
     }

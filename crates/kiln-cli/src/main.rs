@@ -2,6 +2,7 @@
 
 mod encode;
 mod fpt;
+mod pretrain;
 mod study;
 mod train;
 
@@ -38,6 +39,8 @@ enum Command {
     Study(Box<study::StudyArgs>),
     /// Frozen Pretrained Transformer on a non-language task (bits, ListOps, images).
     Fpt(Box<fpt::FptArgs>),
+    /// Causal-LM pretraining of a GPT-2 configuration on plain text; writes a HF directory.
+    Pretrain(Box<pretrain::PretrainArgs>),
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -55,6 +58,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
+        Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
         Command::Methods => {
             train::methods();
             Ok(())

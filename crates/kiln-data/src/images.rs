@@ -71,7 +71,7 @@ pub fn patches(
     channels: usize,
     patch: usize,
 ) -> Result<Vec<f32>> {
-    if patch == 0 || height % patch != 0 || width % patch != 0 {
+    if patch == 0 || !height.is_multiple_of(patch) || !width.is_multiple_of(patch) {
         return Err(DataError::InvalidInput(format!(
             "--patch-size {patch} does not tile a {height}x{width} image"
         )));
@@ -100,7 +100,7 @@ pub fn read_mnist_json(dir: &Path) -> Result<ImageSet> {
         let path = dir.join(format!("{digit}.json"));
         let text = std::fs::read_to_string(&path).map_err(|cause| io(&path, cause))?;
         let digits: Digits = serde_json::from_str(&text).map_err(|e| layout(&path, e))?;
-        if digits.data.len() % 784 != 0 {
+        if !digits.data.len().is_multiple_of(784) {
             return Err(layout(
                 &path,
                 format!("{} numbers are not whole 28x28 images", digits.data.len()),

@@ -4,6 +4,7 @@
 //! (bit memory, bit XOR, ListOps) and image readers cut into patch sequences.
 
 pub mod batch;
+pub mod corpus;
 pub mod error;
 pub mod images;
 pub mod sequence;
@@ -13,6 +14,7 @@ pub mod task;
 pub mod text;
 
 pub use batch::{TextBatch, make_batch};
+pub use corpus::{Corpus, read_corpus};
 pub use error::{DataError, Result};
 pub use images::{ImageSet, patches, read_cifar10, read_digits_csv, read_idx, read_mnist_json};
 pub use sequence::{

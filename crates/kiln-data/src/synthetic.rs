@@ -77,7 +77,7 @@ pub fn bit_xor(n: usize, patch: usize, sizes: GeneratedSizes, seed: u64) -> Resu
 }
 
 fn check_patch(n: usize, patch: usize) -> Result<()> {
-    if n == 0 || patch == 0 || n % patch != 0 {
+    if n == 0 || patch == 0 || !n.is_multiple_of(patch) {
         return Err(DataError::InvalidInput(format!(
             "--patch-size {patch} must divide the string length {n}"
         )));

@@ -127,7 +127,7 @@ impl ReadOptions {
         Ok(self)
     }
 
-    fn decode(&self, bytes: &[u8]) -> std::result::Result<String, String> {
+    pub(crate) fn decode(&self, bytes: &[u8]) -> std::result::Result<String, String> {
         match self.encoding {
             None => {
                 let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -188,14 +188,14 @@ impl RowSink {
     }
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|cause| DataError::Io {
         path: path.to_path_buf(),
         cause,
     })
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|cause| DataError::Io {
         path: dir.to_path_buf(),
         cause,

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::prompt::{
     PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens, layer_prefixes,
 };
-use crate::tunable::TunableLinear;
+use crate::tunable::{TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF BERT `config.json` that shape the model.
@@ -46,6 +46,9 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
+    /// Standard deviation of fresh weights (HF's `initializer_range`).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
 }
 
 fn default_max_positions() -> usize {
@@ -65,6 +68,9 @@ fn default_eps() -> f64 {
 }
 fn default_position_type() -> String {
     "absolute".into()
+}
+fn default_initializer_range() -> f64 {
+    0.02
 }
 
 impl BertConfig {
@@ -110,7 +116,8 @@ impl BertConfig {
         Ok(())
     }
 
-    /// A randomly initialised BERT of this shape, with pooler.
+    /// A randomly initialised BERT of this shape, with pooler, initialised as HF's
+    /// `BertModel(config)`.
     pub fn init(&self, device: &Device) -> Bert {
         let layer_norm = || {
             LayerNormConfig::new(self.hidden_size)
@@ -118,13 +125,16 @@ impl BertConfig {
                 .init(device)
         };
         let dropout = DropoutConfig::new(self.hidden_dropout_prob);
-        let linear = |d_in, d_out| TunableLinear::new(d_in, d_out, device);
+        // HF's scheme: N(0, 0.02²) weights and embeddings, zero biases.
+        let std = self.initializer_range;
+        let linear = |d_in, d_out| TunableLinear::normal(d_in, d_out, std, device);
+        let embedding = |rows, width| normal_embedding(rows, width, std, device);
         let h = self.hidden_size;
         Bert {
             embeddings: BertEmbeddings {
-                word: EmbeddingConfig::new(self.vocab_size, h).init(device),
-                position: EmbeddingConfig::new(self.max_position_embeddings, h).init(device),
-                token_type: EmbeddingConfig::new(self.type_vocab_size, h).init(device),
+                word: embedding(self.vocab_size, h),
+                position: embedding(self.max_position_embeddings, h),
+                token_type: embedding(self.type_vocab_size, h),
                 norm: layer_norm(),
                 dropout: dropout.init(),
             },

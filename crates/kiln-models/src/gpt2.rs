@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,7 @@ use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
-use crate::tunable::TunableLinear;
+use crate::tunable::{TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF GPT-2 `config.json` that shape the model.
@@ -50,6 +50,13 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default = "default_eos")]
     pub eos_token_id: usize,
+    /// Standard deviation of fresh weights (HF's `initializer_range`).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+}
+
+fn default_initializer_range() -> f64 {
+    0.02
 }
 
 fn default_act() -> Activation {
@@ -69,6 +76,35 @@ fn default_eos() -> usize {
 }
 
 impl Gpt2Config {
+    /// A configuration of the given shape with HF's defaults for the rest (GELU-new, dropout
+    /// 0.1, feed-forward 4x wide): what `kiln pretrain` trains from scratch.
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+        eos_token_id: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            activation_function: default_act(),
+            resid_pdrop: default_dropout(),
+            embd_pdrop: default_dropout(),
+            attn_pdrop: default_dropout(),
+            layer_norm_epsilon: default_eps(),
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            eos_token_id,
+            initializer_range: default_initializer_range(),
+        }
+    }
+
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = read_json(path)?;
@@ -99,7 +135,7 @@ impl Gpt2Config {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
-    /// A randomly initialised GPT-2 of this shape.
+    /// A randomly initialised GPT-2 of this shape, initialised as HF's `GPT2Model(config)`.
     pub fn init(&self, device: &Device) -> Gpt2 {
         let h = self.n_embd;
         let layer_norm = || {
@@ -107,11 +143,16 @@ impl Gpt2Config {
                 .with_epsilon(self.layer_norm_epsilon)
                 .init(device)
         };
-        let linear = |d_in, d_out| TunableLinear::new(d_in, d_out, device);
+        // HF's scheme: N(0, 0.02²) everywhere, the residual projections scaled by 1/sqrt(2L).
+        let std = self.initializer_range;
+        let linear = |d_in, d_out| TunableLinear::normal(d_in, d_out, std, device);
+        let residual_std = std / (2.0 * self.n_layer as f64).sqrt();
+        let residual = |d_in, d_out| TunableLinear::normal(d_in, d_out, residual_std, device);
+        let embedding = |rows, width| normal_embedding(rows, width, std, device);
         let head_dim = (h / self.n_head) as f64;
         Gpt2 {
-            wte: EmbeddingConfig::new(self.vocab_size, h).init(device),
-            wpe: EmbeddingConfig::new(self.n_positions, h).init(device),
+            wte: embedding(self.vocab_size, h),
+            wpe: embedding(self.n_positions, h),
             dropout: DropoutConfig::new(self.embd_pdrop).init(),
             blocks: (0..self.n_layer)
                 .map(|index| {
@@ -127,7 +168,7 @@ impl Gpt2Config {
                         ln_1: layer_norm(),
                         attention: Gpt2Attention {
                             c_attn: linear(h, 3 * h),
-                            c_proj: linear(h, h),
+                            c_proj: residual(h, h),
                             heads: self.n_head,
                             scale,
                             probs_dropout: DropoutConfig::new(self.attn_pdrop).init(),
@@ -136,7 +177,7 @@ impl Gpt2Config {
                         ln_2: layer_norm(),
                         mlp: Gpt2Mlp {
                             c_fc: linear(h, self.inner_size()),
-                            c_proj: linear(self.inner_size(), h),
+                            c_proj: residual(self.inner_size(), h),
                             activation: self.activation_function,
                             dropout: DropoutConfig::new(self.resid_pdrop).init(),
                         },

@@ -172,6 +172,10 @@ impl TextTokenizer {
     }
 
     /// Decodes ids to text (byte-level tokens become readable characters).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| self.error(e))
     }

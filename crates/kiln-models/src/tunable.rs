@@ -8,7 +8,9 @@
 //! `r·(d_in + d_out)`.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
+};
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
@@ -46,10 +48,27 @@ pub struct LowRankDelta {
     pub merged: bool,
 }
 
+/// HF's initialisation of a fresh embedding table: `N(0, std²)`.
+pub fn normal_embedding(rows: usize, width: usize, std: f64, device: &Device) -> Embedding {
+    EmbeddingConfig::new(rows, width)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
 impl TunableLinear {
     /// A randomly initialised projection, initialised as Burn's `Linear`.
     pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
         Self::from(LinearConfig::new(d_in, d_out).init(device))
+    }
+
+    /// HF's initialisation of a fresh projection: weights `N(0, std²)`, bias zero.
+    pub fn normal(d_in: usize, d_out: usize, std: f64, device: &Device) -> Self {
+        let mut linear = LinearConfig::new(d_in, d_out)
+            .with_initializer(Initializer::Normal { mean: 0.0, std })
+            .with_bias(false)
+            .init(device);
+        linear.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+        Self::from(linear)
     }
 
     pub fn d_in(&self) -> usize {

@@ -90,10 +90,14 @@ pub fn save_params_as<M: Module>(
         .iter()
         .map(|t| (t.path.as_str(), t.id.val().to_string()))
         .collect();
-    let metadata = HashMap::from([(
-        PARAM_IDS_KEY.to_string(),
-        serde_json::to_string(&ids).map_err(|e| TrainError::Invalid(e.to_string()))?,
-    )]);
+    // `format: pt` is what HF transformers asks of a safetensors file it loads.
+    let metadata = HashMap::from([
+        (
+            PARAM_IDS_KEY.to_string(),
+            serde_json::to_string(&ids).map_err(|e| TrainError::Invalid(e.to_string()))?,
+        ),
+        ("format".to_string(), "pt".to_string()),
+    ]);
     let tensors = collector
         .tensors
         .iter()

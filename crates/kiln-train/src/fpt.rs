@@ -6,7 +6,9 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use kiln_data::{InputKind, OutputKind, SequenceExample, SequenceInput, SequenceTarget, SequenceTask};
+use kiln_data::{
+    InputKind, OutputKind, SequenceExample, SequenceInput, SequenceTarget, SequenceTask,
+};
 use kiln_models::{Fpt, FptTokens};
 
 use crate::error::{Result, TrainError};
@@ -22,7 +24,9 @@ pub fn sequence_batch(
     let lengths: Vec<usize> = examples.iter().map(|e| e.input.tokens(&input)).collect();
     let (batch, seq) = (examples.len(), lengths.iter().copied().max().unwrap_or(0));
     if seq == 0 {
-        return Err(TrainError::Invalid("an FPT batch needs at least one token".into()));
+        return Err(TrainError::Invalid(
+            "an FPT batch needs at least one token".into(),
+        ));
     }
     let mask: Vec<i64> = lengths
         .iter()
@@ -38,7 +42,10 @@ pub fn sequence_batch(
                 };
                 values[row * seq * dim..row * seq * dim + v.len()].copy_from_slice(v);
             }
-            FptTokens::Vectors(Tensor::from_data(TensorData::new(values, [batch, seq, dim]), device))
+            FptTokens::Vectors(Tensor::from_data(
+                TensorData::new(values, [batch, seq, dim]),
+                device,
+            ))
         }
         InputKind::Ids { vocab } => {
             let mut ids = vec![0i64; batch * seq];
@@ -55,14 +62,19 @@ pub fn sequence_batch(
                     ids[row * seq + t] = i64::from(id);
                 }
             }
-            FptTokens::Ids(Tensor::from_data(TensorData::new(ids, [batch, seq]), device))
+            FptTokens::Ids(Tensor::from_data(
+                TensorData::new(ids, [batch, seq]),
+                device,
+            ))
         }
     };
     Ok((tokens, mask))
 }
 
 fn mismatch(expected: &str, found: &str) -> TrainError {
-    TrainError::Invalid(format!("the task's tokens are {expected}, an example holds {found}"))
+    TrainError::Invalid(format!(
+        "the task's tokens are {expected}, an example holds {found}"
+    ))
 }
 
 /// Class indices, or every bit of every example in order: what the loss compares against.

@@ -12,6 +12,7 @@ pub mod fpt;
 pub mod learner;
 pub mod memory;
 pub mod metrics;
+pub mod pretrain;
 pub mod schedule;
 pub mod trainer;
 pub mod transforms;

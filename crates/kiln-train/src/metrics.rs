@@ -47,6 +47,22 @@ impl Metrics {
         }
     }
 
+    /// A language model's held-out next-token loss; its perplexity is `exp(loss)`.
+    pub fn language_model(loss: f64) -> Self {
+        Self {
+            loss,
+            accuracy: None,
+            macro_f1: None,
+            mcc: None,
+            pearson: None,
+            spearman: None,
+        }
+    }
+
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+
     /// The metric early stopping and best-checkpoint keeping follow (higher is better):
     /// accuracy for classification, Pearson for regression.
     pub fn primary(&self) -> (&'static str, f64) {

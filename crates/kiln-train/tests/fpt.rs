@@ -74,7 +74,11 @@ fn fpt_trains_input_output_norms_and_positions_only() {
         };
         let attention = layers * 4 * (h * h + h);
         let gpt2_attention = layers * ((h * 3 * h + 3 * h) + (h * h + h));
-        let extra = if name == "bert-tiny" { attention } else { gpt2_attention };
+        let extra = if name == "bert-tiny" {
+            attention
+        } else {
+            gpt2_attention
+        };
         assert_eq!(report_of(&fpt, &with_attention), expected + extra, "{name}");
         let full = FptTuningConfig {
             full: true,
@@ -142,7 +146,12 @@ fn fpt_training_lowers_the_listops_loss() {
         let trainable = tuning.trainable_patterns(&fpt);
         let (fpt, _) = set_trainable(fpt, &trainable);
         let train: Vec<&SequenceExample> = task.train.iter().collect();
-        let loss = |m: &Fpt| m.valid().evaluate(&task, &train, &cpu(), 64).expect("eval").loss;
+        let loss = |m: &Fpt| {
+            m.valid()
+                .evaluate(&task, &train, &cpu(), 64)
+                .expect("eval")
+                .loss
+        };
         let before = loss(&fpt);
         let dir = tempfile::tempdir().expect("dir");
         let trainer = Trainer {
