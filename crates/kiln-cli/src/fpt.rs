@@ -189,22 +189,14 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     write_json(&args.out.join("run.json"), &args)?;
-    let trainer = Trainer {
-        config: TrainConfig {
-            epochs: args.epochs,
-            lr: args.lr,
-            batch_size: args.batch_size,
-            seed: args.seed,
-            ..TrainConfig::default()
-        },
-        device: train_device,
-        run_dir: args.out.clone(),
-        saved: trainable.clone(),
-        trainable,
-        progress: true,
-        epoch_limit: None,
-        child_mask: None,
+    let config = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        ..TrainConfig::default()
     };
+    let trainer = Trainer::new(config, train_device, args.out.clone(), trainable);
     let data = TaskData {
         task: &task,
         train: task.train.iter().collect(),
@@ -213,7 +205,6 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     let (model, summary) = trainer.fit(model, &data, args.resume)?;
     let test_examples: Vec<_> = task.test.iter().collect();
     let test = model.valid().evaluate(&task, &test_examples, device, 64)?;
-    let history = &summary.state.history;
     let run_summary = FptSummary {
         task: task.name.clone(),
         backbone: model.backbone_name().to_string(),
@@ -223,8 +214,7 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
         trainable_percent: report.trainable_percent(),
         validation: summary.best_validation().cloned(),
         test: test.clone(),
-        seconds_per_epoch: history.iter().map(|r| r.seconds).sum::<f64>()
-            / history.len().max(1) as f64,
+        seconds_per_epoch: summary.seconds_per_epoch(),
         peak_rss_mib: summary.peak_rss_mib,
         device: choice.to_string(),
     };

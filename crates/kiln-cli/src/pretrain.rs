@@ -156,24 +156,21 @@ pub fn pretrain(args: PretrainArgs, choice: DeviceChoice, device: &Device) -> Re
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     write_json(&args.out.join("run.json"), &args)?;
-    let trainer = Trainer {
-        config: TrainConfig {
-            epochs: args.epochs,
-            lr: args.lr,
-            batch_size: args.batch_size,
-            eval_batch_size: args.batch_size,
-            warmup_ratio: 0.05,
-            seed: args.seed,
-            ..TrainConfig::default()
-        },
-        device: train_device,
-        run_dir: args.out.clone(),
-        trainable: vec!["*".into()],
-        saved: vec!["*".into()],
-        progress: true,
-        epoch_limit: None,
-        child_mask: None,
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        eval_batch_size: args.batch_size,
+        warmup_ratio: 0.05,
+        seed: args.seed,
+        ..TrainConfig::default()
     };
+    let trainer = Trainer::new(
+        train_config,
+        train_device,
+        args.out.clone(),
+        vec!["*".into()],
+    );
     let data = TaskData {
         task: &(),
         train: train.iter().collect(),
@@ -185,7 +182,6 @@ pub fn pretrain(args: PretrainArgs, choice: DeviceChoice, device: &Device) -> Re
         .evaluate(&(), &held, device, args.batch_size)?;
     let dir = args.out.join(MODEL_DIR);
     save_hf_gpt2(&model, &config, &args.tokenizer, &dir)?;
-    let history = &summary.state.history;
     write_json(
         &args.out.join("summary.json"),
         &PretrainSummary {
@@ -196,8 +192,7 @@ pub fn pretrain(args: PretrainArgs, choice: DeviceChoice, device: &Device) -> Re
             held_out_perplexity_before: before.perplexity(),
             held_out_loss: after.loss,
             held_out_perplexity: after.perplexity(),
-            seconds_per_epoch: history.iter().map(|r| r.seconds).sum::<f64>()
-                / history.len().max(1) as f64,
+            seconds_per_epoch: summary.seconds_per_epoch(),
             device: choice.to_string(),
         },
     )?;

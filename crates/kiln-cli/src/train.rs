@@ -487,7 +487,6 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
             run.train.eval_batch_size,
         )?)
     };
-    let history = &summary.state.history;
     let run_summary = RunSummary {
         method: run.method.label(),
         trainable_params: report.trainable(),
@@ -496,8 +495,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         best_epoch: summary.state.best_epoch,
         validation: summary.best_validation().cloned(),
         test: test.clone(),
-        seconds_per_epoch: history.iter().map(|r| r.seconds).sum::<f64>()
-            / history.len().max(1) as f64,
+        seconds_per_epoch: summary.seconds_per_epoch(),
         peak_rss_mib: summary.peak_rss_mib,
         device: choice.to_string(),
     };

@@ -123,6 +123,12 @@ pub struct TrainSummary {
 }
 
 impl TrainSummary {
+    /// Mean wall time of the epochs run (training and validation).
+    pub fn seconds_per_epoch(&self) -> f64 {
+        let history = &self.state.history;
+        history.iter().map(|r| r.seconds).sum::<f64>() / history.len().max(1) as f64
+    }
+
     pub fn best_validation(&self) -> Option<&Metrics> {
         let best = self.state.best_epoch?;
         self.state
@@ -155,6 +161,25 @@ pub const BEST_DIR: &str = "best";
 pub const TRAINED_FILE: &str = "trained.safetensors";
 
 impl Trainer {
+    /// A trainer that saves what trains, shows progress and applies no gradient mask.
+    pub fn new(
+        config: TrainConfig,
+        device: Device,
+        run_dir: PathBuf,
+        trainable: Vec<String>,
+    ) -> Self {
+        Self {
+            config,
+            device,
+            run_dir,
+            saved: trainable.clone(),
+            trainable,
+            progress: true,
+            epoch_limit: None,
+            child_mask: None,
+        }
+    }
+
     /// Trains `model` and returns it as it was at the best epoch, with the run's summary. With
     /// `resume`, a run directory holding a `state.json` continues after its last complete epoch.
     pub fn fit<L: Learner>(

@@ -154,8 +154,8 @@ fn fpt_training_lowers_the_listops_loss() {
         };
         let before = loss(&fpt);
         let dir = tempfile::tempdir().expect("dir");
-        let trainer = Trainer {
-            config: TrainConfig {
+        let mut trainer = Trainer::new(
+            TrainConfig {
                 epochs: 6,
                 lr: 1e-2,
                 batch_size: 16,
@@ -163,14 +163,11 @@ fn fpt_training_lowers_the_listops_loss() {
                 seed: 4,
                 ..TrainConfig::default()
             },
-            device: device.clone(),
-            run_dir: dir.path().to_path_buf(),
-            saved: trainable.clone(),
+            device.clone(),
+            dir.path().to_path_buf(),
             trainable,
-            progress: false,
-            epoch_limit: None,
-            child_mask: None,
-        };
+        );
+        trainer.progress = false;
         let data = TaskData {
             task: &task,
             train: train.clone(),

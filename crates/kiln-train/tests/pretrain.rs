@@ -65,8 +65,8 @@ fn pretraining_lowers_held_out_perplexity_and_saves_a_loadable_checkpoint() {
     );
 
     let dir = tempfile::tempdir().expect("dir");
-    let trainer = Trainer {
-        config: TrainConfig {
+    let mut trainer = Trainer::new(
+        TrainConfig {
             epochs: 8,
             lr: 5e-3,
             batch_size: 4,
@@ -74,14 +74,11 @@ fn pretraining_lowers_held_out_perplexity_and_saves_a_loadable_checkpoint() {
             seed: 1,
             ..TrainConfig::default()
         },
-        device: device.clone(),
-        run_dir: dir.path().join("run"),
-        trainable: vec!["*".into()],
-        saved: vec!["*".into()],
-        progress: false,
-        epoch_limit: None,
-        child_mask: None,
-    };
+        device.clone(),
+        dir.path().join("run"),
+        vec!["*".into()],
+    );
+    trainer.progress = false;
     let data = TaskData {
         task: &(),
         train: train.iter().collect(),
