@@ -238,7 +238,14 @@ fn load_task(args: &FptArgs) -> Result<SequenceTask> {
     };
     let data = |count: usize| -> Result<&[PathBuf]> {
         if args.data.len() < count {
-            bail!("--task {:?} reads files: give them with --data", args.task);
+            let name = args
+                .task
+                .to_possible_value()
+                .map(|v| v.get_name().to_string());
+            bail!(
+                "--task {} reads files: give them with --data",
+                name.unwrap_or_default()
+            );
         }
         Ok(&args.data)
     };

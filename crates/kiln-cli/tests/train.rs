@@ -32,6 +32,7 @@ fn methods_lists_every_registered_method() {
         "prefix",
         "p-tuning",
         "p-tuning-v2",
+        "fpt",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),
