@@ -199,12 +199,17 @@ impl Trainer {
                 "--batch-size must be at least 1".into(),
             ));
         }
-        if let Some(decay) = config.layer_decay
-            && !(decay > 0.0 && decay <= 1.0)
-        {
-            return Err(TrainError::Invalid(format!(
-                "--layer-decay {decay}: the factor must be in (0, 1]"
-            )));
+        if let Some(decay) = config.layer_decay {
+            if !(decay > 0.0 && decay <= 1.0) {
+                return Err(TrainError::Invalid(format!(
+                    "--layer-decay {decay}: the factor must be in (0, 1]"
+                )));
+            }
+            if model.layer_rates(config.lr, decay).is_none() {
+                return Err(TrainError::Invalid(
+                    "--layer-decay: this model has no per-layer rates".into(),
+                ));
+            }
         }
         if let Some(child_tuning) = &config.child_tuning {
             child_tuning.check()?;
