@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod fpt;
 pub mod gpt2;
+pub mod long_conv;
 pub mod monarch;
 pub mod paths;
 pub mod pretrained;
