@@ -116,6 +116,22 @@ impl BertConfig {
         Ok(())
     }
 
+    /// Word, position and token-type embeddings with their norm, initialised as HF's (shared
+    /// by BERT and M2-BERT).
+    pub fn init_embeddings(&self, device: &Device) -> BertEmbeddings {
+        let embedding = |rows, width| normal_embedding(rows, width, self.initializer_range, device);
+        let h = self.hidden_size;
+        BertEmbeddings {
+            word: embedding(self.vocab_size, h),
+            position: embedding(self.max_position_embeddings, h),
+            token_type: embedding(self.type_vocab_size, h),
+            norm: LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+        }
+    }
+
     /// A randomly initialised BERT of this shape, with pooler, initialised as HF's
     /// `BertModel(config)`.
     pub fn init(&self, device: &Device) -> Bert {
@@ -128,16 +144,9 @@ impl BertConfig {
         // HF's scheme: N(0, 0.02²) weights and embeddings, zero biases.
         let std = self.initializer_range;
         let linear = |d_in, d_out| TunableLinear::normal(d_in, d_out, std, device);
-        let embedding = |rows, width| normal_embedding(rows, width, std, device);
         let h = self.hidden_size;
         Bert {
-            embeddings: BertEmbeddings {
-                word: embedding(self.vocab_size, h),
-                position: embedding(self.max_position_embeddings, h),
-                token_type: embedding(self.type_vocab_size, h),
-                norm: layer_norm(),
-                dropout: dropout.init(),
-            },
+            embeddings: self.init_embeddings(device),
             layers: (0..self.num_hidden_layers)
                 .map(|_| BertLayer {
                     attention: BertSelfAttention {
