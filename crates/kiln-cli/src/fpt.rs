@@ -142,10 +142,7 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
         Backbone::load(&args.model, &train_device)
     }
     .with_context(|| format!("loading model from {}", args.model.display()))?;
-    let positions = match &backbone {
-        Backbone::Bert(_, config) => config.max_position_embeddings,
-        Backbone::Gpt2(_, config) => config.n_positions,
-    };
+    let positions = backbone.max_positions();
     if task.max_tokens() > positions {
         bail!(
             "the task's longest example has {} tokens, the model's position table {positions}; \
@@ -161,7 +158,7 @@ pub fn fpt(args: FptArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
         .with_input_ids(input_ids)
         .with_readout_tokens(task.output.readout_tokens())
         .with_dropout(args.dropout)
-        .init(backbone, &train_device);
+        .init(backbone, &train_device)?;
     let tuning = FptTuningConfig {
         train_input: !args.freeze_input,
         train_output: !args.freeze_output,

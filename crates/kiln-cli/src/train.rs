@@ -174,6 +174,11 @@ pub struct TrainArgs {
     /// Save the whole model in checkpoints, not only what the method trains.
     #[arg(long)]
     save_full: bool,
+    /// Start from the model directory's architecture (its config.json) at random
+    /// initialisation instead of its weights (which it then need not have); checkpoints hold
+    /// every parameter.
+    #[arg(long)]
+    random_init: bool,
     /// Train on a random subset of this many training examples (drawn from --seed); validation
     /// and test stay whole.
     #[arg(long)]
@@ -264,6 +269,9 @@ pub struct RunConfig {
     pub head: HeadConfig,
     pub max_len: usize,
     pub save_full: bool,
+    /// The backbone started from random initialisation (checkpoints are then full).
+    #[serde(default)]
+    pub random_init: bool,
     /// Train on a seeded random subset of this many training examples.
     #[serde(default)]
     pub train_examples: Option<usize>,
@@ -384,8 +392,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
 
     let train_device = device.clone().autodiff();
     train_device.seed(args.seed);
-    let pretrained = Pretrained::load(&args.model, &train_device)
-        .with_context(|| format!("loading model from {}", args.model.display()))?;
+    let pretrained = load_model(&args.model, args.random_init, &train_device)?;
     if let Some(text) = &options.prompt_init_text {
         options.prompt_init_ids = pretrained
             .tokenizer
@@ -394,7 +401,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         method = MethodConfig::from_options(&args.method, &options)?;
     }
     let readout = args.readout.unwrap_or(match pretrained.backbone {
-        Backbone::Bert(..) => Readout::Mean,
+        Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
         Backbone::Gpt2(..) => Readout::Last,
     });
     let head = HeadConfig {
@@ -410,7 +417,8 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         readout,
         head,
         max_len: args.max_len,
-        save_full: args.save_full,
+        save_full: args.save_full || args.random_init,
+        random_init: args.random_init,
         train_examples: args.train_examples,
     };
     prepare_run_dir(&args.out, &run, args.resume)?;
@@ -553,6 +561,16 @@ fn child_network_fisher(
     Ok(fisher)
 }
 
+/// The model directory's backbone and tokenizer, with its weights or at random initialisation.
+fn load_model(dir: &Path, random_init: bool, device: &Device) -> Result<Pretrained> {
+    let loaded = if random_init {
+        Pretrained::random(dir, device)
+    } else {
+        Pretrained::load(dir, device)
+    };
+    loaded.with_context(|| format!("loading model from {}", dir.display()))
+}
+
 /// The model of `run` on `pretrained`'s backbone, with the method applied and the tokenizer
 /// set to the run's length.
 fn build(
@@ -670,8 +688,7 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         "test" => &task.split.test,
         other => bail!("--split {other}: expected validation or test"),
     };
-    let pretrained = Pretrained::load(&run.model, device)
-        .with_context(|| format!("loading model from {}", run.model.display()))?;
+    let pretrained = load_model(&run.model, run.random_init, device)?;
     let (model, tokenizer, _) = build(pretrained, &run, device)?;
     let weights = args.run.join(BEST_DIR).join(TRAINED_FILE);
     let (mut model, _) = kiln_train::load_params(model, &weights)?;

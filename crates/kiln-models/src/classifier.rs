@@ -18,6 +18,7 @@ use crate::adapter::{ActiveAdapter, AdapterConfig, AdapterFusion, LayerAdapters}
 use crate::bert::{Bert, BertInput};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Input};
+use crate::m2::M2Bert;
 use crate::pretrained::{Backbone, last_token_pool, mean_pool};
 use crate::prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 use crate::side::{SideConfig, SideNetwork};
@@ -113,6 +114,7 @@ pub struct NamedAdapter {
 pub struct SequenceClassifier {
     pub bert: Option<Bert>,
     pub gpt2: Option<Gpt2>,
+    pub m2: Option<M2Bert>,
     /// Side-tuning's side network, blended with the backbone's features.
     pub side: Option<SideNetwork>,
     pub head: MlpHead,
@@ -136,24 +138,30 @@ impl SequenceClassifier {
         head: HeadConfig,
         device: &Device,
     ) -> Result<Self> {
-        let (mut bert, gpt2) = match backbone {
-            Backbone::Bert(model, _) => (Some(*model), None),
-            Backbone::Gpt2(model, _) => (None, Some(*model)),
+        let (mut bert, gpt2, mut m2) = match backbone {
+            Backbone::Bert(model, _) => (Some(*model), None, None),
+            Backbone::Gpt2(model, _) => (None, Some(*model), None),
+            Backbone::M2Bert(model, _) => (None, None, Some(*model)),
         };
-        if let Some(bert) = bert.as_mut() {
+        let pooler = match (bert.as_mut(), m2.as_mut()) {
+            (Some(bert), _) => Some(&mut bert.pooler),
+            (_, Some(m2)) => Some(&mut m2.pooler),
+            _ => None,
+        };
+        if let Some(pooler) = pooler {
             if readout == Readout::Last {
                 return Err(ModelError::InvalidInput(
                     "readout `last` is for causal models; use mean, cls or pooler with BERT".into(),
                 ));
             }
-            if readout == Readout::Pooler && bert.pooler.is_none() {
+            if readout == Readout::Pooler && pooler.is_none() {
                 return Err(ModelError::InvalidInput(
                     "readout `pooler` needs a checkpoint with pooler weights; this one has none"
                         .into(),
                 ));
             }
             if readout != Readout::Pooler {
-                bert.pooler = None;
+                *pooler = None;
             }
         }
         if gpt2.is_some() && matches!(readout, Readout::Cls | Readout::Pooler) {
@@ -161,14 +169,16 @@ impl SequenceClassifier {
                 "readout `{readout:?}` needs a [CLS] token; use last or mean with GPT-2"
             )));
         }
-        let width = match (&bert, &gpt2) {
-            (Some(bert), _) => bert.hidden_size(),
-            (_, Some(gpt2)) => gpt2.hidden_size(),
+        let width = match (&bert, &gpt2, &m2) {
+            (Some(bert), _, _) => bert.hidden_size(),
+            (_, Some(gpt2), _) => gpt2.hidden_size(),
+            (_, _, Some(m2)) => m2.hidden_size(),
             _ => unreachable!("one backbone was set above"),
         };
         Ok(Self {
             bert,
             gpt2,
+            m2,
             side: None,
             head: head.init(width, device)?,
             readout,
@@ -194,6 +204,17 @@ impl SequenceClassifier {
     }
 
     fn backbone_features(&self, input: BertInput) -> Tensor<2> {
+        if let Some(m2) = &self.m2 {
+            let hidden = m2.forward(input.input_ids, input.token_type_ids);
+            return match (self.readout, &m2.pooler) {
+                (Readout::Pooler, Some(pooler)) => pooler.forward(hidden),
+                (Readout::Mean, _) => mean_pool(hidden, input.attention_mask),
+                (_, _) => {
+                    let [batch, _, width] = hidden.dims();
+                    hidden.slice_dim(1, 0..1).reshape([batch, width])
+                }
+            };
+        }
         if let Some(bert) = &self.bert {
             let out = bert.forward(input);
             return match (self.readout, out.pooled) {
@@ -222,49 +243,56 @@ impl SequenceClassifier {
         }
     }
 
-    /// `bert` or `gpt2`: the first segment of every backbone parameter path.
+    /// `bert`, `gpt2` or `m2`: the first segment of every backbone parameter path.
     pub fn backbone_name(&self) -> &'static str {
-        if self.bert.is_some() { "bert" } else { "gpt2" }
+        match (&self.bert, &self.gpt2) {
+            (Some(_), _) => "bert",
+            (_, Some(_)) => "gpt2",
+            _ => "m2",
+        }
     }
 
     pub fn num_layers(&self) -> usize {
-        match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.layers.len(),
-            (_, Some(gpt2)) => gpt2.blocks.len(),
+        match (&self.bert, &self.gpt2, &self.m2) {
+            (Some(bert), _, _) => bert.layers.len(),
+            (_, Some(gpt2), _) => gpt2.blocks.len(),
+            (_, _, Some(m2)) => m2.layers.len(),
             _ => 0,
         }
     }
 
-    /// Path of transformer layer `i`: `bert.layers.i` or `gpt2.blocks.i`.
+    /// Path of layer `i`: `bert.layers.i`, `gpt2.blocks.i` or `m2.layers.i`.
     pub fn layer_path(&self, i: usize) -> String {
-        match self.bert {
-            Some(_) => format!("bert.layers.{i}"),
-            None => format!("gpt2.blocks.{i}"),
+        match self.backbone_name() {
+            "gpt2" => format!("gpt2.blocks.{i}"),
+            name => format!("{name}.layers.{i}"),
         }
     }
 
     /// Backbone modules above the last layer (they see only what the last layer gives them).
     pub fn top_paths(&self) -> Vec<String> {
-        match &self.bert {
-            Some(bert) if bert.pooler.is_some() => vec!["bert.pooler".into()],
-            Some(_) => Vec::new(),
-            None => vec!["gpt2.ln_f".into()],
+        match (&self.bert, &self.gpt2, &self.m2) {
+            (Some(bert), _, _) if bert.pooler.is_some() => vec!["bert.pooler".into()],
+            (_, _, Some(m2)) if m2.pooler.is_some() => vec!["m2.pooler".into()],
+            (_, Some(_), _) => vec!["gpt2.ln_f".into()],
+            _ => Vec::new(),
         }
     }
 
     pub fn hidden_size(&self) -> usize {
-        match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.hidden_size(),
-            (_, Some(gpt2)) => gpt2.hidden_size(),
+        match (&self.bert, &self.gpt2, &self.m2) {
+            (Some(bert), _, _) => bert.hidden_size(),
+            (_, Some(gpt2), _) => gpt2.hidden_size(),
+            (_, _, Some(m2)) => m2.hidden_size(),
             _ => unreachable!("a classifier always holds a backbone"),
         }
     }
 
     /// Patterns of every layer-norm parameter of the backbone.
     pub fn norm_patterns(&self) -> Vec<String> {
-        match self.bert {
-            Some(_) => vec!["bert.*norm.*".into()],
-            None => vec!["gpt2.*ln_*".into()],
+        match self.backbone_name() {
+            "gpt2" => vec!["gpt2.*ln_*".into()],
+            name => vec![format!("{name}.*norm.*")],
         }
     }
 
@@ -285,9 +313,10 @@ impl SequenceClassifier {
     }
 
     fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
-        match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => bert.layers.iter_mut().map(|l| &mut l.adapters).collect(),
-            (_, Some(gpt2)) => gpt2.blocks.iter_mut().map(|b| &mut b.adapters).collect(),
+        match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
+            (Some(bert), _, _) => bert.layers.iter_mut().map(|l| &mut l.adapters).collect(),
+            (_, Some(gpt2), _) => gpt2.blocks.iter_mut().map(|b| &mut b.adapters).collect(),
+            (_, _, Some(m2)) => m2.layers.iter_mut().map(|l| &mut l.adapters).collect(),
             _ => Vec::new(),
         }
     }
@@ -311,6 +340,9 @@ impl SequenceClassifier {
             return Err(ModelError::InvalidInput(
                 "an adapter bottleneck must be at least 1 wide".into(),
             ));
+        }
+        if config.prefix_len > 0 && self.m2.is_some() {
+            return Err(no_attention("attention prefixes"));
         }
         let width = self.hidden_size();
         let device = self.head.output.weight.lazy_device();
@@ -343,9 +375,10 @@ impl SequenceClassifier {
 
     /// The active adapter's name, `None` when adapters are off or fused.
     pub fn active_adapter(&self) -> Option<&str> {
-        let slots = match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.layers.first()?.adapters.as_ref(),
-            (_, Some(gpt2)) => gpt2.blocks.first()?.adapters.as_ref(),
+        let slots = match (&self.bert, &self.gpt2, &self.m2) {
+            (Some(bert), _, _) => bert.layers.first()?.adapters.as_ref(),
+            (_, Some(gpt2), _) => gpt2.blocks.first()?.adapters.as_ref(),
+            (_, _, Some(m2)) => m2.layers.first()?.adapters.as_ref(),
             _ => None,
         }?;
         match slots.active {
@@ -388,7 +421,8 @@ impl SequenceClassifier {
             !c.after_feed_forward || c.after_attention || c.parallel || c.prefix_len > 0
         }) {
             return Err(ModelError::InvalidInput(format!(
-                "adapter `{}` is not a feed-forward (Pfeiffer) adapter; AdapterFusion mixes                  adapters that sit after the feed-forward only",
+                "adapter `{}` is not a feed-forward (Pfeiffer) adapter; AdapterFusion mixes \
+                 adapters that sit after the feed-forward only",
                 adapter.name
             )));
         }
@@ -421,9 +455,10 @@ impl SequenceClassifier {
     }
 
     fn word_embedding(&self) -> &Embedding {
-        match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => &bert.embeddings.word,
-            (_, Some(gpt2)) => &gpt2.wte,
+        match (&self.bert, &self.gpt2, &self.m2) {
+            (Some(bert), _, _) => &bert.embeddings.word,
+            (_, Some(gpt2), _) => &gpt2.wte,
+            (_, _, Some(m2)) => &m2.embeddings.word,
             _ => unreachable!("a classifier always holds a backbone"),
         }
     }
@@ -454,20 +489,21 @@ impl SequenceClassifier {
         match (&mut self.bert, &mut self.gpt2) {
             (Some(bert), _) => bert.prompt = Some(prompt),
             (_, Some(gpt2)) => gpt2.prompt = Some(prompt),
-            _ => unreachable!("a classifier always holds a backbone"),
+            _ => return Err(no_attention("virtual tokens")),
         }
         Ok(())
     }
 
     /// Puts prefix tuning's reparameterisation (`len` rows, MLP width `mid`) on every layer.
-    pub fn add_prefix_encoder(&mut self, len: usize, mid: usize) {
+    pub fn add_prefix_encoder(&mut self, len: usize, mid: usize) -> Result<()> {
         let device = self.head.output.weight.lazy_device();
         let encoder = PrefixEncoder::new(len, self.hidden_size(), mid, self.num_layers(), &device);
         match (&mut self.bert, &mut self.gpt2) {
             (Some(bert), _) => bert.prefix_encoder = Some(encoder),
             (_, Some(gpt2)) => gpt2.prefix_encoder = Some(encoder),
-            _ => unreachable!("a classifier always holds a backbone"),
+            _ => return Err(no_attention("attention prefixes")),
         }
+        Ok(())
     }
 
     /// Replaces the prefix encoder by the prefixes it computes, as a prefix-only adapter called
@@ -506,9 +542,10 @@ impl SequenceClassifier {
     }
 
     fn adapter_drop_state(&mut self) -> &mut crate::adapter::AdapterDropState {
-        match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => &mut bert.adapter_drop,
-            (_, Some(gpt2)) => &mut gpt2.adapter_drop,
+        match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
+            (Some(bert), _, _) => &mut bert.adapter_drop,
+            (_, Some(gpt2), _) => &mut gpt2.adapter_drop,
+            (_, _, Some(m2)) => &mut m2.adapter_drop,
             _ => unreachable!("a classifier always holds a backbone"),
         }
     }
@@ -526,9 +563,10 @@ impl SequenceClassifier {
     /// Every backbone projection with its full path (`bert.layers.0.attention.query`).
     pub fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
         let prefix = self.backbone_name();
-        let found = match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => bert.projections_mut(),
-            (_, Some(gpt2)) => gpt2.projections_mut(),
+        let found = match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
+            (Some(bert), _, _) => bert.projections_mut(),
+            (_, Some(gpt2), _) => gpt2.projections_mut(),
+            (_, _, Some(m2)) => m2.projections_mut(),
             _ => Vec::new(),
         };
         found
@@ -550,4 +588,12 @@ impl SequenceClassifier {
             projection.unmerge_lora();
         }
     }
+}
+
+/// M2-BERT mixes tokens with convolutions: it has no attention to give prefixes or to let
+/// virtual tokens act through.
+fn no_attention(what: &str) -> ModelError {
+    ModelError::InvalidInput(format!(
+        "{what} need attention layers; M2-BERT mixes tokens with long convolutions instead"
+    ))
 }

@@ -23,11 +23,17 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 pub enum ModelKind {
     Bert,
     Gpt2,
+    /// Monarch Mixer BERT: `model_type` `bert` with the M2 fields (`hyena_filter_order`, ...).
+    M2Bert,
 }
 
 #[derive(serde::Deserialize)]
 struct ModelTypeOnly {
     model_type: Option<String>,
+    #[serde(default)]
+    monarch_mixer_sequence_mixing: Option<bool>,
+    #[serde(default)]
+    hyena_filter_order: Option<usize>,
 }
 
 impl ModelKind {
@@ -36,6 +42,12 @@ impl ModelKind {
         let path = dir.join("config.json");
         let header: ModelTypeOnly = read_json(&path)?;
         match header.model_type.as_deref() {
+            Some("bert")
+                if header.monarch_mixer_sequence_mixing == Some(true)
+                    || header.hyena_filter_order.is_some() =>
+            {
+                Ok(ModelKind::M2Bert)
+            }
             Some("bert") => Ok(ModelKind::Bert),
             Some("gpt2") => Ok(ModelKind::Gpt2),
             Some(other) => Err(ModelError::UnsupportedModel {

@@ -56,7 +56,7 @@ pub enum FptTokens {
 }
 
 impl FptConfig {
-    pub fn init(&self, backbone: Backbone, device: &Device) -> Fpt {
+    pub fn init(&self, backbone: Backbone, device: &Device) -> crate::Result<Fpt> {
         let (bert, gpt2, width) = match backbone {
             Backbone::Bert(bert, _) => {
                 let mut bert = *bert;
@@ -68,6 +68,11 @@ impl FptConfig {
             Backbone::Gpt2(gpt2, _) => {
                 let width = gpt2.hidden_size();
                 (None, Some(*gpt2), width)
+            }
+            Backbone::M2Bert(..) => {
+                return Err(crate::ModelError::InvalidInput(
+                    "FPT runs on BERT and GPT-2 backbones, not M2-BERT".into(),
+                ));
             }
         };
         let (input_projection, input_embedding) = if self.input_ids {
@@ -84,7 +89,7 @@ impl FptConfig {
             projection.bias = Some(Param::from_tensor(Tensor::zeros([width], device)));
             (Some(projection), None)
         };
-        Fpt {
+        Ok(Fpt {
             input_projection,
             input_embedding,
             input_dropout: DropoutConfig::new(self.dropout).init(),
@@ -92,7 +97,7 @@ impl FptConfig {
             gpt2,
             output: LinearConfig::new(width, self.outputs_per_token).init(device),
             readout_tokens: self.readout_tokens,
-        }
+        })
     }
 }
 

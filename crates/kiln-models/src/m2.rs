@@ -11,6 +11,8 @@
 //! every input to `max_position_embeddings` and so should a user who wants its outputs.
 
 use std::f64::consts::PI;
+use std::path::Path;
+use std::sync::OnceLock;
 
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -20,10 +22,13 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::bert::{BertConfig, BertEmbeddings, BertPooler};
+use crate::config::read_json;
 use crate::long_conv::long_conv;
 use crate::monarch::{BlockDiagonal, BlockDiagonalConfig};
 use crate::tunable::TunableLinear;
+use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// A HF M2-BERT `config.json`: BERT's fields and the Monarch Mixer ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +135,7 @@ impl M2BertConfig {
                         dropout: DropoutConfig::new(self.bert.hidden_dropout_prob).init(),
                         glu: self.use_glu_mlp,
                     },
+                    adapters: None,
                 })
             })
             .collect::<crate::Result<Vec<_>>>()?;
@@ -139,6 +145,7 @@ impl M2BertConfig {
             pooler: Some(BertPooler {
                 dense: TunableLinear::normal(h, h, std, device),
             }),
+            adapter_drop: AdapterDropState::default(),
         })
     }
 
@@ -387,7 +394,7 @@ pub struct M2Mlp {
 }
 
 impl M2Mlp {
-    pub fn forward(&self, z: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, z: Tensor<3>, adapters: Option<&LayerAdapters>) -> Tensor<3> {
         let g = self.gated.forward(z.clone());
         let inner = if self.glu {
             let half = g.dims()[2] / 2;
@@ -395,7 +402,10 @@ impl M2Mlp {
         } else {
             gelu(g)
         };
-        let out = self.output.forward(self.dropout.forward(inner));
+        let mut out = self.output.forward(self.dropout.forward(inner));
+        if let Some(adapters) = adapters {
+            out = adapters.around_feed_forward(z.clone(), out);
+        }
         self.norm.forward(out + z)
     }
 }
@@ -404,11 +414,20 @@ impl M2Mlp {
 pub struct M2Layer {
     pub mixer: M2SequenceMixer,
     pub mlp: M2Mlp,
+    /// Adapter slots (see [`crate::adapter`]): after the mixer, and around the MLP as BERT's
+    /// feed-forward; `None` for a plain layer.
+    pub adapters: Option<LayerAdapters>,
 }
 
 impl M2Layer {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.mlp.forward(self.mixer.forward(x))
+    /// With `adapters_on` false the layer runs as the plain backbone (AdapterDrop).
+    pub fn forward(&self, x: Tensor<3>, adapters_on: bool) -> Tensor<3> {
+        let adapters = self.adapters.as_ref().filter(|_| adapters_on);
+        let mut mixed = self.mixer.forward(x);
+        if let Some(adapters) = adapters {
+            mixed = adapters.after_attention(mixed);
+        }
+        self.mlp.forward(mixed, adapters)
     }
 }
 
@@ -417,14 +436,17 @@ pub struct M2Bert {
     pub embeddings: BertEmbeddings,
     pub layers: Vec<M2Layer>,
     pub pooler: Option<BertPooler>,
+    #[module(skip)]
+    pub adapter_drop: AdapterDropState,
 }
 
 impl M2Bert {
     /// Last hidden state `[batch, seq, hidden]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
         let mut hidden = self.embeddings.forward(input_ids, token_type_ids);
-        for layer in &self.layers {
-            hidden = layer.forward(hidden);
+        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(hidden, i >= skipped);
         }
         hidden
     }
@@ -432,6 +454,167 @@ impl M2Bert {
     pub fn hidden_size(&self) -> usize {
         self.embeddings.word.weight.shape().dims::<2>()[1]
     }
+
+    /// Loads a M2-BERT directory (the reference's `config.json` and its state dict, as
+    /// safetensors or `pytorch_model.bin`, with or without the `bert.` / `model.bert.` prefix).
+    /// Buffers the reference keeps in its checkpoints (`pos_emb.t`, `modulation.deltas`,
+    /// `position_ids`, FlashFFTConv's) are recomputed or unused, and heads are skipped.
+    pub fn from_pretrained(dir: &Path, device: &Device) -> crate::Result<(Self, M2BertConfig)> {
+        let path = dir.join("config.json");
+        let config: M2BertConfig = read_json(&path)?;
+        let mut weights = WeightFile::from_dir(dir)?;
+        weights.strip_prefix("model.");
+        weights.strip_prefix("bert.");
+        if !config.use_monarch_mlp {
+            // A dense MLP is the one-block case: `[out, in]` becomes `[1, out, in]`.
+            for i in 0..config.bert.num_hidden_layers {
+                for name in ["gated_layers", "wo"] {
+                    weights.add_leading_axis(&format!("encoder.layer.{i}.mlp.{name}.weight"));
+                }
+            }
+        }
+        let mut model = config.init(device)?;
+        if !weights.contains("pooler.dense.weight") {
+            model.pooler = None;
+        }
+        let model = weights.load_into(model, m2_keys())?;
+        Ok((model, config))
+    }
+
+    /// Every projection with its parameter path (`layers.3.mixer.in_linear`, `pooler.dense`).
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        let mut found = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let mixer = &mut layer.mixer;
+            found.push((format!("layers.{i}.mixer.in_linear"), &mut mixer.in_linear));
+            found.push((
+                format!("layers.{i}.mixer.out_linear"),
+                &mut mixer.out_linear,
+            ));
+        }
+        if let Some(pooler) = self.pooler.as_mut() {
+            found.push(("pooler.dense".to_string(), &mut pooler.dense));
+        }
+        found
+    }
+}
+
+/// kiln parameter path → M2-BERT state-dict name (after the `bert.` prefix).
+pub fn m2_keys() -> KeyTable {
+    static TABLE: OnceLock<Vec<KeyMapping>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut rows: Vec<(String, String, Layout)> = Vec::new();
+        let mut row = |kiln: &str, hf: &str, layout| rows.push((kiln.into(), hf.into(), layout));
+        for (kiln, hf) in [
+            ("word", "word_embeddings"),
+            ("position", "position_embeddings"),
+            ("token_type", "token_type_embeddings"),
+        ] {
+            row(
+                &format!("embeddings.{kiln}.weight"),
+                &format!("embeddings.{hf}.weight"),
+                Layout::Same,
+            );
+        }
+        row(
+            "embeddings.norm.gamma",
+            "embeddings.LayerNorm.weight",
+            Layout::Same,
+        );
+        row(
+            "embeddings.norm.beta",
+            "embeddings.LayerNorm.bias",
+            Layout::Same,
+        );
+        row(
+            "pooler.dense.weight",
+            "pooler.dense.weight",
+            Layout::Transposed,
+        );
+        row("pooler.dense.bias", "pooler.dense.bias", Layout::Same);
+        let layer = |part: &str| format!("layers.{{i}}.{part}");
+        let hf_layer = |part: &str| format!("encoder.layer.{{i}}.{part}");
+        for (kiln, hf) in [
+            ("mixer.norm", "attention.layernorm"),
+            ("mlp.norm", "mlp.layernorm"),
+        ] {
+            row(
+                &layer(&format!("{kiln}.gamma")),
+                &hf_layer(&format!("{hf}.weight")),
+                Layout::Same,
+            );
+            row(
+                &layer(&format!("{kiln}.beta")),
+                &hf_layer(&format!("{hf}.bias")),
+                Layout::Same,
+            );
+        }
+        for (kiln, hf) in [("in_linear", "in_linear"), ("out_linear", "out_linear")] {
+            row(
+                &layer(&format!("mixer.{kiln}.weight")),
+                &hf_layer(&format!("attention.{hf}.weight")),
+                Layout::Transposed,
+            );
+            row(
+                &layer(&format!("mixer.{kiln}.bias")),
+                &hf_layer(&format!("attention.{hf}.bias")),
+                Layout::Same,
+            );
+        }
+        row(
+            &layer("mixer.short_weight"),
+            &hf_layer("attention.short_filter.weight"),
+            Layout::Same,
+        );
+        row(
+            &layer("mixer.short_bias"),
+            &hf_layer("attention.short_filter.bias"),
+            Layout::Same,
+        );
+        for (kiln, hf) in [("filter", "filter_fn"), ("residual_filter", "filter_fn2")] {
+            let k = |part: &str| layer(&format!("mixer.{kiln}.{part}"));
+            let h = |part: &str| hf_layer(&format!("attention.{hf}.{part}"));
+            row(&k("z"), &h("pos_emb.z"), Layout::Same);
+            row(&k("freq"), &h("implicit_filter.1.freq"), Layout::Same);
+            row(&k("bias"), &h("bias"), Layout::Same);
+            for (mlp, hf_mlp) in [
+                ("forward", "implicit_filter"),
+                ("reverse", "implicit_filter_rev"),
+            ] {
+                // The reference's Sequential interleaves Sin modules: Linear k sits at 2k.
+                for index in 0..4 {
+                    let at = |p: &str| k(&format!("{mlp}.layers.{index}.{p}"));
+                    let hf_at = |p: &str| h(&format!("{hf_mlp}.{}.{p}", 2 * index));
+                    row(&at("weight"), &hf_at("weight"), Layout::Transposed);
+                    if index < 3 {
+                        row(&at("bias"), &hf_at("bias"), Layout::Same);
+                    }
+                }
+            }
+        }
+        row(
+            &layer("mlp.gated.weight"),
+            &hf_layer("mlp.gated_layers.weight"),
+            Layout::Same,
+        );
+        row(
+            &layer("mlp.output.weight"),
+            &hf_layer("mlp.wo.weight"),
+            Layout::Same,
+        );
+        row(
+            &layer("mlp.output.bias"),
+            &hf_layer("mlp.wo.bias"),
+            Layout::Same,
+        );
+        rows.into_iter()
+            .map(|(kiln, hf, layout)| KeyMapping {
+                kiln: kiln.leak(),
+                hf: hf.leak(),
+                layout,
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::bert::{Bert, BertConfig};
 use crate::config::ModelKind;
+use crate::config::read_json;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::m2::{M2Bert, M2BertConfig};
 use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer};
 
 /// One of kiln's backbones with its HF config.
@@ -15,6 +17,7 @@ use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer
 pub enum Backbone {
     Bert(Box<Bert>, BertConfig),
     Gpt2(Box<Gpt2>, Gpt2Config),
+    M2Bert(Box<M2Bert>, M2BertConfig),
 }
 
 /// A backbone and its tokenizer, loaded from one directory.
@@ -25,6 +28,23 @@ pub struct Pretrained {
 }
 
 impl Backbone {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Backbone::Bert(..) => ModelKind::Bert,
+            Backbone::Gpt2(..) => ModelKind::Gpt2,
+            Backbone::M2Bert(..) => ModelKind::M2Bert,
+        }
+    }
+
+    /// The longest input the position table allows.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Backbone::Bert(_, config) => config.max_position_embeddings,
+            Backbone::Gpt2(_, config) => config.n_positions,
+            Backbone::M2Bert(_, config) => config.bert.max_position_embeddings,
+        }
+    }
+
     /// The backbone of a HF directory with its weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         Ok(match ModelKind::detect(dir)? {
@@ -35,6 +55,10 @@ impl Backbone {
             ModelKind::Gpt2 => {
                 let (model, config) = Gpt2::from_pretrained(dir, device)?;
                 Backbone::Gpt2(Box::new(model), config)
+            }
+            ModelKind::M2Bert => {
+                let (model, config) = M2Bert::from_pretrained(dir, device)?;
+                Backbone::M2Bert(Box::new(model), config)
             }
         })
     }
@@ -52,15 +76,26 @@ impl Backbone {
                 let config = Gpt2Config::from_file(&path)?;
                 Backbone::Gpt2(Box::new(config.init(device)), config)
             }
+            ModelKind::M2Bert => {
+                let config: M2BertConfig = read_json(&path)?;
+                Backbone::M2Bert(Box::new(config.init(device)?), config)
+            }
         })
     }
 }
 
 impl Pretrained {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let kind = ModelKind::detect(dir)?;
-        let backbone = Backbone::load(dir, device)?;
-        let tokenizer = TextTokenizer::from_dir(dir, kind)?;
+        Self::with_backbone(dir, Backbone::load(dir, device)?)
+    }
+
+    /// The directory's architecture at random initialisation, with its tokenizer.
+    pub fn random(dir: &Path, device: &Device) -> Result<Self> {
+        Self::with_backbone(dir, Backbone::random(dir, device)?)
+    }
+
+    fn with_backbone(dir: &Path, backbone: Backbone) -> Result<Self> {
+        let tokenizer = TextTokenizer::from_dir(dir, backbone.kind())?;
         let mut model = Self {
             dir: dir.to_path_buf(),
             backbone,
@@ -74,17 +109,11 @@ impl Pretrained {
 
     /// The longest input the position table allows.
     pub fn max_positions(&self) -> usize {
-        match &self.backbone {
-            Backbone::Bert(_, config) => config.max_position_embeddings,
-            Backbone::Gpt2(_, config) => config.n_positions,
-        }
+        self.backbone.max_positions()
     }
 
     pub fn kind(&self) -> ModelKind {
-        match self.backbone {
-            Backbone::Bert(..) => ModelKind::Bert,
-            Backbone::Gpt2(..) => ModelKind::Gpt2,
-        }
+        self.backbone.kind()
     }
 
     /// Last hidden state `[batch, seq, hidden]` of an encoded batch.
@@ -92,6 +121,10 @@ impl Pretrained {
         match &self.backbone {
             Backbone::Bert(model, _) => model.forward(batch.bert_input(device)).last_hidden_state,
             Backbone::Gpt2(model, _) => model.forward(batch.gpt2_input(device)),
+            Backbone::M2Bert(model, _) => {
+                let input = batch.bert_input(device);
+                model.forward(input.input_ids, input.token_type_ids)
+            }
         }
     }
 }

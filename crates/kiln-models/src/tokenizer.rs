@@ -89,12 +89,12 @@ impl TextTokenizer {
             (inner, json)
         } else {
             match kind {
-                ModelKind::Bert => wordpiece(dir)?,
+                ModelKind::Bert | ModelKind::M2Bert => wordpiece(dir)?,
                 ModelKind::Gpt2 => byte_level_bpe(dir)?,
             }
         };
         let pad_token = match kind {
-            ModelKind::Bert => "[PAD]",
+            ModelKind::Bert | ModelKind::M2Bert => "[PAD]",
             // GPT-2 has no pad token: pad with end-of-text and mask it out.
             ModelKind::Gpt2 => "<|endoftext|>",
         };

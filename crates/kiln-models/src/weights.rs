@@ -156,6 +156,13 @@ impl WeightFile {
         }
     }
 
+    /// Gives the matrix `name` a leading axis of one (`[a, b]` → `[1, a, b]`), if present.
+    pub fn add_leading_axis(&mut self, name: &str) {
+        if let Some(tensor) = self.tensors.get_mut(name).filter(|t| t.shape.len() == 2) {
+            tensor.shape.insert(0, 1);
+        }
+    }
+
     /// Fills every float parameter of `module` from this file through `table`.
     ///
     /// Fails on the first parameter the table does not know, a tensor the file lacks, or a

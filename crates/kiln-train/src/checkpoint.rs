@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
 use kiln_models::paths::{ParamMapper, ParamVisitor, map_params, visit_params};
+use kiln_models::weights::{KeyTable, Layout, hf_name_for};
 use kiln_tuning::glob_match;
 
 use crate::error::{Result, TrainError};
@@ -80,6 +81,27 @@ pub fn save_params_as<M: Module>(
     path: &Path,
     key: impl Fn(&str) -> Option<String>,
 ) -> Result<usize> {
+    save_params_laid_out(model, path, |p| key(p).map(|name| (name, Layout::Same)))
+}
+
+/// Saves every parameter `table` names under its HF name (after `prefix`) and in HF's layout
+/// (PyTorch's `[out, in]` for linear weights): a state dict transformers reads.
+pub fn save_params_hf<M: Module>(
+    model: &M,
+    path: &Path,
+    table: KeyTable,
+    prefix: &str,
+) -> Result<usize> {
+    save_params_laid_out(model, path, |p| {
+        hf_name_for(table, p).map(|(name, layout)| (format!("{prefix}{name}"), layout))
+    })
+}
+
+fn save_params_laid_out<M: Module>(
+    model: &M,
+    path: &Path,
+    key: impl Fn(&str) -> Option<(String, Layout)>,
+) -> Result<usize> {
     let mut collector = Collector {
         key,
         tensors: Vec::new(),
@@ -118,12 +140,15 @@ struct Collector<F> {
     tensors: Vec<SavedTensor>,
 }
 
-impl<F: Fn(&str) -> Option<String>> ParamVisitor for Collector<F> {
+impl<F: Fn(&str) -> Option<(String, Layout)>> ParamVisitor for Collector<F> {
     fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
-        let Some(key) = (self.key)(path) else {
+        let Some((key, layout)) = (self.key)(path) else {
             return;
         };
-        let value = param.val();
+        let value = match layout {
+            Layout::Transposed if D == 2 => param.val().swap_dims(0, 1),
+            _ => param.val(),
+        };
         let shape = value.dims().to_vec();
         let floats: Vec<f32> = value
             .into_data()

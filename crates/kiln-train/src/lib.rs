@@ -20,7 +20,9 @@ pub mod transforms;
 pub use adapters::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, load_adapter, save_adapter,
 };
-pub use checkpoint::{load_params, load_params_as, save_params, save_params_as, write_atomically};
+pub use checkpoint::{
+    load_params, load_params_as, save_params, save_params_as, save_params_hf, write_atomically,
+};
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Result, TrainError};
 pub use learner::{Learner, TextTask};

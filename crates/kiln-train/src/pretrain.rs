@@ -10,10 +10,9 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use kiln_models::gpt2::GPT2_KEYS;
-use kiln_models::weights::hf_name_for;
 use kiln_models::{Gpt2, Gpt2Config, Gpt2Input};
 
-use crate::checkpoint::{save_params_as, write_atomically};
+use crate::checkpoint::{save_params_hf, write_atomically};
 use crate::error::{Result, TrainError};
 use crate::learner::Learner;
 use crate::metrics::Metrics;
@@ -122,10 +121,7 @@ pub fn save_hf_gpt2(
     let text =
         serde_json::to_string_pretty(&json).map_err(|e| TrainError::Invalid(e.to_string()))?;
     write_atomically(&out.join("config.json"), text.as_bytes())?;
-    // Every GPT-2 tensor keeps its layout (Conv1D weights are `[in, out]` on both sides).
-    save_params_as(model, &out.join("model.safetensors"), |path| {
-        hf_name_for(GPT2_KEYS, path).map(|(name, _)| name)
-    })?;
+    save_params_hf(model, &out.join("model.safetensors"), GPT2_KEYS, "")?;
     for (names, target) in [
         (["vocab.json", "encoder.json"], "vocab.json"),
         (["merges.txt", "vocab.bpe"], "merges.txt"),

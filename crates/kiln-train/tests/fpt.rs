@@ -33,6 +33,7 @@ fn model(name: &str, task: &SequenceTask, device: &Device) -> Fpt {
         .with_input_ids(ids)
         .with_readout_tokens(task.output.readout_tokens())
         .init(backbone, device)
+        .expect("FPT model")
 }
 
 fn sizes(train: usize) -> GeneratedSizes {

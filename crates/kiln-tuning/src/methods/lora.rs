@@ -5,7 +5,8 @@
 //!
 //! Targets are projection names matched as peft matches `target_modules`: a projection path
 //! equal to a target or ending in `.target` (`query`, `value`, `attention.output`, `c_attn`).
-//! Default targets are peft's: `query`, `value` for BERT, `c_attn` for GPT-2. Trainable
+//! Default targets are peft's: `query`, `value` for BERT, `c_attn` for GPT-2 (M2-BERT: its mixer's
+//! `in_linear`, `out_linear`). Trainable
 //! parameters: `Σ_targets r·(d_in + d_out) + h·c + c`; for BERT with query and value,
 //! `L·2·r·2h = 4·L·r·h`.
 
@@ -41,6 +42,8 @@ impl LoraConfig {
         match &self.targets {
             Some(targets) => targets.clone(),
             None if model.bert.is_some() => vec!["query".into(), "value".into()],
+            // M2-BERT's mixer projections, the places attention's would be.
+            None if model.m2.is_some() => vec!["in_linear".into(), "out_linear".into()],
             None => vec!["c_attn".into()],
         }
     }

@@ -50,7 +50,7 @@ impl Method for PrefixTuningConfig {
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
-        model.add_prefix_encoder(self.len, self.hidden);
+        model.add_prefix_encoder(self.len, self.hidden)?;
         Ok(())
     }
 
