@@ -55,6 +55,7 @@ pub fn layer_decayed(model: &SequenceClassifier, lr: f64, decay: f64) -> ModuleL
     };
     let embeddings = match model.backbone_name() {
         "bert" => r"^bert\.embeddings\.",
+        "m2" => r"^m2\.embeddings\.",
         _ => r"^gpt2\.(wte|wpe)\.",
     };
     let mut scheduler = ModuleLrScheduler::new(ConstantLr::from(lr)).with_group(
