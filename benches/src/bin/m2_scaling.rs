@@ -69,7 +69,11 @@ fn main() {
     let (mut attention_points, mut mixer_points) = (Vec::new(), Vec::new());
     for len in [256usize, 512, 1024, 2048, 4096] {
         let (bert, m2) = models(width, len, &device);
-        let x = Tensor::<3>::random([1, len, width], burn::tensor::Distribution::Default, &device);
+        let x = Tensor::<3>::random(
+            [1, len, width],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
         let mask = Tensor::<2, Int>::ones([1, len], &device);
         let bias = padding_bias(&mask);
         let attention = &bert.layers[0].attention;
@@ -97,12 +101,20 @@ fn main() {
     let (mut dense_points, mut monarch_points) = (Vec::new(), Vec::new());
     for width in [256usize, 512, 768, 1024] {
         let (bert, m2) = models(width, len, &device);
-        let x = Tensor::<3>::random([1, len, width], burn::tensor::Distribution::Default, &device);
+        let x = Tensor::<3>::random(
+            [1, len, width],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
         let layer = &bert.layers[0];
         let mlp = &m2.layers[0].mlp;
         let d = time_ms(runs, || {
-            let inner = layer.activation.forward(layer.intermediate.forward(x.clone()));
-            let out = layer.output_norm.forward(layer.output.forward(inner) + x.clone());
+            let inner = layer
+                .activation
+                .forward(layer.intermediate.forward(x.clone()));
+            let out = layer
+                .output_norm
+                .forward(layer.output.forward(inner) + x.clone());
             let _ = out.into_data();
         });
         let b = time_ms(runs, || {

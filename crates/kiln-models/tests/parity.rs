@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kiln_models::{Bert, BertInput, Gpt2, Gpt2Input};
+use kiln_models::{Bert, BertInput, Gpt2, Gpt2Input, M2Bert};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -139,4 +139,34 @@ fn gpt2_left_padding_equals_no_padding() {
         diff <= tolerance,
         "left padding changed real-token states by {diff}"
     );
+}
+
+#[derive(Deserialize)]
+struct M2Reference {
+    input_ids: Vec<Vec<i64>>,
+    last_hidden_state: RefTensor,
+    pooler_output: RefTensor,
+}
+
+/// M2-BERT against the reference code (HazyResearch/m2) on a tiny checkpoint it wrote
+/// (`scripts/make_m2_fixture.py`): residual long convolutions, the pre-mixer norm of the 80M
+/// checkpoint, bidirectional filters and the block-diagonal GLU MLP all take part.
+#[test]
+fn m2_bert_matches_the_reference_code() {
+    let (device, tolerance) = device_under_test();
+    let (model, _) = M2Bert::from_pretrained(&fixtures().join("m2-tiny"), &device).expect("loads");
+    let r: M2Reference = read_reference("m2_tiny.json");
+    let ids = int_tensor(&r.input_ids, &device);
+    let hidden = model.forward(ids.clone(), ids.zeros_like());
+    let pooled = model
+        .pooler
+        .as_ref()
+        .expect("pooler")
+        .forward(hidden.clone());
+    assert_eq!(hidden.dims().to_vec(), r.last_hidden_state.shape);
+    let hidden = max_abs_diff(&values(hidden), &r.last_hidden_state.values, |_| true);
+    let pooled = max_abs_diff(&values(pooled), &r.pooler_output.values, |_| true);
+    eprintln!("m2-tiny: max |diff| hidden {hidden:e}, pooled {pooled:e}");
+    assert!(hidden <= tolerance, "last hidden state differs by {hidden}");
+    assert!(pooled <= tolerance, "pooled output differs by {pooled}");
 }
