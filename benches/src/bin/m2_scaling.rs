@@ -1,8 +1,10 @@
 //! How M2-BERT's mixers grow against BERT's: forward time of one sequence mixer (gated long
 //! convolution through the four-step DFT) against one self-attention block at sequence lengths
 //! 256..4096, and of the block-diagonal (Monarch) GLU MLP against BERT's dense MLP at widths
-//! 256..1024. Prints a Markdown table with the least-squares growth exponent of each column
-//! (time ∝ size^k). Run in release: `cargo run --release -p kiln-benches --bin m2_scaling`.
+//! 256..1024, and of one square Monarch matrix with `sqrt(n)` blocks against a dense `n x n`
+//! linear map at widths 256..4096. Prints Markdown tables with the least-squares growth exponent
+//! of each column (time ∝ size^k). Run in release:
+//! `cargo run --release -p kiln-benches --bin m2_scaling`.
 
 use std::time::Instant;
 
@@ -11,6 +13,7 @@ use burn::tensor::{Device, Int, Tensor};
 use kiln_models::attention::padding_bias;
 use kiln_models::bert::BertConfig;
 use kiln_models::m2::M2BertConfig;
+use kiln_models::monarch::MonarchConfig;
 use kiln_models::{Bert, DeviceChoice, M2Bert};
 
 /// Median wall time of `runs` calls after one warm-up, in milliseconds.
@@ -61,7 +64,7 @@ fn models(width: usize, positions: usize, device: &Device) -> (Bert, M2Bert) {
 
 fn main() {
     let device = DeviceChoice::Cpu.device().expect("CPU backend");
-    let runs = 5;
+    let runs = 9;
     let width = 256;
     println!("Sequence mixers, batch 1, width {width}: forward ms (median of {runs})\n");
     println!("| length | self-attention | M2 long-conv mixer |");
@@ -94,15 +97,16 @@ fn main() {
         exponent(&mixer_points)
     );
 
-    let len = 512;
-    println!("Dimension mixers, batch 1, length {len}: forward ms (median of {runs})\n");
+    // Four sequences per call: per-call overheads would otherwise hide the growth at small widths.
+    let (batch, len) = (4, 512);
+    println!("Dimension mixers, batch {batch}, length {len}: forward ms (median of {runs})\n");
     println!("| width | dense MLP (BERT) | block-diagonal GLU MLP (M2, 4 blocks) |");
     println!("|---|---|---|");
     let (mut dense_points, mut monarch_points) = (Vec::new(), Vec::new());
     for width in [256usize, 512, 768, 1024] {
         let (bert, m2) = models(width, len, &device);
         let x = Tensor::<3>::random(
-            [1, len, width],
+            [batch, len, width],
             burn::tensor::Distribution::Default,
             &device,
         );
@@ -125,7 +129,46 @@ fn main() {
         monarch_points.push((width as f64, b));
     }
     println!(
-        "| exponent | {:.2} | {:.2} |",
+        "| exponent | {:.2} | {:.2} |\n",
+        exponent(&dense_points),
+        exponent(&monarch_points)
+    );
+
+    // M2's MLP keeps 4 blocks at every width, so it stays quadratic with a quarter of the work;
+    // a Monarch matrix with sqrt(n) blocks is what grows as n^1.5.
+    println!("One square layer, batch {batch}, length {len}: forward ms (median of {runs})\n");
+    println!(
+        "| width n | dense n x n | Monarch, sqrt(n) blocks | multiplies per row, dense / Monarch |"
+    );
+    println!("|---|---|---|---|");
+    let (mut dense_points, mut monarch_points) = (Vec::new(), Vec::new());
+    for blocks in [16usize, 24, 32, 48, 64] {
+        let width = blocks * blocks;
+        let dense = burn::nn::LinearConfig::new(width, width).init(&device);
+        let monarch = MonarchConfig::new(width, width, blocks)
+            .init(&device)
+            .expect("Monarch layer");
+        let x = Tensor::<3>::random(
+            [batch, len, width],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let d = time_ms(runs, || {
+            let _ = dense.forward(x.clone()).into_data();
+        });
+        let m = time_ms(runs, || {
+            let _ = monarch.forward(x.clone()).into_data();
+        });
+        println!(
+            "| {width} | {d:.2} | {m:.2} | {} / {} |",
+            width * width,
+            monarch.num_multiplies_per_row()
+        );
+        dense_points.push((width as f64, d));
+        monarch_points.push((width as f64, m));
+    }
+    println!(
+        "| exponent | {:.2} | {:.2} | 2 / 1.5 |",
         exponent(&dense_points),
         exponent(&monarch_points)
     );
