@@ -8,6 +8,11 @@
 //!   on wgpu (Mesa's software Vulkan driver where there is no GPU).
 //! - `demo`: the main job on a fresh machine: assets, then LoRA fine-tuning of the real MiniLM on
 //!   BBC News (seeded 80/10/10 split), printing test accuracy and the trainable share.
+//! - `bench [--anchor | --anchor-only] [--wgpu] [FILTER]`: the criterion benchmarks (every method's training
+//!   step and inference batch, LoRA merged and unmerged, tokenizer, batching), summarised in
+//!   `runs/bench/summary.{md,json}`; with `--anchor` also the same full, LoRA and inference
+//!   steps in PyTorch + peft (installed from PyPI into `$KILN_HOME/anchor-venv`) beside kiln's,
+//!   in one run, with the kiln / PyTorch ratios in `runs/bench/anchor.{md,json}`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +40,12 @@ fn main() -> Result<()> {
         }
         Some("test") => test(!flag("--no-wgpu")),
         Some("demo") => demo(),
+        Some("bench") => {
+            let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
+            let criterion = !flag("--anchor-only");
+            let anchor = flag("--anchor") || flag("--anchor-only");
+            bench(criterion, anchor, flag("--wgpu"), filter.as_deref())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -42,7 +53,9 @@ fn main() -> Result<()> {
                  assets [--fpt]   fetch MiniLM, the GPT-2 vocabulary and BBC News into $KILN_HOME (default ./.kiln);\n                   \
                  with --fpt also the MNIST 10k digits and scikit-learn's 8x8 digits for `kiln fpt`\n  \
                  test [--no-wgpu] fetch assets, run all tests on cpu, then the parity tests on wgpu\n  \
-                 demo             fetch assets and fine-tune MiniLM with LoRA on BBC News"
+                 demo             fetch assets and fine-tune MiniLM with LoRA on BBC News\n  \
+                 bench [--anchor | --anchor-only] [--wgpu] [FILTER]\n                   \
+                 criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side"
             );
             bail!("no command given")
         }
@@ -371,4 +384,330 @@ fn demo() -> Result<()> {
             .arg("--resume"),
         "kiln train",
     )
+}
+
+/// What the anchor compares: (method, mode) of `kiln_step` and `anchor.py`.
+const ANCHOR_CASES: [(&str, &str); 3] = [("full", "train"), ("lora", "train"), ("full", "infer")];
+/// Each engine runs each case this many times, alternating, so that drift hits both alike.
+const ANCHOR_ROUNDS: usize = 2;
+/// The speed kiln aims for: this many times PyTorch's tokens per second.
+const ANCHOR_TARGET: f64 = 1.1;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn bench(criterion: bool, anchor: bool, wgpu: bool, filter: Option<&str>) -> Result<()> {
+    let assets = assets()?;
+    let out = workspace_root().join("runs/bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let features: &[&str] = if wgpu {
+        &["--features", "kiln-benches/wgpu"]
+    } else {
+        &[]
+    };
+    if criterion {
+        let mut command = cargo();
+        command
+            .args(["bench", "-p", "kiln-benches", "--bench", "methods"])
+            .args(features)
+            .arg("--");
+        if let Some(filter) = filter {
+            command.arg(filter);
+        }
+        if wgpu {
+            command.env("KILN_BENCH_DEVICE", "wgpu");
+        }
+        run(&mut command, "cargo bench")?;
+    }
+    let anchor_rows = if anchor {
+        Some(run_anchor(&assets, &out, features)?)
+    } else {
+        None
+    };
+    let rows = read_criterion(&target_dir().join("criterion"))?;
+    let summary = serde_json::json!({
+        "machine": machine(),
+        "criterion": rows,
+        "anchor": anchor_rows,
+    });
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    let markdown = summary_markdown(&rows, anchor_rows.as_deref());
+    std::fs::write(out.join("summary.md"), &markdown)?;
+    println!(
+        "{markdown}\nwritten to {}",
+        out.join("summary.{md,json}").display()
+    );
+    Ok(())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {cores} cores")
+}
+
+/// One criterion benchmark's result, from `target/criterion/GROUP/NAME/new/`.
+fn read_criterion(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    let Ok(groups) = std::fs::read_dir(dir) else {
+        return Ok(rows);
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for group in groups.filter_map(|e| e.ok()) {
+        let Ok(benches) = std::fs::read_dir(group.path()) else {
+            continue;
+        };
+        found.extend(
+            benches
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("new"))
+                .filter(|p| p.join("benchmark.json").is_file()),
+        );
+    }
+    found.sort();
+    for dir in found {
+        let read = |name: &str| -> Result<serde_json::Value> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+        };
+        let (benchmark, estimates) = (read("benchmark.json")?, read("estimates.json")?);
+        let nanos = |key: &str| {
+            estimates[key]["point_estimate"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        };
+        let elements = benchmark["throughput"]["Elements"].as_f64();
+        let group = benchmark["group_id"].as_str().unwrap_or("").to_string();
+        rows.push(serde_json::json!({
+            "group": group,
+            "name": benchmark["function_id"].as_str()
+                .or(benchmark["value_str"].as_str()).unwrap_or(""),
+            "mean_ms": nanos("mean") / 1e6,
+            "median_ms": nanos("median") / 1e6,
+            "per_second": elements.map(|n| n / (nanos("median") / 1e9)),
+            "unit": match group.as_str() {
+                "tokenizer" => "documents",
+                "batching" => "examples",
+                _ => "tokens",
+            },
+        }));
+    }
+    Ok(rows)
+}
+
+/// Runs every anchor case on both engines and returns one row per case.
+fn run_anchor(assets: &Assets, out: &Path, features: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let python = anchor_venv()?;
+    run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "kiln-benches",
+                "--bin",
+                "kiln_step",
+            ])
+            .args(features),
+        "cargo build kiln_step",
+    )?;
+    let kiln_step = target_dir().join("release/kiln_step");
+    let script = workspace_root().join("benches/anchor/anchor.py");
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for (method, mode) in ANCHOR_CASES {
+        let case = ["--method", method, "--mode", mode];
+        let (mut kiln, mut torch) = (Vec::new(), Vec::new());
+        for _ in 0..ANCHOR_ROUNDS {
+            println!("anchor: {method} {mode}: kiln");
+            kiln.push(json_line(
+                Command::new(&kiln_step)
+                    .args(case)
+                    .arg("--model")
+                    .arg(&assets.minilm),
+            )?);
+            println!("anchor: {method} {mode}: PyTorch");
+            torch.push(json_line(
+                Command::new(&python)
+                    .arg(&script)
+                    .args(case)
+                    .arg("--model")
+                    .arg(&assets.minilm)
+                    .env("HF_HUB_OFFLINE", "1")
+                    .env("TRANSFORMERS_OFFLINE", "1"),
+            )?);
+        }
+        let (k, t) = (pooled(&kiln), pooled(&torch));
+        let speed = t.median_ms / k.median_ms;
+        rows.push(serde_json::json!({
+            "case": format!("{method} {mode}"),
+            "kiln_ms": k.median_ms,
+            "pytorch_ms": t.median_ms,
+            "kiln_tokens_per_second": k.tokens_per_second,
+            "pytorch_tokens_per_second": t.tokens_per_second,
+            "speed_ratio": speed,
+            "kiln_peak_rss_mib": k.peak_rss_mib,
+            "pytorch_peak_rss_mib": t.peak_rss_mib,
+            "target_met": speed >= ANCHOR_TARGET && k.peak_rss_mib <= t.peak_rss_mib,
+        }));
+        raw.extend(kiln.into_iter().chain(torch));
+    }
+    std::fs::write(
+        out.join("anchor.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"rows": rows, "runs": raw}))?,
+    )?;
+    Ok(rows)
+}
+
+/// The anchor's Python: a virtual environment in `$KILN_HOME/anchor-venv` with the pinned
+/// PyTorch, transformers and peft (about 5.6 GB: the registry has no CPU-only torch wheel).
+fn anchor_venv() -> Result<PathBuf> {
+    let venv = kiln_home().join("anchor-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".kiln-ready");
+    if ready.is_file() {
+        return Ok(python);
+    }
+    require_tool("python3", "create the anchor's virtual environment")?;
+    println!(
+        "anchor: installing PyTorch, transformers and peft into {}",
+        venv.display()
+    );
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(workspace_root().join("benches/anchor/requirements.txt")),
+        "pip install (anchor)",
+    )?;
+    std::fs::write(&ready, "")?;
+    Ok(python)
+}
+
+/// Runs `command` and parses the last line it prints as JSON.
+fn json_line(command: &mut Command) -> Result<serde_json::Value> {
+    let output = command.output().context("cannot start a benchmark case")?;
+    if !output.status.success() {
+        bail!(
+            "benchmark case failed with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .context("a benchmark case printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("not a JSON result: {line}"))
+}
+
+struct Pooled {
+    median_ms: f64,
+    tokens_per_second: f64,
+    peak_rss_mib: f64,
+}
+
+/// The lower median of all timed steps of all rounds, and the highest peak memory.
+fn pooled(runs: &[serde_json::Value]) -> Pooled {
+    let mut ms: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r["ms"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_f64())
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let median_ms = ms
+        .get(ms.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    let tokens = runs.first().map_or(0.0, |r| {
+        r["batch"].as_f64().unwrap_or(0.0) * r["len"].as_f64().unwrap_or(0.0)
+    });
+    Pooled {
+        median_ms,
+        tokens_per_second: tokens / (median_ms / 1e3),
+        peak_rss_mib: runs
+            .iter()
+            .filter_map(|r| r["peak_rss_mib"].as_f64())
+            .fold(0.0, f64::max),
+    }
+}
+
+fn summary_markdown(rows: &[serde_json::Value], anchor: Option<&[serde_json::Value]>) -> String {
+    let mut md = format!("# kiln benchmarks\n\nMachine: {}.\n", machine());
+    if let Some(anchor) = anchor {
+        md.push_str(&format!(
+            "\n## Against PyTorch + peft (same machine, same run)\n\n\
+             MiniLM (all-MiniLM-L6-v2), batch 16 x 128, fp32, dropout on while training; median \
+             of {ANCHOR_ROUNDS} x 5 steps per engine. Target: kiln at least {ANCHOR_TARGET}x \
+             PyTorch's tokens/s with peak memory at or below it.\n\n\
+             | case | kiln ms | PyTorch ms | kiln tok/s | PyTorch tok/s | kiln / PyTorch speed | kiln peak MiB | PyTorch peak MiB | target met |\n\
+             |---|---|---|---|---|---|---|---|---|\n"
+        ));
+        for r in anchor {
+            let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+            md.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {} |\n",
+                r["case"].as_str().unwrap_or(""),
+                f("kiln_ms"),
+                f("pytorch_ms"),
+                f("kiln_tokens_per_second"),
+                f("pytorch_tokens_per_second"),
+                f("speed_ratio"),
+                f("kiln_peak_rss_mib"),
+                f("pytorch_peak_rss_mib"),
+                if r["target_met"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ));
+        }
+    }
+    let mut group = "";
+    for r in rows {
+        let this = r["group"].as_str().unwrap_or("");
+        if this != group {
+            group = this;
+            md.push_str(&format!(
+                "\n## {group}\n\n| benchmark | mean ms | median ms | {} per second |\n|---|---|---|---|\n",
+                r["unit"].as_str().unwrap_or("")
+            ));
+        }
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.0} |\n",
+            r["name"].as_str().unwrap_or(""),
+            r["mean_ms"].as_f64().unwrap_or(f64::NAN),
+            r["median_ms"].as_f64().unwrap_or(f64::NAN),
+            r["per_second"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    md
 }

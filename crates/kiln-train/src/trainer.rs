@@ -385,14 +385,7 @@ impl Trainer {
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
-        let adamw = AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(self.config.weight_decay as f32);
-        let no_decay = ParamGroup::from_regex(r"(bias|beta|gamma)$")
-            .expect("a fixed, valid regular expression");
-        adamw
-            .init()
-            .with_group(no_decay, adamw.clone().with_weight_decay(0.0).build(), None)
+        adamw(self.config.weight_decay)
     }
 
     fn load_trained<M: Module>(&self, model: M, path: &Path) -> Result<M> {
@@ -456,6 +449,19 @@ impl Trainer {
         bar.set_prefix(epoch.to_string());
         bar
     }
+}
+
+/// AdamW as the trainer uses it (and HF's Trainer): `weight_decay` on weights, none on biases
+/// and layer norms.
+pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
+    let adamw = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(weight_decay as f32);
+    let no_decay =
+        ParamGroup::from_regex(r"(bias|beta|gamma)$").expect("a fixed, valid regular expression");
+    adamw
+        .init()
+        .with_group(no_decay, adamw.clone().with_weight_decay(0.0).build(), None)
 }
 
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {

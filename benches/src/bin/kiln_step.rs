@@ -1,0 +1,111 @@
+//! One benchmark case in a process of its own, so that its peak memory is its own: a training
+//! step (`--mode train`) or an inference batch (`--mode infer`) of a method on a MiniLM-shaped
+//! BERT (or `--model DIR`), batch 16 x 128 by default. Prints one JSON object: the milliseconds
+//! of every timed step, their median, tokens per second and the process's peak resident memory.
+//! `cargo xtask bench --anchor` runs it beside `benches/anchor/anchor.py`, which does the same in
+//! PyTorch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use clap::{Parser, ValueEnum};
+
+use kiln_benches::{BATCH, Batch, SEQ_LEN, TrainStep, backbone, classifier, infer};
+use kiln_models::DeviceChoice;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Train,
+    Infer,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value = "full")]
+    method: String,
+    #[arg(long, value_enum, default_value_t = Mode::Train)]
+    mode: Mode,
+    /// A HF model directory; a MiniLM-shaped BERT at random initialisation without it.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = BATCH)]
+    batch: usize,
+    #[arg(long, default_value_t = SEQ_LEN)]
+    len: usize,
+    /// Timed steps, after the warm-up ones.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Merge LoRA's deltas into the base weights before inference.
+    #[arg(long)]
+    merged: bool,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let device = args.device.device()?;
+    let train_device = device.clone().autodiff();
+    let on = if args.mode == Mode::Train {
+        &train_device
+    } else {
+        &device
+    };
+    let (mut model, report) = classifier(backbone(args.model.as_deref(), on)?, &args.method, on)?;
+    if args.merged {
+        model.merge_lora();
+    }
+    let vocab = model.word_embeddings().dims()[0];
+    let batch = Batch::random(args.batch, args.len, vocab, 7, on);
+    let mut timings = Vec::with_capacity(args.steps);
+    match args.mode {
+        Mode::Train => {
+            let mut step = TrainStep::new(model);
+            for i in 0..args.warmup + args.steps {
+                let started = Instant::now();
+                step.run(&batch);
+                if i >= args.warmup {
+                    timings.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        Mode::Infer => {
+            let model = model.valid();
+            for i in 0..args.warmup + args.steps {
+                let started = Instant::now();
+                infer(&model, &batch);
+                if i >= args.warmup {
+                    timings.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    let mut sorted = timings.clone();
+    sorted.sort_by(f64::total_cmp);
+    // The lower median, as the anchor's `statistics.median_low`.
+    let median = sorted[(sorted.len() - 1) / 2];
+    let output = serde_json::json!({
+        "engine": "kiln",
+        "method": args.method,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "merged": args.merged,
+        "batch": args.batch,
+        "len": args.len,
+        "device": args.device.to_string(),
+        "trainable_params": report.trainable(),
+        "total_params": report.total(),
+        "ms": timings,
+        "median_ms": median,
+        "tokens_per_second": batch.tokens() as f64 / (median / 1e3),
+        "peak_rss_mib": kiln_train::memory::peak_rss_mib(),
+    });
+    println!("{output}");
+    Ok(())
+}
