@@ -1,8 +1,10 @@
 //! `kiln`: fine-tune pretrained transformers with the whole family of transfer methods.
 
+mod compare;
 mod encode;
 mod fpt;
 mod pretrain;
+mod runs;
 mod study;
 mod train;
 
@@ -35,6 +37,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// List every registered method with its options.
     Methods,
+    /// Several methods on one model and task: table, plot and HTML report.
+    Compare(Box<compare::CompareArgs>),
     /// Full fine-tuning vs Child-Tuning F and D on small training subsets, several seeds.
     Study(Box<study::StudyArgs>),
     /// Frozen Pretrained Transformer on a non-language task (bits, ListOps, images).
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::train(*args, cli.device, &device),
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),
+        Command::Compare(args) => compare::compare(*args, cli.device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
         Command::Methods => {

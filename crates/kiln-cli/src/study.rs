@@ -1,21 +1,21 @@
 //! `kiln study`: the small-data study of Child-Tuning (Xu et al. 2021). Full fine-tuning, plain
 //! ("vanilla") and with Child-Tuning F and D, on seeded random subsets of the training split, for
-//! several subset sizes and seeds; each run is a `kiln train` of its own (own process, so each is
-//! reproducible from its seed), skipped when its `summary.json` exists and resumed when it was
-//! interrupted. Writes `study.json` (every run) and `study.md` (mean and sample standard
-//! deviation of the test metric per size and variant).
+//! several subset sizes and seeds; each run is a `kiln train` of its own ([`crate::runs`]).
+//! Writes `study.json` (every run) and `study.md` (mean and sample standard deviation of the test
+//! metric per size and variant).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
 use kiln_models::DeviceChoice;
-use kiln_train::trainer::{read_json, write_json};
+use kiln_train::report::mean_std;
+use kiln_train::trainer::write_json;
 
-use crate::train::{RunSummary, TaskArgs};
+use crate::runs::Launcher;
+use crate::train::TaskArgs;
 
 #[derive(Args)]
 pub struct StudyArgs {
@@ -79,7 +79,7 @@ pub fn study(args: StudyArgs, device: DeviceChoice) -> Result<()> {
     if args.sizes.is_empty() || args.seeds == 0 {
         bail!("--sizes and --seeds must name at least one run");
     }
-    let exe = std::env::current_exe().context("finding the kiln executable")?;
+    let launcher = Launcher::new(device, &args.model, &args.task)?;
     let mut runs = Vec::new();
     for &size in &args.sizes {
         for variant in &args.variants {
@@ -88,7 +88,7 @@ pub fn study(args: StudyArgs, device: DeviceChoice) -> Result<()> {
                     .out
                     .join(format!("n{size}"))
                     .join(format!("{variant}-s{seed}"));
-                let summary = train_once(&exe, &args, device, size, variant, seed, &dir)?;
+                let summary = launcher.train(&run_options(&args, size, variant, seed), &dir)?;
                 let Some(test) = summary.test else {
                     bail!("{}: the run has no test split to report", dir.display());
                 };
@@ -116,57 +116,37 @@ pub fn study(args: StudyArgs, device: DeviceChoice) -> Result<()> {
     Ok(())
 }
 
-/// One `kiln train` of full fine-tuning on a subset, or its summary when it already ran.
-fn train_once(
-    exe: &Path,
-    args: &StudyArgs,
-    device: DeviceChoice,
-    size: usize,
-    variant: &str,
-    seed: u64,
-    dir: &Path,
-) -> Result<RunSummary> {
-    let summary_path = dir.join("summary.json");
-    if summary_path.is_file() {
-        return Ok(read_json(&summary_path)?);
-    }
-    let mut command = Command::new(exe);
-    command
-        .arg("--device")
-        .arg(device.to_string())
-        .arg("train")
-        .arg("--model")
-        .arg(&args.model)
-        .args(args.task.to_cli_args())
-        .args(["--method", "full"])
-        .args(["--train-examples", &size.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .args(["--epochs", &args.epochs.to_string()])
-        .args(["--batch-size", &args.batch_size.to_string()])
-        .args(["--max-len", &args.max_len.to_string()])
-        .arg("--out")
-        .arg(dir);
+/// The `kiln train` options of one study run: full fine-tuning of a subset, plain or with
+/// Child-Tuning.
+fn run_options(args: &StudyArgs, size: usize, variant: &str, seed: u64) -> Vec<String> {
+    let mut options: Vec<String> = [
+        "--method",
+        "full",
+        "--train-examples",
+        &size.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--epochs",
+        &args.epochs.to_string(),
+        "--batch-size",
+        &args.batch_size.to_string(),
+        "--max-len",
+        &args.max_len.to_string(),
+    ]
+    .map(str::to_string)
+    .into();
     if let Some(lr) = args.lr {
-        command.args(["--lr", &lr.to_string()]);
+        options.extend(["--lr".into(), lr.to_string()]);
     }
-    match variant {
-        "child-f" => command.args(["--child-tuning", "f"]),
-        "child-d" => command.args(["--child-tuning", "d"]),
-        _ => &mut command,
-    };
-    if variant != "vanilla" {
-        command.args(["--reserve", &args.reserve.to_string()]);
+    if let Some(kind) = variant.strip_prefix("child-") {
+        options.extend([
+            "--child-tuning".into(),
+            kind.into(),
+            "--reserve".into(),
+            args.reserve.to_string(),
+        ]);
     }
-    if dir.join("run.json").is_file() {
-        command.arg("--resume");
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("running {}", exe.display()))?;
-    if !status.success() {
-        bail!("the run in {} failed ({status})", dir.display());
-    }
-    Ok(read_json(&summary_path)?)
+    options
 }
 
 fn summarise(args: &StudyArgs, runs: &[StudyRun]) -> Vec<StudyCell> {
@@ -178,13 +158,7 @@ fn summarise(args: &StudyArgs, runs: &[StudyRun]) -> Vec<StudyCell> {
                 .filter(|r| r.size == size && &r.variant == variant)
                 .map(|r| r.test)
                 .collect();
-            let n = values.len() as f64;
-            let mean = values.iter().sum::<f64>() / n;
-            let std = if values.len() > 1 {
-                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-            } else {
-                0.0
-            };
+            let (mean, std) = mean_std(&values);
             cells.push(StudyCell {
                 size,
                 variant: variant.clone(),

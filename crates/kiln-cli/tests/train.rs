@@ -418,3 +418,65 @@ fn the_small_data_study_runs_every_cell_and_resumes() {
     );
     assert!(stdout.contains(table.trim()), "{stdout}");
 }
+
+#[test]
+fn compare_writes_table_plot_and_page_for_every_method() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("compare");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let (ok, stdout, stderr) = kiln(&[
+        "compare",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--methods",
+        "linear-probe,bitfit,lora",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--title",
+        "fire & water",
+        "--out",
+        path(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    for label in ["linear-probe", "bitfit", "lora-r8"] {
+        assert!(stdout.contains(&format!("| {label} | ")), "{stdout}");
+    }
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json")).expect("results.json"),
+    )
+    .expect("json");
+    assert_eq!(results["runs"].as_array().expect("runs").len(), 6);
+    let rows = results["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["seeds"] == 2));
+    // Each method trains its own share: the probe least, LoRA more than BitFit here.
+    let share = |i: usize| rows[i]["trainable_percent"].as_f64().expect("share");
+    assert!(share(0) < share(1) && share(0) < share(2), "{rows:?}");
+    let svg = std::fs::read_to_string(out.join("plot.svg")).expect("plot.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("lora-r8"));
+    let page = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(page.contains("fire &amp; water") && page.contains("<td>bitfit</td>"));
+    assert!(page.contains("<svg"));
+
+    let (ok, _, stderr) = kiln(&[
+        "compare",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--methods",
+        "lora,fusion",
+        "--out",
+        path(&dir.path().join("refused")),
+    ]);
+    assert!(!ok && stderr.contains("fusion"), "{stderr}");
+}

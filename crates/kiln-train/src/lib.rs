@@ -2,7 +2,8 @@
 //! ([`schedule`]), gradient transforms between backward and step ([`transforms`]), task metrics
 //! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), adapters saved on their own
 //! ([`adapters`]), and the loop with evaluation, early stopping, JSON-lines logs and resume
-//! ([`trainer`]) over any model that says how to take a batch's loss ([`learner`]).
+//! ([`trainer`]) over any model that says how to take a batch's loss ([`learner`]), and the
+//! method-comparison report ([`report`]).
 
 pub mod adapters;
 pub mod checkpoint;
@@ -13,6 +14,7 @@ pub mod learner;
 pub mod memory;
 pub mod metrics;
 pub mod pretrain;
+pub mod report;
 pub mod schedule;
 pub mod trainer;
 pub mod transforms;
