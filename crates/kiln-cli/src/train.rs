@@ -29,7 +29,7 @@ pub struct TaskArgs {
     /// A folder-per-class directory, a GLUE task directory (train.tsv, dev.tsv), or a
     /// CSV/TSV/JSONL file.
     #[arg(long)]
-    task: PathBuf,
+    pub task: PathBuf,
     /// Table column with the text [default: text].
     #[arg(long)]
     text_column: Option<String>,
@@ -100,28 +100,8 @@ pub struct TrainArgs {
     model: PathBuf,
     #[command(flatten)]
     task: TaskArgs,
-    /// Transfer method; `kiln methods` lists them with their options.
-    #[arg(long)]
-    method: String,
-    /// partial-k: layers that train; mlp-k: layers of the head.
-    #[arg(long)]
-    k: Option<usize>,
-    /// LoRA rank.
-    #[arg(long)]
-    rank: Option<usize>,
-    /// LoRA alpha (the delta is scaled by alpha / rank).
-    #[arg(long)]
-    alpha: Option<f64>,
-    /// LoRA dropout on the delta's input.
-    #[arg(long)]
-    lora_dropout: Option<f64>,
-    /// LoRA target projections, comma-separated (query,value; c_attn; attention.output).
-    #[arg(long, value_delimiter = ',')]
-    targets: Option<Vec<String>>,
     #[command(flatten)]
-    adapter: AdapterArgs,
-    #[command(flatten)]
-    prompt: PromptArgs,
+    method: MethodArgs,
     /// Child-Tuning gradient mask: f (fresh random mask each step) or d (fixed, by Fisher
     /// information); works with any method, meant for full fine-tuning.
     #[arg(long)]
@@ -189,6 +169,74 @@ pub struct TrainArgs {
     /// Continue the run in --out after its last complete epoch.
     #[arg(long)]
     resume: bool,
+}
+
+/// The method and its options, as `kiln train` and `kiln plan` take them.
+#[derive(Args)]
+pub struct MethodArgs {
+    /// Transfer method; `kiln methods` lists them with their options.
+    #[arg(long)]
+    pub method: String,
+    /// partial-k: layers that train; mlp-k: layers of the head.
+    #[arg(long)]
+    k: Option<usize>,
+    /// LoRA rank.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (the delta is scaled by alpha / rank).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// LoRA dropout on the delta's input.
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// LoRA target projections, comma-separated (query,value; c_attn; attention.output).
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+}
+
+impl MethodArgs {
+    /// The options as the registry takes them (`prompt_init_ids` still empty: they need the
+    /// model's tokenizer).
+    pub fn options(&self) -> Result<MethodOptions> {
+        let adapter = &self.adapter;
+        let prompt = &self.prompt;
+        let template = match prompt.template.as_deref() {
+            None => None,
+            Some(&[before, after]) => Some((before, after)),
+            Some(other) => bail!("--template takes two counts, before,after (got {other:?})"),
+        };
+        Ok(MethodOptions {
+            k: self.k,
+            rank: self.rank,
+            alpha: self.alpha,
+            lora_dropout: self.lora_dropout,
+            targets: self.targets.clone(),
+            bottleneck: adapter.bottleneck,
+            reduction_factor: adapter.reduction_factor,
+            adapter_activation: adapter.adapter_activation,
+            adapter_init: adapter.adapter_init,
+            train_norms: adapter.train_norms,
+            adapter_name: adapter.adapter_name.clone(),
+            scale: adapter.scale,
+            prefix_len: adapter.prefix_len,
+            adapters: adapter.adapters.clone(),
+            drop_layers: adapter.drop_layers,
+            drop_max: adapter.drop_max,
+            side_width: adapter.side_width,
+            side_alpha: adapter.side_alpha,
+            side_alpha_end: adapter.side_alpha_end,
+            prompt_len: prompt.prompt_len,
+            prompt_init_text: prompt.prompt_init_text.clone(),
+            prompt_init_ids: Vec::new(),
+            template,
+            prompt_encoder: prompt.prompt_encoder.clone(),
+            prefix_hidden: prompt.prefix_hidden,
+        })
+    }
 }
 
 /// Options of the adapter family (houlsby, pfeiffer, parallel, fusion, adapter-drop, mam, side).
@@ -314,41 +362,8 @@ fn default_lr(method: &MethodConfig) -> f64 {
 }
 
 pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
-    let adapter = &args.adapter;
-    let prompt = &args.prompt;
-    let template = match prompt.template.as_deref() {
-        None => None,
-        Some(&[before, after]) => Some((before, after)),
-        Some(other) => bail!("--template takes two counts, before,after (got {other:?})"),
-    };
-    let mut options = MethodOptions {
-        k: args.k,
-        rank: args.rank,
-        alpha: args.alpha,
-        lora_dropout: args.lora_dropout,
-        targets: args.targets.clone(),
-        bottleneck: adapter.bottleneck,
-        reduction_factor: adapter.reduction_factor,
-        adapter_activation: adapter.adapter_activation,
-        adapter_init: adapter.adapter_init,
-        train_norms: adapter.train_norms,
-        adapter_name: adapter.adapter_name.clone(),
-        scale: adapter.scale,
-        prefix_len: adapter.prefix_len,
-        adapters: adapter.adapters.clone(),
-        drop_layers: adapter.drop_layers,
-        drop_max: adapter.drop_max,
-        side_width: adapter.side_width,
-        side_alpha: adapter.side_alpha,
-        side_alpha_end: adapter.side_alpha_end,
-        prompt_len: prompt.prompt_len,
-        prompt_init_text: prompt.prompt_init_text.clone(),
-        prompt_init_ids: Vec::new(),
-        template,
-        prompt_encoder: prompt.prompt_encoder.clone(),
-        prefix_hidden: prompt.prefix_hidden,
-    };
-    let mut method = MethodConfig::from_options(&args.method, &options)?;
+    let mut options = args.method.options()?;
+    let mut method = MethodConfig::from_options(&args.method.method, &options)?;
     let child_tuning = match args.child_tuning.as_deref() {
         None => None,
         Some("f") => Some(ChildTuning::F {
@@ -398,7 +413,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
             .tokenizer
             .encode_words(text)
             .context("--prompt-init-text")?;
-        method = MethodConfig::from_options(&args.method, &options)?;
+        method = MethodConfig::from_options(&args.method.method, &options)?;
     }
     let readout = args.readout.unwrap_or(match pretrained.backbone {
         Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
