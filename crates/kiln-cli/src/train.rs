@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use kiln_data::{LoadedTask, TaskSpec};
 use kiln_models::{Activation, AdapterInit};
 use kiln_models::{
-    Backbone, DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
+    Backbone, DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout,
+    SequenceClassifier,
 };
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
@@ -163,6 +164,10 @@ pub struct TrainArgs {
     /// and test stay whole.
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Run the frozen bottom of linear-probe, mlp-k and partial-k every step instead of once per
+    /// example (the cache turns its dropout off).
+    #[arg(long)]
+    no_feature_cache: bool,
     /// Run directory.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -323,10 +328,16 @@ pub struct RunConfig {
     /// Train on a seeded random subset of this many training examples.
     #[serde(default)]
     pub train_examples: Option<usize>,
+    /// The frozen bottom's outputs were computed once per example and cached.
+    #[serde(default)]
+    pub feature_cache: bool,
 }
 
 /// Where `kiln train` saves an adapter method's adapter on its own (see `kiln_train::adapters`).
 pub const ADAPTER_DIR: &str = "adapter";
+
+/// The most memory the frozen-feature cache may take (its rows are kept on the host).
+const FEATURE_CACHE_LIMIT: usize = 4 << 30;
 
 /// Where Child-Tuning D's Fisher estimate is saved in a run directory.
 pub const FISHER_FILE: &str = "fisher.safetensors";
@@ -435,10 +446,29 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         save_full: args.save_full || args.random_init,
         random_init: args.random_init,
         train_examples: args.train_examples,
+        feature_cache: false,
     };
-    prepare_run_dir(&args.out, &run, args.resume)?;
-
     let (model, tokenizer, report) = build(pretrained, &run, &train_device)?;
+    let mut run = run;
+    if !args.no_feature_cache
+        && let Some(cut) = run.method.method().frozen_cut(&model)
+    {
+        let examples = task.split.train.len() + task.split.validation.len();
+        let positions = match cut {
+            FrozenCut::Features => 1,
+            FrozenCut::BeforeLayer(_) => run.max_len,
+        };
+        let bytes = examples * positions * model.hidden_size() * 4;
+        run.feature_cache = bytes <= FEATURE_CACHE_LIMIT;
+        if !run.feature_cache {
+            println!(
+                "feature cache off: it would hold up to {:.1} GiB (limit {:.0} GiB)",
+                bytes as f64 / f64::from(1 << 30),
+                FEATURE_CACHE_LIMIT as f64 / f64::from(1 << 30)
+            );
+        }
+    }
+    prepare_run_dir(&args.out, &run, args.resume)?;
     println!(
         "{}: {} of {} parameters train ({:.3}%)",
         run.method.label(),
@@ -477,10 +507,12 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         epoch_limit: None,
         child_mask,
     };
-    let text_task = TextTask {
-        tokenizer: tokenizer.clone(),
-        kind: task.kind.clone(),
-    };
+    let mut text_task = TextTask::new(tokenizer.clone(), task.kind.clone());
+    if run.feature_cache
+        && let Some(cut) = run.method.method().frozen_cut(&model)
+    {
+        text_task = text_task.with_feature_cache(cut);
+    }
     let data = TaskData {
         task: &text_task,
         train: task.part(&task.split.train),

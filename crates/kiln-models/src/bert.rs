@@ -4,6 +4,7 @@
 //! Loads any HF BERT directory (`config.json` + `model.safetensors` or `pytorch_model.bin`),
 //! with or without the `bert.` prefix of the task classes.
 
+use std::ops::Range;
 use std::path::Path;
 
 use burn::module::Module;
@@ -16,6 +17,7 @@ use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::pretrained::TokenStates;
 use crate::prompt::{
     PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens, layer_prefixes,
 };
@@ -417,17 +419,32 @@ impl Bert {
     }
 
     pub fn forward(&self, input: BertInput) -> BertOutput {
+        let states = self.encode_layers(self.embed(input), 0..self.layers.len());
+        let pooled = self
+            .pooler
+            .as_ref()
+            .map(|pooler| pooler.forward(states.hidden.clone()));
+        BertOutput {
+            last_hidden_state: states.hidden,
+            pooled,
+            attention_mask: states.attention_mask,
+            token_mask: states.token_mask,
+        }
+    }
+
+    /// The embedded input, virtual tokens inserted: what the first layer reads.
+    pub fn embed(&self, input: BertInput) -> TokenStates {
         let BertInput {
             input_ids,
             attention_mask,
             token_type_ids,
         } = input;
-        let (hidden, attention_mask, token_mask) = match &self.prompt {
-            None => (
-                self.embeddings.forward(input_ids, token_type_ids),
-                attention_mask.clone(),
-                attention_mask,
-            ),
+        match &self.prompt {
+            None => TokenStates {
+                hidden: self.embeddings.forward(input_ids, token_type_ids),
+                attention_mask: attention_mask.clone(),
+                token_mask: attention_mask,
+            },
             Some(prompt) => {
                 let words = self.embeddings.word.forward(input_ids);
                 let prompted = insert_virtual_tokens(
@@ -437,23 +454,20 @@ impl Bert {
                     TextBounds::InsideSpecialTokens,
                 );
                 let types = follow_sources(token_type_ids, &prompted.sources, 0);
-                (
-                    self.embeddings.forward_words(prompted.embeddings, types),
-                    prompted.attention_mask,
-                    prompted.token_mask,
-                )
+                TokenStates {
+                    hidden: self.embeddings.forward_words(prompted.embeddings, types),
+                    attention_mask: prompted.attention_mask,
+                    token_mask: prompted.token_mask,
+                }
             }
-        };
-        let hidden = self.encode(hidden, &attention_mask);
-        let pooled = self
-            .pooler
-            .as_ref()
-            .map(|pooler| pooler.forward(hidden.clone()));
-        BertOutput {
-            last_hidden_state: hidden,
-            pooled,
-            attention_mask,
-            token_mask,
+        }
+    }
+
+    /// The layers `layers` (a range of indices) over `states`.
+    pub fn encode_layers(&self, states: TokenStates, layers: Range<usize>) -> TokenStates {
+        TokenStates {
+            hidden: self.run_layers(states.hidden, &states.attention_mask, layers),
+            ..states
         }
     }
 }
@@ -475,12 +489,21 @@ impl Bert {
     }
 
     /// The layers over embedded input.
-    fn encode(&self, mut hidden: Tensor<3>, attention_mask: &Tensor<2, Int>) -> Tensor<3> {
+    fn encode(&self, hidden: Tensor<3>, attention_mask: &Tensor<2, Int>) -> Tensor<3> {
+        self.run_layers(hidden, attention_mask, 0..self.layers.len())
+    }
+
+    fn run_layers(
+        &self,
+        mut hidden: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+        layers: Range<usize>,
+    ) -> Tensor<3> {
         let bias = padding_bias(attention_mask);
-        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref()).skip(layers.start);
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
-        for (i, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(hidden, &bias, i >= skipped, prefixes.next());
+        for i in layers {
+            hidden = self.layers[i].forward(hidden, &bias, i >= skipped, prefixes.next());
         }
         hidden
     }

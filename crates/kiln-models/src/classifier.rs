@@ -19,7 +19,7 @@ use crate::bert::{Bert, BertInput};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Input};
 use crate::m2::M2Bert;
-use crate::pretrained::{Backbone, last_token_pool, mean_pool};
+use crate::pretrained::{Backbone, TokenStates, last_token_pool, mean_pool};
 use crate::prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 use crate::side::{SideConfig, SideNetwork};
 use crate::tunable::TunableLinear;
@@ -51,6 +51,20 @@ impl FromStr for Readout {
             ))),
         }
     }
+}
+
+/// Where the frozen bottom of a model ends, for methods that train only above it: everything
+/// below the head (linear probe, MLP head), or the layers below `BeforeLayer(k)` (partial-k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrozenCut {
+    Features,
+    BeforeLayer(usize),
+}
+
+/// The first position's state `[batch, hidden]` (BERT's `[CLS]`).
+fn first_token(hidden: Tensor<3>) -> Tensor<2> {
+    let [batch, _, width] = hidden.dims();
+    hidden.slice_dim(1, 0..1).reshape([batch, width])
 }
 
 /// Shape of the task head: `layers` linear layers (the last maps to `outputs`), GELU between.
@@ -209,38 +223,59 @@ impl SequenceClassifier {
             return match (self.readout, &m2.pooler) {
                 (Readout::Pooler, Some(pooler)) => pooler.forward(hidden),
                 (Readout::Mean, _) => mean_pool(hidden, input.attention_mask),
-                (_, _) => {
-                    let [batch, _, width] = hidden.dims();
-                    hidden.slice_dim(1, 0..1).reshape([batch, width])
-                }
+                (_, _) => first_token(hidden),
             };
         }
+        self.features_above(self.frozen_bottom(input, 0), 0)
+    }
+
+    /// BERT's or GPT-2's token states below layer `layer`: the embedded input and layers
+    /// `0..layer`. With [`Self::features_above`] this is [`Self::features`] cut in two, so that a
+    /// frozen bottom can be computed once and cached (M2-BERT's mixer reads padded positions,
+    /// so its states depend on the batch they were computed in: it is not cut).
+    pub fn frozen_bottom(&self, input: BertInput, layer: usize) -> TokenStates {
+        match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert.encode_layers(bert.embed(input), 0..layer),
+            (_, Some(gpt2)) => {
+                let input = Gpt2Input {
+                    input_ids: input.input_ids,
+                    attention_mask: input.attention_mask,
+                };
+                gpt2.run_blocks(gpt2.embed(input), 0..layer)
+            }
+            _ => panic!("frozen_bottom: M2-BERT is not cut (see FrozenCut)"),
+        }
+    }
+
+    /// Layers `layer..` over `states`, the final norm or pooler, and the readout: the head's input.
+    pub fn features_above(&self, states: TokenStates, layer: usize) -> Tensor<2> {
         if let Some(bert) = &self.bert {
-            let out = bert.forward(input);
-            return match (self.readout, out.pooled) {
-                (Readout::Pooler, Some(pooled)) => pooled,
-                (Readout::Mean, _) => mean_pool(out.last_hidden_state, out.token_mask),
-                (_, _) => {
-                    let [batch, _, width] = out.last_hidden_state.dims();
-                    out.last_hidden_state
-                        .slice_dim(1, 0..1)
-                        .reshape([batch, width])
-                }
+            let states = bert.encode_layers(states, layer..bert.layers.len());
+            return match (self.readout, &bert.pooler) {
+                (Readout::Pooler, Some(pooler)) => pooler.forward(states.hidden),
+                (Readout::Mean, _) => mean_pool(states.hidden, states.token_mask),
+                (_, _) => first_token(states.hidden),
             };
         }
         let Some(gpt2) = &self.gpt2 else {
-            unreachable!("a classifier always holds a backbone")
+            panic!("features_above: M2-BERT is not cut (see FrozenCut)")
         };
-        let (hidden, attention_mask, token_mask) = gpt2.forward_masked(Gpt2Input {
-            input_ids: input.input_ids,
-            attention_mask: input.attention_mask,
-        });
+        let states = gpt2.run_blocks(states, layer..gpt2.blocks.len());
+        let hidden = gpt2.ln_f.forward(states.hidden);
         // The last position attention looked at: a virtual token when the template puts some
         // behind the text, as P-tuning reads.
         match self.readout {
-            Readout::Mean => mean_pool(hidden, token_mask),
-            _ => last_token_pool(hidden, attention_mask),
+            Readout::Mean => mean_pool(hidden, states.token_mask),
+            _ => last_token_pool(hidden, states.attention_mask),
         }
+    }
+
+    /// Where this model's trainable part begins above a frozen bottom that can be cached, for a
+    /// method that trains only above `cut`; `None` where the backbone is not cut (M2-BERT) or a
+    /// side network reads the input.
+    pub fn cacheable(&self, cut: FrozenCut) -> Option<FrozenCut> {
+        let plain = self.m2.is_none() && self.side.is_none();
+        plain.then_some(cut)
     }
 
     /// `bert`, `gpt2` or `m2`: the first segment of every backbone parameter path.

@@ -7,6 +7,7 @@
 //! attention mask), so a left-padded sequence gets the same hidden states as the same sequence
 //! unpadded, as HF's `generate` arranges.
 
+use std::ops::Range;
 use std::path::Path;
 
 use burn::module::Module;
@@ -19,6 +20,7 @@ use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::config::{read_json, require};
 use crate::error::Result;
+use crate::pretrained::TokenStates;
 use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
 use crate::tunable::{TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
@@ -319,6 +321,16 @@ impl Gpt2 {
     /// The last hidden state with the masks of its positions (virtual tokens included):
     /// where attention looked, and where the real tokens are.
     pub fn forward_masked(&self, input: Gpt2Input) -> (Tensor<3>, Tensor<2, Int>, Tensor<2, Int>) {
+        let states = self.run_blocks(self.embed(input), 0..self.blocks.len());
+        (
+            self.ln_f.forward(states.hidden),
+            states.attention_mask,
+            states.token_mask,
+        )
+    }
+
+    /// Token and position embeddings, virtual tokens inserted: what the first block reads.
+    pub fn embed(&self, input: Gpt2Input) -> TokenStates {
         let words = self.wte.forward(input.input_ids);
         let (words, attention_mask, token_mask) = match &self.prompt {
             None => (words, input.attention_mask.clone(), input.attention_mask),
@@ -336,11 +348,11 @@ impl Gpt2 {
                 )
             }
         };
-        (
-            self.forward_vectors(words, &attention_mask),
+        TokenStates {
+            hidden: self.add_positions(words, &attention_mask),
             attention_mask,
             token_mask,
-        )
+        }
     }
 
     /// Last hidden state from input vectors `[batch, seq, hidden]` in place of token embeddings
@@ -350,16 +362,31 @@ impl Gpt2 {
         vectors: Tensor<3>,
         attention_mask: &Tensor<2, Int>,
     ) -> Tensor<3> {
-        let bias = causal_padding_bias(attention_mask);
+        let states = TokenStates {
+            hidden: self.add_positions(vectors, attention_mask),
+            attention_mask: attention_mask.clone(),
+            token_mask: attention_mask.clone(),
+        };
+        self.ln_f
+            .forward(self.run_blocks(states, 0..self.blocks.len()).hidden)
+    }
+
+    fn add_positions(&self, vectors: Tensor<3>, attention_mask: &Tensor<2, Int>) -> Tensor<3> {
         // Positions count attended tokens only, so left padding shifts nothing.
         let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0);
-        let mut hidden = self.dropout.forward(vectors + self.wpe.forward(positions));
-        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
-        let skipped = self.adapter_drop.skipped_layers(&hidden.device());
-        for (i, block) in self.blocks.iter().enumerate() {
-            hidden = block.forward(hidden, &bias, i >= skipped, prefixes.next());
+        self.dropout.forward(vectors + self.wpe.forward(positions))
+    }
+
+    /// The blocks `blocks` (a range of indices) over `states`, without the final layer norm.
+    pub fn run_blocks(&self, states: TokenStates, blocks: Range<usize>) -> TokenStates {
+        let bias = causal_padding_bias(&states.attention_mask);
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref()).skip(blocks.start);
+        let skipped = self.adapter_drop.skipped_layers(&states.hidden.device());
+        let mut hidden = states.hidden;
+        for i in blocks {
+            hidden = self.blocks[i].forward(hidden, &bias, i >= skipped, prefixes.next());
         }
-        self.ln_f.forward(hidden)
+        TokenStates { hidden, ..states }
     }
 
     /// Next-token logits `[batch, seq, vocab]` through the tied head.

@@ -32,7 +32,7 @@ pub use adapter::{
     BottleneckAdapter, LayerAdapter, LayerAdapters,
 };
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
-pub use classifier::{HeadConfig, MlpHead, NamedAdapter, Readout, SequenceClassifier};
+pub use classifier::{FrozenCut, HeadConfig, MlpHead, NamedAdapter, Readout, SequenceClassifier};
 pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
@@ -40,7 +40,7 @@ pub use fpt::{Fpt, FptConfig, FptTokens};
 pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use m2::{M2Bert, M2BertConfig};
 pub use monarch::{BlockDiagonal, BlockDiagonalConfig, Monarch, MonarchConfig};
-pub use pretrained::{Backbone, Pooling, Pretrained, last_token_pool, mean_pool};
+pub use pretrained::{Backbone, Pooling, Pretrained, TokenStates, last_token_pool, mean_pool};
 pub use prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 pub use side::{SideConfig, SideNetwork};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};

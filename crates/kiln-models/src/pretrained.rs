@@ -12,6 +12,17 @@ use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::m2::{M2Bert, M2BertConfig};
 use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer};
 
+/// Token states between two layers of a backbone, with the masks of their positions (virtual
+/// tokens included): where attention looks, and where the real tokens are. What a frozen bottom
+/// hands to the layers above it.
+#[derive(Debug, Clone)]
+pub struct TokenStates {
+    /// `[batch, seq, hidden]`.
+    pub hidden: Tensor<3>,
+    pub attention_mask: Tensor<2, Int>,
+    pub token_mask: Tensor<2, Int>,
+}
+
 /// One of kiln's backbones with its HF config.
 #[derive(Debug)]
 pub enum Backbone {

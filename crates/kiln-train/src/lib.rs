@@ -27,7 +27,7 @@ pub use checkpoint::{
 };
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Result, TrainError};
-pub use learner::{Learner, TextTask};
+pub use learner::{FeatureCache, Learner, TextTask};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};
 pub use trainer::{

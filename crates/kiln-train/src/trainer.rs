@@ -502,13 +502,27 @@ pub fn evaluate(
     device: &Device,
     batch_size: usize,
 ) -> Result<Metrics> {
+    evaluate_outputs(examples, kind, device, batch_size, |chunk| {
+        let batch = make_batch(tokenizer, chunk)?;
+        Ok(model.forward(batch.encoded.bert_input(device)))
+    })
+}
+
+/// Loss and metrics of the outputs `forward` gives for `examples`, `batch_size` at a time.
+pub(crate) fn evaluate_outputs(
+    examples: &[&TextExample],
+    kind: &TaskKind,
+    device: &Device,
+    batch_size: usize,
+    mut forward: impl FnMut(&[&TextExample]) -> Result<Tensor<2>>,
+) -> Result<Metrics> {
     let mut loss_sum = 0.0;
     let mut outputs_all: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
-        let batch = make_batch(tokenizer, chunk)?;
-        let outputs = model.forward(batch.encoded.bert_input(device));
+        let outputs = forward(chunk)?;
+        let targets: Vec<Target> = chunk.iter().map(|e| e.target).collect();
         let [rows, width] = outputs.dims();
-        let loss = task_loss(outputs.clone(), &batch.targets, kind, device);
+        let loss = task_loss(outputs.clone(), &targets, kind, device);
         loss_sum += f64::from(loss.into_scalar::<f32>()) * rows as f64;
         let values: Vec<f32> = outputs
             .into_data()

@@ -186,10 +186,7 @@ fn m2_from_random_initialisation_lowers_the_loss() {
         trainable,
     );
     trainer.progress = false;
-    let text = TextTask {
-        tokenizer: tokenizer.clone(),
-        kind: task.kind.clone(),
-    };
+    let text = TextTask::new(tokenizer.clone(), task.kind.clone());
     let data = TaskData {
         task: &text,
         train: train.clone(),

@@ -8,13 +8,15 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use kiln_data::make_batch;
-use kiln_data::{LoadedTask, TaskSpec};
+use kiln_data::{LoadedTask, TaskSpec, TextExample};
 use kiln_models::paths::{ParamVisitor, visit_params};
-use kiln_models::{DeviceChoice, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
+use kiln_models::{
+    DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
+};
 use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
-    ChildTuning, PathTensors, TaskData, TextTask, TrainConfig, Trainer, estimate_fisher, evaluate,
-    load_adapter, load_params, save_adapter, save_params,
+    ChildTuning, Learner, PathTensors, TaskData, TextTask, TrainConfig, Trainer, estimate_fisher,
+    evaluate, load_adapter, load_params, save_adapter, save_params,
 };
 use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
 
@@ -86,10 +88,7 @@ fn config(epochs: usize, lr: f64, seed: u64) -> TrainConfig {
 }
 
 fn text_task(setup: &Setup, task: &LoadedTask) -> TextTask {
-    TextTask {
-        tokenizer: setup.tokenizer.clone(),
-        kind: task.kind.clone(),
-    }
+    TextTask::new(setup.tokenizer.clone(), task.kind.clone())
 }
 
 fn trainer(setup: &Setup, config: TrainConfig, dir: &Path, device: &Device) -> Trainer {
@@ -799,5 +798,92 @@ fn layer_decay_lowers_the_rate_layer_by_layer() {
     ] {
         let lr = rates.lr_from_param(id, Some(path));
         assert!((lr - expected).abs() < 1e-12, "{path}: {lr}");
+    }
+}
+
+/// Loss of `model` (inference mode) on `examples` through `task`, in batches of 5.
+fn learner_loss(model: &SequenceClassifier, task: &TextTask, examples: &[&TextExample]) -> f64 {
+    model
+        .valid()
+        .evaluate(task, examples, &cpu(), 5)
+        .expect("evaluates")
+        .loss
+}
+
+#[test]
+fn the_feature_cache_gives_the_uncached_outputs_and_is_filled_once() {
+    let _seeded = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    let train = task.part(&task.split.train);
+    for (fixture, name, cut) in [
+        ("bert-tiny", "linear-probe", FrozenCut::Features),
+        ("bert-tiny", "partial-k", FrozenCut::BeforeLayer(0)),
+        ("gpt2-tiny", "mlp-k", FrozenCut::Features),
+        ("gpt2-tiny", "partial-k", FrozenCut::BeforeLayer(0)),
+    ] {
+        let method = method(name);
+        let setup = setup(fixture, &method, 3, &device);
+        // The fixtures have two layers: partial-2 trains both, so its bottom is the embeddings.
+        assert_eq!(
+            method.method().frozen_cut(&setup.model),
+            Some(cut),
+            "{fixture} {name}"
+        );
+        let plain = text_task(&setup, &task);
+        let cached = text_task(&setup, &task).with_feature_cache(cut);
+        // Batches of 5 pad differently from the batches the rows were cached in (8 below).
+        let warm: Vec<_> = train.chunks(8).collect();
+        for chunk in warm {
+            learner_loss(&setup.model, &cached, chunk);
+        }
+        let cache = cached.features.as_ref().expect("cache");
+        assert_eq!(cache.len(), train.len(), "{fixture} {name}");
+        let want = learner_loss(&setup.model, &plain, &train);
+        let got = learner_loss(&setup.model, &cached, &train);
+        assert!(
+            (want - got).abs() < 1e-5,
+            "{fixture} {name}: {want} vs {got}"
+        );
+        assert_eq!(cache.len(), train.len(), "nothing computed twice");
+        assert!(cache.bytes() > 0);
+    }
+    // Methods that train inside the backbone's input side have no frozen bottom to cache.
+    let setup = setup("bert-tiny", &method("lora"), 3, &device);
+    assert_eq!(method("lora").method().frozen_cut(&setup.model), None);
+}
+
+#[test]
+fn training_through_the_feature_cache_lowers_the_loss() {
+    let _seeded = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    for (name, lr) in [("linear-probe", 1e-2), ("partial-k", 1e-3)] {
+        let method = method(name);
+        let setup = setup("bert-tiny", &method, 3, &device);
+        let cut = method
+            .method()
+            .frozen_cut(&setup.model)
+            .expect("a frozen bottom");
+        let loss = |model: &SequenceClassifier| training_loss(model, &setup.tokenizer, &task);
+        let before = loss(&setup.model);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = text_task(&setup, &task).with_feature_cache(cut);
+        let data = TaskData {
+            task: &text,
+            train: task.part(&task.split.train),
+            validation: task.part(&task.split.validation),
+        };
+        let (model, _) = trainer(&setup, config(4, lr, 3), dir.path(), &device)
+            .fit(setup.model.clone(), &data, false)
+            .expect("trains");
+        let after = loss(&model);
+        assert!(after < 0.95 * before, "{name}: {before} -> {after}");
+        let cached = text.features.as_ref().expect("cache").len();
+        assert_eq!(
+            cached,
+            task.split.train.len() + task.split.validation.len(),
+            "every train and validation example cached once"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{Activation, AdapterInit, SequenceClassifier};
+use kiln_models::{Activation, AdapterInit, FrozenCut, SequenceClassifier};
 
 use crate::adapters::{BOTTLENECK_FLAGS, BottleneckOptions};
 use crate::error::{Result, TuningError};
@@ -40,6 +40,13 @@ pub trait Method {
 
     /// Path patterns of the parameters that train (see [`crate::trainable`]).
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String>;
+
+    /// Where the frozen part ends when everything the method trains sits above it, so that the
+    /// trainer can compute that part once and cache it; `None` when trained parameters reach
+    /// into the input side of the backbone.
+    fn frozen_cut(&self, _model: &SequenceClassifier) -> Option<FrozenCut> {
+        None
+    }
 }
 
 /// A registered method with its settings; serialised into run directories as

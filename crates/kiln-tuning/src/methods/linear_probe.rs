@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::method::Method;
 
@@ -15,5 +15,9 @@ pub struct LinearProbeConfig {}
 impl Method for LinearProbeConfig {
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
         vec!["head.*".into()]
+    }
+
+    fn frozen_cut(&self, model: &SequenceClassifier) -> Option<FrozenCut> {
+        model.cacheable(FrozenCut::Features)
     }
 }

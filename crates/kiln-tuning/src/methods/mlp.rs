@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
 use crate::method::Method;
@@ -40,5 +40,9 @@ impl Method for MlpConfig {
 
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
         vec!["head.*".into()]
+    }
+
+    fn frozen_cut(&self, model: &SequenceClassifier) -> Option<FrozenCut> {
+        model.cacheable(FrozenCut::Features)
     }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
 use crate::method::Method;
@@ -48,5 +48,10 @@ impl Method for PartialConfig {
         patterns.extend(model.top_paths().iter().map(|p| format!("{p}.*")));
         patterns.push("head.*".into());
         patterns
+    }
+
+    fn frozen_cut(&self, model: &SequenceClassifier) -> Option<FrozenCut> {
+        let layers = model.num_layers();
+        model.cacheable(FrozenCut::BeforeLayer(layers.saturating_sub(self.k)))
     }
 }
