@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
+use crate::tunable::linear_rows;
 
 /// How a fresh adapter's weights start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,9 +164,8 @@ pub struct BottleneckAdapter {
 
 impl BottleneckAdapter {
     pub fn delta(&self, x: Tensor<3>) -> Tensor<3> {
-        let out = self
-            .up
-            .forward(self.activation.forward(self.down.forward(x)));
+        let down = linear_rows(&self.down, x);
+        let out = linear_rows(&self.up, self.activation.forward(down));
         if self.scale == 1.0 {
             out
         } else {
@@ -246,9 +246,9 @@ impl AdapterFusion {
     pub fn forward(&self, stream: Tensor<3>, outputs: Vec<Tensor<3>>) -> Tensor<3> {
         let [batch, seq, width] = stream.dims();
         let stacked: Tensor<4> = Tensor::stack(outputs, 2);
-        let query = self.query.forward(stream).unsqueeze_dim::<4>(2);
-        let key = self.key.forward(stacked.clone());
-        let value = self.value.forward(stacked);
+        let query = linear_rows(&self.query, stream).unsqueeze_dim::<4>(2);
+        let key = linear_rows(&self.key, stacked.clone());
+        let value = linear_rows(&self.value, stacked);
         let weights = softmax((query * key).sum_dim(3), 2);
         (weights * value).sum_dim(2).reshape([batch, seq, width])
     }

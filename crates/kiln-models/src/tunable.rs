@@ -11,7 +11,6 @@ use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
@@ -80,15 +79,14 @@ impl TunableLinear {
     }
 
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let base = linear(
-            input.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(Param::val),
-        );
-        match &self.lora {
-            Some(delta) if !delta.merged => base + delta.forward(input),
-            _ => base,
+        let mut dims = input.dims();
+        let rows = as_rows(input);
+        let mut out = affine_rows(rows.clone(), &self.weight, self.bias.as_ref());
+        if let Some(delta) = self.lora.as_ref().filter(|d| !d.merged) {
+            out = out + delta.forward_rows(rows);
         }
+        dims[D - 1] = self.d_out();
+        out.reshape(dims)
     }
 
     /// Fills the low-rank slot with a fresh delta (`A` Kaiming-uniform as in peft, `B` zero).
@@ -157,8 +155,43 @@ impl LowRankDelta {
         self.a.val().matmul(self.b.val()) * self.scale
     }
 
-    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let low = linear(self.dropout.forward(input), self.a.val(), None);
-        linear(low, self.b.val(), None) * self.scale
+    /// `[rows, d_in] -> [rows, d_out]`.
+    pub fn forward_rows(&self, rows: Tensor<2>) -> Tensor<2> {
+        self.dropout
+            .forward(rows)
+            .matmul(self.a.val())
+            .matmul(self.b.val())
+            * self.scale
     }
+}
+
+/// Burn's `Linear` with every leading dimension folded into rows (see [`affine_rows`]).
+pub fn linear_rows<const D: usize>(layer: &Linear, input: Tensor<D>) -> Tensor<D> {
+    let mut dims = input.dims();
+    dims[D - 1] = layer.weight.lazy_shape().dims::<2>()[1];
+    affine_rows(as_rows(input), &layer.weight, layer.bias.as_ref()).reshape(dims)
+}
+
+/// `x·W + b` as one matrix product over rows. Burn's `linear` keeps a `[batch, seq, d]` input
+/// batched when `seq` is a multiple of 32, and the weight's gradient then goes through a
+/// `[batch, d_in, d_out]` temporary summed over the batch: slower, and the largest buffer of a
+/// training step.
+fn affine_rows(
+    rows: Tensor<2>,
+    weight: &Param<Tensor<2>>,
+    bias: Option<&Param<Tensor<1>>>,
+) -> Tensor<2> {
+    let out = rows.matmul(weight.val());
+    match bias {
+        Some(bias) => out + bias.val().unsqueeze_dim(0),
+        None => out,
+    }
+}
+
+/// Every leading dimension folded into rows, `[..., d] -> [rows, d]`.
+fn as_rows<const D: usize>(input: Tensor<D>) -> Tensor<2> {
+    let dims = input.dims();
+    let width = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    input.reshape([rows, width])
 }
