@@ -8,11 +8,12 @@
 //!   on wgpu (Mesa's software Vulkan driver where there is no GPU).
 //! - `demo`: the main job on a fresh machine: assets, then LoRA fine-tuning of the real MiniLM on
 //!   BBC News (seeded 80/10/10 split), printing test accuracy and the trainable share.
-//! - `bench [--anchor | --anchor-only] [--wgpu] [FILTER]`: the criterion benchmarks (every method's training
+//! - `bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]`: the criterion benchmarks (every method's training
 //!   step and inference batch, LoRA merged and unmerged, tokenizer, batching), summarised in
 //!   `runs/bench/summary.{md,json}`; with `--anchor` also the same full, LoRA and inference
 //!   steps in PyTorch + peft (installed from PyPI into `$KILN_HOME/anchor-venv`) beside kiln's,
-//!   in one run, with the kiln / PyTorch ratios in `runs/bench/anchor.{md,json}`.
+//!   in one run, with the kiln / PyTorch ratios in `runs/bench/anchor.{md,json}`; with `--plan`
+//!   `kiln plan`'s predicted peak memory against the measured one for every method.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,9 +43,10 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("bench") => {
             let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
-            let criterion = !flag("--anchor-only");
+            let only = flag("--anchor-only") || flag("--plan-only");
             let anchor = flag("--anchor") || flag("--anchor-only");
-            bench(criterion, anchor, flag("--wgpu"), filter.as_deref())
+            let plan = flag("--plan") || flag("--plan-only");
+            bench(!only, anchor, plan, flag("--wgpu"), filter.as_deref())
         }
         _ => {
             eprintln!(
@@ -54,8 +56,9 @@ fn main() -> Result<()> {
                  with --fpt also the MNIST 10k digits and scikit-learn's 8x8 digits for `kiln fpt`\n  \
                  test [--no-wgpu] fetch assets, run all tests on cpu, then the parity tests on wgpu\n  \
                  demo             fetch assets and fine-tune MiniLM with LoRA on BBC News\n  \
-                 bench [--anchor | --anchor-only] [--wgpu] [FILTER]\n                   \
-                 criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side"
+                 bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]\n                   \
+                 criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side,\n                   \
+                 --plan checks kiln plan's memory predictions"
             );
             bail!("no command given")
         }
@@ -399,7 +402,13 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn bench(criterion: bool, anchor: bool, wgpu: bool, filter: Option<&str>) -> Result<()> {
+fn bench(
+    criterion: bool,
+    anchor: bool,
+    plan: bool,
+    wgpu: bool,
+    filter: Option<&str>,
+) -> Result<()> {
     let assets = assets()?;
     let out = workspace_root().join("runs/bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -422,8 +431,30 @@ fn bench(criterion: bool, anchor: bool, wgpu: bool, filter: Option<&str>) -> Res
         }
         run(&mut command, "cargo bench")?;
     }
+    if anchor || plan {
+        run(
+            cargo()
+                // With kiln-cli, as the release build of both: one feature set, one build.
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "kiln-cli",
+                    "-p",
+                    "kiln-benches",
+                ])
+                .args(features),
+            "cargo build kiln_step",
+        )?;
+    }
     let anchor_rows = if anchor {
-        Some(run_anchor(&assets, &out, features)?)
+        Some(run_anchor(&assets, &out)?)
+    } else {
+        None
+    };
+    let plan_rows = if plan {
+        Some(check_plan(&assets)?)
     } else {
         None
     };
@@ -432,12 +463,16 @@ fn bench(criterion: bool, anchor: bool, wgpu: bool, filter: Option<&str>) -> Res
         "machine": machine(),
         "criterion": rows,
         "anchor": anchor_rows,
+        "plan": plan_rows,
     });
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
-    let markdown = summary_markdown(&rows, anchor_rows.as_deref());
+    let mut markdown = summary_markdown(&rows, anchor_rows.as_deref());
+    if let Some(plan) = &plan_rows {
+        markdown.push_str(&plan_markdown(plan));
+    }
     std::fs::write(out.join("summary.md"), &markdown)?;
     println!(
         "{markdown}\nwritten to {}",
@@ -512,22 +547,8 @@ fn read_criterion(dir: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// Runs every anchor case on both engines and returns one row per case.
-fn run_anchor(assets: &Assets, out: &Path, features: &[&str]) -> Result<Vec<serde_json::Value>> {
+fn run_anchor(assets: &Assets, out: &Path) -> Result<Vec<serde_json::Value>> {
     let python = anchor_venv()?;
-    run(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "kiln-benches",
-                "--bin",
-                "kiln_step",
-            ])
-            .args(features),
-        "cargo build kiln_step",
-    )?;
     let kiln_step = target_dir().join("release/kiln_step");
     let script = workspace_root().join("benches/anchor/anchor.py");
     let mut rows = Vec::new();
@@ -707,6 +728,76 @@ fn summary_markdown(rows: &[serde_json::Value], anchor: Option<&[serde_json::Val
             r["mean_ms"].as_f64().unwrap_or(f64::NAN),
             r["median_ms"].as_f64().unwrap_or(f64::NAN),
             r["per_second"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    md
+}
+
+/// The methods whose training step `--plan` measures against `kiln plan`'s prediction.
+const PLAN_METHODS: [&str; 16] = [
+    "full",
+    "linear-probe",
+    "mlp-k",
+    "partial-k",
+    "bitfit",
+    "lora",
+    "houlsby",
+    "pfeiffer",
+    "parallel",
+    "adapter-drop",
+    "mam",
+    "side",
+    "prompt",
+    "prefix",
+    "p-tuning",
+    "p-tuning-v2",
+];
+
+/// Peak memory of one MiniLM training step per method, measured in a process of its own, beside
+/// what `kiln plan` predicts for it.
+fn check_plan(assets: &Assets) -> Result<Vec<serde_json::Value>> {
+    let kiln_step = target_dir().join("release/kiln_step");
+    let mut rows = Vec::new();
+    for method in PLAN_METHODS {
+        println!("plan: {method}");
+        let result = json_line(
+            Command::new(&kiln_step)
+                .args(["--method", method, "--mode", "train", "--steps", "1"])
+                .arg("--model")
+                .arg(&assets.minilm),
+        )?;
+        let measured = result["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+        let predicted = result["predicted_peak_mib"].as_f64().unwrap_or(f64::NAN);
+        rows.push(serde_json::json!({
+            "method": method,
+            "measured_mib": measured,
+            "predicted_mib": predicted,
+            "error_percent": 100.0 * (predicted - measured) / measured,
+            "predicted_gflop": result["predicted_flops"].as_f64().map(|f| f / 1e9),
+            "step_ms": result["median_ms"],
+        }));
+    }
+    Ok(rows)
+}
+
+fn plan_markdown(rows: &[serde_json::Value]) -> String {
+    let mut md = String::from(
+        "\n## kiln plan against measured peak memory\n\n\
+         One MiniLM training step per method (batch 16 x 128), each in its own process; the \
+         goal is within 15%.\n\n\
+         | method | measured peak MiB | predicted MiB | error | predicted GFLOP | step ms |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:+.1}% | {:.1} | {:.0} |\n",
+            r["method"].as_str().unwrap_or(""),
+            f("measured_mib"),
+            f("predicted_mib"),
+            f("error_percent"),
+            f("predicted_gflop"),
+            f("step_ms"),
         ));
     }
     md

@@ -14,6 +14,8 @@ use clap::{Parser, ValueEnum};
 
 use kiln_benches::{BATCH, Batch, SEQ_LEN, TrainStep, backbone, classifier, infer};
 use kiln_models::DeviceChoice;
+use kiln_train::plan::{StepShape, plan};
+use kiln_tuning::MethodConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -62,6 +64,18 @@ fn main() -> Result<()> {
     if args.merged {
         model.merge_lora();
     }
+    let prediction = plan(
+        &model,
+        &report,
+        StepShape {
+            batch: args.batch,
+            seq: args.len,
+            virtual_tokens: MethodConfig::from_options(&args.method, &Default::default())?
+                .method()
+                .virtual_tokens(),
+        },
+    )
+    .ok();
     let vocab = model.word_embeddings().dims()[0];
     let batch = Batch::random(args.batch, args.len, vocab, 7, on);
     let mut timings = Vec::with_capacity(args.steps);
@@ -105,6 +119,9 @@ fn main() -> Result<()> {
         "median_ms": median,
         "tokens_per_second": batch.tokens() as f64 / (median / 1e3),
         "peak_rss_mib": kiln_train::memory::peak_rss_mib(),
+        // What `kiln plan` predicts for a training step of this case.
+        "predicted_peak_mib": prediction.as_ref().map(|p| p.peak_bytes / (1024.0 * 1024.0)),
+        "predicted_flops": prediction.as_ref().map(|p| p.forward_flops + p.backward_flops),
     });
     println!("{output}");
     Ok(())

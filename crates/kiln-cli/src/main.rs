@@ -3,6 +3,7 @@
 mod compare;
 mod encode;
 mod fpt;
+mod plan;
 mod pretrain;
 mod runs;
 mod study;
@@ -39,6 +40,8 @@ enum Command {
     Methods,
     /// Several methods on one model and task: table, plot and HTML report.
     Compare(Box<compare::CompareArgs>),
+    /// Predict a training step's memory and FLOPs before training.
+    Plan(Box<plan::PlanArgs>),
     /// Full fine-tuning vs Child-Tuning F and D on small training subsets, several seeds.
     Study(Box<study::StudyArgs>),
     /// Frozen Pretrained Transformer on a non-language task (bits, ListOps, images).
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),
         Command::Compare(args) => compare::compare(*args, cli.device),
+        Command::Plan(args) => plan::run(*args, &device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
         Command::Methods => {
