@@ -49,6 +49,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    kiln_train::memory::tune_allocator();
     let args = Args::parse();
     if args.steps == 0 {
         bail!("--steps must be at least 1");

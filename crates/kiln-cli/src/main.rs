@@ -57,6 +57,7 @@ fn parse_device(value: &str) -> Result<DeviceChoice, String> {
 }
 
 fn main() -> Result<()> {
+    kiln_train::memory::tune_allocator();
     let cli = Cli::parse();
     let device = cli.device.device()?;
     match cli.command {
