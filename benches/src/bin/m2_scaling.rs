@@ -63,6 +63,7 @@ fn models(width: usize, positions: usize, device: &Device) -> (Bert, M2Bert) {
 }
 
 fn main() {
+    kiln_train::memory::tune_allocator();
     let device = DeviceChoice::Cpu.device().expect("CPU backend");
     let runs = 9;
     let width = 256;

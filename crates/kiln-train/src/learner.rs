@@ -3,14 +3,12 @@
 //! language model each implement it, so one loop (schedule, clipping, Child-Tuning, checkpoints,
 //! resume, logs) trains them all.
 
-use burn::module::Module;
-use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::tensor::{Device, Tensor};
-
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use burn::tensor::{Int, TensorData};
+use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use kiln_data::{Target, TaskKind, TextExample, make_batch};
 use kiln_models::{FrozenCut, SequenceClassifier, TextTokenizer, TokenStates};
