@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::module::Module;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 
 use kiln_benches::{BATCH, Batch, SEQ_LEN, TrainStep, backbone, classifier, infer, text_methods};
 use kiln_data::{OnBadRow, ReadOptions, TextExample, make_batch, read_class_folders};
@@ -21,7 +21,7 @@ fn device_choice() -> DeviceChoice {
         .unwrap_or_default()
 }
 
-/// A step of a second or more: ten samples of one iteration each are what criterion allows.
+/// A step of a second or more: ten samples of one iteration each (criterion's minimum).
 fn slow<'a>(
     c: &'a mut Criterion,
     name: &str,
@@ -29,6 +29,7 @@ fn slow<'a>(
     let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(1))
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements((BATCH * SEQ_LEN) as u64));
@@ -151,4 +152,10 @@ fn text(c: &mut Criterion) {
 }
 
 criterion_group!(benches, methods, text);
-criterion_main!(benches);
+
+/// `criterion_main!` with the allocator set up as in the `kiln` binary.
+fn main() {
+    kiln_train::memory::tune_allocator();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
