@@ -63,6 +63,18 @@ pub fn hf_name_for(table: KeyTable, kiln_path: &str) -> Option<(String, Layout)>
     })
 }
 
+/// The kiln path of a concrete HF name in `table` (the inverse of [`hf_name_for`]).
+pub fn kiln_name_for(table: KeyTable, hf_name: &str) -> Option<(String, Layout)> {
+    let (pattern, index) = generalise(hf_name);
+    table.iter().find(|row| row.hf == pattern).map(|row| {
+        let kiln = match &index {
+            Some(i) => row.kiln.replace("{i}", i),
+            None => row.kiln.to_string(),
+        };
+        (kiln, row.layout)
+    })
+}
+
 /// Replaces the first all-digit path segment by `{i}` and returns it.
 fn generalise(path: &str) -> (String, Option<String>) {
     let mut index = None;

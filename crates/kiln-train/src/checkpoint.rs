@@ -97,7 +97,7 @@ pub fn save_params_hf<M: Module>(
     })
 }
 
-fn save_params_laid_out<M: Module>(
+pub(crate) fn save_params_laid_out<M: Module>(
     model: &M,
     path: &Path,
     key: impl Fn(&str) -> Option<(String, Layout)>,
@@ -177,6 +177,16 @@ pub fn load_params_as<M: Module>(
     path: &Path,
     key: impl Fn(&str) -> Option<String>,
 ) -> Result<(M, usize)> {
+    load_params_laid_out(model, path, |p| key(p).map(|name| (name, Layout::Same)))
+}
+
+/// Loads the tensor `key(path)` names into each parameter `path`, transposed where its layout
+/// says the file holds PyTorch's `[out, in]`. Every tensor of the file must find a parameter.
+pub fn load_params_laid_out<M: Module>(
+    model: M,
+    path: &Path,
+    key: impl Fn(&str) -> Option<(String, Layout)>,
+) -> Result<(M, usize)> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
@@ -225,20 +235,26 @@ struct Loader<'a, F> {
     error: Option<TrainError>,
 }
 
-impl<F: Fn(&str) -> Option<String>> ParamMapper for Loader<'_, F> {
+impl<F: Fn(&str) -> Option<(String, Layout)>> ParamMapper for Loader<'_, F> {
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(key) = (self.key)(path) else {
+        let Some((key, layout)) = (self.key)(path) else {
             return param;
         };
         let Ok(view) = self.file.tensor(&key) else {
             return param;
         };
         let expected = param.lazy_shape().dims::<D>().to_vec();
-        if view.shape() != expected.as_slice() || view.dtype() != Dtype::F32 {
+        let transposed = matches!(layout, Layout::Transposed) && D == 2;
+        let stored: Vec<usize> = if transposed {
+            expected.iter().rev().copied().collect()
+        } else {
+            expected.clone()
+        };
+        if view.shape() != stored.as_slice() || view.dtype() != Dtype::F32 {
             self.error.get_or_insert(TrainError::checkpoint(
                 self.file_path,
                 format!(
-                    "tensor `{key}` is {:?} {:?}, the model's `{path}` expects F32 {expected:?}",
+                    "tensor `{key}` is {:?} {:?}, the model's `{path}` expects F32 {stored:?}",
                     view.dtype(),
                     view.shape()
                 ),
@@ -252,9 +268,12 @@ impl<F: Fn(&str) -> Option<String>> ParamMapper for Loader<'_, F> {
             None => param.id,
         };
         self.loaded.push(key);
-        Param::initialized(
-            id,
-            Tensor::from_data(TensorData::new(values, expected), &device),
-        )
+        let tensor = Tensor::<D>::from_data(TensorData::new(values, stored), &device);
+        let tensor = if transposed {
+            tensor.swap_dims(0, 1)
+        } else {
+            tensor
+        };
+        Param::initialized(id, tensor)
     }
 }

@@ -13,6 +13,7 @@ pub mod fpt;
 pub mod learner;
 pub mod memory;
 pub mod metrics;
+pub mod peft;
 pub mod plan;
 pub mod pretrain;
 pub mod report;

@@ -1,0 +1,358 @@
+//! HF peft's directory format for LoRA, both ways: `adapter_config.json` and
+//! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python.
+//!
+//! - Tensors: `base_model.model.<module>.lora_A.weight` `[r, d_in]` and `lora_B.weight`
+//!   `[d_out, r]`, the transposes of kiln's `lora.a` `[d_in, r]` and `lora.b` `[r, d_out]`;
+//!   `<module>` is the HF module path (`bert.encoder.layer.0.attention.self.query` under
+//!   `BertForSequenceClassification`, `h.0.attn.c_attn` under `GPT2Model`).
+//! - A BERT classifier that reads BERT's pooler through one linear layer is exactly HF's
+//!   `BertForSequenceClassification`: it exports as task `SEQ_CLS` with the head as peft's
+//!   `modules_to_save` classifier. Any other model exports its deltas for the base model alone
+//!   (task `FEATURE_EXTRACTION`, `BertModel` / `GPT2Model`); kiln's head then has no peft
+//!   counterpart (GPT-2's sequence classifier has no bias, kiln's head does) and is not written.
+//! - `target_modules` lists the HF module paths without the task prefix: peft matches them as
+//!   suffixes, so they name exactly the projections that carry deltas, under either base class.
+//!
+//! Importing reads the same files into any kiln model of the same backbone: a delta for each
+//! `lora_A`/`lora_B` pair (rank, `lora_alpha`, `lora_dropout` from the config; rsLoRA's
+//! `alpha/sqrt(r)` scale kept), and the classifier when there is one.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use kiln_models::weights::{KeyTable, Layout, hf_name_for, kiln_name_for};
+use kiln_models::{LowRankConfig, Readout, SequenceClassifier, WeightFile};
+use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
+use kiln_tuning::{ParamReport, set_trainable};
+
+use crate::checkpoint::{load_params_laid_out, save_params_laid_out, write_atomically};
+use crate::error::{Result, TrainError};
+
+pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
+pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The fields of peft's `LoraConfig` kiln writes and reads (peft fills the rest with defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftLoraConfig {
+    pub peft_type: String,
+    pub task_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// A list of module names; peft also allows one regular expression, which kiln refuses.
+    pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default = "no_bias")]
+    pub bias: String,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub rank_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default = "yes")]
+    pub inference_mode: bool,
+}
+
+fn no_bias() -> String {
+    "none".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftExport {
+    pub task_type: &'static str,
+    pub target_modules: Vec<String>,
+    pub tensors: usize,
+    /// The head went in as peft's classifier.
+    pub with_classifier: bool,
+}
+
+/// The backbone's key table and the prefix its HF task class puts before module paths.
+fn backbone_names(model: &SequenceClassifier) -> Result<(KeyTable, &'static str)> {
+    match (&model.bert, &model.gpt2) {
+        (Some(_), _) => Ok((BERT_KEYS, "bert.")),
+        (_, Some(_)) => Ok((GPT2_KEYS, "transformer.")),
+        _ => Err(TrainError::Invalid(
+            "peft's format has no M2-BERT model class; LoRA on M2-BERT stays in kiln's format"
+                .into(),
+        )),
+    }
+}
+
+/// Whether `model` is HF's `BertForSequenceClassification`: BERT, pooler readout, one linear
+/// layer.
+fn is_bert_sequence_classifier(model: &SequenceClassifier) -> bool {
+    model.bert.is_some() && model.readout == Readout::Pooler && model.head.hidden.is_empty()
+}
+
+/// `bert.layers.0.attention.query.lora.a` → (`layers.0.attention.query`, `lora_A`).
+fn split_lora_path<'a>(path: &'a str, backbone: &str) -> Option<(&'a str, &'static str)> {
+    let rest = path.strip_prefix(backbone)?.strip_prefix('.')?;
+    if let Some(projection) = rest.strip_suffix(".lora.a") {
+        return Some((projection, "lora_A"));
+    }
+    rest.strip_suffix(".lora.b").map(|p| (p, "lora_B"))
+}
+
+/// The HF module path of a kiln projection path (`layers.0.attention.query` →
+/// `encoder.layer.0.attention.self.query`).
+fn hf_module(table: KeyTable, projection: &str) -> Option<String> {
+    let (weight, _) = hf_name_for(table, &format!("{projection}.weight"))?;
+    weight.strip_suffix(".weight").map(str::to_string)
+}
+
+/// Writes `model`'s LoRA deltas (and, for a BERT sequence classifier, its head) as a peft
+/// adapter directory. `base_model` goes into the config as `base_model_name_or_path`.
+pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> Result<PeftExport> {
+    let (table, task_prefix) = backbone_names(model)?;
+    let backbone = model.backbone_name();
+    let mut model = model.clone();
+    let mut deltas = Vec::new();
+    for (path, projection) in model.projections_mut() {
+        if let Some(delta) = projection.lora.as_ref() {
+            if delta.merged {
+                return Err(TrainError::Invalid(format!(
+                    "{path}: the delta is merged into the weight; unmerge before exporting"
+                )));
+            }
+            deltas.push((path, delta.rank(), delta.scale));
+        }
+    }
+    let Some(&(_, rank, scale)) = deltas.first() else {
+        return Err(TrainError::Invalid(
+            "the model has no LoRA delta to export".into(),
+        ));
+    };
+    if deltas.iter().any(|&(_, r, s)| r != rank || s != scale) {
+        return Err(TrainError::Invalid(
+            "peft's config holds one rank and alpha; this model's deltas differ".into(),
+        ));
+    }
+    let dropout = model
+        .projections_mut()
+        .into_iter()
+        .find_map(|(_, p)| p.lora.as_ref().map(|d| d.dropout.prob))
+        .unwrap_or(0.0);
+    let with_classifier = is_bert_sequence_classifier(&model);
+    // Under BertModel / GPT2Model the module paths have no task prefix.
+    let prefix = if with_classifier { task_prefix } else { "" };
+    let mut target_modules = BTreeSet::new();
+    for (path, _, _) in &deltas {
+        let projection = path
+            .strip_prefix(backbone)
+            .and_then(|p| p.strip_prefix('.'))
+            .unwrap_or(path);
+        let module = hf_module(table, projection).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "{path}: no HF module corresponds to this projection"
+            ))
+        })?;
+        target_modules.insert(module);
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let tensors = save_params_laid_out(&model, &out.join(PEFT_WEIGHTS_FILE), |path| {
+        if let Some((projection, matrix)) = split_lora_path(path, backbone) {
+            let module = hf_module(table, projection)?;
+            return Some((
+                format!("base_model.model.{prefix}{module}.{matrix}.weight"),
+                Layout::Transposed,
+            ));
+        }
+        if !with_classifier {
+            return None;
+        }
+        match path {
+            "head.output.weight" => Some((
+                "base_model.model.classifier.weight".into(),
+                Layout::Transposed,
+            )),
+            "head.output.bias" => Some(("base_model.model.classifier.bias".into(), Layout::Same)),
+            _ => None,
+        }
+    })?;
+    let task_type = if with_classifier {
+        "SEQ_CLS"
+    } else {
+        "FEATURE_EXTRACTION"
+    };
+    let target_modules: Vec<String> = target_modules.into_iter().collect();
+    let config = PeftLoraConfig {
+        peft_type: "LORA".into(),
+        task_type: Some(task_type.into()),
+        r: rank,
+        lora_alpha: scale * rank as f64,
+        lora_dropout: dropout,
+        target_modules: serde_json::json!(target_modules),
+        // HF GPT-2's Conv1D stores `[in, out]`: peft must be told.
+        fan_in_fan_out: model.gpt2.is_some(),
+        bias: no_bias(),
+        modules_to_save: with_classifier.then(|| vec!["classifier".into()]),
+        base_model_name_or_path: Some(base_model.into()),
+        use_rslora: false,
+        use_dora: false,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        inference_mode: true,
+    };
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    Ok(PeftExport {
+        task_type,
+        target_modules,
+        tensors,
+        with_classifier,
+    })
+}
+
+/// Reads a peft LoRA directory's config, refusing what kiln cannot represent.
+pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let config: PeftLoraConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let refuse = |field: &str, why: &str| {
+        Err(TrainError::Invalid(format!(
+            "{}: `{field}` {why}",
+            path.display()
+        )))
+    };
+    if config.peft_type != "LORA" {
+        return refuse(
+            "peft_type",
+            &format!("is {}; kiln imports LORA adapters", config.peft_type),
+        );
+    }
+    if config.use_dora {
+        return refuse("use_dora", "is true; kiln has no DoRA");
+    }
+    if !config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty() {
+        return refuse(
+            "rank_pattern",
+            "/ `alpha_pattern` give per-module ranks; kiln's deltas share one",
+        );
+    }
+    if config.bias != "none" {
+        return refuse("bias", "trains biases; kiln's LoRA does not");
+    }
+    if config.r == 0 {
+        return refuse("r", "is 0");
+    }
+    Ok(config)
+}
+
+/// Adds the deltas of the peft LoRA directory `dir` to `model` (and loads its classifier when
+/// it has one) and makes them and the head trainable. The model's backbone must be the one the
+/// adapter was trained on.
+pub fn import_lora(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let config = read_lora_config(dir)?;
+    let (table, task_prefix) = backbone_names(&model)?;
+    let backbone = model.backbone_name();
+    let weights_path = dir.join(PEFT_WEIGHTS_FILE);
+    let file = WeightFile::open(&weights_path)?;
+    // The projections with a delta, from the tensor names themselves.
+    let mut projections = BTreeSet::new();
+    let mut classifier = false;
+    // Saved from the task class (`bert.encoder...`) or from the base model (`encoder...`).
+    let task_class = file
+        .names()
+        .any(|n| n.starts_with(&format!("base_model.model.{task_prefix}")));
+    for name in file.names() {
+        let rest = name.strip_prefix("base_model.model.").ok_or_else(|| {
+            TrainError::checkpoint(&weights_path, format!("`{name}` is not a peft LoRA tensor"))
+        })?;
+        if rest.starts_with("classifier.") {
+            classifier = true;
+            continue;
+        }
+        let module = rest
+            .strip_suffix(".lora_A.weight")
+            .or_else(|| rest.strip_suffix(".lora_B.weight"))
+            .ok_or_else(|| {
+                TrainError::checkpoint(&weights_path, format!("`{name}`: not a LoRA matrix"))
+            })?;
+        let module = module.strip_prefix(task_prefix).unwrap_or(module);
+        let (kiln, _) = kiln_name_for(table, &format!("{module}.weight")).ok_or_else(|| {
+            TrainError::checkpoint(
+                &weights_path,
+                format!("`{name}`: no {backbone} projection is called `{module}`"),
+            )
+        })?;
+        let projection = kiln.strip_suffix(".weight").unwrap_or(&kiln).to_string();
+        projections.insert(format!("{backbone}.{projection}"));
+    }
+    if classifier && !is_bert_sequence_classifier(&model) {
+        return Err(TrainError::checkpoint(
+            &weights_path,
+            "it holds a BertForSequenceClassification classifier: build the model with \
+             `--readout pooler` and a one-layer head to load it",
+        ));
+    }
+    // rsLoRA scales by alpha/sqrt(r); kiln's deltas scale by alpha/r.
+    let alpha = if config.use_rslora {
+        config.lora_alpha * (config.r as f64).sqrt()
+    } else {
+        config.lora_alpha
+    };
+    let delta = LowRankConfig {
+        rank: config.r,
+        alpha,
+        dropout: config.lora_dropout,
+    };
+    let mut model = model;
+    let mut added = 0;
+    for (path, projection) in model.projections_mut() {
+        if projections.contains(&path) {
+            projection.add_lora(delta);
+            added += 1;
+        }
+    }
+    if added != projections.len() {
+        return Err(TrainError::checkpoint(
+            &weights_path,
+            "some LoRA tensors name projections this model does not have",
+        ));
+    }
+    let prefix = if task_class { task_prefix } else { "" };
+    let (model, _) = load_params_laid_out(model, &weights_path, |path| {
+        if let Some((projection, matrix)) = split_lora_path(path, backbone) {
+            let module = hf_module(table, projection)?;
+            return Some((
+                format!("base_model.model.{prefix}{module}.{matrix}.weight"),
+                Layout::Transposed,
+            ));
+        }
+        match path {
+            "head.output.weight" if classifier => Some((
+                "base_model.model.classifier.weight".into(),
+                Layout::Transposed,
+            )),
+            "head.output.bias" if classifier => {
+                Some(("base_model.model.classifier.bias".into(), Layout::Same))
+            }
+            _ => None,
+        }
+    })?;
+    Ok(set_trainable(
+        model,
+        &["*.lora.*".to_string(), "head.*".to_string()],
+    ))
+}

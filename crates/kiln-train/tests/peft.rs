@@ -1,0 +1,274 @@
+//! LoRA adapters in HF peft's format, both ways, against fixtures written by
+//! `scripts/make_peft_fixtures.py` (peft 0.21, transformers 5.24): adapters peft made load into
+//! kiln and give peft's outputs; adapters kiln writes are what that script loaded with
+//! `PeftModel.from_pretrained` and recorded outputs for. `KILN_WRITE_FIXTURES=1` rewrites
+//! kiln's side of the fixtures (then re-run the script).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde_json::Value;
+
+use kiln_models::paths::{ParamMapper, map_params};
+use kiln_models::{
+    BertInput, DeviceChoice, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, Readout,
+    SequenceClassifier,
+};
+use kiln_train::peft::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, import_lora};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn cpu() -> Device {
+    DeviceChoice::Cpu.device().expect("CPU backend")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("json")
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
+fn ids(value: &Value, key: &str) -> Tensor<2, Int> {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(value[key].clone()).expect("rows");
+    let shape = [rows.len(), rows[0].len()];
+    Tensor::from_data(TensorData::new(rows.concat(), shape), &cpu())
+}
+
+/// A classifier on a fixture: BERT with the pooler and one linear layer (HF's
+/// `BertForSequenceClassification`), GPT-2 with its last token.
+fn classifier(fixture: &str) -> SequenceClassifier {
+    let device = cpu();
+    let pretrained = Pretrained::load(&fixtures().join(fixture), &device).expect("fixture");
+    let readout = if fixture.starts_with("bert") {
+        Readout::Pooler
+    } else {
+        Readout::Last
+    };
+    let head = HeadConfig {
+        layers: 1,
+        outputs: 2,
+        dropout: 0.1,
+    };
+    SequenceClassifier::new(pretrained.backbone, readout, head, &device).expect("classifier")
+}
+
+/// BERT's logits, or GPT-2's last hidden state, on the fixture inputs.
+fn outputs(model: &SequenceClassifier, inputs: &Value) -> Vec<f32> {
+    let model = model.valid();
+    let input_ids = ids(inputs, "input_ids");
+    let attention_mask = ids(inputs, "attention_mask");
+    let out = match &model.gpt2 {
+        Some(gpt2) => gpt2
+            .forward(Gpt2Input {
+                input_ids,
+                attention_mask,
+            })
+            .flatten::<1>(0, 2),
+        None => model
+            .forward(BertInput {
+                token_type_ids: input_ids.zeros_like(),
+                input_ids,
+                attention_mask,
+            })
+            .flatten::<1>(0, 1),
+    };
+    out.into_data().try_to_vec::<f32>().expect("floats")
+}
+
+/// Compares within 1e-4; for token states only at the positions the mask attends (GPT-2's
+/// states at padding are not comparable: HF numbers padded positions on, kiln repeats the last
+/// real one).
+fn assert_close(got: &[f32], want: &[f32], inputs: &Value, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: sizes");
+    let mask: Vec<i64> = serde_json::from_value::<Vec<Vec<i64>>>(inputs["attention_mask"].clone())
+        .expect("mask")
+        .concat();
+    let per_token =
+        (got.len() % mask.len() == 0 && got.len() > mask.len()).then(|| got.len() / mask.len());
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        if per_token.is_some_and(|width| mask[i / width] == 0) {
+            continue;
+        }
+        assert!(
+            (a - b).abs() < 1e-4,
+            "{what}: element {i}: kiln {a} vs peft {b}"
+        );
+    }
+}
+
+#[test]
+fn peft_lora_adapters_load_into_kiln_with_peft_outputs() {
+    for (fixture, adapter, key) in [
+        ("bert-tiny", "peft-bert-lora", "logits"),
+        ("gpt2-tiny", "peft-gpt2-lora", "last_hidden_state"),
+    ] {
+        let dir = fixtures().join("peft").join(adapter);
+        let expected = read_json(&dir.join("expected.json"));
+        let (model, report) = import_lora(classifier(fixture), &dir).expect("imports");
+        // r 4 on two projections (BERT: query and value; GPT-2: c_attn) in both layers, plus
+        // the head.
+        let deltas = if fixture.starts_with("bert") {
+            2 * 2 * 4 * (32 + 32)
+        } else {
+            2 * 4 * (32 + 96)
+        };
+        assert_eq!(report.trainable(), deltas + 32 * 2 + 2, "{adapter}");
+        assert_close(
+            &outputs(&model, &expected),
+            &floats(&expected[key]),
+            &expected,
+            adapter,
+        );
+    }
+}
+
+/// Gives the LoRA matrices and the head fixed values, so that the export is the same file
+/// every time (initialisation would draw from the backend's RNG).
+struct Deterministic(usize);
+
+impl ParamMapper for Deterministic {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !(path.contains(".lora.") || path.starts_with("head.")) {
+            return param;
+        }
+        let shape = param.lazy_shape();
+        let values: Vec<f32> = (0..shape.num_elements())
+            .map(|_| {
+                self.0 += 1;
+                ((self.0 as f32 * 0.618_034).fract() - 0.5) * 0.4
+            })
+            .collect();
+        let device = param.lazy_device();
+        Param::initialized(
+            param.id,
+            Tensor::from_data(TensorData::new(values, shape), &device),
+        )
+    }
+}
+
+fn kiln_lora(fixture: &str) -> SequenceClassifier {
+    let mut model = classifier(fixture);
+    let targets: &[&str] = if fixture.starts_with("bert") {
+        &["attention.query", "attention.value", "intermediate"]
+    } else {
+        &["attention.c_attn", "mlp.c_proj"]
+    };
+    for (path, projection) in model.projections_mut() {
+        if targets.iter().any(|t| path.ends_with(t)) {
+            projection.add_lora(LowRankConfig {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.1,
+            });
+        }
+    }
+    map_params(model, &mut Deterministic(0))
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).expect("read");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut all: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn kiln_lora_exports_load_in_peft_with_kiln_outputs() {
+    for (fixture, adapter, key, task) in [
+        ("bert-tiny", "kiln-bert-lora", "logits", "SEQ_CLS"),
+        (
+            "gpt2-tiny",
+            "kiln-gpt2-lora",
+            "last_hidden_state",
+            "FEATURE_EXTRACTION",
+        ),
+    ] {
+        let model = kiln_lora(fixture);
+        let committed = fixtures().join("peft").join(adapter);
+        let dir = tempfile::tempdir().expect("dir");
+        let export =
+            export_lora(&model, dir.path(), &format!("fixtures/{fixture}")).expect("exports");
+        assert_eq!(export.task_type, task);
+        assert_eq!(export.with_classifier, task == "SEQ_CLS");
+        if std::env::var_os("KILN_WRITE_FIXTURES").is_some() {
+            export_lora(&model, &committed, &format!("fixtures/{fixture}")).expect("writes");
+        }
+        // What peft loaded in the fixture script is what kiln writes now.
+        assert_eq!(
+            tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
+            tensors(&committed.join(PEFT_WEIGHTS_FILE)),
+            "{adapter}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+        );
+        let config = read_json(&dir.path().join(PEFT_CONFIG_FILE));
+        assert_eq!(config["r"], 4);
+        assert_eq!(config["lora_alpha"], 8.0);
+        assert_eq!(config["peft_type"], "LORA");
+        // ... and transformers + peft gave kiln's outputs with it.
+        let peft = read_json(&committed.join("transformers.json"));
+        let ours = outputs(&model, &peft);
+        assert_close(&ours, &floats(&peft[key]), &peft, adapter);
+
+        // The export reads back into a fresh model to the same outputs.
+        let (reloaded, _) = import_lora(classifier(fixture), dir.path()).expect("re-imports");
+        assert_close(&outputs(&reloaded, &peft), &ours, &peft, adapter);
+    }
+}
+
+#[test]
+fn what_kiln_cannot_represent_is_refused_with_the_field() {
+    let source = fixtures().join("peft/peft-bert-lora");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::copy(
+        source.join(PEFT_WEIGHTS_FILE),
+        dir.path().join(PEFT_WEIGHTS_FILE),
+    )
+    .expect("copy");
+    let config = read_json(&source.join(PEFT_CONFIG_FILE));
+    for (field, value, says) in [
+        ("peft_type", Value::from("PROMPT_TUNING"), "peft_type"),
+        ("use_dora", Value::from(true), "DoRA"),
+        ("bias", Value::from("all"), "bias"),
+    ] {
+        let mut changed = config.clone();
+        changed[field] = value;
+        std::fs::write(dir.path().join(PEFT_CONFIG_FILE), changed.to_string()).expect("write");
+        let error = import_lora(classifier("bert-tiny"), dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(says), "{field}: {error}");
+        assert!(error.contains(PEFT_CONFIG_FILE), "{error}");
+    }
+    // A classifier needs the model HF's class is: pooler readout, one linear layer.
+    std::fs::write(dir.path().join(PEFT_CONFIG_FILE), config.to_string()).expect("write");
+    let device = cpu();
+    let pretrained = Pretrained::load(&fixtures().join("bert-tiny"), &device).expect("fixture");
+    let head = HeadConfig {
+        layers: 1,
+        outputs: 2,
+        dropout: 0.1,
+    };
+    let mean =
+        SequenceClassifier::new(pretrained.backbone, Readout::Mean, head, &device).expect("model");
+    let error = import_lora(mean, dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("--readout pooler"), "{error}");
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Writes the HF peft fixtures of kiln's peft round-trip tests, in both directions, on the tiny
+BERT and GPT-2 fixtures. Tests never run this script; they read what it committed.
+
+    python3 -m venv VENV && VENV/bin/pip install torch transformers peft safetensors
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VENV/bin/python scripts/make_peft_fixtures.py
+
+(`cargo xtask bench --anchor` leaves such an environment in `.kiln/anchor-venv`.)
+
+peft to kiln, written here with a fixed seed:
+  fixtures/peft/peft-bert-lora/   LoRA (r 4, alpha 8, query and value, random A and B) on
+                                  BertForSequenceClassification (pooler + classifier, 2 labels),
+                                  saved by `save_pretrained`, and expected.json: input ids,
+                                  attention mask and the logits PeftModel gives.
+  fixtures/peft/peft-gpt2-lora/   LoRA (r 4, alpha 8, c_attn, fan_in_fan_out) on GPT2Model, and
+                                  expected.json with the last hidden state.
+kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
+  fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
+  fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
+                                  state (GPT-2) they give on the same inputs.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import BertForSequenceClassification, GPT2Model
+
+ROOT = Path(__file__).resolve().parent.parent / "fixtures"
+OUT = ROOT / "peft"
+
+# Fixed inputs inside both tiny vocabularies, the second row right-padded.
+INPUT_IDS = [[2, 5, 100, 101, 159, 102, 137, 3], [2, 35, 85, 61, 3, 0, 0, 0]]
+ATTENTION_MASK = [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0]]
+
+
+def inputs():
+    return torch.tensor(INPUT_IDS), torch.tensor(ATTENTION_MASK)
+
+
+def tensor_json(t: torch.Tensor) -> dict:
+    return {"shape": list(t.shape), "values": [float(v) for v in t.reshape(-1).tolist()]}
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, separators=(",", ":")) + "\n")
+
+
+def bert_base():
+    return BertForSequenceClassification.from_pretrained(ROOT / "bert-tiny", num_labels=2).eval()
+
+
+def gpt2_base():
+    return GPT2Model.from_pretrained(ROOT / "gpt2-tiny").eval()
+
+
+def bert_logits(model) -> torch.Tensor:
+    ids, mask = inputs()
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+def gpt2_hidden(model) -> torch.Tensor:
+    ids, mask = inputs()
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def expected(out: Path, name: str, value: torch.Tensor) -> None:
+    write_json(
+        out,
+        {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, name: tensor_json(value)},
+    )
+
+
+def save(model, directory: Path, base: str) -> None:
+    """`save_pretrained`, without the model card, naming the base by its fixture path."""
+    model.save_pretrained(directory)
+    (directory / "README.md").unlink(missing_ok=True)
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = f"fixtures/{base}"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def peft_to_kiln() -> None:
+    torch.manual_seed(11)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["query", "value"],
+        init_lora_weights=False,  # random B as well: a zero B would test nothing
+    )
+    model = get_peft_model(bert_base(), config).eval()
+    directory = OUT / "peft-bert-lora"
+    save(model, directory, "bert-tiny")
+    expected(directory / "expected.json", "logits", bert_logits(model))
+
+    torch.manual_seed(12)
+    config = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["c_attn"],
+        fan_in_fan_out=True,
+        init_lora_weights=False,
+    )
+    model = get_peft_model(gpt2_base(), config).eval()
+    directory = OUT / "peft-gpt2-lora"
+    save(model, directory, "gpt2-tiny")
+    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
+
+
+def kiln_to_peft() -> None:
+    for name, base, run, key in [
+        ("kiln-bert-lora", bert_base, bert_logits, "logits"),
+        ("kiln-gpt2-lora", gpt2_base, gpt2_hidden, "last_hidden_state"),
+    ]:
+        directory = OUT / name
+        if not (directory / "adapter_config.json").is_file():
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            continue
+        model = PeftModel.from_pretrained(base(), directory).eval()
+        expected(directory / "transformers.json", key, run(model))
+        print(f"{directory}: loaded by peft, {key} recorded")
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    peft_to_kiln()
+    kiln_to_peft()
