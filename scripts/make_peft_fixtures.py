@@ -17,7 +17,9 @@ peft to kiln, written here with a fixed seed:
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
-                                  state (GPT-2) they give on the same inputs.
+                                  state (GPT-2) they give on the same inputs;
+  fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
+  fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
 """
 
 import json
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import BertForSequenceClassification, GPT2Model
+from transformers import AutoModel, AutoModelForSequenceClassification, BertForSequenceClassification, GPT2Model
 
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
 OUT = ROOT / "peft"
@@ -127,6 +129,17 @@ def kiln_to_peft() -> None:
         model = PeftModel.from_pretrained(base(), directory).eval()
         expected(directory / "transformers.json", key, run(model))
         print(f"{directory}: loaded by peft, {key} recorded")
+    for name, load, run, key in [
+        ("kiln-bert-merged", AutoModelForSequenceClassification, bert_logits, "logits"),
+        ("kiln-gpt2-merged", AutoModel, gpt2_hidden, "last_hidden_state"),
+    ]:
+        directory = OUT / name
+        if not (directory / "model.safetensors").is_file():
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            continue
+        model = load.from_pretrained(directory).eval()
+        expected(directory / "transformers.json", key, run(model))
+        print(f"{directory}: loaded by {type(model).__name__}, {key} recorded")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fpt;
 pub mod learner;
 pub mod memory;
+pub mod merge;
 pub mod metrics;
 pub mod peft;
 pub mod plan;

@@ -1,8 +1,9 @@
 //! LoRA adapters in HF peft's format, both ways, against fixtures written by
 //! `scripts/make_peft_fixtures.py` (peft 0.21, transformers 5.24): adapters peft made load into
 //! kiln and give peft's outputs; adapters kiln writes are what that script loaded with
-//! `PeftModel.from_pretrained` and recorded outputs for. `KILN_WRITE_FIXTURES=1` rewrites
-//! kiln's side of the fixtures (then re-run the script).
+//! `PeftModel.from_pretrained` and recorded outputs for; the merged checkpoints kiln writes are
+//! what it loaded with plain transformers. `KILN_WRITE_FIXTURES=1` rewrites kiln's side of the
+//! fixtures (then re-run the script).
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use kiln_models::{
     BertInput, DeviceChoice, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, Readout,
     SequenceClassifier,
 };
+use kiln_train::merge::save_merged;
 use kiln_train::peft::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, import_lora};
 
 fn fixtures() -> PathBuf {
@@ -23,6 +25,12 @@ fn fixtures() -> PathBuf {
 
 fn cpu() -> Device {
     DeviceChoice::Cpu.device().expect("CPU backend")
+}
+
+/// `KILN_WRITE_FIXTURES=1`: write kiln's side of the fixtures and skip the comparisons (the
+/// fixture script records transformers' side next).
+fn writing_fixtures() -> bool {
+    std::env::var_os("KILN_WRITE_FIXTURES").is_some()
 }
 
 fn read_json(path: &Path) -> Value {
@@ -206,8 +214,9 @@ fn kiln_lora_exports_load_in_peft_with_kiln_outputs() {
             export_lora(&model, dir.path(), &format!("fixtures/{fixture}")).expect("exports");
         assert_eq!(export.task_type, task);
         assert_eq!(export.with_classifier, task == "SEQ_CLS");
-        if std::env::var_os("KILN_WRITE_FIXTURES").is_some() {
+        if writing_fixtures() {
             export_lora(&model, &committed, &format!("fixtures/{fixture}")).expect("writes");
+            continue;
         }
         // What peft loaded in the fixture script is what kiln writes now.
         assert_eq!(
@@ -271,4 +280,57 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
         .expect("refused")
         .to_string();
     assert!(error.contains("--readout pooler"), "{error}");
+}
+
+#[test]
+fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
+    for (fixture, merged, key, architecture) in [
+        (
+            "bert-tiny",
+            "kiln-bert-merged",
+            "logits",
+            "BertForSequenceClassification",
+        ),
+        (
+            "gpt2-tiny",
+            "kiln-gpt2-merged",
+            "last_hidden_state",
+            "GPT2Model",
+        ),
+    ] {
+        let model = kiln_lora(fixture);
+        let base = fixtures().join(fixture);
+        let committed = fixtures().join("peft").join(merged);
+        let dir = tempfile::tempdir().expect("dir");
+        let written = save_merged(&model, &base, dir.path()).expect("merges");
+        assert_eq!(written.architecture, architecture);
+        assert!(written.merged_deltas > 0);
+        if writing_fixtures() {
+            save_merged(&model, &base, &committed).expect("writes");
+            continue;
+        }
+        assert_eq!(
+            tensors(&dir.path().join("model.safetensors")),
+            tensors(&committed.join("model.safetensors")),
+            "{merged}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+        );
+        // transformers, loading the merged directory with no kiln or peft code, gave the
+        // unmerged kiln model's outputs.
+        let hf = read_json(&committed.join("transformers.json"));
+        assert_close(&outputs(&model, &hf), &floats(&hf[key]), &hf, merged);
+    }
+    // Modules transformers has no class for are refused.
+    let mut model = classifier("bert-tiny");
+    let options = kiln_tuning::MethodOptions::default();
+    kiln_tuning::MethodConfig::from_options("pfeiffer", &options)
+        .expect("method")
+        .method()
+        .prepare(&mut model)
+        .expect("adapter");
+    let dir = tempfile::tempdir().expect("dir");
+    let error = save_merged(&model, &fixtures().join("bert-tiny"), dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("adapters"), "{error}");
 }
