@@ -2,6 +2,7 @@
 
 mod compare;
 mod encode;
+mod export;
 mod fpt;
 mod plan;
 mod pretrain;
@@ -38,6 +39,10 @@ enum Command {
     Eval(train::EvalArgs),
     /// List every registered method with its options.
     Methods,
+    /// Write a LoRA run as a HF peft adapter directory.
+    Export(export::ExportArgs),
+    /// Fold a run's LoRA deltas into the base weights and write a HF checkpoint.
+    Merge(export::MergeArgs),
     /// Several methods on one model and task: table, plot and HTML report.
     Compare(Box<compare::CompareArgs>),
     /// Predict a training step's memory and FLOPs before training.
@@ -67,6 +72,8 @@ fn main() -> Result<()> {
         Command::Study(args) => study::study(*args, cli.device),
         Command::Compare(args) => compare::compare(*args, cli.device),
         Command::Plan(args) => plan::run(*args, &device),
+        Command::Export(args) => export::export(args, &device),
+        Command::Merge(args) => export::merge(args, &device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
         Command::Methods => {

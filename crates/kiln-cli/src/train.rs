@@ -724,6 +724,19 @@ pub struct EvalArgs {
     adapter_drop: Option<usize>,
 }
 
+/// The model of the run in `dir` (settings `run`) with its best weights, and its tokenizer.
+pub fn load_run_model(
+    dir: &Path,
+    run: &RunConfig,
+    device: &Device,
+) -> Result<(SequenceClassifier, kiln_models::TextTokenizer)> {
+    let pretrained = load_model(&run.model, run.random_init, device)?;
+    let (model, tokenizer, _) = build(pretrained, run, device)?;
+    let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
+    let (model, _) = kiln_train::load_params(model, &weights)?;
+    Ok((model, tokenizer))
+}
+
 pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
     let run: RunConfig = read_json(&args.run.join("run.json"))?;
     let task = run
@@ -735,10 +748,7 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         "test" => &task.split.test,
         other => bail!("--split {other}: expected validation or test"),
     };
-    let pretrained = load_model(&run.model, run.random_init, device)?;
-    let (model, tokenizer, _) = build(pretrained, &run, device)?;
-    let weights = args.run.join(BEST_DIR).join(TRAINED_FILE);
-    let (mut model, _) = kiln_train::load_params(model, &weights)?;
+    let (mut model, tokenizer) = load_run_model(&args.run, &run, device)?;
     if let Some(layers) = args.adapter_drop {
         if model.adapters.is_empty() {
             bail!("--adapter-drop: the run's model holds no adapters");

@@ -480,3 +480,69 @@ fn compare_writes_table_plot_and_page_for_every_method() {
     ]);
     assert!(!ok && stderr.contains("fusion"), "{stderr}");
 }
+
+#[test]
+fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let train = |method: &str, out: &std::path::Path| {
+        let (ok, _, stderr) = kiln(&[
+            "train",
+            "--model",
+            path(&model),
+            "--task",
+            path(&task),
+            "--method",
+            method,
+            "--readout",
+            "pooler",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "32",
+            "--out",
+            path(out),
+        ]);
+        assert!(ok, "{stderr}");
+    };
+    let run = dir.path().join("lora");
+    train("lora", &run);
+    let adapter = dir.path().join("peft");
+    let (ok, stdout, stderr) = kiln(&["export", "--run", path(&run), "--out", path(&adapter)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("SEQ_CLS"), "{stdout}");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+
+    let merged = dir.path().join("merged");
+    let (ok, stdout, stderr) = kiln(&["merge", "--run", path(&run), "--out", path(&merged)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("4 LoRA deltas merged"), "{stdout}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["BertForSequenceClassification"])
+    );
+    for file in ["model.safetensors", "vocab.txt"] {
+        assert!(merged.join(file).is_file(), "{file}");
+    }
+    // The merged directory is a BERT kiln loads again.
+    let (ok, _, stderr) = kiln(&["encode", "--model", path(&merged), "--text", "fire"]);
+    assert!(ok, "{stderr}");
+
+    let bitfit = dir.path().join("bitfit");
+    train("bitfit", &bitfit);
+    let (ok, _, stderr) = kiln(&["export", "--run", path(&bitfit), "--out", path(&adapter)]);
+    assert!(!ok && stderr.contains("bitfit"), "{stderr}");
+}
