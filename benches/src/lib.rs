@@ -158,11 +158,12 @@ pub fn infer(model: &SequenceClassifier, batch: &Batch) -> Vec<f32> {
         .expect("f32 outputs")
 }
 
-/// Every method a text classifier takes (the registry without `fpt`, which has its own command).
+/// Every method a text classifier trains with (the registry without `fpt` and `icl`, which have
+/// their own commands).
 pub fn text_methods() -> Vec<&'static str> {
     kiln_tuning::METHODS
         .iter()
         .map(|m| m.name)
-        .filter(|name| *name != "fpt")
+        .filter(|name| !matches!(*name, "fpt" | "icl"))
         .collect()
 }

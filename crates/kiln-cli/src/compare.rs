@@ -1,6 +1,7 @@
 //! `kiln compare`: several methods on one model and task, each with its defaults (learning rate,
 //! sizes) and the same trainer settings and seeds, each run a `kiln train` of its own
-//! ([`crate::runs`]). Writes `results.json` (every run and the per-method rows), `results.md`
+//! ([`crate::runs`]); `icl` (in-context learning, a `kiln icl` run) stands beside them as the
+//! zero-training baseline. Writes `results.json` (every run and the per-method rows), `results.md`
 //! (test metric, trainable share, time, peak memory), `plot.svg` (metric against trainable
 //! share) and `report.html` (both on one self-contained page).
 
@@ -47,6 +48,9 @@ pub struct CompareArgs {
     /// Train every method on the same seeded subset of this many training examples.
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Demonstrations per query for `icl` (in-context learning, GPT-2 only).
+    #[arg(long, default_value_t = 4)]
+    icl_shots: usize,
     /// Title of the report [default: the model and task directories].
     #[arg(long)]
     title: Option<String>,
@@ -90,7 +94,17 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
         let (mut seconds, mut peak) = (0.0, None::<f64>);
         for seed in args.seed..args.seed + args.seeds {
             let dir = args.out.join(format!("{method}-s{seed}"));
-            let summary = launcher.train(&run_options(&args, method, seed), &dir)?;
+            let summary = if method == "icl" {
+                let options = [
+                    "--shots",
+                    &args.icl_shots.to_string(),
+                    "--seed",
+                    &seed.to_string(),
+                ];
+                launcher.icl(&options.map(str::to_string), &dir)?
+            } else {
+                launcher.train(&run_options(&args, method, seed), &dir)?
+            };
             let Some(test) = &summary.test else {
                 bail!("{}: the run has no test split to report", dir.display());
             };

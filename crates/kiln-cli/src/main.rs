@@ -4,6 +4,7 @@ mod compare;
 mod encode;
 mod export;
 mod fpt;
+mod icl;
 mod plan;
 mod pretrain;
 mod runs;
@@ -39,6 +40,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// List every registered method with its options.
     Methods,
+    /// In-context learning with a GPT-2: k labelled demonstrations, no training.
+    Icl(Box<icl::IclArgs>),
     /// Write a LoRA run as a HF peft adapter directory.
     Export(export::ExportArgs),
     /// Fold a run's LoRA deltas into the base weights and write a HF checkpoint.
@@ -73,6 +76,7 @@ fn main() -> Result<()> {
         Command::Compare(args) => compare::compare(*args, cli.device),
         Command::Plan(args) => plan::run(*args, &device),
         Command::Export(args) => export::export(args, &device),
+        Command::Icl(args) => icl::icl(*args, cli.device, &device),
         Command::Merge(args) => export::merge(args, &device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),

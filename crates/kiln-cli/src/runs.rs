@@ -33,6 +33,16 @@ impl<'a> Launcher<'a> {
     /// The summary of the run in `dir`: trained now with `options` (method and trainer flags),
     /// resumed, or read back when it finished before.
     pub fn train(&self, options: &[String], dir: &Path) -> Result<RunSummary> {
+        self.launch("train", options, dir)
+    }
+
+    /// In-context learning (`kiln icl`) on the same model and task: nothing trains, so an
+    /// unfinished run starts again.
+    pub fn icl(&self, options: &[String], dir: &Path) -> Result<RunSummary> {
+        self.launch("icl", options, dir)
+    }
+
+    fn launch(&self, subcommand: &str, options: &[String], dir: &Path) -> Result<RunSummary> {
         let summary_path = dir.join("summary.json");
         if summary_path.is_file() {
             return Ok(read_json(&summary_path)?);
@@ -41,14 +51,14 @@ impl<'a> Launcher<'a> {
         command
             .arg("--device")
             .arg(self.device.to_string())
-            .arg("train")
+            .arg(subcommand)
             .arg("--model")
             .arg(self.model)
             .args(self.task.to_cli_args())
             .args(options)
             .arg("--out")
             .arg(dir);
-        if dir.join("run.json").is_file() {
+        if subcommand == "train" && dir.join("run.json").is_file() {
             command.arg("--resume");
         }
         let status = command

@@ -80,7 +80,7 @@ impl TaskArgs {
         args
     }
 
-    fn spec(&self) -> TaskSpec {
+    pub fn spec(&self) -> TaskSpec {
         TaskSpec {
             path: self.task.clone(),
             text_column: self.text_column.clone(),

@@ -32,6 +32,7 @@ fn methods_lists_every_registered_method() {
         "prefix",
         "p-tuning",
         "p-tuning-v2",
+        "icl",
         "fpt",
     ] {
         assert!(
@@ -545,4 +546,96 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
     train("bitfit", &bitfit);
     let (ok, _, stderr) = kiln(&["export", "--run", path(&bitfit), "--out", path(&adapter)]);
     assert!(!ok && stderr.contains("bitfit"), "{stderr}");
+}
+
+#[test]
+fn icl_scores_label_words_and_stands_beside_trained_methods_in_compare() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = fixtures().join("gpt2-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let out = dir.path().join("icl");
+    let (ok, stdout, stderr) = kiln(&[
+        "icl",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--shots",
+        "2",
+        "--text-words",
+        "4",
+        "--out",
+        path(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("nothing trains"), "{stdout}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(summary["method"], "icl-k2");
+    assert_eq!(summary["trainable_params"], 0);
+    let accuracy = summary["test"]["accuracy"].as_f64().expect("accuracy");
+    assert!((0.0..=1.0).contains(&accuracy));
+
+    // Label words must match the classes; BERT is no causal LM; kiln train points to kiln icl.
+    let (ok, _, stderr) = kiln(&[
+        "icl",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--label-words",
+        "a,b,c",
+        "--out",
+        path(&dir.path().join("bad")),
+    ]);
+    assert!(!ok && stderr.contains("--label-words"), "{stderr}");
+    let (ok, _, stderr) = kiln(&[
+        "icl",
+        "--model",
+        path(&fixtures().join("bert-tiny")),
+        "--task",
+        path(&task),
+        "--out",
+        path(&dir.path().join("bert")),
+    ]);
+    assert!(!ok && stderr.contains("causal"), "{stderr}");
+    let (ok, _, stderr) = kiln(&[
+        "train",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--method",
+        "icl",
+        "--out",
+        path(&dir.path().join("train-icl")),
+    ]);
+    assert!(!ok && stderr.contains("kiln icl"), "{stderr}");
+
+    let compare = dir.path().join("compare");
+    let (ok, stdout, stderr) = kiln(&[
+        "compare",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--methods",
+        "lora,icl",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--icl-shots",
+        "2",
+        "--out",
+        path(&compare),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| icl-k2 | ") && stdout.contains("| lora-r8 | "),
+        "{stdout}"
+    );
 }

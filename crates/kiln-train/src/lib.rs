@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod child_tuning;
 pub mod error;
 pub mod fpt;
+pub mod icl;
 pub mod learner;
 pub mod memory;
 pub mod merge;

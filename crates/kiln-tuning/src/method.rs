@@ -169,6 +169,11 @@ pub const METHODS: &[MethodInfo] = &[
         options: "--prefix-len 20, --adapter-name",
     },
     MethodInfo {
+        name: "icl",
+        summary: "in-context learning: k labelled demonstrations in a GPT-2 prompt, label words scored, nothing trains (Brown et al. 2020); `kiln icl`",
+        options: "--shots 4 --template T --label-words a,b --text-words 40",
+    },
+    MethodInfo {
         name: "fpt",
         summary: "Frozen Pretrained Transformer on non-language tasks: new input and output layers, layer norms and positions train (Lu et al. 2021); `kiln fpt`",
         options: "--freeze-input --freeze-output --freeze-norms --freeze-positions --train-attention --train-feed-forward --full",
@@ -329,6 +334,14 @@ impl MethodConfig {
                 Self::PTuningV2(PTuningV2Config::with_options(options)),
                 vec!["prefix-len", "adapter-name"],
             ),
+            "icl" => {
+                return Err(TuningError::Option {
+                    option: "method",
+                    message: "in-context learning trains nothing: run `kiln icl` (or list `icl` \
+                              in `kiln compare --methods`)"
+                        .into(),
+                });
+            }
             "fpt" => {
                 return Err(TuningError::Option {
                     option: "method",

@@ -1,0 +1,211 @@
+//! In-context learning, the zero-training baseline fine-tuning is measured against (Brown et
+//! al. 2020, "Language Models are Few-Shot Learners"): a causal LM reads `k` labelled
+//! demonstrations drawn from the training split and the query, all written with one template,
+//! and the prediction is the label word the model gives the highest log-probability after the
+//! query. Nothing trains.
+//!
+//! - Template: a string with `{text}` and `{label}`, e.g. `"Text: {text}\nTopic: {label}\n\n"`.
+//!   A demonstration is the template filled in; the query is the template cut before `{label}`.
+//! - Texts are cut to their first `text_words` words so that `k + 1` of them fit the model's
+//!   positions; a context that still does not fit loses its oldest tokens.
+//! - A label's score is the sum of the log-probabilities of its word's tokens (the word with a
+//!   leading space, encoded apart from the context as lm-eval-harness does), given the context.
+//! - Demonstrations are drawn per query from the seed and the query's index, never the query
+//!   itself; the same seed gives the same prompts.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use kiln_data::{SplitMix64, TextExample};
+use kiln_models::{Gpt2, Gpt2Input, TextTokenizer};
+
+use crate::error::{Result, TrainError};
+use crate::metrics::Metrics;
+
+/// How prompts are written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IclConfig {
+    pub shots: usize,
+    pub template: String,
+    /// The word each class is written as, in class order.
+    pub label_words: Vec<String>,
+    /// Words kept of each text.
+    pub text_words: usize,
+    pub seed: u64,
+}
+
+pub const DEFAULT_TEMPLATE: &str = "Text: {text}\nLabel: {label}\n\n";
+
+impl IclConfig {
+    /// Refuses a template without its two slots, or label words that do not fit the task.
+    pub fn check(&self, classes: usize) -> Result<()> {
+        let label_at = self.template.find("{label}");
+        match (self.template.find("{text}"), label_at) {
+            (Some(text), Some(label)) if text < label => {}
+            _ => {
+                return Err(TrainError::Invalid(format!(
+                    "--template {:?} needs `{{text}}` and then `{{label}}`",
+                    self.template
+                )));
+            }
+        }
+        if self.label_words.len() != classes {
+            return Err(TrainError::Invalid(format!(
+                "--label-words gives {} words for {classes} classes",
+                self.label_words.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn cut(&self, text: &str) -> String {
+        text.split_whitespace()
+            .take(self.text_words)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// One demonstration: the template with text and label word filled in.
+    pub fn demonstration(&self, example: &TextExample) -> String {
+        let label = &self.label_words[example.target.class_index()];
+        self.template
+            .replace("{text}", &self.cut(&example.text))
+            .replace("{label}", label)
+    }
+
+    /// The prompt for `query` after `demos`: the demonstrations, then the template up to (not
+    /// including) the label slot, trailing spaces dropped (the label word brings its own).
+    pub fn prompt(&self, demos: &[&TextExample], query: &TextExample) -> String {
+        let mut prompt: String = demos.iter().map(|d| self.demonstration(d)).collect();
+        let filled = self.template.replace("{text}", &self.cut(&query.text));
+        let head = &filled[..filled.find("{label}").unwrap_or(filled.len())];
+        prompt.push_str(head.trim_end_matches(' '));
+        prompt
+    }
+
+    /// `shots` distinct training examples for the query at `query_index`, never `query` itself.
+    pub fn demonstrations<'a>(
+        &self,
+        train: &[&'a TextExample],
+        query: &TextExample,
+        query_index: usize,
+    ) -> Vec<&'a TextExample> {
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        SplitMix64::new(self.seed ^ (query_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .shuffle(&mut order);
+        order
+            .into_iter()
+            .map(|i| train[i])
+            .filter(|e| !std::ptr::eq(*e, query))
+            .take(self.shots)
+            .collect()
+    }
+}
+
+/// The summed log-probability of each continuation's tokens after `context` (oldest context
+/// tokens dropped where context and continuation exceed `positions`).
+pub fn continuation_scores(
+    model: &Gpt2,
+    context: &[u32],
+    continuations: &[Vec<u32>],
+    positions: usize,
+    device: &Device,
+) -> Result<Vec<f64>> {
+    let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+    if longest == 0 || longest >= positions || context.is_empty() {
+        return Err(TrainError::Invalid(
+            "every label word needs tokens, and they must leave room for context".into(),
+        ));
+    }
+    let keep = context.len().min(positions - longest);
+    let context = &context[context.len() - keep..];
+    let len = keep + longest;
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for continuation in continuations {
+        let row: Vec<i64> = context
+            .iter()
+            .chain(continuation)
+            .map(|&t| i64::from(t))
+            .collect();
+        mask.extend((0..len).map(|i| i64::from(i < row.len())));
+        ids.extend(
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, len - row.len())),
+        );
+    }
+    let rows = continuations.len();
+    let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, len]), device);
+    let attention_mask = Tensor::<2, Int>::from_data(TensorData::new(mask, [rows, len]), device);
+    let hidden = model.forward(Gpt2Input {
+        input_ids,
+        attention_mask,
+    });
+    let log_probs = log_softmax(model.lm_logits(hidden), 2);
+    let values: Vec<f32> = log_probs
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Invalid(format!("cannot read log-probabilities: {e:?}")))?;
+    let vocab = values.len() / (rows * len);
+    Ok(continuations
+        .iter()
+        .enumerate()
+        .map(|(row, continuation)| {
+            continuation
+                .iter()
+                .enumerate()
+                .map(|(j, &token)| {
+                    // The token at position keep + j is predicted at position keep + j - 1.
+                    let at = (row * len + keep + j - 1) * vocab + token as usize;
+                    f64::from(values[at])
+                })
+                .sum()
+        })
+        .collect())
+}
+
+/// Accuracy and the other classification metrics of in-context learning on `queries`; the
+/// loss is the mean negative log-likelihood of the right label among the label words.
+pub fn evaluate_icl(
+    model: &Gpt2,
+    tokenizer: &TextTokenizer,
+    train: &[&TextExample],
+    queries: &[&TextExample],
+    config: &IclConfig,
+    positions: usize,
+    device: &Device,
+) -> Result<Metrics> {
+    let continuations = config
+        .label_words
+        .iter()
+        .map(|word| Ok(tokenizer.encode_words(&format!(" {word}"))?))
+        .collect::<Result<Vec<_>>>()?;
+    let (mut predicted, mut actual, mut loss) = (Vec::new(), Vec::new(), 0.0);
+    for (index, query) in queries.iter().enumerate() {
+        let demos = config.demonstrations(train, query, index);
+        let context = tokenizer.encode_words(&config.prompt(&demos, query))?;
+        let scores = continuation_scores(model, &context, &continuations, positions, device)?;
+        let best = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        let right = query.target.class_index();
+        let normaliser = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+        let log_sum = normaliser
+            + scores
+                .iter()
+                .map(|s| (s - normaliser).exp())
+                .sum::<f64>()
+                .ln();
+        loss += log_sum - scores[right];
+        predicted.push(best);
+        actual.push(right);
+    }
+    Ok(Metrics::classification(
+        loss / queries.len().max(1) as f64,
+        &predicted,
+        &actual,
+        config.label_words.len(),
+    ))
+}
