@@ -44,5 +44,5 @@ pub use pretrained::{Backbone, Pooling, Pretrained, TokenStates, last_token_pool
 pub use prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 pub use side::{SideConfig, SideNetwork};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
-pub use tunable::{LowRankConfig, LowRankDelta, TunableLinear};
+pub use tunable::{LoraRouting, LowRankConfig, LowRankDelta, TunableLinear};
 pub use weights::WeightFile;

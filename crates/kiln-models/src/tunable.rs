@@ -14,13 +14,32 @@ use burn::nn::{
 use burn::tensor::{Device, Tensor};
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
-/// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`.
+/// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`; deltas served
+/// by name beside the base are `served.{k}.a`, `served.{k}.b`.
 #[derive(Module, Debug)]
 pub struct TunableLinear {
     /// `[d_in, d_out]`: Burn's layout, the transpose of PyTorch's `nn.Linear`.
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub lora: Option<LowRankDelta>,
+    /// Named LoRA adapters served on one base (index `k` is the classifier's
+    /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
+    pub served: Vec<Option<LowRankDelta>>,
+    /// Which served delta applies, to the whole batch or per example.
+    #[module(skip)]
+    pub routing: LoraRouting,
+}
+
+/// Which served LoRA adapter a forward pass uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LoraRouting {
+    /// None: the base (with its trained `lora` slot, if any).
+    #[default]
+    Off,
+    /// Adapter `k` for every example.
+    All(usize),
+    /// Adapter per example of the batch (`None`: the base for that example).
+    PerExample(Vec<Option<usize>>),
 }
 
 /// Settings of one LoRA delta.
@@ -78,15 +97,51 @@ impl TunableLinear {
         self.weight.lazy_shape().dims::<2>()[1]
     }
 
+    /// `input` `[batch, ..., d_in]`: with per-example routing its first axis is the batch.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let mut dims = input.dims();
         let rows = as_rows(input);
         let mut out = affine_rows(rows.clone(), &self.weight, self.bias.as_ref());
         if let Some(delta) = self.lora.as_ref().filter(|d| !d.merged) {
-            out = out + delta.forward_rows(rows);
+            out = out + delta.forward_rows(rows.clone());
+        }
+        if self.routing != LoraRouting::Off {
+            out = out + self.served_delta(rows, dims[0]);
         }
         dims[D - 1] = self.d_out();
         out.reshape(dims)
+    }
+
+    /// The routed adapters' contribution `[rows, d_out]` (zeros when none applies). Per example,
+    /// each adapter in use runs on every row and a 0/1 row mask keeps its examples' rows.
+    fn served_delta(&self, rows: Tensor<2>, batch: usize) -> Tensor<2> {
+        let [count, _] = rows.dims();
+        let device = rows.device();
+        let zeros = || Tensor::zeros([count, self.d_out()], &device);
+        let served = |k: usize| self.served.get(k).and_then(Option::as_ref);
+        match &self.routing {
+            LoraRouting::Off => zeros(),
+            LoraRouting::All(k) => served(*k).map_or_else(zeros, |d| d.forward_rows(rows)),
+            LoraRouting::PerExample(choice) => {
+                let per_example = count / batch.max(1);
+                let mut out = zeros();
+                let mut used: Vec<usize> = choice.iter().flatten().copied().collect();
+                used.sort_unstable();
+                used.dedup();
+                for k in used {
+                    let Some(delta) = served(k) else { continue };
+                    let mask: Vec<f32> = (0..count)
+                        .map(|r| f32::from(u8::from(choice.get(r / per_example) == Some(&Some(k)))))
+                        .collect();
+                    let mask = Tensor::<2>::from_data(
+                        burn::tensor::TensorData::new(mask, [count, 1]),
+                        &device,
+                    );
+                    out = out + delta.forward_rows(rows.clone()) * mask;
+                }
+                out
+            }
+        }
     }
 
     /// Fills the low-rank slot with a fresh delta (`A` Kaiming-uniform as in peft, `B` zero).
@@ -141,11 +196,24 @@ impl From<Linear> for TunableLinear {
             weight: linear.weight,
             bias: linear.bias,
             lora: None,
+            served: Vec::new(),
+            routing: LoraRouting::Off,
         }
     }
 }
 
 impl LowRankDelta {
+    /// A delta with given matrices `a` `[d_in, r]`, `b` `[r, d_out]` (an adapter read from a file).
+    pub fn from_matrices(a: Tensor<2>, b: Tensor<2>, config: LowRankConfig) -> Self {
+        Self {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            scale: config.alpha / config.rank as f64,
+            merged: false,
+        }
+    }
+
     pub fn rank(&self) -> usize {
         self.a.lazy_shape().dims::<2>()[1]
     }

@@ -15,19 +15,23 @@
 //!
 //! Importing reads the same files into any kiln model of the same backbone: a delta for each
 //! `lora_A`/`lora_B` pair (rank, `lora_alpha`, `lora_dropout` from the config; rsLoRA's
-//! `alpha/sqrt(r)` scale kept), and the classifier when there is one.
+//! `alpha/sqrt(r)` scale kept), and the classifier when there is one; into the model's LoRA
+//! slots (`import_lora`) or served by name beside other adapters (`load_lora_adapter`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::weights::{KeyTable, Layout, hf_name_for, kiln_name_for};
-use kiln_models::{LowRankConfig, Readout, SequenceClassifier, WeightFile};
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+
+use kiln_models::weights::{KeyTable, Layout, RawTensor, hf_name_for, kiln_name_for};
+use kiln_models::{LowRankConfig, LowRankDelta, Readout, SequenceClassifier, WeightFile};
 use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
 use kiln_tuning::{ParamReport, set_trainable};
 
-use crate::checkpoint::{load_params_laid_out, save_params_laid_out, write_atomically};
+use crate::checkpoint::{save_params_laid_out, write_atomically};
 use crate::error::{Result, TrainError};
 
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
@@ -256,103 +260,161 @@ pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
     Ok(config)
 }
 
-/// Adds the deltas of the peft LoRA directory `dir` to `model` (and loads its classifier when
-/// it has one) and makes them and the head trainable. The model's backbone must be the one the
-/// adapter was trained on.
-pub fn import_lora(
-    model: SequenceClassifier,
-    dir: &Path,
-) -> Result<(SequenceClassifier, ParamReport)> {
+/// A peft LoRA directory read against a model: each delta by full projection path, and the
+/// classifier (`[c, h]` weight, bias) when the adapter has one.
+struct ReadAdapter {
+    deltas: Vec<(String, LowRankDelta)>,
+    classifier: Option<(RawTensor, RawTensor)>,
+}
+
+fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
     let config = read_lora_config(dir)?;
-    let (table, task_prefix) = backbone_names(&model)?;
+    let (table, task_prefix) = backbone_names(model)?;
     let backbone = model.backbone_name();
     let weights_path = dir.join(PEFT_WEIGHTS_FILE);
     let file = WeightFile::open(&weights_path)?;
-    // The projections with a delta, from the tensor names themselves.
-    let mut projections = BTreeSet::new();
-    let mut classifier = false;
-    // Saved from the task class (`bert.encoder...`) or from the base model (`encoder...`).
-    let task_class = file
-        .names()
-        .any(|n| n.starts_with(&format!("base_model.model.{task_prefix}")));
-    for name in file.names() {
-        let rest = name.strip_prefix("base_model.model.").ok_or_else(|| {
-            TrainError::checkpoint(&weights_path, format!("`{name}` is not a peft LoRA tensor"))
-        })?;
-        if rest.starts_with("classifier.") {
-            classifier = true;
-            continue;
-        }
-        let module = rest
-            .strip_suffix(".lora_A.weight")
-            .or_else(|| rest.strip_suffix(".lora_B.weight"))
-            .ok_or_else(|| {
-                TrainError::checkpoint(&weights_path, format!("`{name}`: not a LoRA matrix"))
-            })?;
-        let module = module.strip_prefix(task_prefix).unwrap_or(module);
-        let (kiln, _) = kiln_name_for(table, &format!("{module}.weight")).ok_or_else(|| {
-            TrainError::checkpoint(
-                &weights_path,
-                format!("`{name}`: no {backbone} projection is called `{module}`"),
-            )
-        })?;
-        let projection = kiln.strip_suffix(".weight").unwrap_or(&kiln).to_string();
-        projections.insert(format!("{backbone}.{projection}"));
-    }
-    if classifier && !is_bert_sequence_classifier(&model) {
-        return Err(TrainError::checkpoint(
-            &weights_path,
-            "it holds a BertForSequenceClassification classifier: build the model with \
-             `--readout pooler` and a one-layer head to load it",
-        ));
-    }
+    let device = model.head.output.weight.lazy_device();
+    let bad = |message: String| TrainError::checkpoint(&weights_path, message);
     // rsLoRA scales by alpha/sqrt(r); kiln's deltas scale by alpha/r.
     let alpha = if config.use_rslora {
         config.lora_alpha * (config.r as f64).sqrt()
     } else {
         config.lora_alpha
     };
-    let delta = LowRankConfig {
+    let delta_config = LowRankConfig {
         rank: config.r,
         alpha,
         dropout: config.lora_dropout,
     };
-    let mut model = model;
-    let mut added = 0;
-    for (path, projection) in model.projections_mut() {
-        if projections.contains(&path) {
-            projection.add_lora(delta);
-            added += 1;
+    let matrix = |name: &str, rows: usize| -> Result<Tensor<2>> {
+        let raw = file
+            .get(name)
+            .ok_or_else(|| bad(format!("`{name}` is missing")))?;
+        match raw.shape.as_slice() {
+            // Stored `[out, in]` as PyTorch's Linear: kiln's layout is the transpose.
+            &[out, inner] if out == rows || inner == rows => Ok(Tensor::<2>::from_data(
+                TensorData::new(raw.values.clone(), [out, inner]),
+                &device,
+            )
+            .transpose()),
+            other => Err(bad(format!(
+                "`{name}` is {other:?}, not a rank-{rows} matrix"
+            ))),
         }
-    }
-    if added != projections.len() {
-        return Err(TrainError::checkpoint(
-            &weights_path,
-            "some LoRA tensors name projections this model does not have",
+    };
+    let mut deltas = Vec::new();
+    let mut classifier = None;
+    for name in file.names() {
+        let rest = name
+            .strip_prefix("base_model.model.")
+            .ok_or_else(|| bad(format!("`{name}` is not a peft LoRA tensor")))?;
+        if rest == "classifier.weight" {
+            let bias = file
+                .get("base_model.model.classifier.bias")
+                .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
+            let weight = file.get(name).cloned().expect("listed by the file");
+            classifier = Some((weight, bias.clone()));
+            continue;
+        }
+        if rest == "classifier.bias" {
+            continue;
+        }
+        let Some(module) = rest.strip_suffix(".lora_A.weight") else {
+            if rest.ends_with(".lora_B.weight") {
+                continue;
+            }
+            return Err(bad(format!("`{name}`: not a LoRA matrix")));
+        };
+        let local = module.strip_prefix(task_prefix).unwrap_or(module);
+        let (kiln, _) = kiln_name_for(table, &format!("{local}.weight")).ok_or_else(|| {
+            bad(format!(
+                "`{name}`: no {backbone} projection is called `{local}`"
+            ))
+        })?;
+        let projection = kiln.strip_suffix(".weight").unwrap_or(&kiln);
+        let a = matrix(name, config.r)?;
+        let b = matrix(
+            &format!("base_model.model.{module}.lora_B.weight"),
+            config.r,
+        )?;
+        if a.dims()[1] != config.r || b.dims()[0] != config.r {
+            return Err(bad(format!(
+                "`{module}`: its matrices are not of rank {} (`r` in {PEFT_CONFIG_FILE})",
+                config.r
+            )));
+        }
+        deltas.push((
+            format!("{backbone}.{projection}"),
+            LowRankDelta::from_matrices(a, b, delta_config),
         ));
     }
-    let prefix = if task_class { task_prefix } else { "" };
-    let (model, _) = load_params_laid_out(model, &weights_path, |path| {
-        if let Some((projection, matrix)) = split_lora_path(path, backbone) {
-            let module = hf_module(table, projection)?;
-            return Some((
-                format!("base_model.model.{prefix}{module}.{matrix}.weight"),
-                Layout::Transposed,
+    if deltas.is_empty() {
+        return Err(bad("it holds no LoRA matrices".into()));
+    }
+    Ok(ReadAdapter { deltas, classifier })
+}
+
+/// Adds the deltas of the peft LoRA directory `dir` to `model`'s LoRA slots (and loads its
+/// classifier when it has one) and makes them and the head trainable: the adapter, ready to
+/// evaluate, train further, merge or export. The backbone must be the one it was trained on.
+pub fn import_lora(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let ReadAdapter { deltas, classifier } = read_adapter(&model, dir)?;
+    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
+        return Err(TrainError::checkpoint(
+            dir.join(PEFT_WEIGHTS_FILE),
+            "it holds a BertForSequenceClassification classifier: build the model with \
+             `--readout pooler` and a one-layer head to load it",
+        ));
+    }
+    let mut model = model;
+    let mut deltas = deltas;
+    for (path, projection) in model.projections_mut() {
+        if let Some(i) = deltas.iter().position(|(p, _)| *p == path) {
+            projection.lora = Some(deltas.swap_remove(i).1);
+        }
+    }
+    if let Some((path, _)) = deltas.first() {
+        return Err(TrainError::checkpoint(
+            dir.join(PEFT_WEIGHTS_FILE),
+            format!("it changes `{path}`, which this model does not have"),
+        ));
+    }
+    if let Some((weight, bias)) = classifier {
+        let head = &mut model.head.output;
+        let device = head.weight.lazy_device();
+        let [width, outputs] = head.weight.lazy_shape().dims::<2>();
+        if weight.shape != [outputs, width] || bias.shape != [outputs] {
+            return Err(TrainError::checkpoint(
+                dir.join(PEFT_WEIGHTS_FILE),
+                format!(
+                    "its classifier is {:?}, the model's head maps {width} features to {outputs}",
+                    weight.shape
+                ),
             ));
         }
-        match path {
-            "head.output.weight" if classifier => Some((
-                "base_model.model.classifier.weight".into(),
-                Layout::Transposed,
-            )),
-            "head.output.bias" if classifier => {
-                Some(("base_model.model.classifier.bias".into(), Layout::Same))
-            }
-            _ => None,
-        }
-    })?;
+        let weight =
+            Tensor::<2>::from_data(TensorData::new(weight.values, [outputs, width]), &device);
+        head.weight = Param::from_tensor(weight.transpose());
+        head.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias.values, [outputs]),
+            &device,
+        )));
+    }
     Ok(set_trainable(
         model,
         &["*.lora.*".to_string(), "head.*".to_string()],
     ))
+}
+
+/// Serves the peft LoRA adapter in `dir` on `model` under `name`, beside the adapters already
+/// there (see `SequenceClassifier::add_lora_adapter`); it starts inactive. The served adapters
+/// share the model's head: a classifier in the adapter is not loaded (the returned flag says
+/// whether there was one).
+pub fn load_lora_adapter(model: &mut SequenceClassifier, name: &str, dir: &Path) -> Result<bool> {
+    let ReadAdapter { deltas, classifier } = read_adapter(model, dir)?;
+    model.add_lora_adapter(name, deltas)?;
+    Ok(classifier.is_some())
 }

@@ -17,7 +17,9 @@ use kiln_models::{
     SequenceClassifier,
 };
 use kiln_train::merge::save_merged;
-use kiln_train::peft::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, import_lora};
+use kiln_train::peft::{
+    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, import_lora, load_lora_adapter,
+};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -333,4 +335,75 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
         .expect("refused")
         .to_string();
     assert!(error.contains("adapters"), "{error}");
+}
+
+/// Rows of `values` (`[examples, per_example]` flattened) for the example at `row`.
+fn row(values: &[f32], examples: usize, row: usize) -> &[f32] {
+    let width = values.len() / examples;
+    &values[row * width..(row + 1) * width]
+}
+
+#[test]
+fn several_lora_adapters_serve_one_base_and_a_mixed_batch_routes_each_example() {
+    let peft_adapter = fixtures().join("peft/peft-bert-lora");
+    let kiln_adapter = fixtures().join("peft/kiln-bert-lora");
+    let mut model = classifier("bert-tiny");
+    // Three examples: the fixture's two rows and the first again.
+    let fixture = read_json(&peft_adapter.join("expected.json"));
+    let mut inputs = fixture.clone();
+    for key in ["input_ids", "attention_mask"] {
+        let mut rows: Vec<Value> = fixture[key].as_array().expect("rows").clone();
+        rows.push(rows[0].clone());
+        inputs[key] = Value::from(rows);
+    }
+    let base = outputs(&model, &inputs);
+    assert!(load_lora_adapter(&mut model, "peft", &peft_adapter).expect("loads"));
+    assert!(load_lora_adapter(&mut model, "kiln", &kiln_adapter).expect("loads"));
+    assert_eq!(model.lora_adapters, ["peft", "kiln"]);
+    assert!(
+        load_lora_adapter(&mut model, "kiln", &kiln_adapter).is_err(),
+        "names are unique"
+    );
+    // Loaded adapters start inactive: the base's outputs.
+    assert_eq!(outputs(&model, &inputs), base);
+
+    model.set_active_lora(Some("peft")).expect("known");
+    let peft_all = outputs(&model, &inputs);
+    model.set_active_lora(Some("kiln")).expect("known");
+    let kiln_all = outputs(&model, &inputs);
+    assert_ne!(peft_all, kiln_all);
+    // Served, an adapter gives what it gives in the model's own LoRA slots (the head is the
+    // base model's here, so compare with an import whose head is the same).
+    let (imported, _) = import_lora(classifier("bert-tiny"), &peft_adapter).expect("imports");
+    let mut same_head = imported.clone();
+    same_head.head = model.head.clone();
+    assert_close(
+        &outputs(&same_head, &inputs),
+        &peft_all,
+        &inputs,
+        "served vs imported",
+    );
+
+    // One mixed batch: each example through its own adapter, or none.
+    model
+        .route_lora(&[Some("peft"), Some("kiln"), None])
+        .expect("known names");
+    let mixed = outputs(&model, &inputs);
+    for (i, want) in [&peft_all, &kiln_all, &base].iter().enumerate() {
+        let (got, want) = (row(&mixed, 3, i), row(want, 3, i));
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "example {i}: {a} vs {b}");
+        }
+    }
+    assert!(model.route_lora(&[Some("nope")]).is_err());
+
+    // Deleting one keeps the other's routing; deleting the active one falls back to the base.
+    model.set_active_lora(Some("kiln")).expect("known");
+    model.delete_lora_adapter("peft").expect("deletes");
+    assert_eq!(model.lora_adapters, ["kiln"]);
+    assert_eq!(outputs(&model, &inputs), kiln_all);
+    model.delete_lora_adapter("kiln").expect("deletes");
+    assert_eq!(outputs(&model, &inputs), base);
+    model.set_active_lora(None).expect("off");
+    assert!(model.set_active_lora(Some("kiln")).is_err());
 }
