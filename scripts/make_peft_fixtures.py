@@ -14,10 +14,12 @@ peft to kiln, written here with a fixed seed:
                                   attention mask and the logits PeftModel gives.
   fixtures/peft/peft-gpt2-lora/   LoRA (r 4, alpha 8, c_attn, fan_in_fan_out) on GPT2Model, and
                                   expected.json with the last hidden state.
+  fixtures/peft/peft-bert-prompt/ prompt tuning (3 random virtual tokens) on the same BERT
+  fixtures/peft/peft-gpt2-prompt/ classifier and GPT2Model, with the same expected outputs.
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
-                                  state (GPT-2) they give on the same inputs;
+  fixtures/peft/kiln-*-prompt/    state (GPT-2) they give on the same inputs;
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
 """
@@ -26,7 +28,7 @@ import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModel, AutoModelForSequenceClassification, BertForSequenceClassification, GPT2Model
 
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
@@ -116,11 +118,28 @@ def peft_to_kiln() -> None:
     save(model, directory, "gpt2-tiny")
     expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
 
+    # Prompt tuning: three random virtual tokens in front of the input.
+    torch.manual_seed(13)
+    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)
+    model = get_peft_model(bert_base(), config).eval()
+    directory = OUT / "peft-bert-prompt"
+    save(model, directory, "bert-tiny")
+    expected(directory / "expected.json", "logits", bert_logits(model))
+
+    torch.manual_seed(14)
+    config = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
+    model = get_peft_model(gpt2_base(), config).eval()
+    directory = OUT / "peft-gpt2-prompt"
+    save(model, directory, "gpt2-tiny")
+    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
+
 
 def kiln_to_peft() -> None:
     for name, base, run, key in [
         ("kiln-bert-lora", bert_base, bert_logits, "logits"),
         ("kiln-gpt2-lora", gpt2_base, gpt2_hidden, "last_hidden_state"),
+        ("kiln-bert-prompt", bert_base, bert_logits, "logits"),
+        ("kiln-gpt2-prompt", gpt2_base, gpt2_hidden, "last_hidden_state"),
     ]:
         directory = OUT / name
         if not (directory / "adapter_config.json").is_file():

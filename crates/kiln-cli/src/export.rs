@@ -1,5 +1,6 @@
 //! `kiln export` and `kiln merge`: a trained run in the formats the Python ecosystem reads.
-//! `export` writes a LoRA run as a HF peft adapter directory (`PeftModel.from_pretrained`);
+//! `export` writes a LoRA or prompt-tuning run as a HF peft adapter directory
+//! (`PeftModel.from_pretrained`; `kiln train --peft-adapter` reads one back);
 //! `merge` folds a run's LoRA deltas into the base weights and writes a HF checkpoint that
 //! transformers loads on its own (see `kiln_train::peft` and `kiln_train::merge`).
 
@@ -10,7 +11,7 @@ use burn::tensor::Device;
 use clap::Args;
 
 use kiln_train::merge::save_merged;
-use kiln_train::peft::export_lora;
+use kiln_train::peft::export_peft;
 use kiln_train::trainer::read_json;
 use kiln_tuning::MethodConfig;
 
@@ -31,9 +32,10 @@ pub struct ExportArgs {
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
     let run: RunConfig = read_json(&args.run.join("run.json"))?;
-    if !matches!(run.method, MethodConfig::Lora(_)) {
+    if !matches!(run.method, MethodConfig::Lora(_) | MethodConfig::Prompt(_)) {
         bail!(
-            "{}: the run's method is `{}`; kiln export writes peft's LoRA format",
+            "{}: the run's method is `{}`; kiln export writes peft's LoRA and prompt-tuning \
+             formats",
             args.run.display(),
             run.method.name()
         );
@@ -43,9 +45,10 @@ pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
         .base_model
         .clone()
         .unwrap_or_else(|| run.model.display().to_string());
-    let written = export_lora(&model, &args.out, &base)?;
+    let written = export_peft(&model, &args.out, &base)?;
     println!(
-        "peft LoRA adapter ({}, {} tensors{}) written to {}",
+        "peft {} adapter ({}, {} tensors{}) written to {}",
+        run.method.name(),
         written.task_type,
         written.tensors,
         if written.with_classifier {

@@ -42,7 +42,7 @@ enum Command {
     Methods,
     /// In-context learning with a GPT-2: k labelled demonstrations, no training.
     Icl(Box<icl::IclArgs>),
-    /// Write a LoRA run as a HF peft adapter directory.
+    /// Write a LoRA or prompt-tuning run as a HF peft adapter directory.
     Export(export::ExportArgs),
     /// Fold a run's LoRA deltas into the base weights and write a HF checkpoint.
     Merge(export::MergeArgs),

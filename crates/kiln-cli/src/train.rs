@@ -18,6 +18,7 @@ use kiln_models::{
     Backbone, DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout,
     SequenceClassifier,
 };
+use kiln_train::peft::{PEFT_CONFIG_FILE, import_peft, read_lora_config};
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
     ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TextTask, TrainConfig,
@@ -164,6 +165,11 @@ pub struct TrainArgs {
     /// and test stay whole.
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Start from a HF peft adapter directory (LoRA with `--method lora`, prompt tuning with
+    /// `--method prompt`): its settings replace the method's options, its deltas or prompt (and
+    /// classifier, with `--readout pooler`) the fresh ones.
+    #[arg(long)]
+    peft_adapter: Option<PathBuf>,
     /// Run the frozen bottom of linear-probe, mlp-k and partial-k every step instead of once per
     /// example (the cache turns its dropout off).
     #[arg(long)]
@@ -236,6 +242,7 @@ impl MethodArgs {
             side_alpha_end: adapter.side_alpha_end,
             prompt_len: prompt.prompt_len,
             prompt_init_text: prompt.prompt_init_text.clone(),
+            prompt_at_start: prompt.prompt_at_start.then_some(true),
             prompt_init_ids: Vec::new(),
             template,
             prompt_encoder: prompt.prompt_encoder.clone(),
@@ -300,6 +307,9 @@ pub struct PromptArgs {
     /// prompt, p-tuning: start the virtual tokens from these words' embeddings.
     #[arg(long)]
     prompt_init_text: Option<String>,
+    /// prompt: put the virtual tokens in front of BERT's [CLS], as HF peft does.
+    #[arg(long)]
+    prompt_at_start: bool,
     /// p-tuning: virtual tokens before and after the text, `B,A`.
     #[arg(long, value_delimiter = ',')]
     template: Option<Vec<usize>>,
@@ -331,6 +341,9 @@ pub struct RunConfig {
     /// The frozen bottom's outputs were computed once per example and cached.
     #[serde(default)]
     pub feature_cache: bool,
+    /// The peft adapter the method's parameters started from.
+    #[serde(default)]
+    pub peft_adapter: Option<PathBuf>,
 }
 
 /// Where `kiln train` saves an adapter method's adapter on its own (see `kiln_train::adapters`).
@@ -374,6 +387,9 @@ fn default_lr(method: &MethodConfig) -> f64 {
 
 pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     let mut options = args.method.options()?;
+    if let Some(dir) = &args.peft_adapter {
+        options = peft_method_options(&args.method.method, &options, dir)?;
+    }
     let mut method = MethodConfig::from_options(&args.method.method, &options)?;
     let child_tuning = match args.child_tuning.as_deref() {
         None => None,
@@ -447,6 +463,7 @@ pub fn train(args: TrainArgs, choice: DeviceChoice, device: &Device) -> Result<(
         random_init: args.random_init,
         train_examples: args.train_examples,
         feature_cache: false,
+        peft_adapter: args.peft_adapter.clone(),
     };
     let (model, tokenizer, report) = build(pretrained, &run, &train_device)?;
     let mut run = run;
@@ -655,7 +672,53 @@ fn build(
         }
     }
     let (model, report) = run.method.apply(classifier)?;
+    let Some(adapter) = &run.peft_adapter else {
+        return Ok((model, tokenizer, report));
+    };
+    let (model, report) = import_peft(model, adapter)
+        .with_context(|| format!("--peft-adapter {}", adapter.display()))?;
+    println!("started from the peft adapter in {}", adapter.display());
     Ok((model, tokenizer, report))
+}
+
+/// The method options a peft adapter's config gives (rank, alpha and dropout; prompt length);
+/// the method must be the adapter's and take its options from it alone.
+fn peft_method_options(method: &str, given: &MethodOptions, dir: &Path) -> Result<MethodOptions> {
+    if *given != MethodOptions::default() {
+        bail!("--peft-adapter: the method's options come from the adapter's config; give none");
+    }
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    match (method, config["peft_type"].as_str()) {
+        ("lora", Some("LORA")) => {
+            let lora = read_lora_config(dir)?;
+            let alpha = if lora.use_rslora {
+                lora.lora_alpha * (lora.r as f64).sqrt()
+            } else {
+                lora.lora_alpha
+            };
+            Ok(MethodOptions {
+                rank: Some(lora.r),
+                alpha: Some(alpha),
+                lora_dropout: Some(lora.lora_dropout),
+                ..MethodOptions::default()
+            })
+        }
+        ("prompt", Some("PROMPT_TUNING")) => Ok(MethodOptions {
+            prompt_len: config["num_virtual_tokens"].as_u64().map(|n| n as usize),
+            prompt_at_start: Some(true),
+            ..MethodOptions::default()
+        }),
+        (method, peft_type) => bail!(
+            "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA and \
+             `--method prompt` from PROMPT_TUNING (got --method {method})",
+            path.display(),
+            peft_type.unwrap_or("unknown")
+        ),
+    }
 }
 
 fn trainable_patterns(report: &ParamReport) -> Vec<String> {

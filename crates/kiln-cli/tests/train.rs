@@ -549,6 +549,75 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
 }
 
 #[test]
+fn training_starts_from_a_peft_adapter_and_prompts_export() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let common = |method: &str, out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            path(&model),
+            "--task",
+            path(&task),
+            "--method",
+            method,
+            "--readout",
+            "pooler",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "32",
+            "--out",
+            path(out),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    for (method, adapter) in [("lora", "peft-bert-lora"), ("prompt", "peft-bert-prompt")] {
+        let run = dir.path().join(adapter);
+        let mut args = common(method, &run);
+        let adapter_dir = fixtures().join("peft").join(adapter);
+        args.extend(["--peft-adapter".to_string(), path(&adapter_dir).to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = kiln(&args);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("started from the peft adapter"), "{stdout}");
+        let recorded: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
+                .expect("json");
+        match method {
+            "lora" => assert_eq!(
+                (
+                    recorded["method"]["rank"].clone(),
+                    recorded["method"]["alpha"].clone()
+                ),
+                (Value::from(4), Value::from(8.0))
+            ),
+            _ => assert_eq!(recorded["method"]["at_start"], true),
+        }
+        // kiln eval rebuilds the model from the adapter and the trained weights.
+        let (ok, _, stderr) = kiln(&["eval", "--run", path(&run)]);
+        assert!(ok, "{stderr}");
+        // ... and the run exports to peft again.
+        let out = dir.path().join(format!("{adapter}-again"));
+        let (ok, stdout, stderr) = kiln(&["export", "--run", path(&run), "--out", path(&out)]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("SEQ_CLS"), "{stdout}");
+    }
+    // The adapter's type must be the method's; its options are the adapter's.
+    let run = dir.path().join("mismatch");
+    let mut args = common("prompt", &run);
+    let lora = fixtures().join("peft/peft-bert-lora");
+    args.extend(["--peft-adapter".to_string(), path(&lora).to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, stderr) = kiln(&args);
+    assert!(!ok && stderr.contains("LORA"), "{stderr}");
+}
+
+#[test]
 fn icl_scores_label_words_and_stands_beside_trained_methods_in_compare() {
     let dir = tempfile::tempdir().expect("dir");
     let model = fixtures().join("gpt2-tiny");

@@ -4,9 +4,9 @@
 //!
 //! Virtual tokens are placed by a [`PromptTemplate`]: `before` of them in front of the text and
 //! `after` of them behind it. For BERT "in front" is right after `[CLS]` and "behind" right before
-//! the final `[SEP]`, so `[CLS]` stays where the classifier reads it; for GPT-2 the text is
-//! everything real. Placement follows each row's attention mask, so left and right padding give
-//! the same result.
+//! the final `[SEP]`, so `[CLS]` stays where the classifier reads it (or, with `at_start`, in
+//! front of `[CLS]` as HF peft puts them); for GPT-2 the text is everything real. Placement
+//! follows each row's attention mask, so left and right padding give the same result.
 
 use burn::module::{Module, Param};
 use burn::nn::{BiLstm, BiLstmConfig, Initializer, Linear, LinearConfig};
@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub struct PromptTemplate {
     pub before: usize,
     pub after: usize,
+    /// The `before` tokens go in front of everything, BERT's `[CLS]` included: HF peft's
+    /// layout, where the classifier then reads the first virtual token.
+    #[serde(default)]
+    pub at_start: bool,
 }
 
 impl PromptTemplate {
@@ -128,6 +132,7 @@ pub fn insert_virtual_tokens(
         let first = row.iter().position(|&m| m != 0).unwrap_or(0);
         let last = row.iter().rposition(|&m| m != 0).unwrap_or(0);
         let (start, end) = match bounds {
+            TextBounds::InsideSpecialTokens if template.at_start => (first, last.max(first + 1)),
             TextBounds::InsideSpecialTokens => (first + 1, last.max(first + 1)),
             TextBounds::AllRealTokens => (first, last + 1),
         };

@@ -1,5 +1,8 @@
-//! HF peft's directory format for LoRA, both ways: `adapter_config.json` and
+//! HF peft's directory format for LoRA and prompt tuning, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python.
+//! (Prefix tuning is not among them: transformers 5's BERT takes no `past_key_values`, which
+//! peft's prefix tuning needs, and HF GPT-2 numbers the real tokens after the prefix where
+//! kiln's prefixes take no positions, so the same prefixes would give other outputs.)
 //!
 //! - Tensors: `base_model.model.<module>.lora_A.weight` `[r, d_in]` and `lora_B.weight`
 //!   `[d_out, r]`, the transposes of kiln's `lora.a` `[d_in, r]` and `lora.b` `[r, d_out]`;
@@ -27,11 +30,14 @@ use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 
 use kiln_models::weights::{KeyTable, Layout, RawTensor, hf_name_for, kiln_name_for};
-use kiln_models::{LowRankConfig, LowRankDelta, Readout, SequenceClassifier, WeightFile};
+use kiln_models::{
+    LowRankConfig, LowRankDelta, PromptTemplate, Readout, SequenceClassifier, SoftPrompt,
+    WeightFile,
+};
 use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
 use kiln_tuning::{ParamReport, set_trainable};
 
-use crate::checkpoint::{save_params_laid_out, write_atomically};
+use crate::checkpoint::{f32_bytes, save_params_laid_out, write_atomically, write_f32_tensors};
 use crate::error::{Result, TrainError};
 
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
@@ -354,9 +360,10 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
     Ok(ReadAdapter { deltas, classifier })
 }
 
-/// Adds the deltas of the peft LoRA directory `dir` to `model`'s LoRA slots (and loads its
-/// classifier when it has one) and makes them and the head trainable: the adapter, ready to
-/// evaluate, train further, merge or export. The backbone must be the one it was trained on.
+/// Puts the deltas of the peft LoRA directory `dir` in `model`'s LoRA slots (replacing any
+/// there; projections the adapter leaves alone get none), loads its classifier when it has one,
+/// and makes the deltas and the head trainable: the adapter, ready to evaluate, train further,
+/// merge or export. The backbone must be the one it was trained on.
 pub fn import_lora(
     model: SequenceClassifier,
     dir: &Path,
@@ -371,10 +378,12 @@ pub fn import_lora(
     }
     let mut model = model;
     let mut deltas = deltas;
+    // The model's LoRA slots become the adapter's: a delta where it has one, none elsewhere.
     for (path, projection) in model.projections_mut() {
-        if let Some(i) = deltas.iter().position(|(p, _)| *p == path) {
-            projection.lora = Some(deltas.swap_remove(i).1);
-        }
+        projection.lora = deltas
+            .iter()
+            .position(|(p, _)| *p == path)
+            .map(|i| deltas.swap_remove(i).1);
     }
     if let Some((path, _)) = deltas.first() {
         return Err(TrainError::checkpoint(
@@ -383,25 +392,7 @@ pub fn import_lora(
         ));
     }
     if let Some((weight, bias)) = classifier {
-        let head = &mut model.head.output;
-        let device = head.weight.lazy_device();
-        let [width, outputs] = head.weight.lazy_shape().dims::<2>();
-        if weight.shape != [outputs, width] || bias.shape != [outputs] {
-            return Err(TrainError::checkpoint(
-                dir.join(PEFT_WEIGHTS_FILE),
-                format!(
-                    "its classifier is {:?}, the model's head maps {width} features to {outputs}",
-                    weight.shape
-                ),
-            ));
-        }
-        let weight =
-            Tensor::<2>::from_data(TensorData::new(weight.values, [outputs, width]), &device);
-        head.weight = Param::from_tensor(weight.transpose());
-        head.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(bias.values, [outputs]),
-            &device,
-        )));
+        set_head(&mut model, weight, bias, &dir.join(PEFT_WEIGHTS_FILE))?;
     }
     Ok(set_trainable(
         model,
@@ -417,4 +408,256 @@ pub fn load_lora_adapter(model: &mut SequenceClassifier, name: &str, dir: &Path)
     let ReadAdapter { deltas, classifier } = read_adapter(model, dir)?;
     model.add_lora_adapter(name, deltas)?;
     Ok(classifier.is_some())
+}
+
+/// The fields of peft's `PromptTuningConfig` kiln writes and reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftPromptConfig {
+    pub peft_type: String,
+    pub task_type: Option<String>,
+    pub num_virtual_tokens: usize,
+    pub token_dim: usize,
+    #[serde(default = "one")]
+    pub num_transformer_submodules: usize,
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
+    #[serde(default)]
+    pub num_layers: Option<usize>,
+    #[serde(default = "random_init")]
+    pub prompt_tuning_init: String,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default = "yes")]
+    pub inference_mode: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn random_init() -> String {
+    "RANDOM".into()
+}
+
+/// The model's plain prompt (prompt tuning: no encoder, all tokens in front).
+fn plain_prompt(model: &SequenceClassifier) -> Option<&SoftPrompt> {
+    let prompt = match (&model.bert, &model.gpt2) {
+        (Some(bert), _) => bert.prompt.as_ref(),
+        (_, Some(gpt2)) => gpt2.prompt.as_ref(),
+        _ => None,
+    }?;
+    (prompt.encoder.is_none() && prompt.template.after == 0).then_some(prompt)
+}
+
+/// Writes a prompt-tuning model as a peft `PROMPT_TUNING` directory: `prompt_embeddings`
+/// `[n, h]`, and for a BERT sequence classifier its head as `base_model.classifier`. BERT's
+/// tokens must sit in front of `[CLS]` (`--prompt-at-start`), where peft puts them.
+pub fn export_prompt(
+    model: &SequenceClassifier,
+    out: &Path,
+    base_model: &str,
+) -> Result<PeftExport> {
+    let prompt = plain_prompt(model).ok_or_else(|| {
+        TrainError::Invalid(
+            "the model has no prompt-tuning prompt to export (P-tuning's encoder and tokens \
+             behind the text have no peft counterpart)"
+                .into(),
+        )
+    })?;
+    if model.bert.is_some() && !prompt.template.at_start {
+        return Err(TrainError::Invalid(
+            "kiln put this BERT's virtual tokens after [CLS]; peft puts them in front of it: \
+             train with --prompt-at-start to export"
+                .into(),
+        ));
+    }
+    let embeddings = prompt.embedding.val();
+    let [tokens, width] = embeddings.dims();
+    let with_classifier = is_bert_sequence_classifier(model);
+    let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = vec![(
+        "prompt_embeddings".into(),
+        vec![tokens, width],
+        read_floats(embeddings)?,
+    )];
+    if with_classifier {
+        let head = &model.head.output;
+        named.push((
+            "base_model.classifier.weight".into(),
+            head.weight.val().transpose().dims().to_vec(),
+            read_floats(head.weight.val().transpose())?,
+        ));
+        if let Some(bias) = &head.bias {
+            named.push((
+                "base_model.classifier.bias".into(),
+                bias.val().dims().to_vec(),
+                read_floats(bias.val())?,
+            ));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let bytes: Vec<Vec<u8>> = named.iter().map(|(_, _, v)| f32_bytes(v)).collect();
+    write_f32_tensors(
+        &out.join(PEFT_WEIGHTS_FILE),
+        named
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), bytes)| (name.as_str(), shape.as_slice(), bytes.as_slice())),
+        Some([("format".to_string(), "pt".to_string())].into()),
+    )?;
+    let task_type = if with_classifier {
+        "SEQ_CLS"
+    } else {
+        "FEATURE_EXTRACTION"
+    };
+    let config = PeftPromptConfig {
+        peft_type: "PROMPT_TUNING".into(),
+        task_type: Some(task_type.into()),
+        num_virtual_tokens: tokens,
+        token_dim: width,
+        num_transformer_submodules: 1,
+        num_attention_heads: None,
+        num_layers: Some(model.num_layers()),
+        prompt_tuning_init: random_init(),
+        base_model_name_or_path: Some(base_model.into()),
+        inference_mode: true,
+    };
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    Ok(PeftExport {
+        task_type,
+        target_modules: Vec::new(),
+        tensors: named.len(),
+        with_classifier,
+    })
+}
+
+fn read_floats<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Invalid(format!("cannot read a tensor: {e:?}")))
+}
+
+/// Puts the prompt of the peft `PROMPT_TUNING` directory `dir` in front of `model`'s input (in
+/// front of `[CLS]` for BERT, as peft does) and loads its classifier when there is one; the
+/// prompt and the head train.
+pub fn import_prompt(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let config_path = dir.join(PEFT_CONFIG_FILE);
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+    let config: PeftPromptConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", config_path.display())))?;
+    if config.peft_type != "PROMPT_TUNING" || config.num_transformer_submodules != 1 {
+        return Err(TrainError::Invalid(format!(
+            "{}: `peft_type` {} with {} transformer submodules; kiln reads PROMPT_TUNING with one",
+            config_path.display(),
+            config.peft_type,
+            config.num_transformer_submodules
+        )));
+    }
+    let weights_path = dir.join(PEFT_WEIGHTS_FILE);
+    let file = WeightFile::open(&weights_path)?;
+    let bad = |message: String| TrainError::checkpoint(&weights_path, message);
+    let embeddings = file
+        .get("prompt_embeddings")
+        .ok_or_else(|| bad("`prompt_embeddings` is missing".into()))?;
+    let width = model.hidden_size();
+    if embeddings.shape != [config.num_virtual_tokens, width] {
+        return Err(bad(format!(
+            "`prompt_embeddings` is {:?}; the config and the model ask for [{}, {width}]",
+            embeddings.shape, config.num_virtual_tokens
+        )));
+    }
+    let classifier = file.get("base_model.classifier.weight");
+    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
+        return Err(bad(
+            "it holds a BertForSequenceClassification classifier: build the model with \
+             `--readout pooler` and a one-layer head to load it"
+                .into(),
+        ));
+    }
+    let device = model.head.output.weight.lazy_device();
+    let mut model = model;
+    let initial = Tensor::<2>::from_data(
+        TensorData::new(
+            embeddings.values.clone(),
+            [config.num_virtual_tokens, width],
+        ),
+        &device,
+    );
+    let template = PromptTemplate {
+        before: config.num_virtual_tokens,
+        after: 0,
+        at_start: true,
+    };
+    model.add_prompt(template, initial, None)?;
+    if let Some(weight) = classifier {
+        let bias = file
+            .get("base_model.classifier.bias")
+            .ok_or_else(|| bad("`base_model.classifier.bias` is missing".into()))?;
+        set_head(&mut model, weight.clone(), bias.clone(), &weights_path)?;
+    }
+    let prompt = format!("{}.prompt.*", model.backbone_name());
+    Ok(set_trainable(model, &[prompt, "head.*".to_string()]))
+}
+
+/// Loads a `[c, h]` classifier and its bias into the model's one-layer head.
+fn set_head(
+    model: &mut SequenceClassifier,
+    weight: RawTensor,
+    bias: RawTensor,
+    file: &Path,
+) -> Result<()> {
+    let head = &mut model.head.output;
+    let device = head.weight.lazy_device();
+    let [width, outputs] = head.weight.lazy_shape().dims::<2>();
+    if weight.shape != [outputs, width] || bias.shape != [outputs] {
+        return Err(TrainError::checkpoint(
+            file,
+            format!(
+                "its classifier is {:?}, the model's head maps {width} features to {outputs}",
+                weight.shape
+            ),
+        ));
+    }
+    let weight = Tensor::<2>::from_data(TensorData::new(weight.values, [outputs, width]), &device);
+    head.weight = Param::from_tensor(weight.transpose());
+    head.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(bias.values, [outputs]),
+        &device,
+    )));
+    Ok(())
+}
+
+/// Imports a peft directory of any type kiln reads (LoRA, prompt tuning), by its `peft_type`.
+pub fn import_peft(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let header: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    match header["peft_type"].as_str() {
+        Some("LORA") => import_lora(model, dir),
+        Some("PROMPT_TUNING") => import_prompt(model, dir),
+        other => Err(TrainError::Invalid(format!(
+            "{}: `peft_type` {other:?}; kiln imports LORA and PROMPT_TUNING",
+            path.display()
+        ))),
+    }
+}
+
+/// Exports what the model's method trained (LoRA deltas or a prompt) in peft's format.
+pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> Result<PeftExport> {
+    if plain_prompt(model).is_some() {
+        export_prompt(model, out, base_model)
+    } else {
+        export_lora(model, out, base_model)
+    }
 }

@@ -13,12 +13,13 @@ use serde_json::Value;
 
 use kiln_models::paths::{ParamMapper, map_params};
 use kiln_models::{
-    BertInput, DeviceChoice, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, Readout,
-    SequenceClassifier,
+    BertInput, DeviceChoice, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, PromptTemplate,
+    Readout, SequenceClassifier,
 };
 use kiln_train::merge::save_merged;
 use kiln_train::peft::{
-    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, import_lora, load_lora_adapter,
+    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, export_peft, import_lora, import_peft,
+    load_lora_adapter,
 };
 
 fn fixtures() -> PathBuf {
@@ -96,24 +97,30 @@ fn outputs(model: &SequenceClassifier, inputs: &Value) -> Vec<f32> {
     out.into_data().try_to_vec::<f32>().expect("floats")
 }
 
-/// Compares within 1e-4; for token states only at the positions the mask attends (GPT-2's
-/// states at padding are not comparable: HF numbers padded positions on, kiln repeats the last
-/// real one).
-fn assert_close(got: &[f32], want: &[f32], inputs: &Value, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes");
-    let mask: Vec<i64> = serde_json::from_value::<Vec<Vec<i64>>>(inputs["attention_mask"].clone())
-        .expect("mask")
-        .concat();
-    let per_token =
-        (got.len() % mask.len() == 0 && got.len() > mask.len()).then(|| got.len() / mask.len());
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        if per_token.is_some_and(|width| mask[i / width] == 0) {
-            continue;
+/// Compares within 1e-4; token states (`[batch, positions, width]`) only where the input's
+/// mask attends, virtual tokens in front counting as attended (GPT-2's states at padding are not
+/// comparable: HF numbers padded positions on, kiln repeats the last real one).
+fn assert_close(got: &[f32], want: &Value, inputs: &Value, what: &str) {
+    let values = floats(want);
+    assert_eq!(got.len(), values.len(), "{what}: sizes");
+    let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).expect("shape");
+    let mask: Vec<Vec<i64>> =
+        serde_json::from_value(inputs["attention_mask"].clone()).expect("mask");
+    let attended = |i: usize| match shape.as_slice() {
+        &[_, positions, width] => {
+            let (row, position) = (i / (positions * width), (i / width) % positions);
+            let virtual_tokens = positions - mask[row].len();
+            position < virtual_tokens || mask[row][position - virtual_tokens] == 1
         }
-        assert!(
-            (a - b).abs() < 1e-4,
-            "{what}: element {i}: kiln {a} vs peft {b}"
-        );
+        _ => true,
+    };
+    for (i, (a, b)) in got.iter().zip(&values).enumerate() {
+        if attended(i) {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "{what}: element {i}: kiln {a} vs peft {b}"
+            );
+        }
     }
 }
 
@@ -126,30 +133,30 @@ fn peft_lora_adapters_load_into_kiln_with_peft_outputs() {
         let dir = fixtures().join("peft").join(adapter);
         let expected = read_json(&dir.join("expected.json"));
         let (model, report) = import_lora(classifier(fixture), &dir).expect("imports");
-        // r 4 on two projections (BERT: query and value; GPT-2: c_attn) in both layers, plus
+        // r 4 in both layers (BERT: query and value, 32 -> 32; GPT-2: c_attn, 32 -> 96), plus
         // the head.
-        let deltas = if fixture.starts_with("bert") {
-            2 * 2 * 4 * (32 + 32)
-        } else {
-            2 * 4 * (32 + 96)
+        let (per_layer, d_in, d_out) = match fixture {
+            "bert-tiny" => (2, 32, 32),
+            _ => (1, 32, 96),
         };
+        let deltas = 2 * per_layer * 4 * (d_in + d_out);
         assert_eq!(report.trainable(), deltas + 32 * 2 + 2, "{adapter}");
         assert_close(
             &outputs(&model, &expected),
-            &floats(&expected[key]),
+            &expected[key],
             &expected,
             adapter,
         );
     }
 }
 
-/// Gives the LoRA matrices and the head fixed values, so that the export is the same file
-/// every time (initialisation would draw from the backend's RNG).
-struct Deterministic(usize);
+/// Gives the parameters whose paths contain one of its patterns fixed values, so that an
+/// export is the same file every time (initialisation would draw from the backend's RNG).
+struct Deterministic(usize, &'static [&'static str]);
 
 impl ParamMapper for Deterministic {
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !(path.contains(".lora.") || path.starts_with("head.")) {
+        if !self.1.iter().any(|p| path.contains(p)) {
             return param;
         }
         let shape = param.lazy_shape();
@@ -183,7 +190,7 @@ fn kiln_lora(fixture: &str) -> SequenceClassifier {
             });
         }
     }
-    map_params(model, &mut Deterministic(0))
+    map_params(model, &mut Deterministic(0, &[".lora.", "head."]))
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
@@ -233,11 +240,11 @@ fn kiln_lora_exports_load_in_peft_with_kiln_outputs() {
         // ... and transformers + peft gave kiln's outputs with it.
         let peft = read_json(&committed.join("transformers.json"));
         let ours = outputs(&model, &peft);
-        assert_close(&ours, &floats(&peft[key]), &peft, adapter);
+        assert_close(&ours, &peft[key], &peft, adapter);
 
         // The export reads back into a fresh model to the same outputs.
         let (reloaded, _) = import_lora(classifier(fixture), dir.path()).expect("re-imports");
-        assert_close(&outputs(&reloaded, &peft), &ours, &peft, adapter);
+        assert_eq!(outputs(&reloaded, &peft), ours, "{adapter}");
     }
 }
 
@@ -260,8 +267,7 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
         changed[field] = value;
         std::fs::write(dir.path().join(PEFT_CONFIG_FILE), changed.to_string()).expect("write");
         let error = import_lora(classifier("bert-tiny"), dir.path())
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(error.contains(says), "{field}: {error}");
         assert!(error.contains(PEFT_CONFIG_FILE), "{error}");
@@ -278,8 +284,7 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
     let mean =
         SequenceClassifier::new(pretrained.backbone, Readout::Mean, head, &device).expect("model");
     let error = import_lora(mean, dir.path())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(error.contains("--readout pooler"), "{error}");
 }
@@ -319,7 +324,7 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
         // transformers, loading the merged directory with no kiln or peft code, gave the
         // unmerged kiln model's outputs.
         let hf = read_json(&committed.join("transformers.json"));
-        assert_close(&outputs(&model, &hf), &floats(&hf[key]), &hf, merged);
+        assert_close(&outputs(&model, &hf), &hf[key], &hf, merged);
     }
     // Modules transformers has no class for are refused.
     let mut model = classifier("bert-tiny");
@@ -331,8 +336,7 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
         .expect("adapter");
     let dir = tempfile::tempdir().expect("dir");
     let error = save_merged(&model, &fixtures().join("bert-tiny"), dir.path())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(error.contains("adapters"), "{error}");
 }
@@ -377,11 +381,12 @@ fn several_lora_adapters_serve_one_base_and_a_mixed_batch_routes_each_example() 
     let (imported, _) = import_lora(classifier("bert-tiny"), &peft_adapter).expect("imports");
     let mut same_head = imported.clone();
     same_head.head = model.head.clone();
-    assert_close(
-        &outputs(&same_head, &inputs),
-        &peft_all,
-        &inputs,
-        "served vs imported",
+    let served = outputs(&same_head, &inputs);
+    assert!(
+        served
+            .iter()
+            .zip(&peft_all)
+            .all(|(a, b)| (a - b).abs() < 1e-5)
     );
 
     // One mixed batch: each example through its own adapter, or none.
@@ -406,4 +411,87 @@ fn several_lora_adapters_serve_one_base_and_a_mixed_batch_routes_each_example() 
     assert_eq!(outputs(&model, &inputs), base);
     model.set_active_lora(None).expect("off");
     assert!(model.set_active_lora(Some("kiln")).is_err());
+}
+
+#[test]
+fn peft_prompts_load_into_kiln_with_peft_outputs() {
+    for (fixture, adapter, key) in [
+        ("bert-tiny", "peft-bert-prompt", "logits"),
+        ("gpt2-tiny", "peft-gpt2-prompt", "last_hidden_state"),
+    ] {
+        let dir = fixtures().join("peft").join(adapter);
+        let expected = read_json(&dir.join("expected.json"));
+        // Dispatched on `peft_type`.
+        let (model, report) = import_peft(classifier(fixture), &dir).expect("imports");
+        assert_eq!(report.trainable(), 3 * 32 + 32 * 2 + 2, "{adapter}");
+        assert_close(
+            &outputs(&model, &expected),
+            &expected[key],
+            &expected,
+            adapter,
+        );
+    }
+}
+
+/// A prompt-tuning model with fixed virtual tokens and head, in peft's layout.
+fn kiln_prompt(fixture: &str) -> SequenceClassifier {
+    let mut model = classifier(fixture);
+    let device = cpu();
+    let initial = Tensor::<2>::zeros([3, 32], &device);
+    let template = PromptTemplate {
+        before: 3,
+        after: 0,
+        at_start: true,
+    };
+    model.add_prompt(template, initial, None).expect("prompt");
+    map_params(model, &mut Deterministic(0, &["prompt", "head."]))
+}
+
+#[test]
+fn kiln_prompts_export_to_peft_with_kiln_outputs() {
+    for (fixture, adapter, key, task) in [
+        ("bert-tiny", "kiln-bert-prompt", "logits", "SEQ_CLS"),
+        (
+            "gpt2-tiny",
+            "kiln-gpt2-prompt",
+            "last_hidden_state",
+            "FEATURE_EXTRACTION",
+        ),
+    ] {
+        let model = kiln_prompt(fixture);
+        let committed = fixtures().join("peft").join(adapter);
+        let dir = tempfile::tempdir().expect("dir");
+        let export =
+            export_peft(&model, dir.path(), &format!("fixtures/{fixture}")).expect("exports");
+        assert_eq!(export.task_type, task);
+        if writing_fixtures() {
+            export_peft(&model, &committed, &format!("fixtures/{fixture}")).expect("writes");
+            continue;
+        }
+        assert_eq!(
+            tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
+            tensors(&committed.join(PEFT_WEIGHTS_FILE)),
+            "{adapter}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+        );
+        let peft = read_json(&committed.join("transformers.json"));
+        let ours = outputs(&model, &peft);
+        assert_close(&ours, &peft[key], &peft, adapter);
+        let (reloaded, _) = import_peft(classifier(fixture), dir.path()).expect("re-imports");
+        assert_eq!(outputs(&reloaded, &peft), ours, "{adapter}");
+    }
+    // kiln's own BERT layout (after [CLS]) has no peft counterpart.
+    let mut model = classifier("bert-tiny");
+    let template = PromptTemplate {
+        before: 3,
+        after: 0,
+        at_start: false,
+    };
+    model
+        .add_prompt(template, Tensor::zeros([3, 32], &cpu()), None)
+        .expect("prompt");
+    let dir = tempfile::tempdir().expect("dir");
+    let error = export_peft(&model, dir.path(), "x")
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--prompt-at-start"), "{error}");
 }

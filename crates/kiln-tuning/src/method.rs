@@ -151,7 +151,8 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "prompt",
         summary: "prompt tuning: trained virtual tokens in front of the text (Lester et al. 2021)",
-        options: "--prompt-len 20, --prompt-init-text TEXT (sampled vocabulary)",
+        options: "--prompt-len 20, --prompt-init-text TEXT (sampled vocabulary), \
+                  --prompt-at-start (before [CLS], peft's layout)",
     },
     MethodInfo {
         name: "prefix",
@@ -204,6 +205,7 @@ pub struct MethodOptions {
     pub side_alpha_end: Option<f64>,
     pub prompt_len: Option<usize>,
     pub prompt_init_text: Option<String>,
+    pub prompt_at_start: Option<bool>,
     /// The token ids of `prompt_init_text`, filled in by the caller that has the tokenizer.
     pub prompt_init_ids: Vec<u32>,
     pub template: Option<(usize, usize)>,
@@ -236,6 +238,7 @@ impl MethodOptions {
             ("side-alpha-end", self.side_alpha_end.is_some()),
             ("prompt-len", self.prompt_len.is_some()),
             ("prompt-init-text", self.prompt_init_text.is_some()),
+            ("prompt-at-start", self.prompt_at_start.is_some()),
             ("template", self.template.is_some()),
             ("prompt-encoder", self.prompt_encoder.is_some()),
             ("prefix-hidden", self.prefix_hidden.is_some()),
@@ -320,7 +323,7 @@ impl MethodConfig {
             ),
             "prompt" => (
                 Self::Prompt(PromptTuningConfig::with_options(options)),
-                vec!["prompt-len", "prompt-init-text"],
+                vec!["prompt-len", "prompt-init-text", "prompt-at-start"],
             ),
             "prefix" => (
                 Self::Prefix(PrefixTuningConfig::with_options(options)),

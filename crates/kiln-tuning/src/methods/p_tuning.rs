@@ -41,7 +41,11 @@ impl PTuningConfig {
         };
         let (before, after) = options.template.unwrap_or((5, 5));
         Ok(Self {
-            template: PromptTemplate { before, after },
+            template: PromptTemplate {
+                before,
+                after,
+                at_start: false,
+            },
             lstm,
             init: options.prompt_init(),
         })

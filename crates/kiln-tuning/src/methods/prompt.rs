@@ -6,8 +6,9 @@
 //! embeddings.
 //!
 //! Initialisation from the embeddings of given words (`--prompt-init-text`, repeated to fill
-//! `n`) or of randomly sampled vocabulary tokens. Default `n = 20`. Trainable parameters:
-//! `n·h + h·c + c`.
+//! `n`) or of randomly sampled vocabulary tokens. Default `n = 20`. `--prompt-at-start` puts the
+//! tokens in front of `[CLS]` as HF peft does, so that the run exports to peft's format.
+//! Trainable parameters: `n·h + h·c + c`.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,9 @@ pub struct PromptTuningConfig {
     /// `n`, virtual tokens.
     pub len: usize,
     pub init: PromptInit,
+    /// In front of BERT's `[CLS]`, as HF peft puts them (what `kiln export` needs for BERT).
+    #[serde(default)]
+    pub at_start: bool,
 }
 
 impl PromptTuningConfig {
@@ -29,6 +33,7 @@ impl PromptTuningConfig {
         Self {
             len: options.prompt_len.unwrap_or(20),
             init: options.prompt_init(),
+            at_start: options.prompt_at_start.unwrap_or(false),
         }
     }
 }
@@ -56,6 +61,7 @@ impl Method for PromptTuningConfig {
         let template = PromptTemplate {
             before: self.len,
             after: 0,
+            at_start: self.at_start,
         };
         let initial = self.init.embeddings(model, self.len)?;
         Ok(model.add_prompt(template, initial, None)?)
