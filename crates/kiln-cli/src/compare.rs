@@ -51,6 +51,9 @@ pub struct CompareArgs {
     /// Demonstrations per query for `icl` (in-context learning, GPT-2 only).
     #[arg(long, default_value_t = 4)]
     icl_shots: usize,
+    /// Contextual calibration for `icl` (see `kiln icl --calibrate`).
+    #[arg(long)]
+    icl_calibrate: bool,
     /// Title of the report [default: the model and task directories].
     #[arg(long)]
     title: Option<String>,
@@ -95,13 +98,18 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
         for seed in args.seed..args.seed + args.seeds {
             let dir = args.out.join(format!("{method}-s{seed}"));
             let summary = if method == "icl" {
-                let options = [
+                let mut options = [
                     "--shots",
                     &args.icl_shots.to_string(),
                     "--seed",
                     &seed.to_string(),
-                ];
-                launcher.icl(&options.map(str::to_string), &dir)?
+                ]
+                .map(str::to_string)
+                .to_vec();
+                if args.icl_calibrate {
+                    options.push("--calibrate".into());
+                }
+                launcher.icl(&options, &dir)?
             } else {
                 launcher.train(&run_options(&args, method, seed), &dir)?
             };

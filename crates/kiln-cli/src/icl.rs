@@ -40,6 +40,10 @@ pub struct IclArgs {
     /// Words kept of each text.
     #[arg(long, default_value_t = 40)]
     pub text_words: usize,
+    /// Contextual calibration: divide the label words' probabilities by those after the
+    /// content-free query `N/A` (Zhao et al. 2021).
+    #[arg(long)]
+    pub calibrate: bool,
     /// Seeds the split and the choice of demonstrations.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -74,6 +78,7 @@ pub fn icl(args: IclArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
         label_words: args.label_words.clone().unwrap_or_else(|| labels.clone()),
         text_words: args.text_words,
         seed: args.seed,
+        calibrate: args.calibrate,
     };
     prompts.check(labels.len())?;
     let queries = match args.split.as_str() {
@@ -95,7 +100,11 @@ pub fn icl(args: IclArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     write_json(&args.out.join("run.json"), &args)?;
     let summary = RunSummary {
-        method: format!("icl-k{}", args.shots),
+        method: format!(
+            "icl-k{}{}",
+            args.shots,
+            if args.calibrate { "-calibrated" } else { "" }
+        ),
         trainable_params: 0,
         total_params: model.num_params(),
         trainable_percent: 0.0,
@@ -109,8 +118,9 @@ pub fn icl(args: IclArgs, choice: DeviceChoice, device: &Device) -> Result<()> {
     write_json(&args.out.join("summary.json"), &summary)?;
     let (name, value) = metrics.primary();
     println!(
-        "in-context learning, {} shots: {} {name} {value:.4} ({} queries); nothing trains",
+        "in-context learning, {} shots{}: {} {name} {value:.4} ({} queries); nothing trains",
         args.shots,
+        if args.calibrate { ", calibrated" } else { "" },
         args.split,
         queries.len()
     );

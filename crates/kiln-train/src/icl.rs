@@ -12,6 +12,10 @@
 //!   leading space, encoded apart from the context as lm-eval-harness does), given the context.
 //! - Demonstrations are drawn per query from the seed and the query's index, never the query
 //!   itself; the same seed gives the same prompts.
+//! - Contextual calibration (Zhao et al. 2021, "Calibrate Before Use", optional): each label's
+//!   score minus its score after the same demonstrations and the content-free text `N/A`, i.e.
+//!   label probabilities divided by their content-free ones, which removes a weak model's
+//!   standing preference for some label words.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -32,9 +36,14 @@ pub struct IclConfig {
     /// Words kept of each text.
     pub text_words: usize,
     pub seed: u64,
+    /// Contextual calibration with the content-free text [`CONTENT_FREE`].
+    pub calibrate: bool,
 }
 
 pub const DEFAULT_TEMPLATE: &str = "Text: {text}\nLabel: {label}\n\n";
+
+/// The content-free query contextual calibration scores the label words after.
+pub const CONTENT_FREE: &str = "N/A";
 
 impl IclConfig {
     /// Refuses a template without its two slots, or label words that do not fit the task.
@@ -76,8 +85,13 @@ impl IclConfig {
     /// The prompt for `query` after `demos`: the demonstrations, then the template up to (not
     /// including) the label slot, trailing spaces dropped (the label word brings its own).
     pub fn prompt(&self, demos: &[&TextExample], query: &TextExample) -> String {
+        self.prompt_for_text(demos, &query.text)
+    }
+
+    /// [`Self::prompt`] for a query given as its text.
+    pub fn prompt_for_text(&self, demos: &[&TextExample], text: &str) -> String {
         let mut prompt: String = demos.iter().map(|d| self.demonstration(d)).collect();
-        let filled = self.template.replace("{text}", &self.cut(&query.text));
+        let filled = self.template.replace("{text}", &self.cut(text));
         let head = &filled[..filled.find("{label}").unwrap_or(filled.len())];
         prompt.push_str(head.trim_end_matches(' '));
         prompt
@@ -164,6 +178,49 @@ pub fn continuation_scores(
         .collect())
 }
 
+/// Scores the label words (their tokens in `continuations`) after a prompt.
+pub struct LabelScorer<'a> {
+    pub model: &'a Gpt2,
+    pub tokenizer: &'a TextTokenizer,
+    pub continuations: &'a [Vec<u32>],
+    pub positions: usize,
+    pub device: &'a Device,
+}
+
+impl LabelScorer<'_> {
+    /// Each label's score for the query `text` after `demos`: its summed log-probability, less
+    /// the same after the content-free text when `config.calibrate`.
+    pub fn scores(
+        &self,
+        config: &IclConfig,
+        demos: &[&TextExample],
+        text: &str,
+    ) -> Result<Vec<f64>> {
+        let after = |text: &str| -> Result<Vec<f64>> {
+            let context = self
+                .tokenizer
+                .encode_words(&config.prompt_for_text(demos, text))?;
+            continuation_scores(
+                self.model,
+                &context,
+                self.continuations,
+                self.positions,
+                self.device,
+            )
+        };
+        let scores = after(text)?;
+        if !config.calibrate {
+            return Ok(scores);
+        }
+        let content_free = after(CONTENT_FREE)?;
+        Ok(scores
+            .iter()
+            .zip(&content_free)
+            .map(|(s, c)| s - c)
+            .collect())
+    }
+}
+
 /// Accuracy and the other classification metrics of in-context learning on `queries`; the
 /// loss is the mean negative log-likelihood of the right label among the label words.
 pub fn evaluate_icl(
@@ -183,8 +240,14 @@ pub fn evaluate_icl(
     let (mut predicted, mut actual, mut loss) = (Vec::new(), Vec::new(), 0.0);
     for (index, query) in queries.iter().enumerate() {
         let demos = config.demonstrations(train, query, index);
-        let context = tokenizer.encode_words(&config.prompt(&demos, query))?;
-        let scores = continuation_scores(model, &context, &continuations, positions, device)?;
+        let scores = LabelScorer {
+            model,
+            tokenizer,
+            continuations: &continuations,
+            positions,
+            device,
+        }
+        .scores(config, &demos, &query.text)?;
         let best = scores
             .iter()
             .enumerate()

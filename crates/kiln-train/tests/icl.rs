@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use kiln_data::{Target, TaskSpec, TextExample};
 use kiln_models::{Backbone, DeviceChoice, Gpt2, Gpt2Input, Pretrained, TextTokenizer};
-use kiln_train::icl::{IclConfig, continuation_scores, evaluate_icl};
+use kiln_train::icl::{CONTENT_FREE, IclConfig, LabelScorer, continuation_scores, evaluate_icl};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -33,6 +33,7 @@ fn config(shots: usize) -> IclConfig {
         label_words: vec!["fire".into(), "water".into()],
         text_words: 3,
         seed: 7,
+        calibrate: false,
     }
 }
 
@@ -167,4 +168,42 @@ fn icl_classifies_the_fixture_task_without_training() {
     let accuracy = metrics.accuracy.expect("accuracy");
     assert!((0.0..=1.0).contains(&accuracy));
     assert!(metrics.loss.is_finite() && metrics.loss > 0.0);
+}
+
+#[test]
+fn calibration_subtracts_the_content_free_scores() {
+    let (model, tokenizer, positions) = gpt2();
+    let device = cpu();
+    let continuations: Vec<Vec<u32>> = [" fire", " water"]
+        .iter()
+        .map(|w| tokenizer.encode_words(w).expect("ids"))
+        .collect();
+    let scorer = LabelScorer {
+        model: &model,
+        tokenizer: &tokenizer,
+        continuations: &continuations,
+        positions,
+        device: &device,
+    };
+    let demo = example("the kiln was hot today", 0);
+    let demos = [&demo];
+    let text = "a cold stream of water";
+    let mut calibrated = config(1);
+    calibrated.calibrate = true;
+    let got = scorer.scores(&calibrated, &demos, text).expect("scores");
+    let after = |text: &str| {
+        let context = tokenizer
+            .encode_words(&calibrated.prompt_for_text(&demos, text))
+            .expect("ids");
+        continuation_scores(&model, &context, &continuations, positions, &device).expect("scores")
+    };
+    let (raw, content_free) = (after(text), after(CONTENT_FREE));
+    for i in 0..2 {
+        assert!((got[i] - (raw[i] - content_free[i])).abs() < 1e-9);
+    }
+    assert!(
+        content_free.iter().any(|c| c.abs() > 1e-3),
+        "the correction is not nothing"
+    );
+    assert_eq!(scorer.scores(&config(1), &demos, text).expect("raw"), raw);
 }
