@@ -16,10 +16,12 @@ peft to kiln, written here with a fixed seed:
                                   expected.json with the last hidden state.
   fixtures/peft/peft-bert-prompt/ prompt tuning (3 random virtual tokens) on the same BERT
   fixtures/peft/peft-gpt2-prompt/ classifier and GPT2Model, with the same expected outputs.
+  fixtures/peft/peft-gpt2-prefix/ prefix tuning (3 rows per layer, no projection) on GPT2Model.
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
   fixtures/peft/kiln-*-prompt/    state (GPT-2) they give on the same inputs;
+  fixtures/peft/kiln-gpt2-prefix/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
 """
@@ -28,7 +30,7 @@ import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, PromptTuningConfig, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModel, AutoModelForSequenceClassification, BertForSequenceClassification, GPT2Model
 
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
@@ -133,6 +135,14 @@ def peft_to_kiln() -> None:
     save(model, directory, "gpt2-tiny")
     expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
 
+    # Prefix tuning: three key and value rows per layer, passed as past_key_values.
+    torch.manual_seed(15)
+    config = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
+    model = get_peft_model(gpt2_base(), config).eval()
+    directory = OUT / "peft-gpt2-prefix"
+    save(model, directory, "gpt2-tiny")
+    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
+
 
 def kiln_to_peft() -> None:
     for name, base, run, key in [
@@ -140,6 +150,7 @@ def kiln_to_peft() -> None:
         ("kiln-gpt2-lora", gpt2_base, gpt2_hidden, "last_hidden_state"),
         ("kiln-bert-prompt", bert_base, bert_logits, "logits"),
         ("kiln-gpt2-prompt", gpt2_base, gpt2_hidden, "last_hidden_state"),
+        ("kiln-gpt2-prefix", gpt2_base, gpt2_hidden, "last_hidden_state"),
     ]:
         directory = OUT / name
         if not (directory / "adapter_config.json").is_file():

@@ -1,6 +1,6 @@
 //! `kiln export` and `kiln merge`: a trained run in the formats the Python ecosystem reads.
-//! `export` writes a LoRA or prompt-tuning run as a HF peft adapter directory
-//! (`PeftModel.from_pretrained`; `kiln train --peft-adapter` reads one back);
+//! `export` writes a LoRA, prompt-tuning or (GPT-2) prefix-tuning / P-tuning v2 run as a HF peft
+//! adapter directory (`PeftModel.from_pretrained`; `kiln train --peft-adapter` reads one back);
 //! `merge` folds a run's LoRA deltas into the base weights and writes a HF checkpoint that
 //! transformers loads on its own (see `kiln_train::peft` and `kiln_train::merge`).
 
@@ -32,15 +32,25 @@ pub struct ExportArgs {
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
     let run: RunConfig = read_json(&args.run.join("run.json"))?;
-    if !matches!(run.method, MethodConfig::Lora(_) | MethodConfig::Prompt(_)) {
+    if !matches!(
+        run.method,
+        MethodConfig::Lora(_)
+            | MethodConfig::Prompt(_)
+            | MethodConfig::Prefix(_)
+            | MethodConfig::PTuningV2(_)
+    ) {
         bail!(
-            "{}: the run's method is `{}`; kiln export writes peft's LoRA and prompt-tuning \
-             formats",
+            "{}: the run's method is `{}`; kiln export writes peft's LoRA, prompt-tuning and \
+             prefix-tuning formats",
             args.run.display(),
             run.method.name()
         );
     }
-    let (model, _) = load_run_model(&args.run, &run, device)?;
+    let (mut model, _) = load_run_model(&args.run, &run, device)?;
+    if let MethodConfig::Prefix(prefix) = &run.method {
+        // peft's adapter holds the prefixes themselves, as kiln keeps them after training.
+        model.fold_prefix_encoder(&prefix.name)?;
+    }
     let base = args
         .base_model
         .clone()

@@ -18,7 +18,7 @@ use kiln_models::{
     Backbone, DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout,
     SequenceClassifier,
 };
-use kiln_train::peft::{PEFT_CONFIG_FILE, import_peft, read_lora_config};
+use kiln_train::peft::{PEFT_CONFIG_FILE, PEFT_PREFIX_ADAPTER, import_peft, read_lora_config};
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
     ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TextTask, TrainConfig,
@@ -166,8 +166,9 @@ pub struct TrainArgs {
     #[arg(long)]
     train_examples: Option<usize>,
     /// Start from a HF peft adapter directory (LoRA with `--method lora`, prompt tuning with
-    /// `--method prompt`): its settings replace the method's options, its deltas or prompt (and
-    /// classifier, with `--readout pooler`) the fresh ones.
+    /// `--method prompt`, GPT-2 prefix tuning with `--method p-tuning-v2`): its settings replace
+    /// the method's options, its deltas, prompt or prefixes (and classifier, with
+    /// `--readout pooler`) the fresh ones.
     #[arg(long)]
     peft_adapter: Option<PathBuf>,
     /// Run the frozen bottom of linear-probe, mlp-k and partial-k every step instead of once per
@@ -243,6 +244,7 @@ impl MethodArgs {
             prompt_len: prompt.prompt_len,
             prompt_init_text: prompt.prompt_init_text.clone(),
             prompt_at_start: prompt.prompt_at_start.then_some(true),
+            prefix_positions: prompt.prefix_positions.then_some(true),
             prompt_init_ids: Vec::new(),
             template,
             prompt_encoder: prompt.prompt_encoder.clone(),
@@ -310,6 +312,10 @@ pub struct PromptArgs {
     /// prompt: put the virtual tokens in front of BERT's [CLS], as HF peft does.
     #[arg(long)]
     prompt_at_start: bool,
+    /// prefix, p-tuning-v2 on GPT-2: the prefix takes the first positions and the text counts on
+    /// after it, as HF GPT-2 under peft's prefix tuning (needed to export to peft).
+    #[arg(long)]
+    prefix_positions: bool,
     /// p-tuning: virtual tokens before and after the text, `B,A`.
     #[arg(long, value_delimiter = ',')]
     template: Option<Vec<usize>>,
@@ -712,9 +718,16 @@ fn peft_method_options(method: &str, given: &MethodOptions, dir: &Path) -> Resul
             prompt_at_start: Some(true),
             ..MethodOptions::default()
         }),
+        ("p-tuning-v2", Some("PREFIX_TUNING")) => Ok(MethodOptions {
+            prefix_len: config["num_virtual_tokens"].as_u64().map(|n| n as usize),
+            prefix_positions: Some(true),
+            adapter_name: Some(PEFT_PREFIX_ADAPTER.into()),
+            ..MethodOptions::default()
+        }),
         (method, peft_type) => bail!(
-            "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA and \
-             `--method prompt` from PROMPT_TUNING (got --method {method})",
+            "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
+             `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from \
+             PREFIX_TUNING (got --method {method})",
             path.display(),
             peft_type.unwrap_or("unknown")
         ),

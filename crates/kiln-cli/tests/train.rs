@@ -607,6 +607,60 @@ fn training_starts_from_a_peft_adapter_and_prompts_export() {
         assert!(ok, "{stderr}");
         assert!(stdout.contains("SEQ_CLS"), "{stdout}");
     }
+    // GPT-2 prefixes: from peft's (P-tuning v2 holds them), and from kiln's prefix tuning
+    // (folded), out to peft again.
+    let gpt2 = fixtures().join("gpt2-tiny");
+    let peft_prefix = fixtures().join("peft/peft-gpt2-prefix");
+    for (name, method, extra) in [
+        (
+            "gpt2-from-peft",
+            "p-tuning-v2",
+            ["--peft-adapter", path(&peft_prefix), "--seed", "1"],
+        ),
+        (
+            "gpt2-prefix",
+            "prefix",
+            ["--prefix-positions", "--prefix-len", "2", "--prefix-hidden"],
+        ),
+    ] {
+        let run = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            "--model",
+            path(&gpt2),
+            "--task",
+            path(&task),
+            "--method",
+            method,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "32",
+            "--out",
+            path(&run),
+        ];
+        args.extend(extra);
+        if method == "prefix" {
+            args.push("8");
+        }
+        let (ok, _, stderr) = kiln(&args);
+        assert!(ok, "{name}: {stderr}");
+        let recorded: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
+                .expect("json");
+        assert_eq!(recorded["method"]["prefix_positions"], true, "{name}");
+        let out = dir.path().join(format!("{name}-peft"));
+        let (ok, stdout, stderr) = kiln(&["export", "--run", path(&run), "--out", path(&out)]);
+        assert!(ok, "{name}: {stderr}");
+        assert!(stdout.contains("FEATURE_EXTRACTION"), "{stdout}");
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).expect("config"),
+        )
+        .expect("json");
+        assert_eq!(config["peft_type"], "PREFIX_TUNING", "{name}");
+    }
     // The adapter's type must be the method's; its options are the adapter's.
     let run = dir.path().join("mismatch");
     let mut args = common("prompt", &run);

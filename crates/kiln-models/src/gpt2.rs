@@ -191,6 +191,7 @@ impl Gpt2Config {
             adapter_drop: AdapterDropState::default(),
             prompt: None,
             prefix_encoder: None,
+            prefix_takes_positions: false,
         }
     }
 }
@@ -243,6 +244,11 @@ pub struct Gpt2 {
     pub prompt: Option<SoftPrompt>,
     /// Prefix tuning's reparameterisation, producing every layer's prefix while training.
     pub prefix_encoder: Option<PrefixEncoder>,
+    /// The attention prefix takes the first positions and the real tokens count on after it, as
+    /// HF GPT-2 numbers them when peft's prefix tuning passes the prefix as `past_key_values`;
+    /// off, the prefix takes no positions.
+    #[module(skip)]
+    pub prefix_takes_positions: bool,
 }
 
 #[derive(Module, Debug)]
@@ -348,11 +354,29 @@ impl Gpt2 {
                 )
             }
         };
+        let offset = if self.prefix_takes_positions {
+            self.prefix_rows()
+        } else {
+            0
+        };
         TokenStates {
-            hidden: self.add_positions(words, &attention_mask),
+            hidden: self.add_positions(words, &attention_mask, offset),
             attention_mask,
             token_mask,
         }
+    }
+
+    /// Rows of the attention prefix the first block reads (from the prefix encoder, or the
+    /// active adapter's prefix).
+    pub fn prefix_rows(&self) -> usize {
+        if let Some(encoder) = &self.prefix_encoder {
+            return encoder.embedding.dims()[0];
+        }
+        self.blocks
+            .first()
+            .and_then(|block| block.adapters.as_ref())
+            .and_then(LayerAdapters::prefix)
+            .map_or(0, |(key, _)| key.dims()[0])
     }
 
     /// Last hidden state from input vectors `[batch, seq, hidden]` in place of token embeddings
@@ -363,7 +387,7 @@ impl Gpt2 {
         attention_mask: &Tensor<2, Int>,
     ) -> Tensor<3> {
         let states = TokenStates {
-            hidden: self.add_positions(vectors, attention_mask),
+            hidden: self.add_positions(vectors, attention_mask, 0),
             attention_mask: attention_mask.clone(),
             token_mask: attention_mask.clone(),
         };
@@ -371,9 +395,14 @@ impl Gpt2 {
             .forward(self.run_blocks(states, 0..self.blocks.len()).hidden)
     }
 
-    fn add_positions(&self, vectors: Tensor<3>, attention_mask: &Tensor<2, Int>) -> Tensor<3> {
+    fn add_positions(
+        &self,
+        vectors: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+        offset: usize,
+    ) -> Tensor<3> {
         // Positions count attended tokens only, so left padding shifts nothing.
-        let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0);
+        let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0) + offset as i64;
         self.dropout.forward(vectors + self.wpe.forward(positions))
     }
 

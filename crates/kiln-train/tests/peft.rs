@@ -495,3 +495,81 @@ fn kiln_prompts_export_to_peft_with_kiln_outputs() {
         .to_string();
     assert!(error.contains("--prompt-at-start"), "{error}");
 }
+
+/// A GPT-2 classifier with P-tuning v2's deep prompts (3 rows per layer) in peft's layout.
+fn kiln_prefix(prefix_positions: bool) -> SequenceClassifier {
+    let mut model = classifier("gpt2-tiny");
+    let options = kiln_tuning::MethodOptions {
+        prefix_len: Some(3),
+        prefix_positions: prefix_positions.then_some(true),
+        ..kiln_tuning::MethodOptions::default()
+    };
+    kiln_tuning::MethodConfig::from_options("p-tuning-v2", &options)
+        .expect("method")
+        .method()
+        .prepare(&mut model)
+        .expect("prefix");
+    map_params(model, &mut Deterministic(0, &[".adapters."]))
+}
+
+#[test]
+fn peft_prefixes_load_into_gpt2_with_peft_outputs() {
+    let dir = fixtures().join("peft/peft-gpt2-prefix");
+    let expected = read_json(&dir.join("expected.json"));
+    let (model, report) = import_peft(classifier("gpt2-tiny"), &dir).expect("imports");
+    // Key and value rows, 3 per layer in both layers, plus the head.
+    assert_eq!(report.trainable(), 2 * 2 * 3 * 32 + 32 * 2 + 2);
+    let ours = outputs(&model, &expected);
+    assert_close(&ours, &expected["last_hidden_state"], &expected, "prefix");
+    // The positions matter: with the prefix taking none, the outputs are not peft's.
+    let mut unshifted = model;
+    unshifted
+        .gpt2
+        .as_mut()
+        .expect("gpt2")
+        .prefix_takes_positions = false;
+    let other = outputs(&unshifted, &expected);
+    assert!(ours.iter().zip(&other).any(|(a, b)| (a - b).abs() > 1e-2));
+}
+
+#[test]
+fn kiln_prefixes_export_to_peft_with_kiln_outputs() {
+    let model = kiln_prefix(true);
+    let committed = fixtures().join("peft/kiln-gpt2-prefix");
+    let dir = tempfile::tempdir().expect("dir");
+    let export = export_peft(&model, dir.path(), "fixtures/gpt2-tiny").expect("exports");
+    assert_eq!(export.task_type, "FEATURE_EXTRACTION");
+    let config = read_json(&dir.path().join(PEFT_CONFIG_FILE));
+    assert_eq!(config["peft_type"], "PREFIX_TUNING");
+    assert_eq!(config["num_virtual_tokens"], 3);
+    if writing_fixtures() {
+        export_peft(&model, &committed, "fixtures/gpt2-tiny").expect("writes");
+        return;
+    }
+    assert_eq!(
+        tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
+        tensors(&committed.join(PEFT_WEIGHTS_FILE)),
+        "kiln-gpt2-prefix: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+    );
+    let peft = read_json(&committed.join("transformers.json"));
+    let ours = outputs(&model, &peft);
+    assert_close(&ours, &peft["last_hidden_state"], &peft, "kiln-gpt2-prefix");
+    let (reloaded, _) = import_peft(classifier("gpt2-tiny"), dir.path()).expect("re-imports");
+    assert_eq!(outputs(&reloaded, &peft), ours);
+    // Without peft's positions, or on BERT, there is no export.
+    let error = export_peft(&kiln_prefix(false), dir.path(), "x")
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--prefix-positions"), "{error}");
+    let options = kiln_tuning::MethodOptions {
+        prefix_positions: Some(true),
+        ..kiln_tuning::MethodOptions::default()
+    };
+    let error = kiln_tuning::MethodConfig::from_options("p-tuning-v2", &options)
+        .expect("method")
+        .method()
+        .prepare(&mut classifier("bert-tiny"))
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("GPT-2 only"), "{error}");
+}

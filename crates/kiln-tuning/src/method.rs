@@ -157,7 +157,8 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "prefix",
         summary: "prefix tuning: MLP-reparameterised key/value prefixes, folded after training (Li and Liang 2021)",
-        options: "--prefix-len 20 --prefix-hidden 512, --adapter-name",
+        options: "--prefix-len 20 --prefix-hidden 512, --adapter-name, --prefix-positions (GPT-2: \
+                  peft's layout)",
     },
     MethodInfo {
         name: "p-tuning",
@@ -167,7 +168,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "p-tuning-v2",
         summary: "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)",
-        options: "--prefix-len 20, --adapter-name",
+        options: "--prefix-len 20, --adapter-name, --prefix-positions (GPT-2: peft's layout)",
     },
     MethodInfo {
         name: "icl",
@@ -211,6 +212,7 @@ pub struct MethodOptions {
     pub template: Option<(usize, usize)>,
     pub prompt_encoder: Option<String>,
     pub prefix_hidden: Option<usize>,
+    pub prefix_positions: Option<bool>,
 }
 
 impl MethodOptions {
@@ -242,6 +244,7 @@ impl MethodOptions {
             ("template", self.template.is_some()),
             ("prompt-encoder", self.prompt_encoder.is_some()),
             ("prefix-hidden", self.prefix_hidden.is_some()),
+            ("prefix-positions", self.prefix_positions.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
@@ -327,7 +330,12 @@ impl MethodConfig {
             ),
             "prefix" => (
                 Self::Prefix(PrefixTuningConfig::with_options(options)),
-                vec!["prefix-len", "prefix-hidden", "adapter-name"],
+                vec![
+                    "prefix-len",
+                    "prefix-hidden",
+                    "adapter-name",
+                    "prefix-positions",
+                ],
             ),
             "p-tuning" => (
                 Self::PTuning(PTuningConfig::with_options(options)?),
@@ -335,7 +343,7 @@ impl MethodConfig {
             ),
             "p-tuning-v2" => (
                 Self::PTuningV2(PTuningV2Config::with_options(options)),
-                vec!["prefix-len", "adapter-name"],
+                vec!["prefix-len", "adapter-name", "prefix-positions"],
             ),
             "icl" => {
                 return Err(TuningError::Option {

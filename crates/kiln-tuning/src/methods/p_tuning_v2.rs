@@ -5,7 +5,9 @@
 //! in it is specific to text, so it applies unchanged to any sequence of patch embeddings.
 //!
 //! The prompts are a prefix-only adapter (see `kiln_models::adapter`), saved on its own like any
-//! adapter. Default `l = 20`. Trainable parameters: `2·L·l·h + h·c + c`.
+//! adapter. Default `l = 20`. `--prefix-positions` (GPT-2) lets the prefix take the first
+//! positions, as HF GPT-2 under peft's prefix tuning, so the run exports to peft.
+//! Trainable parameters: `2·L·l·h + h·c + c`.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,13 +15,16 @@ use kiln_models::{AdapterConfig, SequenceClassifier};
 
 use crate::error::Result;
 use crate::method::{Method, MethodOptions};
-use crate::methods::prompt::check_len;
+use crate::methods::prompt::{check_len, set_prefix_positions};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PTuningV2Config {
     /// `l`, prompt rows per layer.
     pub len: usize,
     pub name: String,
+    /// GPT-2's real tokens are numbered after the prefix (peft's layout).
+    #[serde(default)]
+    pub prefix_positions: bool,
 }
 
 impl PTuningV2Config {
@@ -27,6 +32,7 @@ impl PTuningV2Config {
         Self {
             len: options.prefix_len.unwrap_or(20),
             name: options.adapter_name.clone().unwrap_or("p-tuning-v2".into()),
+            prefix_positions: options.prefix_positions.unwrap_or(false),
         }
     }
 }
@@ -37,6 +43,7 @@ impl Method for PTuningV2Config {
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        set_prefix_positions(model, self.prefix_positions)?;
         Ok(model.add_adapter(&self.name, &AdapterConfig::prefix_only(self.len))?)
     }
 

@@ -6,6 +6,9 @@
 //! prefixes, a prefix-only adapter that saves, loads and runs like any other, with the same
 //! outputs (tested). The backbone is frozen.
 //!
+//! `--prefix-positions` (GPT-2) lets the prefix take the first positions, as HF GPT-2 under
+//! peft's prefix tuning, so the folded run exports to peft.
+//!
 //! Defaults: `l = 20`, `mid = 512` (the paper's). Trainable parameters while training:
 //! `l·h + (h·mid + mid) + (mid·2Lh + 2Lh) + h·c + c`; after folding the prefixes are `2·L·l·h`.
 
@@ -15,7 +18,7 @@ use kiln_models::SequenceClassifier;
 
 use crate::error::{Result, TuningError};
 use crate::method::{Method, MethodOptions};
-use crate::methods::prompt::check_len;
+use crate::methods::prompt::{check_len, set_prefix_positions};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrefixTuningConfig {
@@ -25,6 +28,9 @@ pub struct PrefixTuningConfig {
     pub hidden: usize,
     /// The name the folded prefixes are held and saved under.
     pub name: String,
+    /// GPT-2's real tokens are numbered after the prefix (peft's layout).
+    #[serde(default)]
+    pub prefix_positions: bool,
 }
 
 impl PrefixTuningConfig {
@@ -33,6 +39,7 @@ impl PrefixTuningConfig {
             len: options.prefix_len.unwrap_or(20),
             hidden: options.prefix_hidden.unwrap_or(512),
             name: options.adapter_name.clone().unwrap_or("prefix".into()),
+            prefix_positions: options.prefix_positions.unwrap_or(false),
         }
     }
 }
@@ -50,6 +57,7 @@ impl Method for PrefixTuningConfig {
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
+        set_prefix_positions(model, self.prefix_positions)?;
         model.add_prefix_encoder(self.len, self.hidden)?;
         Ok(())
     }

@@ -38,6 +38,26 @@ impl PromptTuningConfig {
     }
 }
 
+/// `--prefix-positions`: on GPT-2 the prefix takes the first positions (HF peft's layout, so
+/// the run exports to peft's prefix tuning); refused for other backbones.
+pub(crate) fn set_prefix_positions(model: &mut SequenceClassifier, on: bool) -> Result<()> {
+    if !on {
+        return Ok(());
+    }
+    match model.gpt2.as_mut() {
+        Some(gpt2) => {
+            gpt2.prefix_takes_positions = true;
+            Ok(())
+        }
+        None => Err(TuningError::Option {
+            option: "prefix-positions",
+            message: "GPT-2 only: it numbers the real tokens after the prefix, as HF GPT-2 does \
+                      under peft's prefix tuning"
+                .into(),
+        }),
+    }
+}
+
 pub(crate) fn check_len(option: &'static str, len: usize) -> Result<()> {
     if len == 0 {
         return Err(TuningError::Option {
