@@ -782,6 +782,8 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
 
 #[test]
 fn layer_decay_lowers_the_rate_layer_by_layer() {
+    // `setup` seeds the process-wide RNG: unlocked, it would reseed another test's training.
+    let _rng = seeded_section();
     let device = cpu();
     let setup = setup("bert-tiny", &method("full"), 1, &device);
     let rates = kiln_train::schedule::layer_decayed(&setup.model, 1e-3, 0.5);
