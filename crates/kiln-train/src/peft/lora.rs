@@ -1,0 +1,378 @@
+//! peft's LoRA format.
+//!
+//! - Tensors: `base_model.model.<module>.lora_A.weight` `[r, d_in]` and `lora_B.weight`
+//!   `[d_out, r]`, the transposes of kiln's `lora.a` `[d_in, r]` and `lora.b` `[r, d_out]`;
+//!   `<module>` is the HF module path (`bert.encoder.layer.0.attention.self.query` under
+//!   `BertForSequenceClassification`, `h.0.attn.c_attn` under `GPT2Model`).
+//! - `target_modules` lists the HF module paths without the task prefix: peft matches them as
+//!   suffixes, so they name exactly the projections that carry deltas, under either base class.
+//!
+//! Importing reads the same files into any kiln model of the same backbone: a delta for each
+//! `lora_A`/`lora_B` pair (rank, `lora_alpha`, `lora_dropout` from the config; rsLoRA's
+//! `alpha/sqrt(r)` scale kept), and the classifier when there is one; into the model's LoRA
+//! slots (`import_lora`) or served by name beside other adapters (`load_lora_adapter`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use burn::tensor::{Tensor, TensorData};
+
+use kiln_models::weights::{KeyTable, Layout, RawTensor, hf_name_for, kiln_name_for};
+use kiln_models::{LowRankConfig, LowRankDelta, SequenceClassifier, WeightFile};
+use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
+use kiln_tuning::{ParamReport, set_trainable};
+
+use super::{
+    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, set_head, yes,
+};
+use crate::checkpoint::{save_params_laid_out, write_atomically};
+use crate::error::{Result, TrainError};
+
+/// The fields of peft's `LoraConfig` kiln writes and reads (peft fills the rest with defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftLoraConfig {
+    pub peft_type: String,
+    pub task_type: Option<String>,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// A list of module names; peft also allows one regular expression, which kiln refuses.
+    pub target_modules: serde_json::Value,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default = "no_bias")]
+    pub bias: String,
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub rank_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    #[serde(default = "yes")]
+    pub inference_mode: bool,
+}
+
+fn no_bias() -> String {
+    "none".into()
+}
+
+/// The backbone's key table and the prefix its HF task class puts before module paths.
+fn backbone_names(model: &SequenceClassifier) -> Result<(KeyTable, &'static str)> {
+    match (&model.bert, &model.gpt2) {
+        (Some(_), _) => Ok((BERT_KEYS, "bert.")),
+        (_, Some(_)) => Ok((GPT2_KEYS, "transformer.")),
+        _ => Err(TrainError::Invalid(
+            "peft's format has no M2-BERT model class; LoRA on M2-BERT stays in kiln's format"
+                .into(),
+        )),
+    }
+}
+
+/// `bert.layers.0.attention.query.lora.a` → (`layers.0.attention.query`, `lora_A`).
+fn split_lora_path<'a>(path: &'a str, backbone: &str) -> Option<(&'a str, &'static str)> {
+    let rest = path.strip_prefix(backbone)?.strip_prefix('.')?;
+    if let Some(projection) = rest.strip_suffix(".lora.a") {
+        return Some((projection, "lora_A"));
+    }
+    rest.strip_suffix(".lora.b").map(|p| (p, "lora_B"))
+}
+
+/// The HF module path of a kiln projection path (`layers.0.attention.query` →
+/// `encoder.layer.0.attention.self.query`).
+fn hf_module(table: KeyTable, projection: &str) -> Option<String> {
+    let (weight, _) = hf_name_for(table, &format!("{projection}.weight"))?;
+    weight.strip_suffix(".weight").map(str::to_string)
+}
+
+/// Writes `model`'s LoRA deltas (and, for a BERT sequence classifier, its head) as a peft
+/// adapter directory. `base_model` goes into the config as `base_model_name_or_path`.
+pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> Result<PeftExport> {
+    let (table, task_prefix) = backbone_names(model)?;
+    let backbone = model.backbone_name();
+    let mut model = model.clone();
+    let mut deltas = Vec::new();
+    for (path, projection) in model.projections_mut() {
+        if let Some(delta) = projection.lora.as_ref() {
+            if delta.merged {
+                return Err(TrainError::Invalid(format!(
+                    "{path}: the delta is merged into the weight; unmerge before exporting"
+                )));
+            }
+            deltas.push((path, delta.rank(), delta.scale));
+        }
+    }
+    let Some(&(_, rank, scale)) = deltas.first() else {
+        return Err(TrainError::Invalid(
+            "the model has no LoRA delta to export".into(),
+        ));
+    };
+    if deltas.iter().any(|&(_, r, s)| r != rank || s != scale) {
+        return Err(TrainError::Invalid(
+            "peft's config holds one rank and alpha; this model's deltas differ".into(),
+        ));
+    }
+    let dropout = model
+        .projections_mut()
+        .into_iter()
+        .find_map(|(_, p)| p.lora.as_ref().map(|d| d.dropout.prob))
+        .unwrap_or(0.0);
+    let with_classifier = is_bert_sequence_classifier(&model);
+    // Under BertModel / GPT2Model the module paths have no task prefix.
+    let prefix = if with_classifier { task_prefix } else { "" };
+    let mut target_modules = BTreeSet::new();
+    for (path, _, _) in &deltas {
+        let projection = path
+            .strip_prefix(backbone)
+            .and_then(|p| p.strip_prefix('.'))
+            .unwrap_or(path);
+        let module = hf_module(table, projection).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "{path}: no HF module corresponds to this projection"
+            ))
+        })?;
+        target_modules.insert(module);
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let tensors = save_params_laid_out(&model, &out.join(PEFT_WEIGHTS_FILE), |path| {
+        if let Some((projection, matrix)) = split_lora_path(path, backbone) {
+            let module = hf_module(table, projection)?;
+            return Some((
+                format!("base_model.model.{prefix}{module}.{matrix}.weight"),
+                Layout::Transposed,
+            ));
+        }
+        if !with_classifier {
+            return None;
+        }
+        match path {
+            "head.output.weight" => Some((
+                "base_model.model.classifier.weight".into(),
+                Layout::Transposed,
+            )),
+            "head.output.bias" => Some(("base_model.model.classifier.bias".into(), Layout::Same)),
+            _ => None,
+        }
+    })?;
+    let task_type = if with_classifier {
+        "SEQ_CLS"
+    } else {
+        "FEATURE_EXTRACTION"
+    };
+    let target_modules: Vec<String> = target_modules.into_iter().collect();
+    let config = PeftLoraConfig {
+        peft_type: "LORA".into(),
+        task_type: Some(task_type.into()),
+        r: rank,
+        lora_alpha: scale * rank as f64,
+        lora_dropout: dropout,
+        target_modules: serde_json::json!(target_modules),
+        // HF GPT-2's Conv1D stores `[in, out]`: peft must be told.
+        fan_in_fan_out: model.gpt2.is_some(),
+        bias: no_bias(),
+        modules_to_save: with_classifier.then(|| vec!["classifier".into()]),
+        base_model_name_or_path: Some(base_model.into()),
+        use_rslora: false,
+        use_dora: false,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        inference_mode: true,
+    };
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    Ok(PeftExport {
+        task_type,
+        target_modules,
+        tensors,
+        with_classifier,
+    })
+}
+
+/// Reads a peft LoRA directory's config, refusing what kiln cannot represent.
+pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let config: PeftLoraConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let refuse = |field: &str, why: &str| {
+        Err(TrainError::Invalid(format!(
+            "{}: `{field}` {why}",
+            path.display()
+        )))
+    };
+    if config.peft_type != "LORA" {
+        return refuse(
+            "peft_type",
+            &format!("is {}; kiln imports LORA adapters", config.peft_type),
+        );
+    }
+    if config.use_dora {
+        return refuse("use_dora", "is true; kiln has no DoRA");
+    }
+    if !config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty() {
+        return refuse(
+            "rank_pattern",
+            "/ `alpha_pattern` give per-module ranks; kiln's deltas share one",
+        );
+    }
+    if config.bias != "none" {
+        return refuse("bias", "trains biases; kiln's LoRA does not");
+    }
+    if config.r == 0 {
+        return refuse("r", "is 0");
+    }
+    Ok(config)
+}
+
+/// A peft LoRA directory read against a model: each delta by full projection path, and the
+/// classifier (`[c, h]` weight, bias) when the adapter has one.
+struct ReadAdapter {
+    deltas: Vec<(String, LowRankDelta)>,
+    classifier: Option<(RawTensor, RawTensor)>,
+}
+
+fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
+    let config = read_lora_config(dir)?;
+    let (table, task_prefix) = backbone_names(model)?;
+    let backbone = model.backbone_name();
+    let weights_path = dir.join(PEFT_WEIGHTS_FILE);
+    let file = WeightFile::open(&weights_path)?;
+    let device = model.head.output.weight.lazy_device();
+    let bad = |message: String| TrainError::checkpoint(&weights_path, message);
+    // rsLoRA scales by alpha/sqrt(r); kiln's deltas scale by alpha/r.
+    let alpha = if config.use_rslora {
+        config.lora_alpha * (config.r as f64).sqrt()
+    } else {
+        config.lora_alpha
+    };
+    let delta_config = LowRankConfig {
+        rank: config.r,
+        alpha,
+        dropout: config.lora_dropout,
+    };
+    let matrix = |name: &str, rows: usize| -> Result<Tensor<2>> {
+        let raw = file
+            .get(name)
+            .ok_or_else(|| bad(format!("`{name}` is missing")))?;
+        match raw.shape.as_slice() {
+            // Stored `[out, in]` as PyTorch's Linear: kiln's layout is the transpose.
+            &[out, inner] if out == rows || inner == rows => Ok(Tensor::<2>::from_data(
+                TensorData::new(raw.values.clone(), [out, inner]),
+                &device,
+            )
+            .transpose()),
+            other => Err(bad(format!(
+                "`{name}` is {other:?}, not a rank-{rows} matrix"
+            ))),
+        }
+    };
+    let mut deltas = Vec::new();
+    let mut classifier = None;
+    for name in file.names() {
+        let rest = name
+            .strip_prefix("base_model.model.")
+            .ok_or_else(|| bad(format!("`{name}` is not a peft LoRA tensor")))?;
+        if rest == "classifier.weight" {
+            let bias = file
+                .get("base_model.model.classifier.bias")
+                .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
+            let weight = file.get(name).cloned().expect("listed by the file");
+            classifier = Some((weight, bias.clone()));
+            continue;
+        }
+        if rest == "classifier.bias" {
+            continue;
+        }
+        let Some(module) = rest.strip_suffix(".lora_A.weight") else {
+            if rest.ends_with(".lora_B.weight") {
+                continue;
+            }
+            return Err(bad(format!("`{name}`: not a LoRA matrix")));
+        };
+        let local = module.strip_prefix(task_prefix).unwrap_or(module);
+        let (kiln, _) = kiln_name_for(table, &format!("{local}.weight")).ok_or_else(|| {
+            bad(format!(
+                "`{name}`: no {backbone} projection is called `{local}`"
+            ))
+        })?;
+        let projection = kiln.strip_suffix(".weight").unwrap_or(&kiln);
+        let a = matrix(name, config.r)?;
+        let b = matrix(
+            &format!("base_model.model.{module}.lora_B.weight"),
+            config.r,
+        )?;
+        if a.dims()[1] != config.r || b.dims()[0] != config.r {
+            return Err(bad(format!(
+                "`{module}`: its matrices are not of rank {} (`r` in {PEFT_CONFIG_FILE})",
+                config.r
+            )));
+        }
+        deltas.push((
+            format!("{backbone}.{projection}"),
+            LowRankDelta::from_matrices(a, b, delta_config),
+        ));
+    }
+    if deltas.is_empty() {
+        return Err(bad("it holds no LoRA matrices".into()));
+    }
+    Ok(ReadAdapter { deltas, classifier })
+}
+
+/// Puts the deltas of the peft LoRA directory `dir` in `model`'s LoRA slots (replacing any
+/// there; projections the adapter leaves alone get none), loads its classifier when it has one,
+/// and makes the deltas and the head trainable: the adapter, ready to evaluate, train further,
+/// merge or export. The backbone must be the one it was trained on.
+pub fn import_lora(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let ReadAdapter { deltas, classifier } = read_adapter(&model, dir)?;
+    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
+        return Err(TrainError::checkpoint(
+            dir.join(PEFT_WEIGHTS_FILE),
+            "it holds a BertForSequenceClassification classifier: build the model with \
+             `--readout pooler` and a one-layer head to load it",
+        ));
+    }
+    let mut model = model;
+    let mut deltas = deltas;
+    // The model's LoRA slots become the adapter's: a delta where it has one, none elsewhere.
+    for (path, projection) in model.projections_mut() {
+        projection.lora = deltas
+            .iter()
+            .position(|(p, _)| *p == path)
+            .map(|i| deltas.swap_remove(i).1);
+    }
+    if let Some((path, _)) = deltas.first() {
+        return Err(TrainError::checkpoint(
+            dir.join(PEFT_WEIGHTS_FILE),
+            format!("it changes `{path}`, which this model does not have"),
+        ));
+    }
+    if let Some((weight, bias)) = classifier {
+        set_head(&mut model, weight, bias, &dir.join(PEFT_WEIGHTS_FILE))?;
+    }
+    Ok(set_trainable(
+        model,
+        &["*.lora.*".to_string(), "head.*".to_string()],
+    ))
+}
+
+/// Serves the peft LoRA adapter in `dir` on `model` under `name`, beside the adapters already
+/// there (see `SequenceClassifier::add_lora_adapter`); it starts inactive. The served adapters
+/// share the model's head: a classifier in the adapter is not loaded (the returned flag says
+/// whether there was one).
+pub fn load_lora_adapter(model: &mut SequenceClassifier, name: &str, dir: &Path) -> Result<bool> {
+    let ReadAdapter { deltas, classifier } = read_adapter(model, dir)?;
+    model.add_lora_adapter(name, deltas)?;
+    Ok(classifier.is_some())
+}

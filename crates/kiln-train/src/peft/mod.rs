@@ -1,0 +1,125 @@
+//! HF peft's adapter directories, both ways: `adapter_config.json` and
+//! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
+//! for LoRA (`peft/lora.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
+//! method trained. What kiln cannot represent is refused naming the field at fault.
+//!
+//! A BERT classifier that reads BERT's pooler through one linear layer is exactly HF's
+//! `BertForSequenceClassification`: it exports as task `SEQ_CLS` with the head as peft's
+//! classifier. Any other model exports for the base model alone (task `FEATURE_EXTRACTION`,
+//! `BertModel` / `GPT2Model`); kiln's head then has no peft counterpart (GPT-2's sequence
+//! classifier has no bias, kiln's head does) and is not written.
+
+mod lora;
+mod prefix;
+mod prompt;
+
+pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
+pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
+pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+
+use kiln_models::weights::RawTensor;
+use kiln_models::{Readout, SequenceClassifier};
+use kiln_tuning::ParamReport;
+
+use crate::error::{Result, TrainError};
+
+pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
+pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftExport {
+    pub task_type: &'static str,
+    pub target_modules: Vec<String>,
+    pub tensors: usize,
+    /// The head went in as peft's classifier.
+    pub with_classifier: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Whether `model` is HF's `BertForSequenceClassification`: BERT, pooler readout, one linear
+/// layer.
+fn is_bert_sequence_classifier(model: &SequenceClassifier) -> bool {
+    model.bert.is_some() && model.readout == Readout::Pooler && model.head.hidden.is_empty()
+}
+
+fn read_floats<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Invalid(format!("cannot read a tensor: {e:?}")))
+}
+
+/// Loads a `[c, h]` classifier and its bias into the model's one-layer head.
+fn set_head(
+    model: &mut SequenceClassifier,
+    weight: RawTensor,
+    bias: RawTensor,
+    file: &Path,
+) -> Result<()> {
+    let head = &mut model.head.output;
+    let device = head.weight.lazy_device();
+    let [width, outputs] = head.weight.lazy_shape().dims::<2>();
+    if weight.shape != [outputs, width] || bias.shape != [outputs] {
+        return Err(TrainError::checkpoint(
+            file,
+            format!(
+                "its classifier is {:?}, the model's head maps {width} features to {outputs}",
+                weight.shape
+            ),
+        ));
+    }
+    let weight = Tensor::<2>::from_data(TensorData::new(weight.values, [outputs, width]), &device);
+    head.weight = Param::from_tensor(weight.transpose());
+    head.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(bias.values, [outputs]),
+        &device,
+    )));
+    Ok(())
+}
+
+/// Imports a peft directory of any type kiln reads (LoRA, prompt tuning), by its `peft_type`.
+pub fn import_peft(
+    model: SequenceClassifier,
+    dir: &Path,
+) -> Result<(SequenceClassifier, ParamReport)> {
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let header: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    match header["peft_type"].as_str() {
+        Some("LORA") => import_lora(model, dir),
+        Some("PROMPT_TUNING") => import_prompt(model, dir),
+        Some("PREFIX_TUNING") => import_prefix(model, dir),
+        other => Err(TrainError::Invalid(format!(
+            "{}: `peft_type` {other:?}; kiln imports LORA, PROMPT_TUNING and PREFIX_TUNING",
+            path.display()
+        ))),
+    }
+}
+
+/// Exports what the model's method trained (LoRA deltas, a prompt, or attention prefixes) in
+/// peft's format.
+pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> Result<PeftExport> {
+    if prompt::plain_prompt(model).is_some() {
+        export_prompt(model, out, base_model)
+    } else if model.gpt2.as_ref().is_some_and(|g| g.prefix_rows() > 0) {
+        export_prefix(model, out, base_model)
+    } else {
+        export_lora(model, out, base_model)
+    }
+}
