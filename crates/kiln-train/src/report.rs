@@ -128,6 +128,7 @@ pub fn svg_plot(rows: &[ComparisonRow], metric: &str, title: &str) -> Result<Str
             .draw()
             .map_err(plot)?;
         let colour = RGBColor(196, 78, 20);
+        let mut placed: Vec<LabelBox> = Vec::new();
         for (row, &x) in rows.iter().zip(&shares) {
             let y = 100.0 * row.mean;
             if row.seeds > 1 {
@@ -139,28 +140,62 @@ pub fn svg_plot(rows: &[ComparisonRow], metric: &str, title: &str) -> Result<Str
                     )))
                     .map_err(plot)?;
             }
-            // Labels of points in the right quarter go to their left, inside the plot.
+            // Labels of points in the right quarter go to their left, inside the plot; a label
+            // that would cover one already drawn goes below its point instead.
             let right = (x / x_min).ln() > 0.75 * (x_max / x_min).ln();
             let (anchor, dx) = if right {
                 (HPos::Right, -8)
             } else {
                 (HPos::Left, 8)
             };
+            let point = chart.backend_coord(&(x, y));
+            let width = 7 * row.method.chars().count() as i32;
+            let left = if right {
+                point.0 + dx - width
+            } else {
+                point.0 + dx
+            };
+            let above = LabelBox::new(left, point.1 - 18, width);
+            let (vertical, dy, taken) = if placed.iter().any(|b| b.overlaps(&above)) {
+                (VPos::Top, 4, LabelBox::new(left, point.1 + 4, width))
+            } else {
+                (VPos::Bottom, -4, above)
+            };
+            placed.push(taken);
             let label = ("sans-serif", 13)
                 .into_font()
                 .into_text_style(&root)
-                .pos(Pos::new(anchor, VPos::Bottom));
+                .pos(Pos::new(anchor, vertical));
             chart
                 .draw_series(std::iter::once(
                     EmptyElement::at((x, y))
                         + Circle::new((0, 0), 5, colour.filled())
-                        + Text::new(row.method.clone(), (dx, -4), label),
+                        + Text::new(row.method.clone(), (dx, dy), label),
                 ))
                 .map_err(plot)?;
         }
         root.present().map_err(plot)?;
     }
     Ok(svg)
+}
+
+/// A label's rough extent in pixels (13 px sans-serif: about 7 px a character, 14 high).
+struct LabelBox {
+    left: i32,
+    top: i32,
+    width: i32,
+}
+
+impl LabelBox {
+    fn new(left: i32, top: i32, width: i32) -> Self {
+        Self { left, top, width }
+    }
+
+    fn overlaps(&self, other: &LabelBox) -> bool {
+        self.left < other.left + other.width
+            && other.left < self.left + self.width
+            && (self.top - other.top).abs() < 14
+    }
 }
 
 fn escape(text: &str) -> String {
