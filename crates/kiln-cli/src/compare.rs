@@ -54,6 +54,9 @@ pub struct CompareArgs {
     /// Contextual calibration for `icl` (see `kiln icl --calibrate`).
     #[arg(long)]
     icl_calibrate: bool,
+    /// Words kept of each text in `icl`'s prompts, so that the demonstrations fit the model.
+    #[arg(long, default_value_t = 40)]
+    icl_text_words: usize,
     /// Title of the report [default: the model and task directories].
     #[arg(long)]
     title: Option<String>,
@@ -101,6 +104,8 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
                 let mut options = [
                     "--shots",
                     &args.icl_shots.to_string(),
+                    "--text-words",
+                    &args.icl_text_words.to_string(),
                     "--seed",
                     &seed.to_string(),
                 ]
