@@ -23,6 +23,13 @@ fn cpu() -> Device {
     DeviceChoice::Cpu.device().expect("CPU backend")
 }
 
+/// Burn's backend RNG is process-wide and the tests seed it: one at a time, or a test that
+/// initialises a model mid-way through another's training changes that one's draws.
+fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn model(name: &str, task: &SequenceTask, device: &Device) -> Fpt {
     let backbone = Backbone::load(&fixture(name), device).expect("fixture loads");
     let (size, ids) = match task.input {
@@ -51,6 +58,7 @@ fn param_report(model: Fpt, tuning: &FptTuningConfig) -> ParamReport {
 
 #[test]
 fn fpt_trains_input_output_norms_and_positions_only() {
+    let _rng = seeded_section();
     // Both fixtures: h 32, 2 layers, 64 positions. Bit XOR n 5, patch 5: input d 5, output 10.
     let task = bit_xor(5, 5, sizes(8), 1).expect("task");
     let (h, layers, positions) = (32, 2, 64);
@@ -101,6 +109,7 @@ fn report_of(model: &Fpt, tuning: &FptTuningConfig) -> usize {
 
 #[test]
 fn padded_rows_read_their_own_last_token() {
+    let _rng = seeded_section();
     let bounds = ListOpsBounds {
         max_depth: 3,
         max_args: 4,
@@ -132,6 +141,7 @@ fn padded_rows_read_their_own_last_token() {
 
 #[test]
 fn fpt_training_lowers_the_listops_loss() {
+    let _rng = seeded_section();
     let bounds = ListOpsBounds {
         max_depth: 3,
         max_args: 4,

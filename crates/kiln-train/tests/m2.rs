@@ -24,6 +24,13 @@ fn cpu() -> Device {
     DeviceChoice::Cpu.device().expect("CPU backend")
 }
 
+/// Burn's backend RNG is process-wide and the tests seed it: one at a time, or a test that
+/// initialises a model mid-way through another's training changes that one's draws.
+fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A tiny M2-BERT directory without weights: its config (the reference's field names) and
 /// bert-tiny's vocabulary.
 fn m2_dir(dir: &Path, monarch_mlp: bool) -> M2BertConfig {
@@ -56,6 +63,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 #[test]
 fn a_checkpoint_in_the_reference_layout_loads_to_the_same_outputs() {
+    let _rng = seeded_section();
     let device = cpu();
     for monarch_mlp in [true, false] {
         let dir = tempfile::tempdir().expect("dir");
@@ -120,6 +128,7 @@ fn classifier(
 
 #[test]
 fn methods_that_make_sense_on_m2_train_the_right_parts() {
+    let _rng = seeded_section();
     let dir = tempfile::tempdir().expect("dir");
     m2_dir(dir.path(), true);
     let device = cpu();
@@ -159,6 +168,7 @@ fn methods_that_make_sense_on_m2_train_the_right_parts() {
 
 #[test]
 fn m2_from_random_initialisation_lowers_the_loss() {
+    let _rng = seeded_section();
     let dir = tempfile::tempdir().expect("dir");
     m2_dir(dir.path(), true);
     let device = cpu().autodiff();
