@@ -18,7 +18,7 @@ use kiln_models::{
     Backbone, DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout,
     SequenceClassifier,
 };
-use kiln_train::peft::{PEFT_CONFIG_FILE, PEFT_PREFIX_ADAPTER, import_peft, read_lora_config};
+use kiln_train::peft::{PEFT_PREFIX_ADAPTER, import_peft, read_lora_config, read_peft_config};
 use kiln_train::trainer::{BEST_DIR, TRAINED_FILE, read_json, write_json};
 use kiln_train::{
     ChildTuning, Decay, EpochRecord, Metrics, PathTensors, TaskData, TextTask, TrainConfig,
@@ -693,11 +693,7 @@ fn peft_method_options(method: &str, given: &MethodOptions, dir: &Path) -> Resul
     if *given != MethodOptions::default() {
         bail!("--peft-adapter: the method's options come from the adapter's config; give none");
     }
-    let path = dir.join(PEFT_CONFIG_FILE);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let (config, path) = read_peft_config::<serde_json::Value>(dir)?;
     match (method, config["peft_type"].as_str()) {
         ("lora", Some("LORA")) => {
             let lora = read_lora_config(dir)?;

@@ -25,9 +25,10 @@ use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
 use kiln_tuning::{ParamReport, set_trainable};
 
 use super::{
-    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, set_head, yes,
+    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_peft_config,
+    set_head, write_peft_config, yes,
 };
-use crate::checkpoint::{save_params_laid_out, write_atomically};
+use crate::checkpoint::save_params_laid_out;
 use crate::error::{Result, TrainError};
 
 /// The fields of peft's `LoraConfig` kiln writes and reads (peft fills the rest with defaults).
@@ -186,9 +187,7 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         alpha_pattern: Default::default(),
         inference_mode: true,
     };
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    write_peft_config(out, &config)?;
     Ok(PeftExport {
         task_type,
         target_modules,
@@ -199,10 +198,7 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
 
 /// Reads a peft LoRA directory's config, refusing what kiln cannot represent.
 pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
-    let path = dir.join(PEFT_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let config: PeftLoraConfig = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let (config, path) = read_peft_config::<PeftLoraConfig>(dir)?;
     let refuse = |field: &str, why: &str| {
         Err(TrainError::Invalid(format!(
             "{}: `{field}` {why}",

@@ -18,7 +18,10 @@ pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read
 pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
 pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
@@ -27,6 +30,7 @@ use kiln_models::weights::RawTensor;
 use kiln_models::{Readout, SequenceClassifier};
 use kiln_tuning::ParamReport;
 
+use crate::checkpoint::{f32_bytes, write_atomically, write_f32_tensors};
 use crate::error::{Result, TrainError};
 
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
@@ -92,15 +96,44 @@ fn set_head(
     Ok(())
 }
 
-/// Imports a peft directory of any type kiln reads (LoRA, prompt tuning), by its `peft_type`.
+/// `dir`'s `adapter_config.json` read as `T`, with the file's path for error messages.
+pub fn read_peft_config<T: DeserializeOwned>(dir: &Path) -> Result<(T, PathBuf)> {
+    let path = dir.join(PEFT_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let config = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok((config, path))
+}
+
+/// Writes `config` as `out`'s `adapter_config.json`, atomically.
+fn write_peft_config(out: &Path, config: &impl Serialize) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())
+}
+
+/// Writes named f32 tensors (name, shape, values) as `out`'s `adapter_model.safetensors`,
+/// with the `format: pt` metadata peft's loader expects; creates `out`.
+fn write_peft_weights(out: &Path, named: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let bytes: Vec<Vec<u8>> = named.iter().map(|(_, _, v)| f32_bytes(v)).collect();
+    write_f32_tensors(
+        &out.join(PEFT_WEIGHTS_FILE),
+        named
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), bytes)| (name.as_str(), shape.as_slice(), bytes.as_slice())),
+        Some([("format".to_string(), "pt".to_string())].into()),
+    )
+}
+
+/// Imports a peft directory of any type kiln reads (LoRA, prompt tuning, prefix tuning), by its
+/// `peft_type`.
 pub fn import_peft(
     model: SequenceClassifier,
     dir: &Path,
 ) -> Result<(SequenceClassifier, ParamReport)> {
-    let path = dir.join(PEFT_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let header: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let (header, path) = read_peft_config::<serde_json::Value>(dir)?;
     match header["peft_type"].as_str() {
         Some("LORA") => import_lora(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),

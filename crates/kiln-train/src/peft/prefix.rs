@@ -16,8 +16,10 @@ use kiln_models::{AdapterConfig, AttentionPrefix, LayerAdapter, SequenceClassifi
 use kiln_tuning::{ParamReport, set_trainable};
 
 use super::prompt::plain_prompt;
-use super::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, one, read_floats, yes};
-use crate::checkpoint::{f32_bytes, write_atomically, write_f32_tensors};
+use super::{
+    PEFT_WEIGHTS_FILE, PeftExport, one, read_floats, read_peft_config, write_peft_config,
+    write_peft_weights, yes,
+};
 use crate::error::{Result, TrainError};
 
 /// The fields of peft's `PrefixTuningConfig` kiln writes and reads.
@@ -101,13 +103,13 @@ pub fn export_prefix(
         .collect::<Vec<_>>();
     let layers = rows.len() / 2;
     let embeddings = read_floats(Tensor::cat(rows, 1))?;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let bytes = f32_bytes(&embeddings);
-    let shape = [tokens, layers * 2 * width];
-    write_f32_tensors(
-        &out.join(PEFT_WEIGHTS_FILE),
-        [("prompt_embeddings", shape.as_slice(), bytes.as_slice())],
-        Some([("format".to_string(), "pt".to_string())].into()),
+    write_peft_weights(
+        out,
+        &[(
+            "prompt_embeddings".into(),
+            vec![tokens, layers * 2 * width],
+            embeddings,
+        )],
     )?;
     let heads = model
         .gpt2
@@ -126,9 +128,7 @@ pub fn export_prefix(
         base_model_name_or_path: Some(base_model.into()),
         inference_mode: true,
     };
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    write_peft_config(out, &config)?;
     Ok(PeftExport {
         task_type: "FEATURE_EXTRACTION",
         target_modules: Vec::new(),
@@ -148,11 +148,7 @@ pub fn import_prefix(
     model: SequenceClassifier,
     dir: &Path,
 ) -> Result<(SequenceClassifier, ParamReport)> {
-    let config_path = dir.join(PEFT_CONFIG_FILE);
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
-    let config: PeftPrefixConfig = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", config_path.display())))?;
+    let (config, config_path) = read_peft_config::<PeftPrefixConfig>(dir)?;
     let refuse = |field: &str, why: String| {
         TrainError::Invalid(format!("{}: `{field}` {why}", config_path.display()))
     };

@@ -12,10 +12,9 @@ use kiln_models::{PromptTemplate, SequenceClassifier, SoftPrompt, WeightFile};
 use kiln_tuning::{ParamReport, set_trainable};
 
 use super::{
-    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, one, read_floats,
-    set_head, yes,
+    PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, one, read_floats, read_peft_config,
+    set_head, write_peft_config, write_peft_weights, yes,
 };
-use crate::checkpoint::{f32_bytes, write_atomically, write_f32_tensors};
 use crate::error::{Result, TrainError};
 
 /// The fields of peft's `PromptTuningConfig` kiln writes and reads.
@@ -98,16 +97,7 @@ pub fn export_prompt(
             ));
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let bytes: Vec<Vec<u8>> = named.iter().map(|(_, _, v)| f32_bytes(v)).collect();
-    write_f32_tensors(
-        &out.join(PEFT_WEIGHTS_FILE),
-        named
-            .iter()
-            .zip(&bytes)
-            .map(|((name, shape, _), bytes)| (name.as_str(), shape.as_slice(), bytes.as_slice())),
-        Some([("format".to_string(), "pt".to_string())].into()),
-    )?;
+    write_peft_weights(out, &named)?;
     let task_type = if with_classifier {
         "SEQ_CLS"
     } else {
@@ -125,9 +115,7 @@ pub fn export_prompt(
         base_model_name_or_path: Some(base_model.into()),
         inference_mode: true,
     };
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    write_atomically(&out.join(PEFT_CONFIG_FILE), format!("{text}\n").as_bytes())?;
+    write_peft_config(out, &config)?;
     Ok(PeftExport {
         task_type,
         target_modules: Vec::new(),
@@ -143,11 +131,7 @@ pub fn import_prompt(
     model: SequenceClassifier,
     dir: &Path,
 ) -> Result<(SequenceClassifier, ParamReport)> {
-    let config_path = dir.join(PEFT_CONFIG_FILE);
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
-    let config: PeftPromptConfig = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", config_path.display())))?;
+    let (config, config_path) = read_peft_config::<PeftPromptConfig>(dir)?;
     if config.peft_type != "PROMPT_TUNING" || config.num_transformer_submodules != 1 {
         return Err(TrainError::Invalid(format!(
             "{}: `peft_type` {} with {} transformer submodules; kiln reads PROMPT_TUNING with one",
