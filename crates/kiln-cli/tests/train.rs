@@ -83,9 +83,7 @@ fn train_then_eval_reproduces_the_recorded_metric() {
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("summary"))
-            .expect("json");
+    let summary = read_json(&run.join("summary.json"));
     assert_eq!(summary["trainable_params"], 1090);
     let epochs = std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("log")
@@ -135,10 +133,17 @@ fn bad_requests_name_what_is_wrong() {
     assert!(!ok && stderr.contains("category"), "{stderr}");
 }
 
-/// `kiln train` on the tiny BERT and task with `extra` options (length 32 unless they say),
-/// into `out`.
+/// `kiln train` on the tiny BERT and task at rate 1e-2 with `extra` options, into `out`.
 fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
-    let model = fixtures().join("bert-tiny");
+    let mut options = vec!["--lr", "1e-2"];
+    options.extend_from_slice(extra);
+    train_fixture("bert-tiny", out, &options)
+}
+
+/// `kiln train` on the fixture model `fixture` and the tiny task, one epoch of batches of 8,
+/// with `extra` options (length 32 unless they say), into `out`.
+fn train_fixture(fixture: &str, out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let model = fixtures().join(fixture);
     let task = fixtures().join("tasks/fire-water.csv");
     let mut args = vec![
         "train",
@@ -150,8 +155,6 @@ fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
         "1",
         "--batch-size",
         "8",
-        "--lr",
-        "1e-2",
         "--out",
         path(out),
     ];
@@ -160,6 +163,12 @@ fn train_tiny(out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
     }
     args.extend_from_slice(extra);
     kiln(&args)
+}
+
+/// A JSON file a run wrote.
+fn read_json(file: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    serde_json::from_str(&text).expect("json")
 }
 
 #[test]
@@ -184,10 +193,7 @@ fn adapters_train_save_and_fuse_in_two_stages() {
             stdout.contains(&format!("adapter `{name}` saved")),
             "{stdout}"
         );
-        let config: Value = serde_json::from_str(
-            &std::fs::read_to_string(run.join("adapter/adapter_config.json")).expect("config"),
-        )
-        .expect("json");
+        let config = read_json(&run.join("adapter/adapter_config.json"));
         assert_eq!(config["name"], name);
         assert_eq!(config["method"], "pfeiffer");
         assert_eq!(config["num_layers"], 2);
@@ -247,10 +253,7 @@ fn prompt_methods_train_save_and_reload() {
     assert!(ok, "{stderr}");
     // The folded prefixes are the adapter saved on its own.
     assert!(stdout.contains("adapter `prefix` saved"), "{stdout}");
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(prefix.join("adapter/adapter_config.json")).expect("config"),
-    )
-    .expect("json");
+    let config = read_json(&prefix.join("adapter/adapter_config.json"));
     assert_eq!(config["adapter"]["prefix_len"], 4);
     let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&prefix)]);
     assert!(ok, "{stderr}\n{stdout}");
@@ -269,9 +272,7 @@ fn prompt_methods_train_save_and_reload() {
     );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("prompt: 162 of"), "{stdout}");
-    let run: Value =
-        serde_json::from_str(&std::fs::read_to_string(prompt.join("run.json")).expect("run"))
-            .expect("json");
+    let run = read_json(&prompt.join("run.json"));
     assert_eq!(run["method"]["init"]["text"], "fire water");
     assert!(
         run["method"]["init"]["ids"]
@@ -398,10 +399,7 @@ fn the_small_data_study_runs_every_cell_and_resumes() {
     );
     let runs = std::fs::read_dir(out.join("n16")).expect("n16").count();
     assert_eq!(runs, 6, "3 variants x 2 seeds");
-    let run: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("n8/child-d-s43/run.json")).expect("run.json"),
-    )
-    .expect("json");
+    let run = read_json(&out.join("n8/child-d-s43/run.json"));
     assert_eq!(run["train_examples"], 8);
     assert_eq!(run["train"]["child_tuning"]["mode"], "d");
     let table = std::fs::read_to_string(out.join("study.md")).expect("study.md");
@@ -451,10 +449,7 @@ fn compare_writes_table_plot_and_page_for_every_method() {
     for label in ["linear-probe", "bitfit", "lora-r8"] {
         assert!(stdout.contains(&format!("| {label} | ")), "{stdout}");
     }
-    let results: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("results.json")).expect("results.json"),
-    )
-    .expect("json");
+    let results = read_json(&out.join("results.json"));
     assert_eq!(results["runs"].as_array().expect("runs").len(), 6);
     let rows = results["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3);
@@ -485,28 +480,12 @@ fn compare_writes_table_plot_and_page_for_every_method() {
 #[test]
 fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
     let dir = tempfile::tempdir().expect("dir");
-    let model = fixtures().join("bert-tiny");
-    let task = fixtures().join("tasks/fire-water.csv");
     let train = |method: &str, out: &std::path::Path| {
-        let (ok, _, stderr) = kiln(&[
-            "train",
-            "--model",
-            path(&model),
-            "--task",
-            path(&task),
-            "--method",
-            method,
-            "--readout",
-            "pooler",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "32",
-            "--out",
-            path(out),
-        ]);
+        let (ok, _, stderr) = train_fixture(
+            "bert-tiny",
+            out,
+            &["--method", method, "--readout", "pooler"],
+        );
         assert!(ok, "{stderr}");
     };
     let run = dir.path().join("lora");
@@ -515,10 +494,7 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
     let (ok, stdout, stderr) = kiln(&["export", "--run", path(&run), "--out", path(&adapter)]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("SEQ_CLS"), "{stdout}");
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config"),
-    )
-    .expect("json");
+    let config = read_json(&adapter.join("adapter_config.json"));
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 8);
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
@@ -528,9 +504,7 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
     let (ok, stdout, stderr) = kiln(&["merge", "--run", path(&run), "--out", path(&merged)]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("4 LoRA deltas merged"), "{stdout}");
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).expect("config"))
-            .expect("json");
+    let config = read_json(&merged.join("config.json"));
     assert_eq!(
         config["architectures"],
         serde_json::json!(["BertForSequenceClassification"])
@@ -551,43 +525,25 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
 #[test]
 fn training_starts_from_a_peft_adapter_and_prompts_export() {
     let dir = tempfile::tempdir().expect("dir");
-    let model = fixtures().join("bert-tiny");
-    let task = fixtures().join("tasks/fire-water.csv");
-    let common = |method: &str, out: &std::path::Path| -> Vec<String> {
-        [
-            "train",
-            "--model",
-            path(&model),
-            "--task",
-            path(&task),
+    // A BERT sequence classifier (pooler + one layer) started from the peft adapter `adapter`.
+    let from_bert_adapter = |method: &str, adapter: &std::path::Path, out: &std::path::Path| {
+        let options = [
             "--method",
             method,
             "--readout",
             "pooler",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "32",
-            "--out",
-            path(out),
-        ]
-        .map(str::to_string)
-        .to_vec()
+            "--peft-adapter",
+            path(adapter),
+        ];
+        train_fixture("bert-tiny", out, &options)
     };
     for (method, adapter) in [("lora", "peft-bert-lora"), ("prompt", "peft-bert-prompt")] {
         let run = dir.path().join(adapter);
-        let mut args = common(method, &run);
         let adapter_dir = fixtures().join("peft").join(adapter);
-        args.extend(["--peft-adapter".to_string(), path(&adapter_dir).to_string()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, stdout, stderr) = kiln(&args);
+        let (ok, stdout, stderr) = from_bert_adapter(method, &adapter_dir, &run);
         assert!(ok, "{stderr}");
         assert!(stdout.contains("started from the peft adapter"), "{stdout}");
-        let recorded: Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
-                .expect("json");
+        let recorded = read_json(&run.join("run.json"));
         match method {
             "lora" => assert_eq!(
                 (
@@ -609,65 +565,48 @@ fn training_starts_from_a_peft_adapter_and_prompts_export() {
     }
     // GPT-2 prefixes: from peft's (P-tuning v2 holds them), and from kiln's prefix tuning
     // (folded), out to peft again.
-    let gpt2 = fixtures().join("gpt2-tiny");
     let peft_prefix = fixtures().join("peft/peft-gpt2-prefix");
-    for (name, method, extra) in [
+    for (name, options) in [
         (
             "gpt2-from-peft",
-            "p-tuning-v2",
-            ["--peft-adapter", path(&peft_prefix), "--seed", "1"],
+            vec![
+                "--method",
+                "p-tuning-v2",
+                "--peft-adapter",
+                path(&peft_prefix),
+                "--seed",
+                "1",
+            ],
         ),
         (
             "gpt2-prefix",
-            "prefix",
-            ["--prefix-positions", "--prefix-len", "2", "--prefix-hidden"],
+            vec![
+                "--method",
+                "prefix",
+                "--prefix-positions",
+                "--prefix-len",
+                "2",
+                "--prefix-hidden",
+                "8",
+            ],
         ),
     ] {
         let run = dir.path().join(name);
-        let mut args = vec![
-            "train",
-            "--model",
-            path(&gpt2),
-            "--task",
-            path(&task),
-            "--method",
-            method,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "32",
-            "--out",
-            path(&run),
-        ];
-        args.extend(extra);
-        if method == "prefix" {
-            args.push("8");
-        }
-        let (ok, _, stderr) = kiln(&args);
+        let (ok, _, stderr) = train_fixture("gpt2-tiny", &run, &options);
         assert!(ok, "{name}: {stderr}");
-        let recorded: Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
-                .expect("json");
+        let recorded = read_json(&run.join("run.json"));
         assert_eq!(recorded["method"]["prefix_positions"], true, "{name}");
         let out = dir.path().join(format!("{name}-peft"));
         let (ok, stdout, stderr) = kiln(&["export", "--run", path(&run), "--out", path(&out)]);
         assert!(ok, "{name}: {stderr}");
         assert!(stdout.contains("FEATURE_EXTRACTION"), "{stdout}");
-        let config: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("adapter_config.json")).expect("config"),
-        )
-        .expect("json");
+        let config = read_json(&out.join("adapter_config.json"));
         assert_eq!(config["peft_type"], "PREFIX_TUNING", "{name}");
     }
     // The adapter's type must be the method's; its options are the adapter's.
     let run = dir.path().join("mismatch");
-    let mut args = common("prompt", &run);
     let lora = fixtures().join("peft/peft-bert-lora");
-    args.extend(["--peft-adapter".to_string(), path(&lora).to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, _, stderr) = kiln(&args);
+    let (ok, _, stderr) = from_bert_adapter("prompt", &lora, &run);
     assert!(!ok && stderr.contains("LORA"), "{stderr}");
 }
 
@@ -692,9 +631,7 @@ fn icl_scores_label_words_and_stands_beside_trained_methods_in_compare() {
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("nothing trains"), "{stdout}");
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
-            .expect("json");
+    let summary = read_json(&out.join("summary.json"));
     assert_eq!(summary["method"], "icl-k2");
     assert_eq!(summary["trainable_params"], 0);
     let accuracy = summary["test"]["accuracy"].as_f64().expect("accuracy");
