@@ -90,9 +90,26 @@ def save(model, directory: Path, base: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+# The base model, how it is run and the output recorded, per fixture backbone.
+BASES = {
+    "bert": (bert_base, bert_logits, "logits", "bert-tiny"),
+    "gpt2": (gpt2_base, gpt2_hidden, "last_hidden_state", "gpt2-tiny"),
+}
+
+
+def peft_fixture(name: str, backbone: str, seed: int, config) -> None:
+    """fixtures/peft/NAME: `config` applied to the backbone's base after seeding, saved, with
+    expected.json holding the inputs and the output PeftModel gives."""
+    base, run, key, fixture = BASES[backbone]
+    torch.manual_seed(seed)
+    model = get_peft_model(base(), config).eval()
+    directory = OUT / name
+    save(model, directory, fixture)
+    expected(directory / "expected.json", key, run(model))
+
+
 def peft_to_kiln() -> None:
-    torch.manual_seed(11)
-    config = LoraConfig(
+    bert_lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=4,
         lora_alpha=8,
@@ -100,13 +117,8 @@ def peft_to_kiln() -> None:
         target_modules=["query", "value"],
         init_lora_weights=False,  # random B as well: a zero B would test nothing
     )
-    model = get_peft_model(bert_base(), config).eval()
-    directory = OUT / "peft-bert-lora"
-    save(model, directory, "bert-tiny")
-    expected(directory / "expected.json", "logits", bert_logits(model))
-
-    torch.manual_seed(12)
-    config = LoraConfig(
+    peft_fixture("peft-bert-lora", "bert", 11, bert_lora)
+    gpt2_lora = LoraConfig(
         task_type=TaskType.FEATURE_EXTRACTION,
         r=4,
         lora_alpha=8,
@@ -115,43 +127,26 @@ def peft_to_kiln() -> None:
         fan_in_fan_out=True,
         init_lora_weights=False,
     )
-    model = get_peft_model(gpt2_base(), config).eval()
-    directory = OUT / "peft-gpt2-lora"
-    save(model, directory, "gpt2-tiny")
-    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
-
+    peft_fixture("peft-gpt2-lora", "gpt2", 12, gpt2_lora)
     # Prompt tuning: three random virtual tokens in front of the input.
-    torch.manual_seed(13)
-    config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)
-    model = get_peft_model(bert_base(), config).eval()
-    directory = OUT / "peft-bert-prompt"
-    save(model, directory, "bert-tiny")
-    expected(directory / "expected.json", "logits", bert_logits(model))
-
-    torch.manual_seed(14)
-    config = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
-    model = get_peft_model(gpt2_base(), config).eval()
-    directory = OUT / "peft-gpt2-prompt"
-    save(model, directory, "gpt2-tiny")
-    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
-
+    prompt = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)
+    peft_fixture("peft-bert-prompt", "bert", 13, prompt)
+    prompt = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
+    peft_fixture("peft-gpt2-prompt", "gpt2", 14, prompt)
     # Prefix tuning: three key and value rows per layer, passed as past_key_values.
-    torch.manual_seed(15)
-    config = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
-    model = get_peft_model(gpt2_base(), config).eval()
-    directory = OUT / "peft-gpt2-prefix"
-    save(model, directory, "gpt2-tiny")
-    expected(directory / "expected.json", "last_hidden_state", gpt2_hidden(model))
+    prefix = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=3)
+    peft_fixture("peft-gpt2-prefix", "gpt2", 15, prefix)
 
 
 def kiln_to_peft() -> None:
-    for name, base, run, key in [
-        ("kiln-bert-lora", bert_base, bert_logits, "logits"),
-        ("kiln-gpt2-lora", gpt2_base, gpt2_hidden, "last_hidden_state"),
-        ("kiln-bert-prompt", bert_base, bert_logits, "logits"),
-        ("kiln-gpt2-prompt", gpt2_base, gpt2_hidden, "last_hidden_state"),
-        ("kiln-gpt2-prefix", gpt2_base, gpt2_hidden, "last_hidden_state"),
+    for name, backbone in [
+        ("kiln-bert-lora", "bert"),
+        ("kiln-gpt2-lora", "gpt2"),
+        ("kiln-bert-prompt", "bert"),
+        ("kiln-gpt2-prompt", "gpt2"),
+        ("kiln-gpt2-prefix", "gpt2"),
     ]:
+        base, run, key, _ = BASES[backbone]
         directory = OUT / name
         if not (directory / "adapter_config.json").is_file():
             print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
