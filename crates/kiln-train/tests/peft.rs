@@ -18,7 +18,7 @@ use kiln_models::{
 };
 use kiln_train::merge::save_merged;
 use kiln_train::peft::{
-    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_lora, export_peft, import_lora, import_peft,
+    PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, export_peft, import_lora, import_peft,
     load_lora_adapter,
 };
 
@@ -205,6 +205,39 @@ fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     all
 }
 
+/// Exports `model` (built on the fixture `fixture`) and checks it against the committed
+/// kiln-to-peft fixture `adapter`: the tensors are those peft loaded in the fixture script,
+/// transformers + peft gave kiln's outputs (`key`) with them, and the export re-imports into a
+/// fresh model to the same outputs. With `KILN_WRITE_FIXTURES` it writes the fixture instead.
+/// Returns what the export reported and its config.
+fn check_export(
+    model: &SequenceClassifier,
+    fixture: &str,
+    adapter: &str,
+    key: &str,
+) -> (PeftExport, Value) {
+    let committed = fixtures().join("peft").join(adapter);
+    let base = format!("fixtures/{fixture}");
+    let dir = tempfile::tempdir().expect("dir");
+    let export = export_peft(model, dir.path(), &base).expect("exports");
+    let config = read_json(&dir.path().join(PEFT_CONFIG_FILE));
+    if writing_fixtures() {
+        export_peft(model, &committed, &base).expect("writes");
+        return (export, config);
+    }
+    assert_eq!(
+        tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
+        tensors(&committed.join(PEFT_WEIGHTS_FILE)),
+        "{adapter}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+    );
+    let peft = read_json(&committed.join("transformers.json"));
+    let ours = outputs(model, &peft);
+    assert_close(&ours, &peft[key], &peft, adapter);
+    let (reloaded, _) = import_peft(classifier(fixture), dir.path()).expect("re-imports");
+    assert_eq!(outputs(&reloaded, &peft), ours, "{adapter}");
+    (export, config)
+}
+
 #[test]
 fn kiln_lora_exports_load_in_peft_with_kiln_outputs() {
     for (fixture, adapter, key, task) in [
@@ -216,35 +249,12 @@ fn kiln_lora_exports_load_in_peft_with_kiln_outputs() {
             "FEATURE_EXTRACTION",
         ),
     ] {
-        let model = kiln_lora(fixture);
-        let committed = fixtures().join("peft").join(adapter);
-        let dir = tempfile::tempdir().expect("dir");
-        let export =
-            export_lora(&model, dir.path(), &format!("fixtures/{fixture}")).expect("exports");
+        let (export, config) = check_export(&kiln_lora(fixture), fixture, adapter, key);
         assert_eq!(export.task_type, task);
         assert_eq!(export.with_classifier, task == "SEQ_CLS");
-        if writing_fixtures() {
-            export_lora(&model, &committed, &format!("fixtures/{fixture}")).expect("writes");
-            continue;
-        }
-        // What peft loaded in the fixture script is what kiln writes now.
-        assert_eq!(
-            tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
-            tensors(&committed.join(PEFT_WEIGHTS_FILE)),
-            "{adapter}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
-        );
-        let config = read_json(&dir.path().join(PEFT_CONFIG_FILE));
         assert_eq!(config["r"], 4);
         assert_eq!(config["lora_alpha"], 8.0);
         assert_eq!(config["peft_type"], "LORA");
-        // ... and transformers + peft gave kiln's outputs with it.
-        let peft = read_json(&committed.join("transformers.json"));
-        let ours = outputs(&model, &peft);
-        assert_close(&ours, &peft[key], &peft, adapter);
-
-        // The export reads back into a fresh model to the same outputs.
-        let (reloaded, _) = import_lora(classifier(fixture), dir.path()).expect("re-imports");
-        assert_eq!(outputs(&reloaded, &peft), ours, "{adapter}");
     }
 }
 
@@ -458,26 +468,8 @@ fn kiln_prompts_export_to_peft_with_kiln_outputs() {
             "FEATURE_EXTRACTION",
         ),
     ] {
-        let model = kiln_prompt(fixture);
-        let committed = fixtures().join("peft").join(adapter);
-        let dir = tempfile::tempdir().expect("dir");
-        let export =
-            export_peft(&model, dir.path(), &format!("fixtures/{fixture}")).expect("exports");
+        let (export, _) = check_export(&kiln_prompt(fixture), fixture, adapter, key);
         assert_eq!(export.task_type, task);
-        if writing_fixtures() {
-            export_peft(&model, &committed, &format!("fixtures/{fixture}")).expect("writes");
-            continue;
-        }
-        assert_eq!(
-            tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
-            tensors(&committed.join(PEFT_WEIGHTS_FILE)),
-            "{adapter}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
-        );
-        let peft = read_json(&committed.join("transformers.json"));
-        let ours = outputs(&model, &peft);
-        assert_close(&ours, &peft[key], &peft, adapter);
-        let (reloaded, _) = import_peft(classifier(fixture), dir.path()).expect("re-imports");
-        assert_eq!(outputs(&reloaded, &peft), ours, "{adapter}");
     }
     // kiln's own BERT layout (after [CLS]) has no peft counterpart.
     let mut model = classifier("bert-tiny");
@@ -534,28 +526,16 @@ fn peft_prefixes_load_into_gpt2_with_peft_outputs() {
 
 #[test]
 fn kiln_prefixes_export_to_peft_with_kiln_outputs() {
-    let model = kiln_prefix(true);
-    let committed = fixtures().join("peft/kiln-gpt2-prefix");
-    let dir = tempfile::tempdir().expect("dir");
-    let export = export_peft(&model, dir.path(), "fixtures/gpt2-tiny").expect("exports");
+    let (export, config) = check_export(
+        &kiln_prefix(true),
+        "gpt2-tiny",
+        "kiln-gpt2-prefix",
+        "last_hidden_state",
+    );
     assert_eq!(export.task_type, "FEATURE_EXTRACTION");
-    let config = read_json(&dir.path().join(PEFT_CONFIG_FILE));
     assert_eq!(config["peft_type"], "PREFIX_TUNING");
     assert_eq!(config["num_virtual_tokens"], 3);
-    if writing_fixtures() {
-        export_peft(&model, &committed, "fixtures/gpt2-tiny").expect("writes");
-        return;
-    }
-    assert_eq!(
-        tensors(&dir.path().join(PEFT_WEIGHTS_FILE)),
-        tensors(&committed.join(PEFT_WEIGHTS_FILE)),
-        "kiln-gpt2-prefix: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
-    );
-    let peft = read_json(&committed.join("transformers.json"));
-    let ours = outputs(&model, &peft);
-    assert_close(&ours, &peft["last_hidden_state"], &peft, "kiln-gpt2-prefix");
-    let (reloaded, _) = import_peft(classifier("gpt2-tiny"), dir.path()).expect("re-imports");
-    assert_eq!(outputs(&reloaded, &peft), ours);
+    let dir = tempfile::tempdir().expect("dir");
     // Without peft's positions, or on BERT, there is no export.
     let error = export_peft(&kiln_prefix(false), dir.path(), "x")
         .expect_err("refused")
