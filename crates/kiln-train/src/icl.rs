@@ -237,17 +237,17 @@ pub fn evaluate_icl(
         .iter()
         .map(|word| Ok(tokenizer.encode_words(&format!(" {word}"))?))
         .collect::<Result<Vec<_>>>()?;
+    let scorer = LabelScorer {
+        model,
+        tokenizer,
+        continuations: &continuations,
+        positions,
+        device,
+    };
     let (mut predicted, mut actual, mut loss) = (Vec::new(), Vec::new(), 0.0);
     for (index, query) in queries.iter().enumerate() {
         let demos = config.demonstrations(train, query, index);
-        let scores = LabelScorer {
-            model,
-            tokenizer,
-            continuations: &continuations,
-            positions,
-            device,
-        }
-        .scores(config, &demos, &query.text)?;
+        let scores = scorer.scores(config, &demos, &query.text)?;
         let best = scores
             .iter()
             .enumerate()
