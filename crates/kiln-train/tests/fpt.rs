@@ -1,6 +1,10 @@
 //! The Frozen Pretrained Transformer on the tiny fixtures: its trainable set, its readout of
 //! padded rows, and training on ListOps.
 
+mod common;
+
+use common::seeded_section;
+
 use std::path::PathBuf;
 
 use burn::module::Module;
@@ -21,13 +25,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn cpu() -> Device {
     DeviceChoice::Cpu.device().expect("CPU backend")
-}
-
-/// Burn's backend RNG is process-wide and the tests seed it: one at a time, or a test that
-/// initialises a model mid-way through another's training changes that one's draws.
-fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn model(name: &str, task: &SequenceTask, device: &Device) -> Fpt {

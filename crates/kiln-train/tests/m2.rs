@@ -2,6 +2,10 @@
 //! the same outputs, the kiln methods that make sense set the right trainable parts, and
 //! training from random initialisation lowers the loss on the fixture task.
 
+mod common;
+
+use common::seeded_section;
+
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -22,13 +26,6 @@ fn fixtures() -> PathBuf {
 
 fn cpu() -> Device {
     DeviceChoice::Cpu.device().expect("CPU backend")
-}
-
-/// Burn's backend RNG is process-wide and the tests seed it: one at a time, or a test that
-/// initialises a model mid-way through another's training changes that one's draws.
-fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A tiny M2-BERT directory without weights: its config (the reference's field names) and

@@ -1,8 +1,11 @@
 //! The trainer on the tiny fixtures: every method lowers the loss, the same seed gives the same
 //! losses, a resumed run continues exactly as an uninterrupted one, and checkpoints reload.
 
+mod common;
+
+use common::seeded_section;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -22,13 +25,6 @@ use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// Burn's backend RNG is process-wide: tests that seed it and then draw from it (initialisation,
-/// dropout) must not interleave, or the same seed stops giving the same numbers.
-fn seeded_section() -> MutexGuard<'static, ()> {
-    static RNG: Mutex<()> = Mutex::new(());
-    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn cpu() -> Device {
