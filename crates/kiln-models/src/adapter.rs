@@ -277,11 +277,7 @@ pub struct LayerAdapters {
 
 impl LayerAdapters {
     /// The active adapter's modules in this layer (none when off or fused).
-    pub fn active_layer_adapter(&self) -> Option<&LayerAdapter> {
-        self.active_one()
-    }
-
-    fn active_one(&self) -> Option<&LayerAdapter> {
+    pub fn active_one(&self) -> Option<&LayerAdapter> {
         match self.active {
             ActiveAdapter::One(index) => self.loaded.get(index),
             _ => None,

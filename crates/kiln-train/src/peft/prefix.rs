@@ -69,7 +69,7 @@ fn gpt2_prefixes(model: &SequenceClassifier) -> Result<Vec<(Tensor<2>, Tensor<2>
                 .adapters
                 .as_ref()
                 .ok_or_else(|| refuse(&format!("layer {i} has no prefix")))?;
-            let bottlenecks = slots.active_layer_adapter().is_some_and(|a| {
+            let bottlenecks = slots.active_one().is_some_and(|a| {
                 a.attention.is_some() || a.feed_forward.is_some() || a.parallel.is_some()
             });
             if bottlenecks {
