@@ -1,7 +1,7 @@
 //! The hidden activations HF configs name (`hidden_act`, `activation_function`).
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use burn::tensor::activation::{gelu_approximate, relu, silu};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ impl std::str::FromStr for Activation {
 impl Activation {
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => gelu(x),
+            Activation::Gelu => kiln_kernels::bias_gelu(x, None),
             Activation::GeluNew => gelu_approximate(x),
             Activation::Relu => relu(x),
             Activation::Silu => silu(x),

@@ -5,7 +5,6 @@
 //! row with nothing to attend to stays finite.
 
 use burn::nn::Dropout;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
@@ -36,9 +35,9 @@ pub fn attend(
         let (key, value, bias) = with_prefix(key, value, bias, prefix);
         return attend(query, key, value, &bias, scale, dropout, None);
     }
-    let scores = query.matmul(key.swap_dims(2, 3)) * scale + bias.clone();
-    let probs = dropout.forward(softmax(scores, 3));
-    probs.matmul(value)
+    // Scale, mask, softmax and dropout in one kernel (kiln-kernels) on the CPU.
+    let scores = query.matmul(key.swap_dims(2, 3));
+    kiln_kernels::attention_probs(scores, bias, scale, dropout).matmul(value)
 }
 
 /// Keys, values and mask with the prefix's key and value rows (`[l, h]` each) in front:

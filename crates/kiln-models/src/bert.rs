@@ -131,6 +131,7 @@ impl BertConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
             dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
+            norm_eps: self.layer_norm_eps,
         }
     }
 
@@ -165,6 +166,7 @@ impl BertConfig {
                     output_norm: layer_norm(),
                     activation: self.hidden_act,
                     dropout: dropout.init(),
+                    norm_eps: self.layer_norm_eps,
                     adapters: None,
                 })
                 .collect(),
@@ -318,6 +320,9 @@ pub struct BertEmbeddings {
     pub token_type: Embedding,
     pub norm: LayerNorm,
     pub dropout: Dropout,
+    /// The norm's epsilon (`layer_norm_eps`), for the fused add + layer norm.
+    #[module(skip)]
+    pub norm_eps: f64,
 }
 
 #[derive(Module, Debug)]
@@ -340,6 +345,9 @@ pub struct BertLayer {
     #[module(skip)]
     pub activation: Activation,
     pub dropout: Dropout,
+    /// Both norms' epsilon (`layer_norm_eps`), for the fused add + layer norm.
+    #[module(skip)]
+    pub norm_eps: f64,
     /// Adapter slots (see [`crate::adapter`]); `None` for a plain layer.
     pub adapters: Option<LayerAdapters>,
 }
@@ -520,9 +528,14 @@ impl BertEmbeddings {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &words.device())
             .unsqueeze_dim::<2>(0)
             .expand([batch, seq]);
-        let sum =
-            words + self.position.forward(positions) + self.token_type.forward(token_type_ids);
-        self.dropout.forward(self.norm.forward(sum))
+        let normed = kiln_kernels::add_layer_norm(
+            words + self.position.forward(positions),
+            self.token_type.forward(token_type_ids),
+            &self.norm,
+            self.norm_eps,
+            None,
+        );
+        kiln_kernels::dropout(&self.dropout, normed)
     }
 }
 
@@ -555,21 +568,36 @@ impl BertLayer {
     ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
         let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
-        let mut attended =
-            self.dropout
-                .forward(self.attention.forward(hidden.clone(), bias, prefix));
-        if let Some(adapters) = adapters {
-            attended = adapters.after_attention(attended);
+        let attended = self.attention.forward(hidden.clone(), bias, prefix);
+        let after_attention = adapters.map(|a| move |x| a.after_attention(x));
+        let hidden = self.add_norm(attended, hidden, &self.attention_norm, after_attention);
+        let inner = match self.activation {
+            Activation::Gelu => self.intermediate.forward_bias_gelu(hidden.clone()),
+            other => other.forward(self.intermediate.forward(hidden.clone())),
+        };
+        let out = self.output.forward(inner);
+        let residual = hidden.clone();
+        let around_feed_forward = adapters.map(|a| move |out| a.around_feed_forward(hidden, out));
+        self.add_norm(out, residual, &self.output_norm, around_feed_forward)
+    }
+
+    /// `norm(adapt(dropout(out)) + residual)`, the end of a post-LN sub-layer. Without an
+    /// adapter, dropout, residual add and norm are one fused kernel.
+    fn add_norm(
+        &self,
+        out: Tensor<3>,
+        residual: Tensor<3>,
+        norm: &LayerNorm,
+        adapt: Option<impl FnOnce(Tensor<3>) -> Tensor<3>>,
+    ) -> Tensor<3> {
+        let eps = self.norm_eps;
+        match adapt {
+            Some(adapt) => {
+                let adapted = adapt(kiln_kernels::dropout(&self.dropout, out));
+                kiln_kernels::add_layer_norm(adapted, residual, norm, eps, None)
+            }
+            None => kiln_kernels::add_layer_norm(out, residual, norm, eps, Some(&self.dropout)),
         }
-        let hidden = self.attention_norm.forward(hidden + attended);
-        let inner = self
-            .activation
-            .forward(self.intermediate.forward(hidden.clone()));
-        let mut out = self.dropout.forward(self.output.forward(inner));
-        if let Some(adapters) = adapters {
-            out = adapters.around_feed_forward(hidden.clone(), out);
-        }
-        self.output_norm.forward(hidden + out)
     }
 }
 

@@ -110,9 +110,9 @@ impl MlpHead {
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
         let mut x = features;
         for layer in &self.hidden {
-            x = gelu(layer.forward(self.dropout.forward(x)));
+            x = gelu(layer.forward(kiln_kernels::dropout(&self.dropout, x)));
         }
-        self.output.forward(self.dropout.forward(x))
+        self.output.forward(kiln_kernels::dropout(&self.dropout, x))
     }
 }
 

@@ -10,9 +10,13 @@ use crate::error::{ModelError, Result};
 /// The backends a user can ask for with `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// Burn's ndarray backend (SIMD + rayon), always compiled in.
+    /// Burn's flex backend (gemm matrix products, AVX-512 where the CPU has it) with kiln's
+    /// fused kernels: the default CPU backend.
     #[default]
     Cpu,
+    /// Burn's ndarray backend (SIMD + rayon), deprecated in Burn 0.22 and kept selectable: it
+    /// runs kiln's kernels through their primitive-op bodies.
+    NdArray,
     /// Burn's wgpu backend, compiled in with the `wgpu` cargo feature.
     Wgpu,
 }
@@ -21,18 +25,18 @@ impl DeviceChoice {
     /// Backends this build of kiln contains.
     pub fn compiled_in() -> &'static [&'static str] {
         if cfg!(feature = "wgpu") {
-            &["cpu", "wgpu"]
+            &["cpu", "ndarray", "wgpu"]
         } else {
-            &["cpu"]
+            &["cpu", "ndarray"]
         }
     }
 
     /// The Burn device for this choice, or an error naming the missing cargo feature.
     pub fn device(self) -> Result<Device> {
         match self {
-            // ndarray is deprecated in favour of flex, but it is the fastest CPU path in 0.22.
+            DeviceChoice::Cpu => Ok(Device::flex()),
             #[allow(deprecated)]
-            DeviceChoice::Cpu => Ok(Device::ndarray()),
+            DeviceChoice::NdArray => Ok(Device::ndarray()),
             DeviceChoice::Wgpu => wgpu_device(),
         }
     }
@@ -55,10 +59,11 @@ impl FromStr for DeviceChoice {
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "cpu" | "ndarray" => Ok(DeviceChoice::Cpu),
+            "cpu" | "flex" => Ok(DeviceChoice::Cpu),
+            "ndarray" => Ok(DeviceChoice::NdArray),
             "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu),
             other => Err(ModelError::InvalidInput(format!(
-                "unknown device `{other}`: expected `cpu` or `wgpu` (compiled in: {})",
+                "unknown device `{other}`: expected `cpu` (flex), `ndarray` or `wgpu` (compiled in: {})",
                 Self::compiled_in().join(", ")
             ))),
         }
@@ -69,6 +74,7 @@ impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DeviceChoice::Cpu => "cpu",
+            DeviceChoice::NdArray => "ndarray",
             DeviceChoice::Wgpu => "wgpu",
         })
     }

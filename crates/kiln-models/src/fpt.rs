@@ -110,7 +110,7 @@ impl Fpt {
             (FptTokens::Ids(ids), _, Some(embedding)) => embedding.forward(ids),
             _ => panic!("FPT input kind does not match its input layer (vectors vs ids)"),
         };
-        let vectors = self.input_dropout.forward(vectors);
+        let vectors = kiln_kernels::dropout(&self.input_dropout, vectors);
         let hidden = match (&self.bert, &self.gpt2) {
             (Some(bert), _) => bert.forward_vectors(vectors, &attention_mask),
             (_, Some(gpt2)) => gpt2.forward_vectors(vectors, &attention_mask),

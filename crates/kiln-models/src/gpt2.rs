@@ -403,7 +403,7 @@ impl Gpt2 {
     ) -> Tensor<3> {
         // Positions count attended tokens only, so left padding shifts nothing.
         let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0) + offset as i64;
-        self.dropout.forward(vectors + self.wpe.forward(positions))
+        kiln_kernels::dropout(&self.dropout, vectors + self.wpe.forward(positions))
     }
 
     /// The blocks `blocks` (a range of indices) over `states`, without the final layer norm.
@@ -471,14 +471,16 @@ impl Gpt2Attention {
         let k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
         let v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
         let context = attend(q, k, v, bias, self.scale, &self.probs_dropout, prefix);
-        self.resid_dropout
-            .forward(self.c_proj.forward(merge_heads(context)))
+        kiln_kernels::dropout(
+            &self.resid_dropout,
+            self.c_proj.forward(merge_heads(context)),
+        )
     }
 }
 
 impl Gpt2Mlp {
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let inner = self.activation.forward(self.c_fc.forward(hidden));
-        self.dropout.forward(self.c_proj.forward(inner))
+        kiln_kernels::dropout(&self.dropout, self.c_proj.forward(inner))
     }
 }

@@ -402,7 +402,9 @@ impl M2Mlp {
         } else {
             gelu(g)
         };
-        let mut out = self.output.forward(self.dropout.forward(inner));
+        let mut out = self
+            .output
+            .forward(kiln_kernels::dropout(&self.dropout, inner));
         if let Some(adapters) = adapters {
             out = adapters.around_feed_forward(z.clone(), out);
         }

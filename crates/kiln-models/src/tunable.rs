@@ -99,9 +99,25 @@ impl TunableLinear {
 
     /// `input` `[batch, ..., d_in]`: with per-example routing its first axis is the batch.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.forward_with(input, self.bias.as_ref())
+    }
+
+    /// Exact GELU of the projection, its bias added inside the fused kernel (kiln-kernels): the
+    /// feed-forward's first half in one pass over its output instead of two.
+    pub fn forward_bias_gelu<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let out = self.forward_with(input, None);
+        kiln_kernels::bias_gelu(out, self.bias.as_ref().map(Param::val))
+    }
+
+    /// The projection with `bias` (the layer's own, or none).
+    fn forward_with<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        bias: Option<&Param<Tensor<1>>>,
+    ) -> Tensor<D> {
         let mut dims = input.dims();
         let rows = as_rows(input);
-        let mut out = affine_rows(rows.clone(), &self.weight, self.bias.as_ref());
+        let mut out = affine_rows(rows.clone(), &self.weight, bias);
         if let Some(delta) = self.lora.as_ref().filter(|d| !d.merged) {
             out = out + delta.forward_rows(rows.clone());
         }
@@ -225,11 +241,8 @@ impl LowRankDelta {
 
     /// `[rows, d_in] -> [rows, d_out]`.
     pub fn forward_rows(&self, rows: Tensor<2>) -> Tensor<2> {
-        self.dropout
-            .forward(rows)
-            .matmul(self.a.val())
-            .matmul(self.b.val())
-            * self.scale
+        let down = kiln_kernels::matmul(kiln_kernels::dropout(&self.dropout, rows), self.a.val());
+        kiln_kernels::matmul(down, self.b.val()) * self.scale
     }
 }
 
@@ -249,7 +262,8 @@ fn affine_rows(
     weight: &Param<Tensor<2>>,
     bias: Option<&Param<Tensor<1>>>,
 ) -> Tensor<2> {
-    let out = rows.matmul(weight.val());
+    // kiln-kernels' product: on the CPU its output is written once, never zero-filled first.
+    let out = kiln_kernels::matmul(rows, weight.val());
     match bias {
         Some(bias) => out + bias.val().unsqueeze_dim(0),
         None => out,

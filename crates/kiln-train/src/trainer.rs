@@ -21,9 +21,10 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
+use kiln_kernels::FusedAdamWConfig;
 use serde::{Deserialize, Serialize};
 
 use kiln_data::{SplitMix64, Target, TaskKind, TextExample, make_batch};
@@ -452,16 +453,19 @@ impl Trainer {
 }
 
 /// AdamW as the trainer uses it (and HF's Trainer): `weight_decay` on weights, none on biases
-/// and layer norms.
+/// and layer norms. kiln-kernels' fused update on the CPU, Burn's `AdamW` elsewhere; the state
+/// is Burn's `AdamWState` either way, so checkpoints move between them.
 pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    let adamw = AdamWConfig::new()
+    let adamw = FusedAdamWConfig::default()
         .with_epsilon(1e-8)
         .with_weight_decay(weight_decay as f32);
     let no_decay =
         ParamGroup::from_regex(r"(bias|beta|gamma)$").expect("a fixed, valid regular expression");
-    adamw
-        .init()
-        .with_group(no_decay, adamw.clone().with_weight_decay(0.0).build(), None)
+    ModuleOptimizer::from(adamw.init()).with_group(
+        no_decay,
+        adamw.with_weight_decay(0.0).init(),
+        None,
+    )
 }
 
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {

@@ -8,19 +8,24 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_models::DeviceChoice;
 use serde::Deserialize;
 
+/// The committed fixtures, or `$KILN_FIXTURES` (the GPU bundle carries them beside the test
+/// binaries, away from the source tree).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
 }
 
-/// The backend named by `KILN_TEST_DEVICE` (`cpu` when unset), and its parity tolerance:
-/// 1e-4 on the CPU, 1e-3 on wgpu whose kernels sum in another order.
+/// The backend named by `KILN_TEST_DEVICE` (`cpu`, i.e. flex, when unset; or `ndarray`, `wgpu`),
+/// and its parity tolerance: 1e-4 on the CPU backends, 1e-3 on wgpu whose kernels sum in
+/// another order.
 pub fn device_under_test() -> (Device, f32) {
     let choice: DeviceChoice = std::env::var("KILN_TEST_DEVICE")
         .unwrap_or_else(|_| "cpu".into())
         .parse()
-        .expect("KILN_TEST_DEVICE must be cpu or wgpu");
+        .expect("KILN_TEST_DEVICE must be cpu, ndarray or wgpu");
     let tolerance = match choice {
-        DeviceChoice::Cpu => 1e-4,
+        DeviceChoice::Cpu | DeviceChoice::NdArray => 1e-4,
         DeviceChoice::Wgpu => 1e-3,
     };
     (choice.device().expect("device is compiled in"), tolerance)
