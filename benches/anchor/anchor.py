@@ -7,7 +7,12 @@ A MiniLM-shaped BERT (or --model DIR), mean-pooled features, dropout 0.1 and a l
 training step (dropout on, cross-entropy, backward, clipping at 1.0, AdamW), `--mode infer` one
 inference batch under `torch.inference_mode()`. Prints one JSON object in kiln_step's schema.
 
-    python anchor.py --method full|lora --mode train|infer [--model DIR] [--steps 5]
+    python anchor.py --method full|lora --mode train|infer [--model DIR] [--shape minilm|base]
+                     [--batch 16] [--len 128] [--steps 5] [--device cpu|cuda]
+
+`--shape base` is BERT-base's shape (768 x 12 layers x 3072) at random initialisation; with
+`--device cuda` the step runs on the GPU, timed after `torch.cuda.synchronize()`, and the JSON's
+`peak_gpu_mib` is `torch.cuda.max_memory_allocated()`.
 """
 
 import argparse
@@ -21,13 +26,18 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 
-def minilm_shaped():
+# Hidden size, layers, heads, feed-forward width: kiln_step's `--shape` presets.
+SHAPES = {"minilm": (384, 6, 12, 1536), "base": (768, 12, 12, 3072)}
+
+
+def shaped(name):
+    hidden, layers, heads, inner = SHAPES[name]
     return BertConfig(
         vocab_size=30522,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inner,
         max_position_embeddings=512,
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
@@ -55,7 +65,7 @@ def build(args):
         bert = BertModel.from_pretrained(args.model, add_pooling_layer=False)
     else:
         torch.manual_seed(0)
-        bert = BertModel(minilm_shaped(), add_pooling_layer=False)
+        bert = BertModel(shaped(args.shape), add_pooling_layer=False)
     model = Classifier(bert, classes=5)
     if args.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -85,13 +95,21 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--merged", action="store_true")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="minilm")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
 
+    device = torch.device(args.device)
     model, vocab = build(args)
+    model = model.to(device)
     generator = torch.Generator().manual_seed(7)
-    ids = torch.randint(1000, vocab, (args.batch, args.len), generator=generator)
+    ids = torch.randint(1000, vocab, (args.batch, args.len), generator=generator).to(device)
     mask = torch.ones_like(ids)
-    labels = torch.arange(args.batch) % 5
+    labels = (torch.arange(args.batch) % 5).to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
 
@@ -107,6 +125,7 @@ def main():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss.item()
+            sync()
             if i >= args.warmup:
                 timings.append((time.perf_counter() - started) * 1e3)
     else:
@@ -115,6 +134,7 @@ def main():
             for i in range(args.warmup + args.steps):
                 started = time.perf_counter()
                 model(ids, mask).tolist()
+                sync()
                 if i >= args.warmup:
                     timings.append((time.perf_counter() - started) * 1e3)
 
@@ -128,7 +148,8 @@ def main():
                 "merged": args.merged,
                 "batch": args.batch,
                 "len": args.len,
-                "device": "cpu",
+                "device": args.device,
+                "shape": args.shape,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "trainable_params": sum(p.numel() for p in trainable),
@@ -138,6 +159,9 @@ def main():
                 "tokens_per_second": args.batch * args.len / (median / 1e3),
                 # ru_maxrss is in KiB on Linux.
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20
+                if device.type == "cuda"
+                else None,
             }
         )
     )

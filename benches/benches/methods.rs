@@ -10,7 +10,9 @@ use std::time::Duration;
 use burn::module::Module;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 
-use kiln_benches::{BATCH, Batch, SEQ_LEN, TrainStep, backbone, classifier, infer, text_methods};
+use kiln_benches::{
+    BATCH, Batch, SEQ_LEN, Shape, TrainStep, backbone, classifier, infer, text_methods,
+};
 use kiln_data::{OnBadRow, ReadOptions, TextExample, make_batch, read_class_folders};
 use kiln_models::{DeviceChoice, ModelKind, PaddingSide, TextInput, TextTokenizer};
 
@@ -44,7 +46,7 @@ fn methods(c: &mut Criterion) {
     let mut group = slow(c, "train_step");
     for method in &methods {
         group.bench_function(BenchmarkId::from_parameter(method), |b| {
-            let model = backbone(None, &train_device).expect("backbone");
+            let model = backbone(None, Shape::MiniLm, &train_device).expect("backbone");
             let (model, _) = classifier(model, method, &train_device).expect("method applies");
             let vocab = model.word_embeddings().dims()[0];
             let batch = Batch::random(BATCH, SEQ_LEN, vocab, 7, &train_device);
@@ -57,7 +59,7 @@ fn methods(c: &mut Criterion) {
     let mut group = slow(c, "inference");
     for method in &methods {
         group.bench_function(BenchmarkId::from_parameter(method), |b| {
-            let model = backbone(None, &device).expect("backbone");
+            let model = backbone(None, Shape::MiniLm, &device).expect("backbone");
             let (model, _) = classifier(model, method, &device).expect("method applies");
             let model = model.valid();
             let vocab = model.word_embeddings().dims()[0];
@@ -72,7 +74,7 @@ fn methods(c: &mut Criterion) {
     for merged in [false, true] {
         let name = if merged { "merged" } else { "unmerged" };
         group.bench_function(name, |b| {
-            let model = backbone(None, &device).expect("backbone");
+            let model = backbone(None, Shape::MiniLm, &device).expect("backbone");
             let (mut model, _) = classifier(model, "lora", &device).expect("lora applies");
             if merged {
                 model.merge_lora();

@@ -27,21 +27,41 @@ pub const CLASSES: usize = 5;
 
 /// all-MiniLM-L6-v2's shape, so that benchmarks need no download.
 pub fn minilm_shaped() -> BertConfig {
-    serde_json::from_value(serde_json::json!({
-        "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
-        "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
-    }))
-    .expect("a fixed, valid BERT config")
+    Shape::MiniLm.config()
 }
 
-/// The backbone in `model` (a HF directory), or a MiniLM-shaped BERT at random initialisation.
-pub fn backbone(model: Option<&Path>, device: &Device) -> Result<Backbone> {
+/// The BERT shapes a benchmark runs at random initialisation (the anchor's `--shape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// all-MiniLM-L6-v2: hidden 384, 6 layers, 12 heads, feed-forward 1536.
+    #[value(name = "minilm")]
+    MiniLm,
+    /// BERT-base: hidden 768, 12 layers, 12 heads, feed-forward 3072.
+    Base,
+}
+
+impl Shape {
+    pub fn config(self) -> BertConfig {
+        let (hidden, layers, inner) = match self {
+            Shape::MiniLm => (384, 6, 1536),
+            Shape::Base => (768, 12, 3072),
+        };
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 30522, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": 12, "intermediate_size": inner, "max_position_embeddings": 512,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
+        }))
+        .expect("a fixed, valid BERT config")
+    }
+}
+
+/// The backbone in `model` (a HF directory), or a BERT of `shape` at random initialisation.
+pub fn backbone(model: Option<&Path>, shape: Shape, device: &Device) -> Result<Backbone> {
     match model {
         Some(dir) => Backbone::load(dir, device)
             .with_context(|| format!("loading the model in {}", dir.display())),
         None => {
-            let config = minilm_shaped();
+            let config = shape.config();
             Ok(Backbone::Bert(Box::new(config.init(device)), config))
         }
     }

@@ -14,6 +14,10 @@
 //!   steps in PyTorch + peft (installed from PyPI into `$KILN_HOME/anchor-venv`) beside kiln's,
 //!   in one run, with the kiln / PyTorch ratios in `runs/bench/anchor.{md,json}`; with `--plan`
 //!   `kiln plan`'s predicted peak memory against the measured one for every method.
+//! - `gpu-bundle`: what `scripts/gpu-check.sh` needs on a GPU machine without Rust or network,
+//!   in `target/gpu-bundle` (under 64 MiB): release `kiln`, `kiln_step` and the parity-test
+//!   binaries built with wgpu, the Vulkan loader's Debian packages, the tiny fixtures and the
+//!   anchor script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +45,7 @@ fn main() -> Result<()> {
         }
         Some("test") => test(!flag("--no-wgpu")),
         Some("demo") => demo(),
+        Some("gpu-bundle") => gpu_bundle(),
         Some("bench") => {
             let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
             let only = flag("--anchor-only") || flag("--plan-only");
@@ -58,7 +63,8 @@ fn main() -> Result<()> {
                  demo             fetch assets and fine-tune MiniLM with LoRA on BBC News\n  \
                  bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]\n                   \
                  criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side,\n                   \
-                 --plan checks kiln plan's memory predictions"
+                 --plan checks kiln plan's memory predictions\n  \
+                 gpu-bundle       build what scripts/gpu-check.sh runs on a GPU machine, in target/gpu-bundle"
             );
             bail!("no command given")
         }
@@ -801,4 +807,138 @@ fn plan_markdown(rows: &[serde_json::Value]) -> String {
         ));
     }
     md
+}
+
+/// The most the device machine takes along (its working-tree limit).
+const GPU_BUNDLE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// `target/gpu-bundle`: binaries built here with wgpu, the Vulkan loader, fixtures, the anchor.
+fn gpu_bundle() -> Result<()> {
+    let bundle = target_dir().join("gpu-bundle");
+    if bundle.exists() {
+        std::fs::remove_dir_all(&bundle)
+            .with_context(|| format!("cannot clear {}", bundle.display()))?;
+    }
+    for dir in ["bin", "debs", "anchor"] {
+        std::fs::create_dir_all(bundle.join(dir))?;
+    }
+    let features = ["--features", "kiln-cli/wgpu,kiln-benches/wgpu"];
+    run(
+        cargo()
+            .args(["build", "--release", "-p", "kiln-cli", "-p", "kiln-benches"])
+            .args(features),
+        "cargo build (wgpu)",
+    )?;
+    for name in ["kiln", "kiln_step"] {
+        copy_stripped(
+            &target_dir().join("release").join(name),
+            &bundle.join("bin").join(name),
+        )?;
+    }
+    // The parity tests as executables: the GPU machine has no cargo.
+    let output = cargo()
+        .args([
+            "test",
+            "--release",
+            "--no-run",
+            "--message-format=json",
+            "-p",
+            "kiln-models",
+        ])
+        .args([
+            "--features",
+            "kiln-models/wgpu",
+            "--test",
+            "parity",
+            "--test",
+            "loading",
+        ])
+        .output()
+        .context("cannot start cargo test --no-run")?;
+    if !output.status.success() {
+        bail!(
+            "cargo test --no-run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut found = 0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(executable), Some(name)) = (
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        copy_stripped(Path::new(executable), &bundle.join("bin").join(name))?;
+        found += 1;
+    }
+    if found != 2 {
+        bail!("expected the parity and loading test binaries, found {found}");
+    }
+    require_tool("apt-get", "download the Vulkan loader package")?;
+    run(
+        Command::new("apt-get")
+            .args(["download", "libvulkan1"])
+            .current_dir(bundle.join("debs")),
+        "apt-get download libvulkan1 (run `apt-get update` first on a fresh machine)",
+    )?;
+    copy_tree(&workspace_root().join("fixtures"), &bundle.join("fixtures"))?;
+    std::fs::copy(
+        workspace_root().join("benches/anchor/anchor.py"),
+        bundle.join("anchor/anchor.py"),
+    )?;
+    let size = tree_size(&bundle)?;
+    println!(
+        "gpu bundle: {} ({:.1} MiB); on the GPU machine: scripts/gpu-check.sh OUT_DIR",
+        bundle.display(),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    if size > GPU_BUNDLE_LIMIT {
+        bail!(
+            "the bundle is {:.1} MiB, over the device machine's 64 MiB",
+            size as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
+}
+
+/// Copies a binary without its symbols (they are most of a Rust binary's size).
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
+    if Command::new("strip").arg(to).status().is_err() {
+        println!("gpu bundle: no `strip`, {} keeps its symbols", to.display());
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn tree_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        total += if entry.file_type()?.is_dir() {
+            tree_size(&entry.path())?
+        } else {
+            entry.metadata()?.len()
+        };
+    }
+    Ok(total)
 }

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use clap::{Parser, ValueEnum};
 
-use kiln_benches::{BATCH, Batch, SEQ_LEN, TrainStep, backbone, classifier, infer};
+use kiln_benches::{BATCH, Batch, SEQ_LEN, Shape, TrainStep, backbone, classifier, infer};
 use kiln_models::DeviceChoice;
 use kiln_train::plan::{StepShape, plan};
 use kiln_tuning::MethodConfig;
@@ -29,9 +29,11 @@ struct Args {
     method: String,
     #[arg(long, value_enum, default_value_t = Mode::Train)]
     mode: Mode,
-    /// A HF model directory; a MiniLM-shaped BERT at random initialisation without it.
+    /// A HF model directory; a BERT of `--shape` at random initialisation without it.
     #[arg(long)]
     model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Shape::MiniLm)]
+    shape: Shape,
     #[arg(long, default_value_t = BATCH)]
     batch: usize,
     #[arg(long, default_value_t = SEQ_LEN)]
@@ -61,7 +63,11 @@ fn main() -> Result<()> {
     } else {
         &device
     };
-    let (mut model, report) = classifier(backbone(args.model.as_deref(), on)?, &args.method, on)?;
+    let (mut model, report) = classifier(
+        backbone(args.model.as_deref(), args.shape, on)?,
+        &args.method,
+        on,
+    )?;
     if args.merged {
         model.merge_lora();
     }
@@ -114,6 +120,7 @@ fn main() -> Result<()> {
         "batch": args.batch,
         "len": args.len,
         "device": args.device.to_string(),
+        "shape": if args.model.is_some() { "model".to_string() } else { format!("{:?}", args.shape).to_lowercase() },
         "trainable_params": report.trainable(),
         "total_params": report.total(),
         "ms": timings,
