@@ -4,8 +4,8 @@
 //!   (MiniLM, the GPT-2 vocabulary, BBC News; with `--fpt` also the MNIST 10k digits and
 //!   scikit-learn's 8x8 digits; see docs/architecture.md, "Assets") into `$KILN_HOME` (default
 //!   `./.kiln`). Idempotent.
-//! - `test [--no-wgpu]`: assets, then every test on the CPU backend, then the parity tests again
-//!   on wgpu (Mesa's software Vulkan driver where there is no GPU).
+//! - `test [--no-wgpu]`: assets, then every test on the CPU (flex) backend, then the parity tests
+//!   again on ndarray and on wgpu (Mesa's software Vulkan driver where there is no GPU).
 //! - `demo`: the main job on a fresh machine: assets, then LoRA fine-tuning of the real MiniLM on
 //!   BBC News (seeded 80/10/10 split), printing test accuracy and the trainable share.
 //! - `bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]`: the criterion benchmarks (every method's training
@@ -59,7 +59,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  assets [--fpt]   fetch MiniLM, the GPT-2 vocabulary and BBC News into $KILN_HOME (default ./.kiln);\n                   \
                  with --fpt also the MNIST 10k digits and scikit-learn's 8x8 digits for `kiln fpt`\n  \
-                 test [--no-wgpu] fetch assets, run all tests on cpu, then the parity tests on wgpu\n  \
+                 test [--no-wgpu] fetch assets, run all tests on cpu (flex), then the parity tests on ndarray and wgpu\n  \
                  demo             fetch assets and fine-tune MiniLM with LoRA on BBC News\n  \
                  bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]\n                   \
                  criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side,\n                   \
@@ -322,24 +322,34 @@ fn cargo() -> Command {
 
 fn test(with_wgpu: bool) -> Result<()> {
     assets()?;
-    if !with_wgpu {
-        return run(cargo().args(["test", "--workspace"]), "cargo test");
-    }
-    require_vulkan()?;
-    // One build with wgpu compiled in serves both passes; the CPU stays the default device.
+    let features: &[&str] = if with_wgpu {
+        require_vulkan()?;
+        &["--features", "kiln-cli/wgpu"]
+    } else {
+        &[]
+    };
+    // One build serves every pass; the CPU (flex) is the default device of the first.
     run(
-        cargo().args(["test", "--workspace", "--features", "kiln-cli/wgpu"]),
+        cargo().args(["test", "--workspace"]).args(features),
         "cargo test",
     )?;
-    println!("parity tests again on wgpu");
-    // The same package and feature selection as above, so the build is reused, not redone.
-    run(
-        cargo()
-            .args(["test", "--workspace", "--features", "kiln-cli/wgpu"])
-            .args(["--test", "parity", "--test", "minilm", "--test", "loading"])
-            .env("KILN_TEST_DEVICE", "wgpu"),
-        "cargo test on wgpu",
-    )
+    let mut devices = vec!["ndarray"];
+    if with_wgpu {
+        devices.push("wgpu");
+    }
+    for device in devices {
+        println!("parity tests again on {device}");
+        // The same package and feature selection as above, so the build is reused, not redone.
+        run(
+            cargo()
+                .args(["test", "--workspace"])
+                .args(features)
+                .args(["--test", "parity", "--test", "minilm", "--test", "loading"])
+                .env("KILN_TEST_DEVICE", device),
+            &format!("cargo test on {device}"),
+        )?;
+    }
+    Ok(())
 }
 
 /// wgpu needs a Vulkan driver; without a GPU that is Mesa's lavapipe.
@@ -397,6 +407,29 @@ fn demo() -> Result<()> {
 
 /// What the anchor compares: (method, mode) of `kiln_step` and `anchor.py`.
 const ANCHOR_CASES: [(&str, &str); 3] = [("full", "train"), ("lora", "train"), ("full", "infer")];
+/// The models the anchor runs each case on: the real MiniLM at 16 x 128, and BERT-base's shape
+/// (768 x 12 layers x 3072, random initialisation on both sides) at 8 x 128, to show scaling.
+const ANCHOR_MODELS: [AnchorModel; 2] = [
+    AnchorModel {
+        label: "MiniLM 16 x 128",
+        shape: None,
+        batch: 16,
+    },
+    AnchorModel {
+        label: "BERT-base shape 8 x 128",
+        shape: Some("base"),
+        batch: 8,
+    },
+];
+/// The box's fp32 matrix-product peak, GFLOP/s (measured with the gemm kernels both engines use).
+const MATMUL_PEAK_GFLOPS: f64 = 180.0;
+
+struct AnchorModel {
+    label: &'static str,
+    /// `--shape` at random initialisation; `None`: the real MiniLM weights.
+    shape: Option<&'static str>,
+    batch: usize,
+}
 /// Each engine runs each case this many times, alternating, so that drift hits both alike.
 const ANCHOR_ROUNDS: usize = 2;
 /// The speed kiln aims for: this many times PyTorch's tokens per second.
@@ -480,6 +513,9 @@ fn bench(
         markdown.push_str(&plan_markdown(plan));
     }
     std::fs::write(out.join("summary.md"), &markdown)?;
+    if let Some(anchor) = anchor_rows.as_deref() {
+        std::fs::write(out.join("anchor.md"), summary_markdown(&[], Some(anchor)))?;
+    }
     println!(
         "{markdown}\nwritten to {}",
         out.join("summary.{md,json}").display()
@@ -559,42 +595,51 @@ fn run_anchor(assets: &Assets, out: &Path) -> Result<Vec<serde_json::Value>> {
     let script = workspace_root().join("benches/anchor/anchor.py");
     let mut rows = Vec::new();
     let mut raw = Vec::new();
-    for (method, mode) in ANCHOR_CASES {
-        let case = ["--method", method, "--mode", mode];
-        let (mut kiln, mut torch) = (Vec::new(), Vec::new());
-        for _ in 0..ANCHOR_ROUNDS {
-            println!("anchor: {method} {mode}: kiln");
-            kiln.push(json_line(
-                Command::new(&kiln_step)
-                    .args(case)
-                    .arg("--model")
-                    .arg(&assets.minilm),
-            )?);
-            println!("anchor: {method} {mode}: PyTorch");
-            torch.push(json_line(
-                Command::new(&python)
-                    .arg(&script)
-                    .args(case)
-                    .arg("--model")
-                    .arg(&assets.minilm)
-                    .env("HF_HUB_OFFLINE", "1")
-                    .env("TRANSFORMERS_OFFLINE", "1"),
-            )?);
+    for model in &ANCHOR_MODELS {
+        for (method, mode) in ANCHOR_CASES {
+            let batch = model.batch.to_string();
+            let mut case = vec!["--method", method, "--mode", mode, "--batch", &batch];
+            let minilm = assets.minilm.to_string_lossy().to_string();
+            match model.shape {
+                Some(shape) => case.extend(["--shape", shape]),
+                None => case.extend(["--model", &minilm]),
+            }
+            let (mut kiln, mut torch) = (Vec::new(), Vec::new());
+            for _ in 0..ANCHOR_ROUNDS {
+                println!("anchor: {} {method} {mode}: kiln", model.label);
+                kiln.push(json_line(Command::new(&kiln_step).args(&case))?);
+                println!("anchor: {} {method} {mode}: PyTorch", model.label);
+                torch.push(json_line(
+                    Command::new(&python)
+                        .arg(&script)
+                        .args(&case)
+                        .env("HF_HUB_OFFLINE", "1")
+                        .env("TRANSFORMERS_OFFLINE", "1"),
+                )?);
+            }
+            let (k, t) = (pooled(&kiln), pooled(&torch));
+            let speed = t.median_ms / k.median_ms;
+            let flops = kiln.first().and_then(|r| r["step_flops"].as_f64());
+            let share = |ms: f64| flops.map(|f| f / (ms / 1e3) / 1e9 / MATMUL_PEAK_GFLOPS);
+            // Training must be 1.1x PyTorch; inference 1.0x.
+            let target = if mode == "train" { ANCHOR_TARGET } else { 1.0 };
+            rows.push(serde_json::json!({
+                "model": model.label,
+                "case": format!("{method} {mode}"),
+                "kiln_share_of_peak": share(k.median_ms),
+                "pytorch_share_of_peak": share(t.median_ms),
+                "kiln_ms": k.median_ms,
+                "pytorch_ms": t.median_ms,
+                "kiln_tokens_per_second": k.tokens_per_second,
+                "pytorch_tokens_per_second": t.tokens_per_second,
+                "speed_ratio": speed,
+                "kiln_peak_rss_mib": k.peak_rss_mib,
+                "pytorch_peak_rss_mib": t.peak_rss_mib,
+                "target_speed": target,
+                "target_met": speed >= target && k.peak_rss_mib <= t.peak_rss_mib,
+            }));
+            raw.extend(kiln.into_iter().chain(torch));
         }
-        let (k, t) = (pooled(&kiln), pooled(&torch));
-        let speed = t.median_ms / k.median_ms;
-        rows.push(serde_json::json!({
-            "case": format!("{method} {mode}"),
-            "kiln_ms": k.median_ms,
-            "pytorch_ms": t.median_ms,
-            "kiln_tokens_per_second": k.tokens_per_second,
-            "pytorch_tokens_per_second": t.tokens_per_second,
-            "speed_ratio": speed,
-            "kiln_peak_rss_mib": k.peak_rss_mib,
-            "pytorch_peak_rss_mib": t.peak_rss_mib,
-            "target_met": speed >= ANCHOR_TARGET && k.peak_rss_mib <= t.peak_rss_mib,
-        }));
-        raw.extend(kiln.into_iter().chain(torch));
     }
     std::fs::write(
         out.join("anchor.json"),
@@ -692,22 +737,28 @@ fn summary_markdown(rows: &[serde_json::Value], anchor: Option<&[serde_json::Val
     if let Some(anchor) = anchor {
         md.push_str(&format!(
             "\n## Against PyTorch + peft (same machine, same run)\n\n\
-             MiniLM (all-MiniLM-L6-v2), batch 16 x 128, fp32, dropout on while training; median \
-             of {ANCHOR_ROUNDS} x 5 steps per engine. Target: kiln at least {ANCHOR_TARGET}x \
-             PyTorch's tokens/s with peak memory at or below it.\n\n\
-             | case | kiln ms | PyTorch ms | kiln tok/s | PyTorch tok/s | kiln / PyTorch speed | kiln peak MiB | PyTorch peak MiB | target met |\n\
-             |---|---|---|---|---|---|---|---|---|\n"
+             The real all-MiniLM-L6-v2 at batch 16 x 128, and BERT-base's shape (random \
+             initialisation) at 8 x 128; fp32, dropout on while training; median of \
+             {ANCHOR_ROUNDS} x 5 steps per engine. Target: kiln at least {ANCHOR_TARGET}x \
+             PyTorch's tokens/s when training, 1.0x at inference, with peak memory at or below \
+             PyTorch's. Share of peak: the step's matrix-product FLOPs (`kiln plan`) per second \
+             over the box's {MATMUL_PEAK_GFLOPS} GFLOP/s.\n\n\
+             | model | case | kiln ms | PyTorch ms | kiln tok/s | PyTorch tok/s | kiln / PyTorch speed | kiln / PyTorch share of peak | kiln peak MiB | PyTorch peak MiB | target met |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n"
         ));
         for r in anchor {
             let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
             md.push_str(&format!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {} |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.0}% / {:.0}% | {:.0} | {:.0} | {} |\n",
+                r["model"].as_str().unwrap_or(""),
                 r["case"].as_str().unwrap_or(""),
                 f("kiln_ms"),
                 f("pytorch_ms"),
                 f("kiln_tokens_per_second"),
                 f("pytorch_tokens_per_second"),
                 f("speed_ratio"),
+                100.0 * f("kiln_share_of_peak"),
+                100.0 * f("pytorch_share_of_peak"),
                 f("kiln_peak_rss_mib"),
                 f("pytorch_peak_rss_mib"),
                 if r["target_met"].as_bool() == Some(true) {

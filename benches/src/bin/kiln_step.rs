@@ -130,6 +130,11 @@ fn main() -> Result<()> {
         // What `kiln plan` predicts for a training step of this case.
         "predicted_peak_mib": prediction.as_ref().map(|p| p.peak_bytes / (1024.0 * 1024.0)),
         "predicted_flops": prediction.as_ref().map(|p| p.forward_flops + p.backward_flops),
+        // The matrix-product work of the timed step: forward and backward, or forward alone.
+        "step_flops": prediction.as_ref().map(|p| match args.mode {
+            Mode::Train => p.forward_flops + p.backward_flops,
+            Mode::Infer => p.forward_flops,
+        }),
     });
     println!("{output}");
     Ok(())

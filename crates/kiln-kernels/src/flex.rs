@@ -176,7 +176,8 @@ pub fn bias_gelu_backward(
             bias_gelu_backward_rows_v(dx, x, grad, &bias_values, &mut partial);
             partial
         })
-        .reduce(|| vec![0.0f32; width], add_into);
+        .collect::<Vec<_>>();
+    let dbias = in_order(dbias, width);
     (tensor(dx, x.shape()), tensor(dbias, bias.shape()))
 }
 
@@ -209,9 +210,14 @@ fn bias_gelu_backward_rows(
     }
 }
 
-fn add_into(mut total: Vec<f32>, part: Vec<f32>) -> Vec<f32> {
-    for (t, p) in total.iter_mut().zip(part) {
-        *t += p;
+/// The tasks' partial sums added in task order: the same total whatever thread ran which task,
+/// so seeded runs give bit-identical losses (a rayon `reduce` adds in the order work was split).
+fn in_order(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; width];
+    for part in partials {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
     }
     total
 }
@@ -564,7 +570,8 @@ pub fn add_layer_norm_backward(
             norm_backward_rows_v(out, xhat, grad, &gamma_values, inverse_std, &mut partial);
             partial
         })
-        .reduce(|| vec![0.0f32; 2 * width], add_into);
+        .collect::<Vec<_>>();
+    let partials = in_order(partials, 2 * width);
     let (dgamma, dbeta) = partials.split_at(width);
     let d_residual = tensor(d_residual, shape);
     let dx = if prob > 0.0 {

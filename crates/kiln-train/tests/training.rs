@@ -27,10 +27,13 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// The CPU backend under test: `KILN_TEST_DEVICE` (`cpu`, i.e. flex, when unset, or `ndarray`).
 fn cpu() -> Device {
-    DeviceChoice::Cpu
+    std::env::var("KILN_TEST_DEVICE")
+        .map_or(Ok(DeviceChoice::Cpu), |name| name.parse())
+        .expect("KILN_TEST_DEVICE names a backend")
         .device()
-        .expect("the CPU backend is always compiled in")
+        .expect("the CPU backends are always compiled in")
 }
 
 fn task() -> LoadedTask {
@@ -155,7 +158,7 @@ fn every_method_lowers_the_loss_on_bert() {
         ("bitfit", 2e-2),
         ("lora", 1e-2),
     ] {
-        let (before, after) = loss_before_after("bert-tiny", &method(name), lr, 4);
+        let (before, after) = loss_before_after("bert-tiny", &method(name), lr, 8);
         assert!(
             after < 0.95 * before,
             "{name}: loss {before:.4} -> {after:.4}"
@@ -175,7 +178,7 @@ fn every_adapter_and_prompt_method_lowers_the_loss() {
         ("bert-tiny", "side", 1e-2),
         ("gpt2-tiny", "houlsby", 3e-3),
         ("gpt2-tiny", "mam", 1e-2),
-        ("bert-tiny", "prompt", 1e-2),
+        ("bert-tiny", "prompt", 3e-2),
         ("bert-tiny", "prefix", 1e-2),
         ("bert-tiny", "p-tuning", 1e-2),
         ("bert-tiny", "p-tuning-v2", 3e-2),
@@ -184,7 +187,7 @@ fn every_adapter_and_prompt_method_lowers_the_loss() {
         ("gpt2-tiny", "p-tuning", 1e-2),
         ("gpt2-tiny", "p-tuning-v2", 1e-2),
     ] {
-        let (before, after) = loss_before_after(fixture, &method(name), lr, 4);
+        let (before, after) = loss_before_after(fixture, &method(name), lr, 8);
         // As for the other methods: on the frozen random tiny BERT even the linear probe only
         // gains about 8%, so 5% is the bar there and 10% on GPT-2. Virtual tokens that mean
         // pooling does not average have the least leverage there (3% measured; the same
@@ -260,7 +263,7 @@ fn fusion_over_two_adapters_lowers_the_loss() {
         validation: task.part(&task.split.validation),
     };
     let run = dir.path().join("fused");
-    let (fused, _) = trainer(&base, config(4, 3e-3, 22), &run, &device)
+    let (fused, _) = trainer(&base, config(8, 1e-2, 22), &run, &device)
         .fit(base.model.clone(), &data, false)
         .expect("fusion trains");
     let after = loss(&fused);

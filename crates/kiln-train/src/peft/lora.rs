@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use kiln_models::weights::{KeyTable, Layout, RawTensor, hf_name_for, kiln_name_for};
 use kiln_models::{LowRankConfig, LowRankDelta, SequenceClassifier, WeightFile};
@@ -261,11 +261,9 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
             .ok_or_else(|| bad(format!("`{name}` is missing")))?;
         match raw.shape.as_slice() {
             // Stored `[out, in]` as PyTorch's Linear: kiln's layout is the transpose.
-            &[out, inner] if out == rows || inner == rows => Ok(Tensor::<2>::from_data(
-                TensorData::new(raw.values.clone(), [out, inner]),
-                &device,
-            )
-            .transpose()),
+            &[out, inner] if out == rows || inner == rows => {
+                Ok(super::transposed(&raw.values, [out, inner], &device))
+            }
             other => Err(bad(format!(
                 "`{name}` is {other:?}, not a rank-{rows} matrix"
             ))),

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use burn::module::Param;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use kiln_models::weights::RawTensor;
 use kiln_models::{Readout, SequenceClassifier};
@@ -87,8 +87,7 @@ fn set_head(
             ),
         ));
     }
-    let weight = Tensor::<2>::from_data(TensorData::new(weight.values, [outputs, width]), &device);
-    head.weight = Param::from_tensor(weight.transpose());
+    head.weight = Param::from_tensor(transposed(&weight.values, [outputs, width], &device));
     head.bias = Some(Param::from_tensor(Tensor::from_data(
         TensorData::new(bias.values, [outputs]),
         &device,
@@ -155,4 +154,17 @@ pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
     } else {
         export_lora(model, out, base_model)
     }
+}
+
+/// A PyTorch `[rows, cols]` matrix (a Linear's `[out, in]`) as kiln's `[cols, rows]`, transposed
+/// on the host: the tensor is contiguous, as a trained one is, so products with it add in the
+/// same order and an imported adapter gives bit-identical outputs.
+pub(crate) fn transposed(values: &[f32], [rows, cols]: [usize; 2], device: &Device) -> Tensor<2> {
+    let mut out = vec![0.0f32; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [cols, rows]), device)
 }
