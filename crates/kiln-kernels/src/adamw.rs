@@ -91,9 +91,39 @@ pub trait OptimizerBackend: burn::backend::Backend {
         lr: f32,
         time: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// `[sum(x^2)]`, accumulated in f64.
+    fn kiln_sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x * factor`, in place when `x`'s buffer is its own.
+    fn kiln_scale(x: FloatTensor<Self>, factor: f32) -> FloatTensor<Self>;
 }
 
 impl OptimizerBackend for Flex {
+    fn kiln_sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = dense(x);
+        let values: &[f32] = x.storage();
+        let partials: Vec<f64> = values
+            .par_chunks(1 << 14)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
+            })
+            .collect();
+        // Added in chunk order: the same total whichever thread summed what.
+        let total: f64 = partials.iter().sum();
+        crate::flex::tensor(vec![total as f32], [1].into())
+    }
+
+    fn kiln_scale(x: FloatTensor<Self>, factor: f32) -> FloatTensor<Self> {
+        let mut x = dense(x);
+        let values: &mut [f32] = x.storage_mut();
+        values
+            .par_chunks_mut(1 << 14)
+            .for_each(|chunk| chunk.iter_mut().for_each(|v| *v *= factor));
+        x
+    }
+
     fn kiln_adamw(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -173,6 +203,29 @@ fn adamw_span(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], step: &Ada
         let v_hat = *v * correction_2;
         *p = *p * decay - step.lr * m_hat / (v_hat.sqrt() + c.epsilon);
     }
+}
+
+/// `sum(x^2)` of a gradient on flex, in one parallel pass without a temporary; `None` elsewhere.
+pub fn sum_of_squares<const D: usize>(x: &Tensor<D>) -> Option<f64> {
+    let x = x.clone().inner();
+    if !fused(&x) {
+        return None;
+    }
+    let total = Tensor::<1>::from_dispatch(<Dispatch as OptimizerBackend>::kiln_sum_of_squares(
+        x.into_dispatch(),
+    ));
+    Some(f64::from(total.into_scalar::<f32>()))
+}
+
+/// `x * factor` (a gradient scaled by clipping), in place on flex when `x` is not shared.
+pub fn scale<const D: usize>(x: Tensor<D>, factor: f64) -> Tensor<D> {
+    if !fused(&x) || x.is_autodiff() {
+        return x * factor;
+    }
+    Tensor::from_dispatch(<Dispatch as OptimizerBackend>::kiln_scale(
+        x.into_dispatch(),
+        factor as f32,
+    ))
 }
 
 impl Optimizer for FusedAdamW {

@@ -27,7 +27,8 @@ macro_rules! register {
 struct MatmulBackward;
 
 impl Backward<Flex, 2> for MatmulBackward {
-    /// The left operand when the right one takes a gradient, the right one when the left does.
+    /// The left operand when the right one takes a gradient, the right one when the left does
+    /// (the gradients are products with the other operand transposed, batched alike).
     type State = (Option<FlexTensor>, Option<FlexTensor>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {

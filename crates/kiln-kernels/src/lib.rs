@@ -8,8 +8,8 @@
 //! - [`bias_gelu`]: the bias add and exact (erf) GELU, with GELU's exact derivative;
 //! - [`attention_probs`]: scale, additive mask, softmax and dropout of attention scores;
 //! - [`add_layer_norm`]: dropout of a sub-layer's output, the residual add and layer norm;
-//! - [`matmul`]: 2-D products straight into `gemm`, transposes read through strides and the
-//!   output written once, forward and backward;
+//! - [`matmul`]: products (2-D and batched per head) straight into `gemm`, transposes read
+//!   through strides and the output written once, forward and backward;
 //! - [`FusedAdamW`]: the optimizer's whole update in one pass over each parameter.
 //!
 //! On Burn's flex backend (kiln's CPU default) the kernels run the bodies in [`flex`]: rows over
@@ -23,7 +23,7 @@ use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{DType, Distribution, Tensor};
 
-pub use adamw::{AdamWStep, FusedAdamW, FusedAdamWConfig, OptimizerBackend};
+pub use adamw::{AdamWStep, FusedAdamW, FusedAdamWConfig, OptimizerBackend, scale, sum_of_squares};
 
 #[macro_use]
 mod simd;
@@ -39,7 +39,7 @@ pub mod matmul;
 pub trait KernelBackend: burn::backend::Backend {
     /// `x * mask / (1 - prob)` with the mask of `seed`.
     fn kiln_dropout(x: FloatTensor<Self>, prob: f32, seed: u64) -> FloatTensor<Self>;
-    /// `lhs · rhs` of 2-D operands.
+    /// `lhs · rhs` over the last two axes, batched over equal leading axes.
     fn kiln_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `gelu(x + bias)`, `bias` over the last axis.
     fn kiln_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -159,9 +159,10 @@ pub fn dropout_seeded<const D: usize>(x: Tensor<D>, prob: f32, seed: u64) -> Ten
     ))
 }
 
-/// `lhs · rhs` for 2-D operands (Burn's matmul off flex).
-pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
-    if !fused(&lhs) || !fused(&rhs) {
+/// `lhs · rhs` over the last two axes; batched over equal leading axes (Burn's matmul off flex,
+/// and for leading axes that broadcast).
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    if !fused(&lhs) || !fused(&rhs) || !matmul::supported(&lhs.dims(), &rhs.dims()) {
         return lhs.matmul(rhs);
     }
     Tensor::from_dispatch(<Dispatch as KernelBackend>::kiln_matmul(

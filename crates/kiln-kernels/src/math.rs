@@ -23,8 +23,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let er = p * (r * r) + r + 1.0;
-    // 2^n from its exponent bits: n is in [-126, 128] after the clamp.
-    let two_n = f32::from_bits(((n as i32 + 127).clamp(1, 254) as u32) << 23);
+    // 2^n from its exponent bits. n + 127 is an integer in [1, 255] after the clamp, and the
+    // low mantissa bits of n + 127 + 2^23 hold it: no float-to-int conversion, whose saturating
+    // Rust semantics the compiler cannot vectorise.
+    let biased = ((n + 127.0 + 8_388_608.0).to_bits() & 0x007f_ffff).clamp(1, 254);
+    let two_n = f32::from_bits(biased << 23);
     er * two_n
 }
 

@@ -36,8 +36,11 @@ pub fn attend(
         return attend(query, key, value, &bias, scale, dropout, None);
     }
     // Scale, mask, softmax and dropout in one kernel (kiln-kernels) on the CPU.
-    let scores = query.matmul(key.swap_dims(2, 3));
-    kiln_kernels::attention_probs(scores, bias, scale, dropout).matmul(value)
+    let scores = kiln_kernels::matmul(query, key.swap_dims(2, 3));
+    kiln_kernels::matmul(
+        kiln_kernels::attention_probs(scores, bias, scale, dropout),
+        value,
+    )
 }
 
 /// Keys, values and mask with the prefix's key and value rows (`[l, h]` each) in front:
