@@ -60,15 +60,15 @@ done
 
 # 2. and 3. The step cases, kiln on wgpu and PyTorch, one JSON line each into cases.jsonl.
 : > "$out/cases.jsonl"
-run_case() { # engine method mode batch len
-  local engine=$1 method=$2 mode=$3 batch=$4 len=$5 log="$out/$1-$2-$3-$4x$5.log"
-  echo "gpu-check: $engine $method $mode ${batch}x$len"
+run_case() { # engine method step batch len
+  local engine=$1 method=$2 step=$3 batch=$4 len=$5 log="$out/$1-$2-$3-$4x$5.log"
+  echo "gpu-check: $engine $method $step ${batch}x$len"
   if [ "$engine" = kiln ]; then
-    timeout "$case_limit" "$bundle/bin/kiln_step" --device wgpu --method "$method" --mode "$mode" \
+    timeout "$case_limit" "$bundle/bin/kiln_step" --device wgpu --method "$method" --mode "$step" \
       --batch "$batch" --len "$len" "${steps[@]}" > "$log" 2>&1
   else
     PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "$case_limit" python3 "$bundle/anchor/anchor.py" \
-      --device "$torch_device" --method "$method" --mode "$mode" --batch "$batch" --len "$len" \
+      --device "$torch_device" --method "$method" --mode "$step" --batch "$batch" --len "$len" \
       "${steps[@]}" > "$log" 2>&1
   fi
   local status=$?
@@ -76,15 +76,15 @@ run_case() { # engine method mode batch len
     tail -n 1 "$log" >> "$out/cases.jsonl"
   else
     printf '{"engine":"%s","method":"%s","mode":"%s","batch":%s,"len":%s,"error":"exit %s, see %s"}\n' \
-      "$engine" "$method" "$mode" "$batch" "$len" "$status" "$(basename "$log")" >> "$out/cases.jsonl"
+      "$engine" "$method" "$step" "$batch" "$len" "$status" "$(basename "$log")" >> "$out/cases.jsonl"
   fi
 }
 for shape in "${shapes[@]}"; do
   read -r batch len <<< "$shape"
   for case in "full train" "lora train" "full infer"; do
-    read -r method mode <<< "$case"
-    run_case kiln "$method" "$mode" "$batch" "$len"
-    run_case pytorch "$method" "$mode" "$batch" "$len"
+    read -r method step <<< "$case"
+    run_case kiln "$method" "$step" "$batch" "$len"
+    run_case pytorch "$method" "$step" "$batch" "$len"
   done
 done
 
