@@ -886,24 +886,14 @@ fn gpu_bundle() -> Result<()> {
             &bundle.join("bin").join(name),
         )?;
     }
-    // The parity tests as executables: the GPU machine has no cargo.
+    // The parity tests as executables: the GPU machine has no cargo. The same packages and
+    // features as the build above, so Burn and cubecl are not compiled a second time with
+    // another feature set (selecting kiln-models alone did that: over 20 minutes on 2 cores).
     let output = cargo()
-        .args([
-            "test",
-            "--release",
-            "--no-run",
-            "--message-format=json",
-            "-p",
-            "kiln-models",
-        ])
-        .args([
-            "--features",
-            "kiln-models/wgpu",
-            "--test",
-            "parity",
-            "--test",
-            "loading",
-        ])
+        .args(["test", "--release", "--no-run", "--message-format=json"])
+        .args(["-p", "kiln-cli", "-p", "kiln-benches", "-p", "kiln-models"])
+        .args(features)
+        .args(["--test", "parity", "--test", "loading"])
         .output()
         .context("cannot start cargo test --no-run")?;
     if !output.status.success() {
