@@ -101,9 +101,12 @@ impl KernelBackend for Flex {
     }
 }
 
-/// Whether `tensor` takes the fused path: f32 on flex (with or without autodiff).
+/// Whether `tensor` takes the fused path: f32 on flex (with or without autodiff), unless
+/// `KILN_UNFUSED` is set in the environment (Burn's plain ops everywhere, to compare against).
 pub fn fused<const D: usize>(tensor: &Tensor<D>) -> bool {
-    tensor.dtype() == DType::F32
+    static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*UNFUSED.get_or_init(|| std::env::var_os("KILN_UNFUSED").is_some())
+        && tensor.dtype() == DType::F32
         && matches!(
             tensor.device().inner().as_dispatch(),
             DispatchDevice::Flex(_)
