@@ -102,15 +102,35 @@ impl KernelBackend for Flex {
 }
 
 /// Whether `tensor` takes the fused path: f32 on flex (with or without autodiff), unless
-/// `KILN_UNFUSED` is set in the environment (Burn's plain ops everywhere, to compare against).
+/// `KILN_UNFUSED` is set in the environment or the caller is inside [`unfused`] (Burn's plain ops
+/// everywhere, to compare against).
 pub fn fused<const D: usize>(tensor: &Tensor<D>) -> bool {
     static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     !*UNFUSED.get_or_init(|| std::env::var_os("KILN_UNFUSED").is_some())
+        && !UNFUSED_HERE.get()
         && tensor.dtype() == DType::F32
         && matches!(
             tensor.device().inner().as_dispatch(),
             DispatchDevice::Flex(_)
         )
+}
+
+thread_local! {
+    static UNFUSED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `body` with the fused kernels off on this thread, so one process can compare a whole
+/// model's outputs and gradients with and without them. The choice is made when an operation
+/// is recorded: a backward pass replays whichever path its forward took.
+pub fn unfused<R>(body: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            UNFUSED_HERE.set(self.0);
+        }
+    }
+    let _restore = Restore(UNFUSED_HERE.replace(true));
+    body()
 }
 
 /// Whether a dropout layer is active for `x`, by Burn's rule: the layer is training (not frozen
