@@ -20,17 +20,22 @@ fn without_dropout(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for entry in std::fs::read_dir(fixtures().join(name)).expect("fixture exists") {
         let path = entry.expect("entry").path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).expect("copies");
+        std::fs::copy(
+            &path,
+            dir.path().join(path.file_name().expect("a file name")),
+        )
+        .expect("copies");
     }
     let config_path = dir.path().join("config.json");
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    for (key, value) in config.as_object_mut().unwrap() {
+        serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config reads"))
+            .expect("config parses");
+    for (key, value) in config.as_object_mut().expect("config is an object") {
         if key.contains("dropout") || key.starts_with("attn_pdrop") || key.ends_with("_pdrop") {
             *value = serde_json::json!(0.0);
         }
     }
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    std::fs::write(&config_path, config.to_string()).expect("config writes");
     dir
 }
 
