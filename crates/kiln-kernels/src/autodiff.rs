@@ -9,6 +9,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 
 use crate::KernelBackend;
@@ -182,6 +183,19 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => prep.finish((probs, scale, prob, seed), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
+    }
+
+    fn kiln_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        // Training keeps the probabilities for backward: the three recorded steps.
+        let scores = Self::kiln_matmul(query, Self::float_swap_dims(key, 2, 3));
+        let probs = Self::kiln_attention_probs(scores, mask, scale, 0.0, 0);
+        Self::kiln_matmul(probs, value)
     }
 
     fn kiln_add_layer_norm(

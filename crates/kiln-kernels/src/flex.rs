@@ -14,7 +14,7 @@ const CHUNK: usize = 1 << 14;
 /// Rows per parallel task of a row-wise kernel, at least.
 const MIN_ROWS: usize = 8;
 
-fn contiguous(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn contiguous(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match tensor.as_slice::<f32>() {
         Some(values) => std::borrow::Cow::Borrowed(values),
         None => std::borrow::Cow::Owned(
@@ -40,7 +40,7 @@ vectorised!(bias_gelu_rows_v => bias_gelu_rows, (out: &mut [f32], x: &[f32], bia
 vectorised!(bias_gelu_backward_rows_v => bias_gelu_backward_rows, (
     dx: &mut [f32], x: &[f32], grad: &[f32], bias: &[f32], partial: &mut [f32],
 ));
-vectorised!(softmax_rows_v => softmax_rows, (
+vectorised!(pub(crate) softmax_rows_v => softmax_rows, (
     softmax: &Softmax<'_>, first: usize, out: &mut [f32], dropped: Option<&mut [f32]>, scores: &[f32],
 ));
 vectorised!(softmax_backward_rows_v => softmax_backward_rows, (
@@ -224,7 +224,7 @@ fn in_order(partials: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
 
 /// Where row `r` of a `[batch, heads, queries, keys]` score tensor finds its mask row, for a
 /// mask whose first three axes are each full or 1 (broadcast).
-struct MaskRows {
+pub(crate) struct MaskRows {
     heads: usize,
     queries: usize,
     strides: [usize; 3],
@@ -232,7 +232,7 @@ struct MaskRows {
 }
 
 impl MaskRows {
-    fn new(scores: &Shape, mask: &Shape) -> Self {
+    pub(crate) fn new(scores: &Shape, mask: &Shape) -> Self {
         let (s, m) = (scores.as_slice(), mask.as_slice());
         assert!(
             s.len() == 4 && m.len() == 4 && m[3] == s[3],
@@ -311,11 +311,11 @@ pub fn attention_probs(
 }
 
 /// One attention-probability pass's constants.
-struct Softmax<'a> {
-    rows: &'a MaskRows,
-    mask: &'a [f32],
-    scale: f32,
-    keep: KeepMask,
+pub(crate) struct Softmax<'a> {
+    pub rows: &'a MaskRows,
+    pub mask: &'a [f32],
+    pub scale: f32,
+    pub keep: KeepMask,
 }
 
 /// Rows `first..` of the probabilities into `out` (and with dropout into `dropped`).

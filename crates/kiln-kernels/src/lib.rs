@@ -7,6 +7,8 @@
 //!   is drawn in parallel, reproducible from the seed, and regenerated in backward, never stored;
 //! - [`bias_gelu`]: the bias add and exact (erf) GELU, with GELU's exact derivative;
 //! - [`attention_probs`]: scale, additive mask, softmax and dropout of attention scores;
+//! - [`attention`]: the whole of scaled dot-product attention at inference, each head's scores
+//!   kept in cache instead of memory;
 //! - [`add_layer_norm`]: dropout of a sub-layer's output, the residual add and layer norm;
 //! - [`matmul`]: products (2-D and batched per head) straight into `gemm`, transposes read
 //!   through strides and the output written once, forward and backward;
@@ -28,6 +30,7 @@ pub use adamw::{AdamWStep, FusedAdamW, FusedAdamWConfig, OptimizerBackend, scale
 #[macro_use]
 mod simd;
 mod adamw;
+mod attention;
 mod autodiff;
 pub mod flex;
 pub mod math;
@@ -50,6 +53,14 @@ pub trait KernelBackend: burn::backend::Backend {
         scale: f32,
         prob: f32,
         seed: u64,
+    ) -> FloatTensor<Self>;
+    /// `softmax(query · keyᵀ * scale + mask) · value`, without dropout.
+    fn kiln_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
     ) -> FloatTensor<Self>;
     /// `LayerNorm(dropout(x) + residual)` over the last axis.
     #[allow(clippy::too_many_arguments)]
@@ -86,6 +97,16 @@ impl KernelBackend for Flex {
     ) -> FloatTensor<Self> {
         let (probs, dropped) = flex::attention_probs(&scores, &mask, scale, prob, seed);
         dropped.unwrap_or(probs)
+    }
+
+    fn kiln_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        attention::attention(&query, &key, &value, &mask, scale)
     }
 
     fn kiln_add_layer_norm(
@@ -233,14 +254,7 @@ pub fn attention_probs_seeded(
     prob: f32,
     seed: u64,
 ) -> Tensor<4> {
-    let [b, h, q, k] = scores.dims();
-    // The kernel reads the mask's rows by its own broadcast rule: give it the exact shape.
-    let [mb, mh, mq, mk] = mask.dims();
-    let mask = if (mb == b || mb == 1) && (mh == h || mh == 1) && (mq == q || mq == 1) && mk == k {
-        mask.clone()
-    } else {
-        mask.clone().expand([b, h, q, k])
-    };
+    let mask = broadcastable_mask(mask, scores.dims());
     Tensor::from_dispatch(<Dispatch as KernelBackend>::kiln_attention_probs(
         scores.into_dispatch(),
         mask.into_dispatch(),
@@ -248,6 +262,45 @@ pub fn attention_probs_seeded(
         prob,
         seed,
     ))
+}
+
+/// Scaled dot-product attention, `dropout(softmax(query · keyᵀ * scale + mask)) · value`, for
+/// `[batch, heads, seq, head_dim]` operands and a mask broadcasting to `[batch, heads, queries,
+/// keys]`. Without gradients or dropout (inference on flex) it runs as one kernel that never
+/// stores the scores; otherwise as the two products around [`attention_probs`].
+pub fn attention(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    mask: &Tensor<4>,
+    scale: f64,
+    dropout_layer: &Dropout,
+) -> Tensor<4> {
+    // Off autodiff there is no dropout (Burn's rule) and no backward to keep probabilities for.
+    if !(fused(&query) && fused(&key) && fused(&value) && !query.device().is_autodiff()) {
+        let scores = matmul(query, key.swap_dims(2, 3));
+        return matmul(attention_probs(scores, mask, scale, dropout_layer), value);
+    }
+    let [b, h, q, _] = query.dims();
+    let k = key.dims()[2];
+    Tensor::from_dispatch(<Dispatch as KernelBackend>::kiln_attention(
+        query.into_dispatch(),
+        key.into_dispatch(),
+        value.into_dispatch(),
+        broadcastable_mask(mask, [b, h, q, k]).into_dispatch(),
+        scale as f32,
+    ))
+}
+
+/// `mask` itself when its first three axes are each full or 1 (the kernels' broadcast rule),
+/// else expanded to `scores`.
+fn broadcastable_mask(mask: &Tensor<4>, [b, h, q, k]: [usize; 4]) -> Tensor<4> {
+    let [mb, mh, mq, mk] = mask.dims();
+    if (mb == b || mb == 1) && (mh == h || mh == 1) && (mq == q || mq == 1) && mk == k {
+        mask.clone()
+    } else {
+        mask.clone().expand([b, h, q, k])
+    }
 }
 
 /// `norm(dropout(x) + residual)`: a post-LN sub-layer's end. `dropout_layer` `None`: no dropout

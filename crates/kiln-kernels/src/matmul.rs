@@ -14,8 +14,28 @@ use crate::flex::tensor;
 /// Below this many multiply-adds one thread does the product (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
-/// `[rows, cols]` and the element strides of the last two axes of a view, transposed when asked.
-fn view(tensor: &FlexTensor, transpose: bool) -> (usize, usize, isize, isize) {
+/// The last two axes of a (possibly transposed) view: its matrix shape and element strides.
+#[derive(Clone, Copy)]
+pub(crate) struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Matrix {
+    /// Batch `index`'s matrix (row-major over the leading axes) as gemm takes an operand:
+    /// its first element and its row and column strides.
+    pub fn at(&self, tensor: &FlexTensor, index: usize) -> (*const f32, isize, isize) {
+        let values: &[f32] = tensor.storage();
+        let start = batch_offset(tensor, index);
+        assert!(start < values.len(), "a view inside its storage");
+        (values[start..].as_ptr(), self.row_stride, self.col_stride)
+    }
+}
+
+/// The matrix view of `tensor`'s last two axes, transposed when asked.
+pub(crate) fn view(tensor: &FlexTensor, transpose: bool) -> Matrix {
     let shape = tensor.shape();
     let dims = shape.as_slice();
     let rank = dims.len();
@@ -24,10 +44,76 @@ fn view(tensor: &FlexTensor, transpose: bool) -> (usize, usize, isize, isize) {
     let (rows, cols) = (dims[rank - 2], dims[rank - 1]);
     let (row_stride, col_stride) = (strides[rank - 2], strides[rank - 1]);
     if transpose {
-        (cols, rows, col_stride, row_stride)
+        Matrix {
+            rows: cols,
+            cols: rows,
+            row_stride: col_stride,
+            col_stride: row_stride,
+        }
     } else {
-        (rows, cols, row_stride, col_stride)
+        Matrix {
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
     }
+}
+
+/// `dst = lhs · rhs` for an `m x k` and a `k x n` operand, each given as (first element, row
+/// stride, column stride), on the calling thread unless `parallelism` says otherwise; every
+/// element of `dst` is written once and none is read.
+///
+/// # Safety
+/// Every element the strides address from each pointer must be inside one live allocation,
+/// and `dst`'s must be writable and not read or written by anyone else meanwhile.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (*mut f32, isize, isize),
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    parallelism: Parallelism,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// [`gemm_into`] on the calling thread.
+///
+/// # Safety
+/// As for [`gemm_into`].
+#[allow(unsafe_code)]
+pub(crate) unsafe fn single_gemm(
+    sizes: (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+) {
+    // SAFETY: as the caller promises.
+    unsafe { gemm_into(sizes, dst, lhs, rhs, Parallelism::None) }
 }
 
 /// Whether [`product`] takes these operands: both of one rank >= 2 with the same leading axes.
@@ -56,9 +142,13 @@ pub fn product(a: &FlexTensor, transpose_a: bool, b: &FlexTensor, transpose_b: b
         supported(a_shape.as_slice(), b_shape.as_slice()),
         "matmul: {a_shape:?} and {b_shape:?} differ in their leading axes"
     );
-    let (m, k, a_rs, a_cs) = view(a, transpose_a);
-    let (k_b, n, b_rs, b_cs) = view(b, transpose_b);
-    assert_eq!(k, k_b, "matmul: inner dimensions {k} and {k_b} differ");
+    let (a_view, b_view) = (view(a, transpose_a), view(b, transpose_b));
+    let (m, k, n) = (a_view.rows, a_view.cols, b_view.cols);
+    assert_eq!(
+        k, b_view.rows,
+        "matmul: inner dimensions {k} and {} differ",
+        b_view.rows
+    );
     let leading = &a_shape.as_slice()[..a_shape.num_dims() - 2];
     let batches: usize = leading.iter().product();
     let mut out_dims = leading.to_vec();
@@ -69,34 +159,17 @@ pub fn product(a: &FlexTensor, transpose_a: bool, b: &FlexTensor, transpose_b: b
         out.resize(batches * size, 0.0);
         return tensor(out, out_dims.into());
     }
-    let (a_values, b_values): (&[f32], &[f32]) = (a.storage(), b.storage());
     let one = |batch: usize, out: *mut f32, parallelism: Parallelism| {
-        let (a_start, b_start) = (batch_offset(a, batch), batch_offset(b, batch));
-        assert!(a_start < a_values.len() && b_start < b_values.len());
         #[allow(unsafe_code)]
         // SAFETY: the layouts address only elements inside their storage (flex's invariant for
-        // every view it hands out, strides included), `out` points at `size` writable elements
-        // of this batch, and gemm with `read_dst = false` writes each of them exactly once.
+        // every view it hands out, strides included) and `out` points at `size` writable
+        // elements of this batch, written by this call only.
         unsafe {
-            gemm(
-                m,
-                n,
-                k,
-                out,
-                1,
-                n as isize,
-                false,
-                a_values.as_ptr().add(a_start),
-                a_cs,
-                a_rs,
-                b_values.as_ptr().add(b_start),
-                b_cs,
-                b_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            gemm_into(
+                (m, n, k),
+                (out, n as isize, 1),
+                a_view.at(a, batch),
+                b_view.at(b, batch),
                 parallelism,
             );
         }

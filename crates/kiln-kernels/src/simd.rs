@@ -1,13 +1,13 @@
 //! Run-time selection of vector extensions for the kernels' loops.
 
-/// `vectorised!(name => helper, (args))` defines `name(args)`, which runs the `#[inline(always)]`
+/// `vectorised!(vis name => helper, (args))` defines `vis fn name(args)`, which runs the `#[inline(always)]`
 /// `helper` compiled for AVX-512 or AVX2 + FMA when the CPU has them (detected once, cached by
 /// std), else for the baseline. The helpers' loops are written to vectorise; compiled for the
 /// baseline alone (SSE2) they would use a quarter of an AVX-512 register.
 macro_rules! vectorised {
-    ($name:ident => $helper:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
+    ($vis:vis $name:ident => $helper:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]

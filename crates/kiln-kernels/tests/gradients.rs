@@ -267,6 +267,44 @@ fn kernels_without_autodiff_match_the_autodiff_forward() {
     );
 }
 
+/// `[batch, seq, heads * head_dim]` split into heads as the models do: a strided view.
+fn heads_of(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, seq, width] = x.dims();
+    x.reshape([batch, seq, heads, width / heads])
+        .swap_dims(1, 2)
+}
+
+#[test]
+fn inference_attention_matches_burn_with_strided_heads_and_masks() {
+    let device = Device::flex();
+    let (batch, heads, queries, head_dim) = (3, 4, 9, 8);
+    let no_dropout = DropoutConfig::new(0.1).init();
+    // Keys longer than queries (a prefix), a padding mask and a full per-query mask.
+    for (keys, mask_shape) in [(9, [3, 1, 1, 9]), (13, [3, 1, 9, 13]), (13, [1, 4, 9, 13])] {
+        let query = heads_of(normal([batch, queries, heads * head_dim], &device), heads);
+        let key = heads_of(normal([batch, keys, heads * head_dim], &device), heads);
+        let value = heads_of(normal([batch, keys, heads * head_dim], &device), heads);
+        let mask = mask_of(mask_shape, 0.3, &device);
+        let fused_out = kiln_kernels::attention(
+            query.clone(),
+            key.clone(),
+            value.clone(),
+            &mask,
+            0.35,
+            &no_dropout,
+        );
+        let scores = query.matmul(key.swap_dims(2, 3)) * 0.35 + mask;
+        let expected = softmax(scores, 3).matmul(value);
+        assert_close("attention context", fused_out.clone(), expected.clone());
+        // The context is laid out for merging heads: the same values after the merge.
+        let merge = |t: Tensor<4>| {
+            t.swap_dims(1, 2)
+                .reshape([batch, queries, heads * head_dim])
+        };
+        assert_close("merged context", merge(fused_out), merge(expected));
+    }
+}
+
 #[test]
 fn matmul_matches_burn_with_strided_operands_and_frozen_sides() {
     let device = device();

@@ -35,12 +35,7 @@ pub fn attend(
         let (key, value, bias) = with_prefix(key, value, bias, prefix);
         return attend(query, key, value, &bias, scale, dropout, None);
     }
-    // Scale, mask, softmax and dropout in one kernel (kiln-kernels) on the CPU.
-    let scores = kiln_kernels::matmul(query, key.swap_dims(2, 3));
-    kiln_kernels::matmul(
-        kiln_kernels::attention_probs(scores, bias, scale, dropout),
-        value,
-    )
+    kiln_kernels::attention(query, key, value, bias, scale, dropout)
 }
 
 /// Keys, values and mask with the prefix's key and value rows (`[l, h]` each) in front:
