@@ -7,7 +7,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, Shape};
 use rayon::prelude::*;
 
-use crate::math::{KeepMask, exp, gelu, gelu_derivative};
+use crate::math::{KeepMask, MulAdd, exp_with, gelu_derivative_with, gelu_with};
 
 /// Elements per parallel task of an element-wise kernel (64 KiB of f32).
 const CHUNK: usize = 1 << 14;
@@ -36,11 +36,11 @@ pub(crate) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 }
 
 vectorised!(dropout_span_v => dropout_span, (out: &mut [f32], x: &[f32], mask: &KeepMask, base: usize));
-vectorised!(bias_gelu_rows_v => bias_gelu_rows, (out: &mut [f32], x: &[f32], bias: &[f32]));
-vectorised!(bias_gelu_backward_rows_v => bias_gelu_backward_rows, (
+vectorised!(bias_gelu_rows_v => bias_gelu_rows::<MulAdd>, (out: &mut [f32], x: &[f32], bias: &[f32]));
+vectorised!(bias_gelu_backward_rows_v => bias_gelu_backward_rows::<MulAdd>, (
     dx: &mut [f32], x: &[f32], grad: &[f32], bias: &[f32], partial: &mut [f32],
 ));
-vectorised!(pub(crate) softmax_rows_v => softmax_rows, (
+vectorised!(pub(crate) softmax_rows_v => softmax_rows::<MulAdd>, (
     softmax: &Softmax<'_>, first: usize, out: &mut [f32], dropped: Option<&mut [f32]>, scores: &[f32],
 ));
 vectorised!(softmax_backward_rows_v => softmax_backward_rows, (
@@ -147,11 +147,11 @@ pub fn bias_gelu(x: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
 }
 
 #[inline(always)]
-fn bias_gelu_rows(out: &mut [f32], x: &[f32], bias: &[f32]) {
+fn bias_gelu_rows<M: MulAdd>(out: &mut [f32], x: &[f32], bias: &[f32]) {
     let width = bias.len();
     for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
         for ((o, &x), &b) in out.iter_mut().zip(x).zip(bias) {
-            *o = gelu(x + b);
+            *o = gelu_with::<M>(x + b);
         }
     }
 }
@@ -183,7 +183,7 @@ pub fn bias_gelu_backward(
 
 /// `dx = gelu'(x + b) * grad` row by row, and `partial += dx` (the bias gradient's share).
 #[inline(always)]
-fn bias_gelu_backward_rows(
+fn bias_gelu_backward_rows<M: MulAdd>(
     dx: &mut [f32],
     x: &[f32],
     grad: &[f32],
@@ -203,7 +203,7 @@ fn bias_gelu_backward_rows(
             .zip(bias)
             .zip(partial.iter_mut())
         {
-            let d = gelu_derivative(x + b) * g;
+            let d = gelu_derivative_with::<M>(x + b) * g;
             *dx = d;
             *p += d;
         }
@@ -320,7 +320,7 @@ pub(crate) struct Softmax<'a> {
 
 /// Rows `first..` of the probabilities into `out` (and with dropout into `dropped`).
 #[inline(always)]
-fn softmax_rows(
+fn softmax_rows<M: MulAdd>(
     softmax: &Softmax<'_>,
     first: usize,
     out: &mut [f32],
@@ -336,11 +336,11 @@ fn softmax_rows(
         let row = first + r;
         let mask = &softmax.mask[softmax.rows.offset(row)..][..keys];
         for ((o, &s), &m) in out.iter_mut().zip(scores).zip(mask) {
-            *o = s * softmax.scale + m;
+            *o = M::mul_add(s, softmax.scale, m);
         }
         let top = max(out);
         for o in out.iter_mut() {
-            *o = exp(*o - top);
+            *o = exp_with::<M>(*o - top);
         }
         let inverse = 1.0 / sum(out);
         for o in out.iter_mut() {

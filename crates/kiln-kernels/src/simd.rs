@@ -6,6 +6,16 @@
 /// baseline alone (SSE2) they would use a quarter of an AVX-512 register.
 macro_rules! vectorised {
     ($vis:vis $name:ident => $helper:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
+        vectorised!(@emit $vis $name, ($($arg: $ty),*),
+            $helper($($arg),*), $helper($($arg),*));
+    };
+    // `helper::<MulAdd>`: the helper is generic over how it multiplies and adds, and gets
+    // fused multiply-adds where the extension is compiled in.
+    ($vis:vis $name:ident => $helper:ident::<MulAdd>, ($($arg:ident: $ty:ty),* $(,)?)) => {
+        vectorised!(@emit $vis $name, ($($arg: $ty),*),
+            $helper::<$crate::math::Fused>($($arg),*), $helper::<$crate::math::Plain>($($arg),*));
+    };
+    (@emit $vis:vis $name:ident, ($($arg:ident: $ty:ty),*), $fast:expr, $baseline:expr) => {
         #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
@@ -13,12 +23,12 @@ macro_rules! vectorised {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi1,bmi2")]
                 fn avx512($($arg: $ty),*) {
-                    $helper($($arg),*)
+                    $fast
                 }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma,bmi1,bmi2")]
                 fn avx2($($arg: $ty),*) {
-                    $helper($($arg),*)
+                    $fast
                 }
                 if $crate::simd::cpu_has_avx512() {
                     // SAFETY: the CPU has every extension `avx512` is compiled for.
@@ -31,7 +41,7 @@ macro_rules! vectorised {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $helper($($arg),*)
+            $baseline
         }
     };
 }
