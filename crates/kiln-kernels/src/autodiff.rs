@@ -153,7 +153,8 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
     fn kiln_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, x_node) = x.into_parts();
         let (bias, bias_node) = bias.into_parts();
-        let out = flex::bias_gelu(&x, &bias);
+        // The backward reads x: the kernel writes a fresh buffer.
+        let out = flex::bias_gelu(x.clone(), &bias);
         match BiasGeluBackward
             .prepare::<C>([x_node, bias_node])
             .compute_bound()
@@ -218,13 +219,13 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (out, state) =
-                    flex::add_layer_norm(&x, &residual, &gamma, &beta, eps, prob, seed, true);
+                    flex::add_layer_norm(x, &residual, &gamma, &beta, eps, prob, seed, true);
                 let state = state.expect("state was asked for");
                 prep.finish((state, gamma, prob, seed), out)
             }
             OpsKind::UnTracked(prep) => {
                 let (out, _) =
-                    flex::add_layer_norm(&x, &residual, &gamma, &beta, eps, prob, seed, false);
+                    flex::add_layer_norm(x, &residual, &gamma, &beta, eps, prob, seed, false);
                 prep.finish(out)
             }
         }

@@ -35,8 +35,22 @@ pub(crate) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     )
 }
 
+/// `x` as a buffer the kernel may overwrite with its output, when `x` is the only owner of a
+/// contiguous buffer of exactly its elements (at inference every producer's output is consumed
+/// once): no allocation and no zero-fill. `Err(x)` when the values are shared or strided.
+fn sole_buffer(mut x: FlexTensor) -> Result<FlexTensor, FlexTensor> {
+    let whole = x.is_contiguous()
+        && x.layout().start_offset() == 0
+        && x.bytes().len() == x.shape().num_elements() * std::mem::size_of::<f32>();
+    if whole && x.try_storage_mut::<f32>().is_some() {
+        Ok(x)
+    } else {
+        Err(x)
+    }
+}
+
 vectorised!(dropout_span_v => dropout_span, (out: &mut [f32], x: &[f32], mask: &KeepMask, base: usize));
-vectorised!(bias_gelu_rows_v => bias_gelu_rows::<MulAdd>, (out: &mut [f32], x: &[f32], bias: &[f32]));
+vectorised!(bias_gelu_rows_v => bias_gelu_rows::<MulAdd>, (out: &mut [f32], x: Option<&[f32]>, bias: &[f32]));
 vectorised!(bias_gelu_backward_rows_v => bias_gelu_backward_rows::<MulAdd>, (
     dx: &mut [f32], x: &[f32], grad: &[f32], bias: &[f32], partial: &mut [f32],
 ));
@@ -49,7 +63,7 @@ vectorised!(softmax_backward_rows_v => softmax_backward_rows, (
 ));
 vectorised!(norm_rows_v => norm_rows, (
     norm: &Norm<'_>, base: usize, out: &mut [f32], normalised: Option<&mut [f32]>,
-    inverse_std: &mut [f32], x: &[f32], residual: &[f32],
+    inverse_std: &mut [f32], x: Option<&[f32]>, residual: &[f32],
 ));
 vectorised!(norm_backward_rows_v => norm_backward_rows, (
     out: &mut [f32], xhat: &[f32], grad: &[f32], gamma: &[f32], inverse_std: &[f32],
@@ -134,24 +148,47 @@ fn dropout_span(out: &mut [f32], x: &[f32], mask: &KeepMask, base: usize) {
     }
 }
 
-/// `gelu(x + bias)`, the bias broadcast over the last axis.
-pub fn bias_gelu(x: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
-    let (values, bias_values) = (contiguous(x), contiguous(bias));
+/// `gelu(x + bias)`, the bias broadcast over the last axis; in `x`'s own buffer when it has
+/// the only one.
+pub fn bias_gelu(x: FlexTensor, bias: &FlexTensor) -> FlexTensor {
+    let bias_values = contiguous(bias);
     let width = bias_values.len();
+    let task = (CHUNK / width).max(1) * width;
+    let x = match sole_buffer(x) {
+        Ok(mut x) => {
+            x.storage_mut::<f32>()
+                .par_chunks_mut(task)
+                .for_each(|out| bias_gelu_rows_v(out, None, &bias_values));
+            return x;
+        }
+        Err(x) => x,
+    };
+    let values = contiguous(&x);
     let mut out = vec![0.0f32; values.len()];
-    let rows_per_task = (CHUNK / width).max(1);
-    out.par_chunks_mut(rows_per_task * width)
-        .zip(values.par_chunks(rows_per_task * width))
-        .for_each(|(out, x)| bias_gelu_rows_v(out, x, &bias_values));
+    out.par_chunks_mut(task)
+        .zip(values.par_chunks(task))
+        .for_each(|(out, x)| bias_gelu_rows_v(out, Some(x), &bias_values));
     tensor(out, x.shape())
 }
 
+/// `out = gelu(x + bias)` row by row; `x` `None`: `out` holds `x` on entry.
 #[inline(always)]
-fn bias_gelu_rows<M: MulAdd>(out: &mut [f32], x: &[f32], bias: &[f32]) {
+fn bias_gelu_rows<M: MulAdd>(out: &mut [f32], x: Option<&[f32]>, bias: &[f32]) {
     let width = bias.len();
-    for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-        for ((o, &x), &b) in out.iter_mut().zip(x).zip(bias) {
-            *o = gelu_with::<M>(x + b);
+    match x {
+        Some(x) => {
+            for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                for ((o, &x), &b) in out.iter_mut().zip(x).zip(bias) {
+                    *o = gelu_with::<M>(x + b);
+                }
+            }
+        }
+        None => {
+            for out in out.chunks_exact_mut(width) {
+                for (o, &b) in out.iter_mut().zip(bias) {
+                    *o = gelu_with::<M>(*o + b);
+                }
+            }
         }
     }
 }
@@ -416,10 +453,11 @@ pub struct NormState {
     pub inverse_std: Vec<f32>,
 }
 
-/// `LayerNorm(dropout(x) + residual)` over the last axis: `(output, state for backward)`.
+/// `LayerNorm(dropout(x) + residual)` over the last axis: `(output, state for backward)`; the
+/// output in `x`'s own buffer when it has the only one.
 #[allow(clippy::too_many_arguments)]
 pub fn add_layer_norm(
-    x: &FlexTensor,
+    x: FlexTensor,
     residual: &FlexTensor,
     gamma: &FlexTensor,
     beta: &FlexTensor,
@@ -434,51 +472,51 @@ pub fn add_layer_norm(
         residual.shape(),
         "layer norm: input and residual differ in shape"
     );
-    let (x, residual, gamma, beta) = (
-        contiguous(x),
-        contiguous(residual),
-        contiguous(gamma),
-        contiguous(beta),
-    );
+    let (residual, gamma, beta) = (contiguous(residual), contiguous(gamma), contiguous(beta));
     let width = gamma.len();
-    let rows = x.len() / width;
+    let elements = shape.num_elements();
+    let rows = elements / width;
     let norm = Norm {
         gamma: &gamma,
         beta: &beta,
         eps,
         keep: (prob > 0.0).then(|| KeepMask::new(prob, seed)),
     };
-    let mut out = vec![0.0f32; x.len()];
-    let mut normalised = vec![0.0f32; if keep_state { x.len() } else { 0 }];
+    // In place: `out` holds x already; else a fresh buffer and x read beside it.
+    let (mut out, x) = match sole_buffer(x) {
+        Ok(x) => (x, None),
+        Err(x) => (tensor(vec![0.0f32; elements], shape.clone()), Some(x)),
+    };
+    let x_values = x.as_ref().map(contiguous);
+    let mut normalised = keep_state.then(|| vec![0.0f32; elements]);
     let mut inverse_std = vec![0.0f32; rows];
     let rows_per_task = (CHUNK / width).max(MIN_ROWS);
     let task = rows_per_task * width;
-    let inputs = x.par_chunks(task).zip(residual.par_chunks(task));
-    if keep_state {
-        out.par_chunks_mut(task)
-            .zip(normalised.par_chunks_mut(task))
-            .zip(inverse_std.par_chunks_mut(rows_per_task))
-            .zip(inputs)
-            .enumerate()
-            .for_each(|(t, (((out, normalised), inverse_std), (x, residual)))| {
-                let base = t * task;
-                norm_rows_v(&norm, base, out, Some(normalised), inverse_std, x, residual)
-            });
-    } else {
-        out.par_chunks_mut(task)
-            .zip(inverse_std.par_chunks_mut(rows_per_task))
-            .zip(inputs)
-            .enumerate()
-            .for_each(|(t, ((out, inverse_std), (x, residual)))| {
-                let base = t * task;
-                norm_rows_v(&norm, base, out, None, inverse_std, x, residual)
-            });
-    }
-    let state = keep_state.then(|| NormState {
-        normalised: tensor(normalised, shape.clone()),
+    let mut normalised_spans: Vec<Option<&mut [f32]>> = match normalised.as_mut() {
+        Some(values) => values.chunks_mut(task).map(Some).collect(),
+        None => Vec::new(),
+    };
+    normalised_spans.resize_with(elements.div_ceil(task), || None);
+    let spans: Vec<_> = out
+        .storage_mut::<f32>()
+        .chunks_mut(task)
+        .zip(normalised_spans)
+        .zip(inverse_std.chunks_mut(rows_per_task))
+        .enumerate()
+        .collect();
+    spans
+        .into_par_iter()
+        .for_each(|(t, ((out, normalised), inverse_std))| {
+            let base = t * task;
+            let x = x_values.as_deref().map(|x| &x[base..base + out.len()]);
+            let residual = &residual[base..base + out.len()];
+            norm_rows_v(&norm, base, out, normalised, inverse_std, x, residual)
+        });
+    let state = normalised.map(|normalised| NormState {
+        normalised: tensor(normalised, shape),
         inverse_std,
     });
-    (tensor(out, shape), state)
+    (out, state)
 }
 
 /// One layer-norm pass's constants.
@@ -489,8 +527,9 @@ struct Norm<'a> {
     keep: Option<KeepMask>,
 }
 
-/// The rows of a span starting at element `base`: `out` gets the output, `normalised` (when
-/// kept) the normalised rows, `inverse_std` each row's 1 / std.
+/// The rows of a span starting at element `base`: `out` gets the output (`x` `None`: `out`
+/// holds `x` on entry), `normalised` (when kept) the normalised rows, `inverse_std` each row's
+/// 1 / std.
 #[inline(always)]
 fn norm_rows(
     norm: &Norm<'_>,
@@ -498,20 +537,30 @@ fn norm_rows(
     out: &mut [f32],
     mut normalised: Option<&mut [f32]>,
     inverse_std: &mut [f32],
-    x: &[f32],
+    x: Option<&[f32]>,
     residual: &[f32],
 ) {
     let width = norm.gamma.len();
-    match &norm.keep {
-        Some(keep) => {
+    match (&norm.keep, x) {
+        (Some(keep), Some(x)) => {
             dropout_span(out, x, keep, base);
             for (o, &r) in out.iter_mut().zip(residual) {
                 *o += r;
             }
         }
-        None => {
+        (Some(keep), None) => {
+            for (i, (o, &r)) in out.iter_mut().zip(residual).enumerate() {
+                *o = *o * keep.factor(base + i) + r;
+            }
+        }
+        (None, Some(x)) => {
             for ((o, &x), &r) in out.iter_mut().zip(x).zip(residual) {
                 *o = x + r;
+            }
+        }
+        (None, None) => {
+            for (o, &r) in out.iter_mut().zip(residual) {
+                *o += r;
             }
         }
     }

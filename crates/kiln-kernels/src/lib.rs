@@ -85,7 +85,7 @@ impl KernelBackend for Flex {
     }
 
     fn kiln_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        flex::bias_gelu(&x, &bias)
+        flex::bias_gelu(x, &bias)
     }
 
     fn kiln_attention_probs(
@@ -118,7 +118,7 @@ impl KernelBackend for Flex {
         prob: f32,
         seed: u64,
     ) -> FloatTensor<Self> {
-        flex::add_layer_norm(&x, &residual, &gamma, &beta, eps, prob, seed, false).0
+        flex::add_layer_norm(x, &residual, &gamma, &beta, eps, prob, seed, false).0
     }
 }
 

@@ -256,8 +256,30 @@ fn kernels_without_autodiff_match_the_autodiff_forward() {
     assert_close(
         "bias gelu",
         bias_gelu(x.clone(), Some(bias.clone())),
-        gelu(x.clone() + bias.unsqueeze::<2>()),
+        gelu(x.clone() + bias.clone().unsqueeze::<2>()),
     );
+    // A freshly computed input is the only owner of its buffer: the kernels then write their
+    // output over it, with and without dropout.
+    let fresh = |t: &Tensor<2>| t.clone() * 1.0;
+    assert_close(
+        "bias gelu in place",
+        bias_gelu(fresh(&x), Some(bias.clone())),
+        gelu(x.clone() + bias.clone().unsqueeze::<2>()),
+    );
+    let residual = normal([5, 33], &device);
+    let norm = norm_with(normal([33], &device), normal([33], &device), 1e-5);
+    for prob in [0.0, 0.3] {
+        let kept = if prob > 0.0 {
+            x.clone() * mask([5, 33], prob, 8, &device)
+        } else {
+            x.clone()
+        };
+        assert_close(
+            "add + layer norm in place",
+            add_layer_norm_seeded(fresh(&x), residual.clone(), &norm, 1e-5, prob, 8),
+            norm.forward(kept + residual.clone()),
+        );
+    }
     let scores = normal([1, 2, 5, 7], &device);
     let mask = Tensor::<4>::zeros([1, 1, 1, 7], &device);
     assert_close(
