@@ -4,7 +4,10 @@
 # (target/gpu-bundle: release `kiln`, `kiln_step` and parity-test binaries built with wgpu, the
 # Vulkan loader packages, the tiny fixtures, the anchor script).
 #
-#   scripts/gpu-check.sh OUT_DIR [BUNDLE_DIR]
+#   scripts/gpu-check.sh OUT_DIR [BUNDLE_DIR | BUNDLE.tar.xz]
+#
+# The bundle defaults to target/gpu-bundle, else target/gpu-bundle.tar.xz (the form that is
+# carried to the device machine; it is unpacked into a temporary folder).
 #
 # It runs (1) the parity tests on wgpu (kiln's BERT, GPT-2 and M2-BERT against transformers'
 # outputs), (2) `kiln_step` full / LoRA training steps and a full inference batch on wgpu at
@@ -16,9 +19,16 @@
 # on the CPU.
 set -uo pipefail
 
-out=${1:?usage: scripts/gpu-check.sh OUT_DIR [BUNDLE_DIR]}
+out=${1:?usage: scripts/gpu-check.sh OUT_DIR [BUNDLE_DIR | BUNDLE.tar.xz]}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bundle=${2:-$here/target/gpu-bundle}
+if [ ! -d "$bundle" ] && [ -z "${2:-}" ]; then bundle=$here/target/gpu-bundle.tar.xz; fi
+if [ -f "$bundle" ]; then
+  unpacked=$(mktemp -d)
+  trap 'rm -rf "$unpacked"' EXIT
+  tar -xJf "$bundle" -C "$unpacked" || { echo "cannot unpack $bundle" >&2; exit 2; }
+  bundle=$unpacked/gpu-bundle
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 started=$(date +%s)

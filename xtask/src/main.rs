@@ -421,8 +421,6 @@ const ANCHOR_MODELS: [AnchorModel; 2] = [
         batch: 8,
     },
 ];
-/// The box's fp32 matrix-product peak, GFLOP/s (measured with the gemm kernels both engines use).
-const MATMUL_PEAK_GFLOPS: f64 = 180.0;
 
 struct AnchorModel {
     label: &'static str,
@@ -431,7 +429,7 @@ struct AnchorModel {
     batch: usize,
 }
 /// Each engine runs each case this many times, alternating, so that drift hits both alike.
-const ANCHOR_ROUNDS: usize = 2;
+const ANCHOR_ROUNDS: usize = 4;
 /// The speed kiln aims for: this many times PyTorch's tokens per second.
 const ANCHOR_TARGET: f64 = 1.1;
 
@@ -501,20 +499,24 @@ fn bench(
     let summary = serde_json::json!({
         "machine": machine(),
         "criterion": rows,
-        "anchor": anchor_rows,
+        "anchor": anchor_rows.as_ref().map(|(rows, _)| rows),
+        "matmul_peak_gflops": anchor_rows.as_ref().map(|(_, peak)| peak),
         "plan": plan_rows,
     });
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
-    let mut markdown = summary_markdown(&rows, anchor_rows.as_deref());
+    let anchor = anchor_rows
+        .as_ref()
+        .map(|(rows, peak)| (rows.as_slice(), *peak));
+    let mut markdown = summary_markdown(&rows, anchor);
     if let Some(plan) = &plan_rows {
         markdown.push_str(&plan_markdown(plan));
     }
     std::fs::write(out.join("summary.md"), &markdown)?;
-    if let Some(anchor) = anchor_rows.as_deref() {
-        std::fs::write(out.join("anchor.md"), summary_markdown(&[], Some(anchor)))?;
+    if anchor.is_some() {
+        std::fs::write(out.join("anchor.md"), summary_markdown(&[], anchor))?;
     }
     println!(
         "{markdown}\nwritten to {}",
@@ -588,11 +590,22 @@ fn read_criterion(dir: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(rows)
 }
 
-/// Runs every anchor case on both engines and returns one row per case.
-fn run_anchor(assets: &Assets, out: &Path) -> Result<Vec<serde_json::Value>> {
+/// The box's fp32 matrix-product rate in GFLOP/s as PyTorch's BLAS reaches it
+/// (`anchor.py --matmul-peak`): measured in the run, since a shared machine's speed drifts.
+fn matmul_peak(python: &Path, script: &Path) -> Result<f64> {
+    let result = json_line(Command::new(python).arg(script).arg("--matmul-peak"))?;
+    result["matmul_gflops"]
+        .as_f64()
+        .context("anchor.py --matmul-peak printed no matmul_gflops")
+}
+
+/// Runs every anchor case on both engines and returns one row per case, and the matrix-product
+/// peak the shares of peak divide by (the better of a reading before and one after the cases).
+fn run_anchor(assets: &Assets, out: &Path) -> Result<(Vec<serde_json::Value>, f64)> {
     let python = anchor_venv()?;
     let kiln_step = target_dir().join("release/kiln_step");
     let script = workspace_root().join("benches/anchor/anchor.py");
+    let peak_before = matmul_peak(&python, &script)?;
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for model in &ANCHOR_MODELS {
@@ -620,14 +633,14 @@ fn run_anchor(assets: &Assets, out: &Path) -> Result<Vec<serde_json::Value>> {
             let (k, t) = (pooled(&kiln), pooled(&torch));
             let speed = t.median_ms / k.median_ms;
             let flops = kiln.first().and_then(|r| r["step_flops"].as_f64());
-            let share = |ms: f64| flops.map(|f| f / (ms / 1e3) / 1e9 / MATMUL_PEAK_GFLOPS);
+            let gflops = |ms: f64| flops.map(|f| f / (ms / 1e3) / 1e9);
             // Training must be 1.1x PyTorch; inference 1.0x.
             let target = if mode == "train" { ANCHOR_TARGET } else { 1.0 };
             rows.push(serde_json::json!({
                 "model": model.label,
                 "case": format!("{method} {mode}"),
-                "kiln_share_of_peak": share(k.median_ms),
-                "pytorch_share_of_peak": share(t.median_ms),
+                "kiln_gflops": gflops(k.median_ms),
+                "pytorch_gflops": gflops(t.median_ms),
                 "kiln_ms": k.median_ms,
                 "pytorch_ms": t.median_ms,
                 "kiln_tokens_per_second": k.tokens_per_second,
@@ -641,11 +654,20 @@ fn run_anchor(assets: &Assets, out: &Path) -> Result<Vec<serde_json::Value>> {
             raw.extend(kiln.into_iter().chain(torch));
         }
     }
+    let peak = peak_before.max(matmul_peak(&python, &script)?);
+    for row in &mut rows {
+        for engine in ["kiln", "pytorch"] {
+            let share = row[format!("{engine}_gflops")].as_f64().map(|g| g / peak);
+            row[format!("{engine}_share_of_peak")] = serde_json::json!(share);
+        }
+    }
     std::fs::write(
         out.join("anchor.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"rows": rows, "runs": raw}))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"rows": rows, "matmul_peak_gflops": peak, "runs": raw}),
+        )?,
     )?;
-    Ok(rows)
+    Ok((rows, peak))
 }
 
 /// The anchor's Python: a virtual environment in `$KILN_HOME/anchor-venv` with the pinned
@@ -732,9 +754,13 @@ fn pooled(runs: &[serde_json::Value]) -> Pooled {
     }
 }
 
-fn summary_markdown(rows: &[serde_json::Value], anchor: Option<&[serde_json::Value]>) -> String {
+/// The benchmark report; `anchor`: the side-by-side rows and the matrix-product peak.
+fn summary_markdown(
+    rows: &[serde_json::Value],
+    anchor: Option<(&[serde_json::Value], f64)>,
+) -> String {
     let mut md = format!("# kiln benchmarks\n\nMachine: {}.\n", machine());
-    if let Some(anchor) = anchor {
+    if let Some((anchor, peak)) = anchor {
         md.push_str(&format!(
             "\n## Against PyTorch + peft (same machine, same run)\n\n\
              The real all-MiniLM-L6-v2 at batch 16 x 128, and BERT-base's shape (random \
@@ -742,7 +768,8 @@ fn summary_markdown(rows: &[serde_json::Value], anchor: Option<&[serde_json::Val
              {ANCHOR_ROUNDS} x 5 steps per engine. Target: kiln at least {ANCHOR_TARGET}x \
              PyTorch's tokens/s when training, 1.0x at inference, with peak memory at or below \
              PyTorch's. Share of peak: the step's matrix-product FLOPs (`kiln plan`) per second \
-             over the box's {MATMUL_PEAK_GFLOPS} GFLOP/s.\n\n\
+             over the box's fp32 product rate in this run, {peak:.0} GFLOP/s (PyTorch's BLAS \
+             at 2048^3, the better of a reading before and one after the cases).\n\n\
              | model | case | kiln ms | PyTorch ms | kiln tok/s | PyTorch tok/s | kiln / PyTorch speed | kiln / PyTorch share of peak | kiln peak MiB | PyTorch peak MiB | target met |\n\
              |---|---|---|---|---|---|---|---|---|---|---|\n"
         ));
@@ -931,16 +958,34 @@ fn gpu_bundle() -> Result<()> {
         workspace_root().join("benches/anchor/anchor.py"),
         bundle.join("anchor/anchor.py"),
     )?;
-    let size = tree_size(&bundle)?;
+    // The binaries are large (Burn, wgpu and cubecl: about 70 MiB each, stripped) but compress
+    // well: the device machine takes the bundle as one xz archive.
+    let archive = target_dir().join("gpu-bundle.tar.xz");
+    require_tool("xz", "compress the GPU bundle")?;
+    run(
+        Command::new("tar")
+            .env("XZ_OPT", "-6 -T2")
+            .arg("-cJf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(target_dir())
+            .arg("gpu-bundle"),
+        "tar -cJf gpu-bundle.tar.xz",
+    )?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let (unpacked, packed) = (tree_size(&bundle)?, std::fs::metadata(&archive)?.len());
     println!(
-        "gpu bundle: {} ({:.1} MiB); on the GPU machine: scripts/gpu-check.sh OUT_DIR",
+        "gpu bundle: {} ({:.1} MiB), archived as {} ({:.1} MiB); on the GPU machine: \
+         scripts/gpu-check.sh OUT_DIR target/gpu-bundle.tar.xz",
         bundle.display(),
-        size as f64 / (1024.0 * 1024.0)
+        mib(unpacked),
+        archive.display(),
+        mib(packed)
     );
-    if size > GPU_BUNDLE_LIMIT {
+    if packed > GPU_BUNDLE_LIMIT {
         bail!(
-            "the bundle is {:.1} MiB, over the device machine's 64 MiB",
-            size as f64 / (1024.0 * 1024.0)
+            "the bundle's archive is {:.1} MiB, over the device machine's 64 MiB",
+            mib(packed)
         );
     }
     Ok(())
