@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::tunable::linear_rows;
+use crate::tunable::{linear_rows, peft_kaiming_uniform};
 
 /// How a fresh adapter's weights start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,13 +111,7 @@ impl AdapterConfig {
         let m = self.bottleneck;
         let (down, up) = match self.init {
             AdapterInit::NearIdentity => (small_normal(), small_normal()),
-            AdapterInit::Lora => (
-                Initializer::KaimingUniform {
-                    gain: 1.0 / 5f64.sqrt(),
-                    fan_out_only: false,
-                },
-                Initializer::Zeros,
-            ),
+            AdapterInit::Lora => (peft_kaiming_uniform(), Initializer::Zeros),
         };
         let linear = |d_in, d_out, init: Initializer| {
             let mut layer = LinearConfig::new(d_in, d_out)

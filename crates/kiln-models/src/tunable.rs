@@ -42,6 +42,15 @@ pub enum LoraRouting {
     PerExample(Vec<Option<usize>>),
 }
 
+/// peft's `kaiming_uniform_(A, a=sqrt(5))`, uniform in ±1/sqrt(fan_in): torch's gain for
+/// `a = sqrt(5)` is sqrt(2 / (1 + 5)) = 1/sqrt(3), and Burn's bound is gain * sqrt(3 / fan_in).
+pub fn peft_kaiming_uniform() -> Initializer {
+    Initializer::KaimingUniform {
+        gain: 1.0 / 3f64.sqrt(),
+        fan_out_only: false,
+    }
+}
+
 /// Settings of one LoRA delta.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LowRankConfig {
@@ -160,15 +169,12 @@ impl TunableLinear {
         }
     }
 
-    /// Fills the low-rank slot with a fresh delta (`A` Kaiming-uniform as in peft, `B` zero).
+    /// Fills the low-rank slot with a fresh delta (`A` uniform in ±1/sqrt(d_in) as peft's
+    /// Kaiming-uniform, `B` zero).
     pub fn add_lora(&mut self, config: LowRankConfig) {
         let device = self.weight.lazy_device();
         let (d_in, d_out) = (self.d_in(), self.d_out());
-        let a = Initializer::KaimingUniform {
-            gain: 1.0 / 5f64.sqrt(),
-            fan_out_only: false,
-        }
-        .init_with([d_in, config.rank], Some(d_in), None, &device);
+        let a = peft_kaiming_uniform().init_with([d_in, config.rank], Some(d_in), None, &device);
         let b = Initializer::Zeros.init([config.rank, d_out], &device);
         self.lora = Some(LowRankDelta {
             a,
@@ -276,4 +282,33 @@ fn as_rows<const D: usize>(input: Tensor<D>) -> Tensor<2> {
     let width = dims[D - 1];
     let rows = dims[..D - 1].iter().product();
     input.reshape([rows, width])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_a_is_uniform_within_peft_bound() {
+        let device = Device::flex();
+        let mut layer = TunableLinear::new(768, 64, &device);
+        layer.add_lora(LowRankConfig {
+            rank: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+        });
+        let a = layer.lora.as_ref().expect("a delta").a.val();
+        let values = a
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        let bound = 1.0 / 768f32.sqrt();
+        let largest = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // 6144 uniform draws: the largest lies within 1% of the bound, never beyond it.
+        assert!(
+            largest <= bound && largest > 0.99 * bound,
+            "{largest} vs {bound}"
+        );
+    }
 }
