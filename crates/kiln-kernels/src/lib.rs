@@ -277,7 +277,9 @@ pub fn attention(
     dropout_layer: &Dropout,
 ) -> Tensor<4> {
     // Off autodiff there is no dropout (Burn's rule) and no backward to keep probabilities for.
-    if !(fused(&query) && fused(&key) && fused(&value) && !query.device().is_autodiff()) {
+    // Empty axes take Burn's ops, which define them.
+    let empty = query.dims().contains(&0) || key.dims().contains(&0);
+    if empty || !(fused(&query) && fused(&key) && fused(&value) && !query.device().is_autodiff()) {
         let scores = matmul(query, key.swap_dims(2, 3));
         return matmul(attention_probs(scores, mask, scale, dropout_layer), value);
     }

@@ -325,6 +325,11 @@ fn inference_attention_matches_burn_with_strided_heads_and_masks() {
         };
         assert_close("merged context", merge(fused_out), merge(expected));
     }
+    // No queries: an empty context, as Burn's ops give.
+    let empty = |len| heads_of(normal([batch, len, heads * head_dim], &device), heads);
+    let mask = Tensor::<4>::zeros([batch, 1, 1, 5], &device);
+    let out = kiln_kernels::attention(empty(0), empty(5), empty(5), &mask, 0.35, &no_dropout);
+    assert_eq!(out.dims(), [batch, heads, 0, head_dim]);
 }
 
 #[test]
