@@ -1,9 +1,10 @@
 //! Run-time selection of vector extensions for the kernels' loops.
 
-/// `vectorised!(vis name => helper, (args))` defines `vis fn name(args)`, which runs the `#[inline(always)]`
-/// `helper` compiled for AVX-512 or AVX2 + FMA when the CPU has them (detected once, cached by
-/// std), else for the baseline. The helpers' loops are written to vectorise; compiled for the
-/// baseline alone (SSE2) they would use a quarter of an AVX-512 register.
+/// `vectorised!(vis name => helper, (args))` defines `vis fn name(args)`, which runs the
+/// `#[inline(always)]` `helper` compiled for AVX-512 or AVX2 + FMA when the CPU has them
+/// (detected once, cached by std), else for the baseline. The helpers' loops are written to
+/// vectorise; compiled for the baseline alone (SSE2) they would use a quarter of an AVX-512
+/// register.
 macro_rules! vectorised {
     ($vis:vis $name:ident => $helper:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
         vectorised!(@emit $vis $name, ($($arg: $ty),*),

@@ -300,7 +300,8 @@ fn heads_of(x: Tensor<3>, heads: usize) -> Tensor<4> {
 fn inference_attention_matches_burn_with_strided_heads_and_masks() {
     let device = Device::flex();
     let (batch, heads, queries, head_dim) = (3, 4, 9, 8);
-    let no_dropout = DropoutConfig::new(0.1).init();
+    // Dropout is inactive off autodiff (Burn's rule): the kernel path takes none.
+    let inactive_dropout = DropoutConfig::new(0.1).init();
     // Keys longer than queries (a prefix), a padding mask and a full per-query mask.
     for (keys, mask_shape) in [(9, [3, 1, 1, 9]), (13, [3, 1, 9, 13]), (13, [1, 4, 9, 13])] {
         let query = heads_of(normal([batch, queries, heads * head_dim], &device), heads);
@@ -313,7 +314,7 @@ fn inference_attention_matches_burn_with_strided_heads_and_masks() {
             value.clone(),
             &mask,
             0.35,
-            &no_dropout,
+            &inactive_dropout,
         );
         let scores = query.matmul(key.swap_dims(2, 3)) * 0.35 + mask;
         let expected = softmax(scores, 3).matmul(value);
@@ -328,7 +329,7 @@ fn inference_attention_matches_burn_with_strided_heads_and_masks() {
     // No queries: an empty context, as Burn's ops give.
     let empty = |len| heads_of(normal([batch, len, heads * head_dim], &device), heads);
     let mask = Tensor::<4>::zeros([batch, 1, 1, 5], &device);
-    let out = kiln_kernels::attention(empty(0), empty(5), empty(5), &mask, 0.35, &no_dropout);
+    let out = kiln_kernels::attention(empty(0), empty(5), empty(5), &mask, 0.35, &inactive_dropout);
     assert_eq!(out.dims(), [batch, heads, 0, head_dim]);
 }
 
