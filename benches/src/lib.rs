@@ -17,7 +17,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_models::{Backbone, BertConfig, BertInput, HeadConfig, Readout, SequenceClassifier};
 use kiln_train::trainer::adamw;
 use kiln_train::transforms::clip_global_norm;
-use kiln_tuning::{MethodConfig, MethodOptions, ParamReport};
+use kiln_tuning::{MethodConfig, ParamReport};
 
 /// The batch shape of every step benchmark and of the PyTorch anchor: 16 sequences of 128.
 pub const BATCH: usize = 16;
@@ -74,7 +74,7 @@ pub fn classifier(
     method: &str,
     device: &Device,
 ) -> Result<(SequenceClassifier, ParamReport)> {
-    let config = MethodConfig::from_options(method, &MethodOptions::default())?;
+    let config = MethodConfig::parse(method, &[])?;
     let head = HeadConfig {
         layers: config.method().head_layers(),
         outputs: CLASSES,
@@ -83,11 +83,7 @@ pub fn classifier(
     let mut model = SequenceClassifier::new(backbone, Readout::Mean, head, device)?;
     if matches!(config, MethodConfig::Fusion(_)) {
         for name in ["first", "second"] {
-            let options = MethodOptions {
-                adapter_name: Some(name.into()),
-                ..MethodOptions::default()
-            };
-            MethodConfig::from_options("pfeiffer", &options)?
+            MethodConfig::parse("pfeiffer", &[("adapter-name", name)])?
                 .method()
                 .prepare(&mut model)?;
         }
@@ -181,9 +177,9 @@ pub fn infer(model: &SequenceClassifier, batch: &Batch) -> Vec<f32> {
 /// Every method a text classifier trains with (the registry without `fpt` and `icl`, which have
 /// their own commands).
 pub fn text_methods() -> Vec<&'static str> {
-    kiln_tuning::METHODS
-        .iter()
+    kiln_tuning::registry()
+        .into_iter()
+        .filter(|m| m.command.is_none())
         .map(|m| m.name)
-        .filter(|name| !matches!(*name, "fpt" | "icl"))
         .collect()
 }

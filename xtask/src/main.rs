@@ -817,32 +817,21 @@ fn summary_markdown(
     md
 }
 
-/// The methods whose training step `--plan` measures against `kiln plan`'s prediction.
-const PLAN_METHODS: [&str; 16] = [
-    "full",
-    "linear-probe",
-    "mlp-k",
-    "partial-k",
-    "bitfit",
-    "lora",
-    "houlsby",
-    "pfeiffer",
-    "parallel",
-    "adapter-drop",
-    "mam",
-    "side",
-    "prompt",
-    "prefix",
-    "p-tuning",
-    "p-tuning-v2",
-];
-
 /// Peak memory of one MiniLM training step per method, measured in a process of its own, beside
 /// what `kiln plan` predicts for it.
 fn check_plan(assets: &Assets) -> Result<Vec<serde_json::Value>> {
     let kiln_step = target_dir().join("release/kiln_step");
     let mut rows = Vec::new();
-    for method in PLAN_METHODS {
+    // Every registered method that trains from its defaults alone, as the registry lists them.
+    let listed = Command::new(&kiln_step)
+        .arg("--list-methods")
+        .output()
+        .with_context(|| format!("running {}", kiln_step.display()))?;
+    if !listed.status.success() {
+        bail!("{} --list-methods failed", kiln_step.display());
+    }
+    let methods = String::from_utf8(listed.stdout).context("kiln_step's method list")?;
+    for method in methods.lines() {
         println!("plan: {method}");
         let result = json_line(
             Command::new(&kiln_step)

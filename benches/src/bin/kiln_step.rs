@@ -48,11 +48,22 @@ struct Args {
     merged: bool,
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// Print the methods that train from their defaults alone, one per line, and exit.
+    #[arg(long)]
+    list_methods: bool,
 }
 
 fn main() -> Result<()> {
     kiln_train::memory::tune_allocator();
     let args = Args::parse();
+    if args.list_methods {
+        for method in kiln_tuning::registry() {
+            if method.command.is_none() && method.needs.is_none() {
+                println!("{}", method.name);
+            }
+        }
+        return Ok(());
+    }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -77,7 +88,7 @@ fn main() -> Result<()> {
         StepShape {
             batch: args.batch,
             seq: args.len,
-            virtual_tokens: MethodConfig::from_options(&args.method, &Default::default())?
+            virtual_tokens: MethodConfig::parse(&args.method, &[])?
                 .method()
                 .virtual_tokens(),
         },

@@ -14,7 +14,7 @@ use serde::Serialize;
 use kiln_models::DeviceChoice;
 use kiln_train::report::{ComparisonRow, html_page, markdown, mean_std, svg_plot};
 use kiln_train::trainer::write_json;
-use kiln_tuning::METHODS;
+use kiln_tuning::registry;
 
 use crate::runs::Launcher;
 use crate::train::TaskArgs;
@@ -65,6 +65,9 @@ pub struct CompareArgs {
     out: PathBuf,
 }
 
+/// In-context learning, the zero-training baseline, run as `kiln icl`.
+const ICL: &str = "icl";
+
 #[derive(Serialize)]
 struct CompareRun {
     method: String,
@@ -80,15 +83,19 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
     if args.methods.is_empty() || args.seeds == 0 {
         bail!("--methods and --seeds must name at least one run");
     }
-    for method in &args.methods {
-        if !METHODS.iter().any(|m| m.name == method) {
-            bail!("--methods: unknown method `{method}` (`kiln methods` lists them)");
-        }
-        if matches!(method.as_str(), "fusion" | "fpt") {
-            bail!(
-                "--methods: `{method}` needs more than defaults (fusion: trained adapters, fpt: a \
-                 non-language task); run it with `kiln train` / `kiln fpt`"
-            );
+    let methods = registry();
+    for name in &args.methods {
+        let Some(method) = methods.iter().find(|m| m.name == name) else {
+            bail!("--methods: unknown method `{name}` (`kiln methods` lists them)");
+        };
+        // In-context learning is the one method with a command of its own that compares here.
+        let reason = match (method.needs, method.command) {
+            (Some(needs), _) => Some(format!("needs {needs}; run it with `kiln train`")),
+            (None, Some(command)) if name != ICL => Some(format!("runs with `{command}`")),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            bail!("--methods: `{name}` needs more than its defaults: it {reason}");
         }
     }
     let launcher = Launcher::new(device, &args.model, &args.task)?;
@@ -100,7 +107,7 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
         let (mut seconds, mut peak) = (0.0, None::<f64>);
         for seed in args.seed..args.seed + args.seeds {
             let dir = args.out.join(format!("{method}-s{seed}"));
-            let summary = if method == "icl" {
+            let summary = if method == ICL {
                 let mut options = [
                     "--shots",
                     &args.icl_shots.to_string(),

@@ -6,16 +6,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args;
 
-use kiln_train::merge::save_merged;
-use kiln_train::peft::export_peft;
-use kiln_train::trainer::read_json;
-use kiln_tuning::MethodConfig;
-
-use crate::train::{RunConfig, load_run_model};
+use kiln_train::run::{export_run, merge_run};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -31,31 +26,7 @@ pub struct ExportArgs {
 }
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
-    let run: RunConfig = read_json(&args.run.join("run.json"))?;
-    if !matches!(
-        run.method,
-        MethodConfig::Lora(_)
-            | MethodConfig::Prompt(_)
-            | MethodConfig::Prefix(_)
-            | MethodConfig::PTuningV2(_)
-    ) {
-        bail!(
-            "{}: the run's method is `{}`; kiln export writes peft's LoRA, prompt-tuning and \
-             prefix-tuning formats",
-            args.run.display(),
-            run.method.name()
-        );
-    }
-    let (mut model, _) = load_run_model(&args.run, &run, device)?;
-    if let MethodConfig::Prefix(prefix) = &run.method {
-        // peft's adapter holds the prefixes themselves, as kiln keeps them after training.
-        model.fold_prefix_encoder(&prefix.name)?;
-    }
-    let base = args
-        .base_model
-        .clone()
-        .unwrap_or_else(|| run.model.display().to_string());
-    let written = export_peft(&model, &args.out, &base)?;
+    let (run, written) = export_run(&args.run, &args.out, args.base_model.as_deref(), device)?;
     println!(
         "peft {} adapter ({}, {} tensors{}) written to {}",
         run.method.name(),
@@ -82,9 +53,7 @@ pub struct MergeArgs {
 }
 
 pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
-    let run: RunConfig = read_json(&args.run.join("run.json"))?;
-    let (model, _) = load_run_model(&args.run, &run, device)?;
-    let written = save_merged(&model, &run.model, &args.out)?;
+    let written = merge_run(&args.run, &args.out, device)?;
     println!(
         "{} checkpoint ({} tensors, {} LoRA deltas merged) written to {}",
         written.architecture,

@@ -17,7 +17,9 @@ use kiln_train::icl::{DEFAULT_TEMPLATE, IclConfig, evaluate_icl};
 use kiln_train::memory::peak_rss_mib;
 use kiln_train::trainer::write_json;
 
-use crate::train::{RunSummary, TaskArgs};
+use kiln_train::run::RunSummary;
+
+use crate::train::TaskArgs;
 
 #[derive(Args, Serialize)]
 pub struct IclArgs {

@@ -5,6 +5,7 @@ mod encode;
 mod export;
 mod fpt;
 mod icl;
+mod method_flags;
 mod plan;
 mod pretrain;
 mod runs;
@@ -70,7 +71,7 @@ fn main() -> Result<()> {
     let device = cli.device.device()?;
     match cli.command {
         Command::Encode(args) => encode::run(args, cli.device, &device),
-        Command::Train(args) => train::train(*args, cli.device, &device),
+        Command::Train(args) => train::train(*args, cli.device),
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),
         Command::Compare(args) => compare::compare(*args, cli.device),
@@ -81,7 +82,7 @@ fn main() -> Result<()> {
         Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
         Command::Methods => {
-            train::methods();
+            method_flags::print_methods();
             Ok(())
         }
     }

@@ -4,15 +4,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args;
 
-use kiln_models::{HeadConfig, Pretrained, Readout, SequenceClassifier};
-use kiln_train::plan::{StepShape, plan};
-use kiln_tuning::MethodConfig;
+use kiln_train::run::plan_run;
 
-use crate::train::MethodArgs;
+use crate::method_flags::MethodFlags;
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -20,7 +18,7 @@ pub struct PlanArgs {
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
-    method: MethodArgs,
+    method: MethodFlags,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Tokens per example (the padded length).
@@ -35,38 +33,25 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: PlanArgs, device: &Device) -> Result<()> {
-    let options = args.method.options()?;
-    let method = MethodConfig::from_options(&args.method.method, &options)?;
-    // The architecture at random initialisation has the same shapes as the weights would.
-    let pretrained = Pretrained::random(&args.model, device)
-        .with_context(|| format!("reading the model in {}", args.model.display()))?;
-    let readout = match pretrained.backbone {
-        kiln_models::Backbone::Gpt2(..) => Readout::Last,
-        _ => Readout::Mean,
-    };
-    let head = HeadConfig {
-        layers: method.method().head_layers(),
-        outputs: args.outputs,
-        dropout: 0.1,
-    };
-    let model = SequenceClassifier::new(pretrained.backbone, readout, head, device)?;
-    let (model, report) = method.apply(model)?;
-    let shape = StepShape {
-        batch: args.batch_size,
-        seq: args.max_len,
-        virtual_tokens: method.method().virtual_tokens(),
-    };
-    let prediction = plan(&model, &report, shape)?;
+    let method = args.method.config()?;
+    let planned = plan_run(
+        &args.model,
+        &method,
+        args.batch_size,
+        args.max_len,
+        args.outputs,
+        device,
+    )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&prediction)?);
+        println!("{}", serde_json::to_string_pretty(&planned.plan)?);
     } else {
         println!(
             "{} on {}, method {}",
-            model.backbone_name(),
+            planned.backbone,
             args.model.display(),
-            method.label()
+            planned.method
         );
-        println!("{}", prediction.describe());
+        println!("{}", planned.plan.describe());
     }
     Ok(())
 }

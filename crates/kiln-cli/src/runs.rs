@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use kiln_models::DeviceChoice;
 use kiln_train::trainer::read_json;
 
-use crate::train::{RunSummary, TaskArgs};
+use kiln_train::run::RunSummary;
+
+use crate::train::TaskArgs;
 
 /// Launches `kiln train` runs of one model on one task.
 pub struct Launcher<'a> {

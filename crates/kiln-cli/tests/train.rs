@@ -14,27 +14,7 @@ fn path(p: &std::path::Path) -> &str {
 fn methods_lists_every_registered_method() {
     let (ok, stdout, stderr) = kiln(&["methods"]);
     assert!(ok, "{stderr}");
-    for name in [
-        "full",
-        "linear-probe",
-        "partial-k",
-        "mlp-k",
-        "bitfit",
-        "lora",
-        "houlsby",
-        "pfeiffer",
-        "parallel",
-        "fusion",
-        "adapter-drop",
-        "mam",
-        "side",
-        "prompt",
-        "prefix",
-        "p-tuning",
-        "p-tuning-v2",
-        "icl",
-        "fpt",
-    ] {
+    for name in kiln_tuning::registry().iter().map(|m| m.name) {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),
             "{name} missing:\n{stdout}"

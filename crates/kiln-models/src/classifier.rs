@@ -38,6 +38,17 @@ pub enum Readout {
     Last,
 }
 
+impl Readout {
+    /// The readout for `backbone` unless the user says otherwise: the mean for the bidirectional
+    /// encoders, the last token for GPT-2 (the only one that has read the whole text).
+    pub fn default_for(backbone: &Backbone) -> Self {
+        match backbone {
+            Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
+            Backbone::Gpt2(..) => Readout::Last,
+        }
+    }
+}
+
 impl FromStr for Readout {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self> {

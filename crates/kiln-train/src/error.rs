@@ -15,6 +15,29 @@ pub enum TrainError {
     Data(#[from] kiln_data::DataError),
     #[error(transparent)]
     Model(#[from] kiln_models::ModelError),
+    #[error(transparent)]
+    Tuning(#[from] kiln_tuning::TuningError),
+    /// An error with what was being done when it happened (`reading task data/x.csv`).
+    #[error("{context}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Adds what was being done to an error, as `anyhow::Context` does, for library code.
+pub trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| TrainError::Context {
+            context: what(),
+            source: Box::new(e),
+        })
+    }
 }
 
 impl TrainError {

@@ -19,6 +19,7 @@ pub mod peft;
 pub mod plan;
 pub mod pretrain;
 pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 pub mod transforms;
@@ -30,7 +31,7 @@ pub use checkpoint::{
     load_params, load_params_as, save_params, save_params_as, save_params_hf, write_atomically,
 };
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
-pub use error::{Result, TrainError};
+pub use error::{Context, Result, TrainError};
 pub use learner::{FeatureCache, Learner, TextTask};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};

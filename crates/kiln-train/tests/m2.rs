@@ -18,7 +18,7 @@ use kiln_models::{
     SequenceClassifier, TextTokenizer,
 };
 use kiln_train::{TaskData, TextTask, TrainConfig, Trainer, evaluate, save_params_hf};
-use kiln_tuning::{MethodConfig, MethodOptions};
+use kiln_tuning::MethodConfig;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -107,7 +107,7 @@ fn classifier(
         ..
     } = Pretrained::random(dir, device).expect("random M2");
     tokenizer.configure(32, PaddingSide::Right).expect("length");
-    let method = MethodConfig::from_options(method, &MethodOptions::default())?;
+    let method = MethodConfig::parse(method, &[])?;
     let head = HeadConfig {
         layers: method.method().head_layers(),
         outputs: 2,

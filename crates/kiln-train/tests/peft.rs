@@ -338,8 +338,7 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
     }
     // Modules transformers has no class for are refused.
     let mut model = classifier("bert-tiny");
-    let options = kiln_tuning::MethodOptions::default();
-    kiln_tuning::MethodConfig::from_options("pfeiffer", &options)
+    kiln_tuning::MethodConfig::parse("pfeiffer", &[])
         .expect("method")
         .method()
         .prepare(&mut model)
@@ -491,12 +490,9 @@ fn kiln_prompts_export_to_peft_with_kiln_outputs() {
 /// A GPT-2 classifier with P-tuning v2's deep prompts (3 rows per layer) in peft's layout.
 fn kiln_prefix(prefix_positions: bool) -> SequenceClassifier {
     let mut model = classifier("gpt2-tiny");
-    let options = kiln_tuning::MethodOptions {
-        prefix_len: Some(3),
-        prefix_positions: prefix_positions.then_some(true),
-        ..kiln_tuning::MethodOptions::default()
-    };
-    kiln_tuning::MethodConfig::from_options("p-tuning-v2", &options)
+    let positions = if prefix_positions { "true" } else { "false" };
+    let options = [("prefix-len", "3"), ("prefix-positions", positions)];
+    kiln_tuning::MethodConfig::parse("p-tuning-v2", &options)
         .expect("method")
         .method()
         .prepare(&mut model)
@@ -541,11 +537,7 @@ fn kiln_prefixes_export_to_peft_with_kiln_outputs() {
         .expect_err("refused")
         .to_string();
     assert!(error.contains("--prefix-positions"), "{error}");
-    let options = kiln_tuning::MethodOptions {
-        prefix_positions: Some(true),
-        ..kiln_tuning::MethodOptions::default()
-    };
-    let error = kiln_tuning::MethodConfig::from_options("p-tuning-v2", &options)
+    let error = kiln_tuning::MethodConfig::parse("p-tuning-v2", &[("prefix-positions", "true")])
         .expect("method")
         .method()
         .prepare(&mut classifier("bert-tiny"))

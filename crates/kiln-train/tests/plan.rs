@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use kiln_models::{DeviceChoice, HeadConfig, Pretrained, Readout, SequenceClassifier};
 use kiln_train::plan::{Plan, StepShape, plan};
-use kiln_tuning::{MethodConfig, MethodOptions};
+use kiln_tuning::MethodConfig;
 
 fn predict(method: &str, batch: usize, seq: usize) -> Plan {
     let device = DeviceChoice::Cpu.device().expect("CPU backend");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/bert-tiny");
     let pretrained = Pretrained::random(&dir, &device).expect("fixture");
-    let method = MethodConfig::from_options(method, &MethodOptions::default()).expect("method");
+    let method = MethodConfig::parse(method, &[]).expect("method");
     let head = HeadConfig {
         layers: method.method().head_layers(),
         outputs: 2,

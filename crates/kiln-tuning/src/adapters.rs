@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{Activation, AdapterConfig, AdapterInit, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
-use crate::method::MethodOptions;
+use crate::options::{MethodOption, show_name, show_or};
 
 /// Options of one bottleneck adapter; each method supplies its paper's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,16 +23,6 @@ pub struct BottleneckOptions {
     pub name: String,
 }
 
-/// The CLI flags [`BottleneckOptions::with_options`] reads.
-pub const BOTTLENECK_FLAGS: &[&str] = &[
-    "bottleneck",
-    "reduction-factor",
-    "adapter-activation",
-    "adapter-init",
-    "train-norms",
-    "adapter-name",
-];
-
 impl BottleneckOptions {
     pub fn new(reduction_factor: usize, activation: Activation, init: AdapterInit) -> Self {
         Self {
@@ -45,15 +35,55 @@ impl BottleneckOptions {
         }
     }
 
-    /// These defaults with the options the user gave.
-    pub fn with_options(mut self, options: &MethodOptions) -> Self {
-        self.bottleneck = options.bottleneck.or(self.bottleneck);
-        self.reduction_factor = options.reduction_factor.unwrap_or(self.reduction_factor);
-        self.activation = options.adapter_activation.unwrap_or(self.activation);
-        self.init = options.adapter_init.unwrap_or(self.init);
-        self.train_norms = options.train_norms.unwrap_or(self.train_norms);
-        self.name = options.adapter_name.clone().unwrap_or(self.name);
-        self
+    /// The options of a method whose config holds its adapter at `adapter` / `adapter_mut`.
+    pub fn options<C: 'static>(
+        adapter: fn(&C) -> &Self,
+        adapter_mut: fn(&mut C) -> &mut Self,
+    ) -> Vec<MethodOption<C>> {
+        vec![
+            MethodOption::new(
+                "bottleneck",
+                "M",
+                "adapter bottleneck width (overrides --reduction-factor)",
+                move |c| show_or(&adapter(c).bottleneck, "h / reduction factor"),
+                move |c, v| adapter_mut(c).bottleneck = Some(v),
+            ),
+            MethodOption::new(
+                "reduction-factor",
+                "F",
+                "bottleneck = hidden size / F",
+                move |c| adapter(c).reduction_factor.to_string(),
+                move |c, v| adapter_mut(c).reduction_factor = v,
+            ),
+            MethodOption::new(
+                "adapter-activation",
+                "relu|gelu|gelu_new|swish|tanh",
+                "adapter non-linearity",
+                move |c| show_name(&adapter(c).activation),
+                move |c, v| adapter_mut(c).activation = v,
+            ),
+            MethodOption::new(
+                "adapter-init",
+                "near-identity|lora",
+                "near-identity (Houlsby) or lora (up-projection zero)",
+                move |c| show_name(&adapter(c).init),
+                move |c, v| adapter_mut(c).init = v,
+            ),
+            MethodOption::new(
+                "train-norms",
+                "true|false",
+                "train the backbone's layer norms with the adapter",
+                move |c| adapter(c).train_norms.to_string(),
+                move |c, v| adapter_mut(c).train_norms = v,
+            ),
+            MethodOption::new(
+                "adapter-name",
+                "NAME",
+                "the name the adapter is held and saved under",
+                move |c| adapter(c).name.clone(),
+                move |c, v: String| adapter_mut(c).name = v,
+            ),
+        ]
     }
 
     /// `m` on a model of width `h`.

@@ -1,22 +1,20 @@
-//! What every method shares, and the registry that maps names to their configs.
+//! What every method shares: the [`Method`] trait the trainer and the run builder call, the
+//! [`Registered`] trait a method file implements to join the registry, and the `methods!` macro
+//! that turns the registry's lines (in [`crate::methods`]) into [`MethodConfig`], its serde form
+//! and the list `kiln methods` prints.
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use kiln_models::{FrozenCut, SequenceClassifier, TextTokenizer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use kiln_models::{Activation, AdapterInit, FrozenCut, SequenceClassifier};
-
-use crate::adapters::{BOTTLENECK_FLAGS, BottleneckOptions};
 use crate::error::{Result, TuningError};
-use crate::methods::{
-    AdapterDropConfig, BitFitConfig, FullConfig, FusionConfig, HoulsbyConfig, LinearProbeConfig,
-    LoraConfig, MamConfig, MlpConfig, PTuningConfig, PTuningV2Config, ParallelConfig,
-    PartialConfig, PfeifferConfig, PrefixTuningConfig, PromptTuningConfig, SideTuningConfig,
-};
-use crate::prompts::PromptInit;
+use crate::options::{MethodOption, OptionSpec};
 use crate::trainable::{ParamReport, set_trainable};
 
-/// A transfer method: which slots it fills and which parameters it trains.
+/// A transfer method: which slots it fills, which parameters it train, and what the run around
+/// it needs to know (learning rate, adapters to load first, folding after training, export).
 pub trait Method {
     /// Linear layers in the task head the method wants (mlp-k: `k`).
     fn head_layers(&self) -> usize {
@@ -26,6 +24,27 @@ pub trait Method {
     /// Virtual tokens the method adds to every input (they take positions too).
     fn virtual_tokens(&self) -> usize {
         0
+    }
+
+    /// The peak learning rate the method trains at unless the user gives one.
+    fn default_lr(&self) -> f64 {
+        1e-3
+    }
+
+    /// A label with the setting that tells runs of this method apart (`lora-r8`), if the name
+    /// alone does not.
+    fn label(&self) -> Option<String> {
+        None
+    }
+
+    /// Turns words the method was given into token ids (prompt initialisation from text).
+    fn tokenize(&mut self, _tokenizer: &TextTokenizer) -> Result<()> {
+        Ok(())
+    }
+
+    /// Directories of saved adapters the model must hold before [`Method::prepare`] (fusion).
+    fn saved_adapters(&self) -> &[PathBuf] {
+        &[]
     }
 
     /// Refuses options that do not fit `model` (a `k` above its depth, say).
@@ -47,403 +66,270 @@ pub trait Method {
     fn frozen_cut(&self, _model: &SequenceClassifier) -> Option<FrozenCut> {
         None
     }
+
+    /// Turns the trained model into the one that is evaluated, saved and exported (prefix
+    /// tuning folds its reparameterisation away).
+    fn after_fit(&self, _model: &mut SequenceClassifier) -> Result<()> {
+        Ok(())
+    }
+
+    /// The name of the adapter this method trains, if any: what a run saves on its own.
+    fn adapter_name(&self) -> Option<&str> {
+        None
+    }
+
+    /// The HF peft `peft_type` the trained method exports as, if peft has its format.
+    fn peft_type(&self) -> Option<&'static str> {
+        None
+    }
 }
 
-/// A registered method with its settings; serialised into run directories as
-/// `{"method": "lora", "rank": 8, ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
-pub enum MethodConfig {
-    Full(FullConfig),
-    LinearProbe(LinearProbeConfig),
-    PartialK(PartialConfig),
-    MlpK(MlpConfig),
-    Bitfit(BitFitConfig),
-    Lora(LoraConfig),
-    Houlsby(HoulsbyConfig),
-    Pfeiffer(PfeifferConfig),
-    Parallel(ParallelConfig),
-    Fusion(FusionConfig),
-    AdapterDrop(AdapterDropConfig),
-    Mam(MamConfig),
-    Side(SideTuningConfig),
-    Prompt(PromptTuningConfig),
-    Prefix(PrefixTuningConfig),
-    PTuning(PTuningConfig),
-    PTuningV2(PTuningV2Config),
+/// A method in the registry: its name, one line of summary, its options and defaults.
+pub trait Registered:
+    Method + Default + Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + 'static
+{
+    /// The registry name (`partial-k`), also the `"method"` tag of its serde form.
+    const NAME: &'static str;
+    /// One line for `kiln methods`, with the paper.
+    const SUMMARY: &'static str;
+    /// What the method needs beyond its defaults, if anything (fusion: trained adapters); such a
+    /// method cannot run in `kiln compare`, which gives every method its defaults.
+    const NEEDS: Option<&'static str> = None;
+
+    /// The options the method takes.
+    fn options() -> Vec<MethodOption<Self>> {
+        Vec::new()
+    }
 }
 
 /// One line of `kiln methods`.
+#[derive(Debug, Clone)]
 pub struct MethodInfo {
     pub name: &'static str,
     pub summary: &'static str,
-    /// CLI options the method takes, with defaults.
-    pub options: &'static str,
+    /// Its options, with the defaults shown.
+    pub options: Vec<OptionSpec>,
+    /// What it needs beyond its defaults (see [`Registered::NEEDS`]).
+    pub needs: Option<&'static str>,
+    /// Its default learning rate ([`Method::default_lr`]); `None` for a method that does not
+    /// train with `kiln train`.
+    pub default_lr: Option<f64>,
+    /// The command that runs it when `kiln train` does not (`kiln icl`).
+    pub command: Option<&'static str>,
 }
 
-/// Every registered method, in the order `kiln methods` lists them.
-pub const METHODS: &[MethodInfo] = &[
-    MethodInfo {
-        name: "full",
-        summary: "full fine-tuning: every parameter trains",
-        options: "",
-    },
-    MethodInfo {
-        name: "linear-probe",
-        summary: "frozen backbone, one linear layer on pooled features",
-        options: "",
-    },
-    MethodInfo {
-        name: "partial-k",
-        summary: "the last k layers (and what sits above them) plus the head train",
-        options: "--k K (2)",
-    },
-    MethodInfo {
-        name: "mlp-k",
-        summary: "frozen backbone, k-layer MLP head",
-        options: "--k K (2)",
-    },
-    MethodInfo {
-        name: "bitfit",
-        summary: "only bias terms (projections and layer norms) plus the head (Ben Zaken et al. 2022)",
-        options: "",
-    },
-    MethodInfo {
-        name: "lora",
-        summary: "low-rank deltas on chosen projections, mergeable (Hu et al. 2022)",
-        options: "--rank R (8) --alpha A (16) --lora-dropout P (0.1) --targets a,b (query,value | c_attn)",
-    },
-    MethodInfo {
-        name: "houlsby",
-        summary: "bottleneck adapters after attention and feed-forward, layer norms train (Houlsby et al. 2019)",
-        options: "--reduction-factor 16 | --bottleneck M, --adapter-activation swish, --adapter-init near-identity, --train-norms true, --adapter-name",
-    },
-    MethodInfo {
-        name: "pfeiffer",
-        summary: "one bottleneck adapter after each feed-forward (Pfeiffer et al. 2021)",
-        options: "--reduction-factor 16 | --bottleneck M, --adapter-activation relu, --adapter-init near-identity, --train-norms false, --adapter-name",
-    },
-    MethodInfo {
-        name: "parallel",
-        summary: "scaled adapter beside each feed-forward (He et al. 2022); --scale 1 is unscaled",
-        options: "--scale 4, --reduction-factor 2 | --bottleneck M, --adapter-activation relu, --adapter-init lora, --train-norms false, --adapter-name",
-    },
-    MethodInfo {
-        name: "fusion",
-        summary: "AdapterFusion: attention over frozen trained adapters (Pfeiffer et al. 2021)",
-        options: "--adapters DIR,DIR (saved adapters, e.g. RUN/adapter)",
-    },
-    MethodInfo {
-        name: "adapter-drop",
-        summary: "Pfeiffer adapters dropped from the lowest layers, robust training (Rücklé et al. 2021)",
-        options: "--drop-layers N (L/2, inference) --drop-max N (L-1, training), Pfeiffer's adapter options",
-    },
-    MethodInfo {
-        name: "mam",
-        summary: "prefix tuning plus a scaled parallel adapter (He et al. 2022)",
-        options: "--prefix-len 30, --scale 4, --reduction-factor 2 | --bottleneck M, --adapter-activation relu, --adapter-init lora, --adapter-name",
-    },
-    MethodInfo {
-        name: "side",
-        summary: "side-tuning: frozen backbone blended with a small side network (Zhang et al. 2020)",
-        options: "--side-width W (h) --side-alpha 0.5 --side-alpha-end A (fixed)",
-    },
-    MethodInfo {
-        name: "prompt",
-        summary: "prompt tuning: trained virtual tokens in front of the text (Lester et al. 2021)",
-        options: "--prompt-len 20, --prompt-init-text TEXT (sampled vocabulary), \
-                  --prompt-at-start (before [CLS], peft's layout)",
-    },
-    MethodInfo {
-        name: "prefix",
-        summary: "prefix tuning: MLP-reparameterised key/value prefixes, folded after training (Li and Liang 2021)",
-        options: "--prefix-len 20 --prefix-hidden 512, --adapter-name, --prefix-positions (GPT-2: \
-                  peft's layout)",
-    },
-    MethodInfo {
-        name: "p-tuning",
-        summary: "P-tuning: virtual tokens from a prompt encoder, placed by a template (Liu et al. 2021)",
-        options: "--template 5,5 (before,after) --prompt-encoder lstm|mlp, --prompt-init-text TEXT",
-    },
-    MethodInfo {
-        name: "p-tuning-v2",
-        summary: "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)",
-        options: "--prefix-len 20, --adapter-name, --prefix-positions (GPT-2: peft's layout)",
-    },
-    MethodInfo {
+impl MethodInfo {
+    /// The options as `kiln methods` shows them: `--rank R (8) --alpha A (16)`.
+    pub fn options_line(&self) -> String {
+        self.options
+            .iter()
+            .map(|o| match o.value {
+                Some(value) => format!("--{} {value} ({})", o.flag, o.default),
+                None => format!("--{} ({})", o.flag, o.default),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A method with a command of its own instead of `kiln train`.
+pub(crate) struct OwnCommand {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub command: &'static str,
+    /// Why `kiln train` refuses it.
+    pub refusal: &'static str,
+}
+
+/// In-context learning trains nothing and FPT trains on non-language tasks: both have their own
+/// commands (and FPT its own config, [`crate::methods::FptTuningConfig`]).
+const OWN_COMMANDS: &[OwnCommand] = &[
+    OwnCommand {
         name: "icl",
-        summary: "in-context learning: k labelled demonstrations in a GPT-2 prompt, label words scored, nothing trains (Brown et al. 2020); `kiln icl`",
-        options: "--shots 4 --template T --label-words a,b --text-words 40",
+        summary: "in-context learning: k labelled demonstrations in a GPT-2 prompt, label words \
+                  scored, nothing trains (Brown et al. 2020)",
+        command: "kiln icl --shots 4 --template T --label-words a,b --text-words 40",
+        refusal: "in-context learning trains nothing: run `kiln icl` (or list `icl` in `kiln \
+                  compare --methods`)",
     },
-    MethodInfo {
+    OwnCommand {
         name: "fpt",
-        summary: "Frozen Pretrained Transformer on non-language tasks: new input and output layers, layer norms and positions train (Lu et al. 2021); `kiln fpt`",
-        options: "--freeze-input --freeze-output --freeze-norms --freeze-positions --train-attention --train-feed-forward --full",
+        summary: "Frozen Pretrained Transformer on non-language tasks: new input and output \
+                  layers, layer norms and positions train (Lu et al. 2021)",
+        command: "kiln fpt --freeze-input --freeze-output --freeze-norms --freeze-positions \
+                  --train-attention --train-feed-forward --full",
+        refusal: "fpt trains on non-language tasks (bit memory, bit XOR, ListOps, images): run \
+                  `kiln fpt`",
     },
 ];
 
-/// Method options as the CLI collects them; each method takes the ones it understands.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MethodOptions {
-    pub k: Option<usize>,
-    pub rank: Option<usize>,
-    pub alpha: Option<f64>,
-    pub lora_dropout: Option<f64>,
-    pub targets: Option<Vec<String>>,
-    pub bottleneck: Option<usize>,
-    pub reduction_factor: Option<usize>,
-    pub adapter_activation: Option<Activation>,
-    pub adapter_init: Option<AdapterInit>,
-    pub train_norms: Option<bool>,
-    pub adapter_name: Option<String>,
-    pub scale: Option<f64>,
-    pub prefix_len: Option<usize>,
-    pub adapters: Option<Vec<PathBuf>>,
-    pub drop_layers: Option<usize>,
-    pub drop_max: Option<usize>,
-    pub side_width: Option<usize>,
-    pub side_alpha: Option<f64>,
-    pub side_alpha_end: Option<f64>,
-    pub prompt_len: Option<usize>,
-    pub prompt_init_text: Option<String>,
-    pub prompt_at_start: Option<bool>,
-    /// The token ids of `prompt_init_text`, filled in by the caller that has the tokenizer.
-    pub prompt_init_ids: Vec<u32>,
-    pub template: Option<(usize, usize)>,
-    pub prompt_encoder: Option<String>,
-    pub prefix_hidden: Option<usize>,
-    pub prefix_positions: Option<bool>,
-}
-
-impl MethodOptions {
-    /// Names of the options that were given, as CLI flags.
-    fn given(&self) -> Vec<&'static str> {
-        [
-            ("k", self.k.is_some()),
-            ("rank", self.rank.is_some()),
-            ("alpha", self.alpha.is_some()),
-            ("lora-dropout", self.lora_dropout.is_some()),
-            ("targets", self.targets.is_some()),
-            ("bottleneck", self.bottleneck.is_some()),
-            ("reduction-factor", self.reduction_factor.is_some()),
-            ("adapter-activation", self.adapter_activation.is_some()),
-            ("adapter-init", self.adapter_init.is_some()),
-            ("train-norms", self.train_norms.is_some()),
-            ("adapter-name", self.adapter_name.is_some()),
-            ("scale", self.scale.is_some()),
-            ("prefix-len", self.prefix_len.is_some()),
-            ("adapters", self.adapters.is_some()),
-            ("drop-layers", self.drop_layers.is_some()),
-            ("drop-max", self.drop_max.is_some()),
-            ("side-width", self.side_width.is_some()),
-            ("side-alpha", self.side_alpha.is_some()),
-            ("side-alpha-end", self.side_alpha_end.is_some()),
-            ("prompt-len", self.prompt_len.is_some()),
-            ("prompt-init-text", self.prompt_init_text.is_some()),
-            ("prompt-at-start", self.prompt_at_start.is_some()),
-            ("template", self.template.is_some()),
-            ("prompt-encoder", self.prompt_encoder.is_some()),
-            ("prefix-hidden", self.prefix_hidden.is_some()),
-            ("prefix-positions", self.prefix_positions.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
+/// The option specs of method `C` with its defaults shown.
+pub(crate) fn specs<C: Registered>() -> Vec<OptionSpec> {
+    let default = C::default();
+    C::options()
+        .iter()
+        .map(|o| o.spec(C::NAME, &default))
         .collect()
-    }
 }
 
-impl MethodOptions {
-    /// How the prompt methods initialise their virtual tokens.
-    pub fn prompt_init(&self) -> PromptInit {
-        PromptInit {
-            text: self.prompt_init_text.clone(),
-            ids: self.prompt_init_ids.clone(),
-        }
-    }
+/// Sets option `flag` of `config` from `text`; an option the method does not take is an error.
+pub(crate) fn set_option<C: Registered>(config: &mut C, flag: &str, text: &str) -> Result<()> {
+    let options = C::options();
+    let Some(option) = options.iter().find(|o| o.flag == flag) else {
+        let known = registry()
+            .into_iter()
+            .flat_map(|m| m.options)
+            .find(|o| o.flag == flag);
+        return Err(match known {
+            Some(o) => TuningError::Option {
+                option: o.flag,
+                message: format!("method `{}` does not take this option", C::NAME),
+            },
+            None => TuningError::UnknownOption(flag.to_string()),
+        });
+    };
+    option.set(config, text)
 }
+
+/// The registry's lines (see `for_each_method!` in [`crate::methods`]) become the method
+/// modules, [`MethodConfig`] (one variant per method, serialised as `{"method": NAME, ...the
+/// config's fields}`), its dispatch, and [`registry`].
+macro_rules! methods {
+    ($($variant:ident => $module:ident :: $config:ident),* $(,)?) => {
+        $(
+            mod $module;
+            pub use $module::$config;
+        )*
+
+        /// A registered method with its settings; serialised into run directories as
+        /// `{"method": "lora", "rank": 8, ...}`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum MethodConfig {
+            $(
+                #[doc = concat!("`", stringify!($config), "`")]
+                $variant($config),
+            )*
+        }
+
+        impl MethodConfig {
+            /// The registry name (`partial-k`), without options.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => <$config as Registered>::NAME,)*
+                }
+            }
+
+            /// The method behind the config.
+            pub fn method(&self) -> &dyn Method {
+                match self {
+                    $(Self::$variant(c) => c,)*
+                }
+            }
+
+            /// The method behind the config, to change.
+            pub fn method_mut(&mut self) -> &mut dyn Method {
+                match self {
+                    $(Self::$variant(c) => c,)*
+                }
+            }
+
+            /// The method called `name` with its defaults.
+            pub fn default_named(name: &str) -> Option<Self> {
+                $(
+                    if name == <$config as Registered>::NAME {
+                        return Some(Self::$variant(<$config>::default()));
+                    }
+                )*
+                None
+            }
+
+            /// Sets one option from its command-line text (`"rank"`, `"8"`).
+            pub fn set_option(&mut self, flag: &str, text: &str) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => set_option(c, flag, text),)*
+                }
+            }
+
+            pub(crate) fn serialize_tagged<S: serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                match self {
+                    $(Self::$variant(config) => Tagged {
+                        method: <$config as Registered>::NAME,
+                        config,
+                    }
+                    .serialize(serializer),)*
+                }
+            }
+
+            pub(crate) fn from_json(name: &str, fields: serde_json::Value) -> Option<serde_json::Result<Self>> {
+                $(
+                    if name == <$config as Registered>::NAME {
+                        return Some(serde_json::from_value(fields).map(Self::$variant));
+                    }
+                )*
+                None
+            }
+        }
+
+        /// Every method, in the order `kiln methods` lists them: the registered ones, then those
+        /// with a command of their own.
+        pub fn registry() -> Vec<MethodInfo> {
+            let mut methods = vec![
+                $(MethodInfo {
+                    name: <$config as Registered>::NAME,
+                    summary: <$config as Registered>::SUMMARY,
+                    options: specs::<$config>(),
+                    needs: <$config as Registered>::NEEDS,
+                    default_lr: Some(<$config>::default().default_lr()),
+                    command: None,
+                },)*
+            ];
+            methods.extend(crate::method::own_commands());
+            methods
+        }
+    };
+}
+pub(crate) use methods;
+
+/// The methods with their own commands, as registry lines.
+pub(crate) fn own_commands() -> impl Iterator<Item = MethodInfo> {
+    OWN_COMMANDS.iter().map(|c| MethodInfo {
+        name: c.name,
+        summary: c.summary,
+        options: Vec::new(),
+        needs: None,
+        default_lr: None,
+        command: Some(c.command),
+    })
+}
+
+pub use crate::methods::{MethodConfig, registry};
 
 impl MethodConfig {
-    /// The method called `name` with `options` applied over its defaults. An option the method
-    /// does not take is an error, not silently ignored.
-    pub fn from_options(name: &str, options: &MethodOptions) -> Result<Self> {
-        let with = |extra: &[&'static str]| -> Vec<&'static str> {
-            BOTTLENECK_FLAGS.iter().chain(extra).copied().collect()
-        };
-        let (config, accepted): (Self, Vec<&str>) = match name {
-            "full" => (Self::Full(FullConfig {}), vec![]),
-            "linear-probe" => (Self::LinearProbe(LinearProbeConfig {}), vec![]),
-            "partial-k" => {
-                let mut c = PartialConfig::default();
-                c.k = options.k.unwrap_or(c.k);
-                (Self::PartialK(c), vec!["k"])
-            }
-            "mlp-k" => {
-                let mut c = MlpConfig::default();
-                c.k = options.k.unwrap_or(c.k);
-                (Self::MlpK(c), vec!["k"])
-            }
-            "bitfit" => (Self::Bitfit(BitFitConfig {}), vec![]),
-            "lora" => {
-                let mut c = LoraConfig::default();
-                c.rank = options.rank.unwrap_or(c.rank);
-                c.alpha = options.alpha.unwrap_or(c.alpha);
-                c.dropout = options.lora_dropout.unwrap_or(c.dropout);
-                c.targets = options.targets.clone();
-                (
-                    Self::Lora(c),
-                    vec!["rank", "alpha", "lora-dropout", "targets"],
-                )
-            }
-            "houlsby" => (
-                Self::Houlsby(HoulsbyConfig::with_options(options)),
-                with(&[]),
-            ),
-            "pfeiffer" => (
-                Self::Pfeiffer(PfeifferConfig::with_options(options)),
-                with(&[]),
-            ),
-            "parallel" => (
-                Self::Parallel(ParallelConfig::with_options(options)),
-                with(&["scale"]),
-            ),
-            "fusion" => (
-                Self::Fusion(FusionConfig {
-                    adapters: options.adapters.clone().unwrap_or_default(),
-                }),
-                vec!["adapters"],
-            ),
-            "adapter-drop" => (
-                Self::AdapterDrop(AdapterDropConfig::with_options(options)),
-                with(&["drop-layers", "drop-max"]),
-            ),
-            "mam" => (
-                Self::Mam(MamConfig::with_options(options)),
-                with(&["scale", "prefix-len"]),
-            ),
-            "side" => (
-                Self::Side(SideTuningConfig::with_options(options)),
-                vec!["side-width", "side-alpha", "side-alpha-end"],
-            ),
-            "prompt" => (
-                Self::Prompt(PromptTuningConfig::with_options(options)),
-                vec!["prompt-len", "prompt-init-text", "prompt-at-start"],
-            ),
-            "prefix" => (
-                Self::Prefix(PrefixTuningConfig::with_options(options)),
-                vec![
-                    "prefix-len",
-                    "prefix-hidden",
-                    "adapter-name",
-                    "prefix-positions",
-                ],
-            ),
-            "p-tuning" => (
-                Self::PTuning(PTuningConfig::with_options(options)?),
-                vec!["template", "prompt-encoder", "prompt-init-text"],
-            ),
-            "p-tuning-v2" => (
-                Self::PTuningV2(PTuningV2Config::with_options(options)),
-                vec!["prefix-len", "adapter-name", "prefix-positions"],
-            ),
-            "icl" => {
-                return Err(TuningError::Option {
-                    option: "method",
-                    message: "in-context learning trains nothing: run `kiln icl` (or list `icl` \
-                              in `kiln compare --methods`)"
-                        .into(),
-                });
-            }
-            "fpt" => {
-                return Err(TuningError::Option {
-                    option: "method",
-                    message: "fpt trains on non-language tasks (bit memory, bit XOR, ListOps, \
-                              images): run `kiln fpt`"
-                        .into(),
-                });
-            }
-            other => return Err(TuningError::UnknownMethod(other.to_string())),
-        };
-        if let Some(option) = options.given().into_iter().find(|o| !accepted.contains(o)) {
+    /// The method called `name` with `options` (flag, text) set over its defaults, in order. An
+    /// option the method does not take is an error, not silently ignored.
+    pub fn parse(name: &str, options: &[(&str, &str)]) -> Result<Self> {
+        if let Some(own) = OWN_COMMANDS.iter().find(|c| c.name == name) {
             return Err(TuningError::Option {
-                option,
-                message: format!("method `{name}` does not take this option"),
+                option: "method",
+                message: own.refusal.into(),
             });
+        }
+        let mut config =
+            Self::default_named(name).ok_or_else(|| TuningError::UnknownMethod(name.into()))?;
+        for (flag, text) in options {
+            config.set_option(flag, text)?;
         }
         Ok(config)
     }
 
-    /// The registry name (`partial-k`), without options.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Full(_) => "full",
-            Self::LinearProbe(_) => "linear-probe",
-            Self::PartialK(_) => "partial-k",
-            Self::MlpK(_) => "mlp-k",
-            Self::Bitfit(_) => "bitfit",
-            Self::Lora(_) => "lora",
-            Self::Houlsby(_) => "houlsby",
-            Self::Pfeiffer(_) => "pfeiffer",
-            Self::Parallel(_) => "parallel",
-            Self::Fusion(_) => "fusion",
-            Self::AdapterDrop(_) => "adapter-drop",
-            Self::Mam(_) => "mam",
-            Self::Side(_) => "side",
-            Self::Prompt(_) => "prompt",
-            Self::Prefix(_) => "prefix",
-            Self::PTuning(_) => "p-tuning",
-            Self::PTuningV2(_) => "p-tuning-v2",
-        }
-    }
-
     /// A short label with the option that tells runs apart: `partial-2`, `mlp-2`, `lora-r8`.
     pub fn label(&self) -> String {
-        match self {
-            Self::PartialK(c) => format!("partial-{}", c.k),
-            Self::MlpK(c) => format!("mlp-{}", c.k),
-            Self::Lora(c) => format!("lora-r{}", c.rank),
-            Self::Parallel(c) => format!("parallel-s{}", c.scale),
-            other => other.name().to_string(),
-        }
-    }
-
-    pub fn method(&self) -> &dyn Method {
-        match self {
-            Self::Full(c) => c,
-            Self::LinearProbe(c) => c,
-            Self::PartialK(c) => c,
-            Self::MlpK(c) => c,
-            Self::Bitfit(c) => c,
-            Self::Lora(c) => c,
-            Self::Houlsby(c) => c,
-            Self::Pfeiffer(c) => c,
-            Self::Parallel(c) => c,
-            Self::Fusion(c) => c,
-            Self::AdapterDrop(c) => c,
-            Self::Mam(c) => c,
-            Self::Side(c) => c,
-            Self::Prompt(c) => c,
-            Self::Prefix(c) => c,
-            Self::PTuning(c) => c,
-            Self::PTuningV2(c) => c,
-        }
-    }
-
-    /// The name of the adapter this method trains, if any: what `kiln train` saves on its own.
-    /// Prefix tuning's adapter exists once its encoder is folded.
-    pub fn adapter_name(&self) -> Option<&str> {
-        fn bottleneck(options: &BottleneckOptions) -> &str {
-            &options.name
-        }
-        match self {
-            Self::Houlsby(c) => Some(bottleneck(&c.adapter)),
-            Self::Pfeiffer(c) => Some(bottleneck(&c.adapter)),
-            Self::Parallel(c) => Some(bottleneck(&c.adapter)),
-            Self::AdapterDrop(c) => Some(bottleneck(&c.adapter)),
-            Self::Mam(c) => Some(bottleneck(&c.adapter)),
-            Self::Prefix(c) => Some(&c.name),
-            Self::PTuningV2(c) => Some(&c.name),
-            _ => None,
-        }
+        self.method()
+            .label()
+            .unwrap_or_else(|| self.name().to_string())
     }
 
     /// Fills `model`'s slots and sets which parameters train; the report counts both.
@@ -454,5 +340,45 @@ impl MethodConfig {
         method.prepare(&mut model)?;
         let patterns = method.trainable_patterns(&model);
         Ok(set_trainable(model, &patterns))
+    }
+}
+
+/// A config with its method's name in front, as serde's internally tagged enums write it.
+#[derive(Serialize)]
+pub(crate) struct Tagged<'a, T> {
+    pub method: &'static str,
+    #[serde(flatten)]
+    pub config: &'a T,
+}
+
+impl Serialize for MethodConfig {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.serialize_tagged(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MethodConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        let name = value
+            .as_object_mut()
+            .and_then(|fields| fields.remove("method"))
+            .ok_or_else(|| D::Error::missing_field("method"))?;
+        let name = name
+            .as_str()
+            .ok_or_else(|| D::Error::custom("`method` must be a method name"))?
+            .to_string();
+        match Self::from_json(&name, value) {
+            Some(parsed) => parsed.map_err(D::Error::custom),
+            None => Err(D::Error::custom(format!(
+                "unknown method `{name}`; `kiln methods` lists them"
+            ))),
+        }
     }
 }

@@ -5,9 +5,10 @@
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{SequenceClassifier, TextTokenizer};
 
 use crate::error::{Result, TuningError};
+use crate::options::{MethodOption, show_or};
 
 /// How the virtual tokens start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,4 +52,78 @@ impl PromptInit {
         };
         Ok(table.select(0, rows).detach())
     }
+}
+
+impl PromptInit {
+    /// Fills in the token ids of [`PromptInit::text`] with the model's tokenizer.
+    pub fn tokenize(&mut self, tokenizer: &TextTokenizer) -> Result<()> {
+        if let Some(text) = &self.text {
+            self.ids = tokenizer
+                .encode_words(text)
+                .map_err(|e| TuningError::Option {
+                    option: "prompt-init-text",
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// `--prompt-init-text` of a prompt method whose config holds its [`PromptInit`] at `init`.
+pub(crate) fn init_text_option<C: 'static>(
+    init: fn(&C) -> &PromptInit,
+    init_mut: fn(&mut C) -> &mut PromptInit,
+) -> MethodOption<C> {
+    MethodOption::parsed(
+        "prompt-init-text",
+        "TEXT",
+        "prompt, p-tuning: start the virtual tokens from these words' embeddings",
+        move |c| show_or(&init(c).text, "sampled vocabulary"),
+        move |c, text| {
+            init_mut(c).text = Some(text.to_string());
+            Ok(())
+        },
+    )
+}
+
+/// `--prefix-len`: prefix rows per attention (MAM, prefix, p-tuning-v2).
+pub(crate) fn prefix_len_option<C: 'static>(
+    len: fn(&C) -> usize,
+    len_mut: fn(&mut C) -> &mut usize,
+) -> MethodOption<C> {
+    MethodOption::new(
+        "prefix-len",
+        "L",
+        "MAM, prefix, p-tuning-v2: prefix rows per attention",
+        move |c| len(c).to_string(),
+        move |c, l| *len_mut(c) = l,
+    )
+}
+
+/// `--prefix-positions` (prefix, p-tuning-v2 on GPT-2).
+pub(crate) fn prefix_positions_option<C: 'static>(
+    on: fn(&C) -> bool,
+    on_mut: fn(&mut C) -> &mut bool,
+) -> MethodOption<C> {
+    MethodOption::switch(
+        "prefix-positions",
+        "prefix, p-tuning-v2 on GPT-2: the prefix takes the first positions and the text counts \
+         on after it, as HF GPT-2 under peft's prefix tuning (needed to export to peft)",
+        on,
+        move |c, v| *on_mut(c) = v,
+    )
+}
+
+/// `--adapter-name` of a prefix method: the name its prefixes are held and saved under.
+pub(crate) fn prefix_name_option<C: 'static>(
+    name: fn(&C) -> &String,
+    name_mut: fn(&mut C) -> &mut String,
+) -> MethodOption<C> {
+    MethodOption::new(
+        "adapter-name",
+        "NAME",
+        "the name the adapter is held and saved under",
+        move |c| name(c).clone(),
+        move |c, v: String| *name_mut(c) = v,
+    )
 }

@@ -10,7 +10,7 @@ use kiln_models::{
     Activation, AdapterConfig, AdapterInit, BertInput, DeviceChoice, HeadConfig, Pretrained,
     Readout, SequenceClassifier,
 };
-use kiln_tuning::{MethodConfig, MethodOptions, ParamReport, TuningError, tracked_report};
+use kiln_tuning::{MethodConfig, ParamReport, TuningError, tracked_report};
 
 // Shapes of the fixtures: hidden 32, feed-forward 64 (GPT-2: 4·32), 2 layers, 2 classes.
 const H: usize = 32;
@@ -46,8 +46,8 @@ fn cpu() -> Device {
         .expect("the CPU backend is always compiled in")
 }
 
-fn method(name: &str, options: MethodOptions) -> MethodConfig {
-    MethodConfig::from_options(name, &options).expect("valid method")
+fn method(name: &str, options: &[(&str, &str)]) -> MethodConfig {
+    MethodConfig::parse(name, options).expect("valid method")
 }
 
 /// Applies `method` on an autodiff device and checks that the parameters which really track
@@ -82,31 +82,22 @@ fn check(
 
 #[test]
 fn full_trains_everything() {
-    let report = check(
-        "bert-tiny",
-        &method("full", MethodOptions::default()),
-        |_| true,
-    );
+    let report = check("bert-tiny", &method("full", &[]), |_| true);
     assert_eq!(report.trainable(), report.total());
 }
 
 #[test]
 fn linear_probe_trains_only_the_head() {
-    let report = check(
-        "bert-tiny",
-        &method("linear-probe", MethodOptions::default()),
-        |p| p.starts_with("head."),
-    );
+    let report = check("bert-tiny", &method("linear-probe", &[]), |p| {
+        p.starts_with("head.")
+    });
     assert_eq!(report.trainable(), HEAD);
 }
 
 #[test]
 fn partial_k_trains_the_top_layers_and_head() {
-    let options = MethodOptions {
-        k: Some(1),
-        ..Default::default()
-    };
-    let report = check("bert-tiny", &method("partial-k", options.clone()), |p| {
+    let options = &[("k", "1")];
+    let report = check("bert-tiny", &method("partial-k", options), |p| {
         p.starts_with("bert.layers.1.") || p.starts_with("head.")
     });
     let layer = 4 * H * H + 2 * H * F + 9 * H + F;
@@ -120,10 +111,7 @@ fn partial_k_trains_the_top_layers_and_head() {
 
 #[test]
 fn mlp_k_trains_a_deeper_head() {
-    let options = MethodOptions {
-        k: Some(3),
-        ..Default::default()
-    };
+    let options = &[("k", "3")];
     let report = check("bert-tiny", &method("mlp-k", options), |p| {
         p.starts_with("head.")
     });
@@ -143,21 +131,16 @@ fn mlp_k_trains_a_deeper_head() {
 
 #[test]
 fn bitfit_trains_biases_and_layer_norm_shifts() {
-    let report = check(
-        "bert-tiny",
-        &method("bitfit", MethodOptions::default()),
-        |p| p.starts_with("head.") || p.ends_with(".bias") || p.ends_with(".beta"),
-    );
+    let report = check("bert-tiny", &method("bitfit", &[]), |p| {
+        p.starts_with("head.") || p.ends_with(".bias") || p.ends_with(".beta")
+    });
     assert_eq!(report.trainable(), L * (7 * H + F) + H + HEAD);
 }
 
 #[test]
 fn lora_trains_deltas_on_its_targets() {
-    let options = MethodOptions {
-        rank: Some(4),
-        ..Default::default()
-    };
-    let report = check("bert-tiny", &method("lora", options.clone()), |p| {
+    let options = &[("rank", "4")];
+    let report = check("bert-tiny", &method("lora", options), |p| {
         p.starts_with("head.")
             || (p.contains(".lora.") && (p.contains(".query.") || p.contains(".value.")))
     });
@@ -169,11 +152,7 @@ fn lora_trains_deltas_on_its_targets() {
     });
     assert_eq!(report.trainable(), L * 4 * (H + 3 * H) + HEAD);
 
-    let options = MethodOptions {
-        rank: Some(2),
-        targets: Some(vec!["attention.output".into(), "intermediate".into()]),
-        ..Default::default()
-    };
+    let options = &[("rank", "2"), ("targets", "attention.output,intermediate")];
     let report = check("bert-tiny", &method("lora", options), |p| {
         p.starts_with("head.")
             || p.contains(".attention.output.lora.")
@@ -185,10 +164,7 @@ fn lora_trains_deltas_on_its_targets() {
 #[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
-    let unknown = MethodOptions {
-        targets: Some(vec!["qkv".into()]),
-        ..Default::default()
-    };
+    let unknown = &[("targets", "qkv")];
     let lora = method("lora", unknown);
     let err = lora
         .apply(classifier("bert-tiny", &lora, &device))
@@ -200,43 +176,23 @@ fn bad_options_name_the_flag() {
     );
     assert!(message.contains("layers.0.attention.query"), "{message}");
 
-    let deep = method(
-        "partial-k",
-        MethodOptions {
-            k: Some(5),
-            ..Default::default()
-        },
-    );
+    let deep = method("partial-k", &[("k", "5")]);
     let err = deep
         .apply(classifier("bert-tiny", &deep, &device))
         .expect_err("k above depth");
     assert!(err.to_string().contains("--k"), "{err}");
 
-    let err = MethodConfig::from_options(
-        "bitfit",
-        &MethodOptions {
-            rank: Some(8),
-            ..Default::default()
-        },
-    )
-    .expect_err("bitfit takes no rank");
+    let err = MethodConfig::parse("bitfit", &[("rank", "8")]).expect_err("bitfit takes no rank");
     assert!(err.to_string().contains("--rank"), "{err}");
     assert!(matches!(
-        MethodConfig::from_options("adapterz", &MethodOptions::default()),
+        MethodConfig::parse("adapterz", &[]),
         Err(TuningError::UnknownMethod(_))
     ));
 }
 
 #[test]
 fn method_configs_round_trip_through_json() {
-    let lora = method(
-        "lora",
-        MethodOptions {
-            rank: Some(4),
-            targets: Some(vec!["query".into()]),
-            ..Default::default()
-        },
-    );
+    let lora = method("lora", &[("rank", "4"), ("targets", "query")]);
     let json = serde_json::to_string(&lora).expect("serialises");
     assert!(json.contains(r#""method":"lora""#), "{json}");
     let back: MethodConfig = serde_json::from_str(&json).expect("parses");
@@ -256,14 +212,7 @@ fn input(device: &Device) -> BertInput {
 #[test]
 fn merged_lora_gives_the_unmerged_outputs() {
     let device = cpu();
-    let lora = method(
-        "lora",
-        MethodOptions {
-            rank: Some(4),
-            targets: Some(vec!["query".into(), "value".into(), "output".into()]),
-            ..Default::default()
-        },
-    );
+    let lora = method("lora", &[("rank", "4"), ("targets", "query,value,output")]);
     let (mut model, _) = lora
         .apply(classifier("bert-tiny", &lora, &device))
         .expect("applies");
@@ -299,12 +248,6 @@ fn merged_lora_gives_the_unmerged_outputs() {
     }
 }
 
-fn adapter_options(f: impl FnOnce(&mut MethodOptions)) -> MethodOptions {
-    let mut options = MethodOptions::default();
-    f(&mut options);
-    options
-}
-
 /// One bottleneck adapter of width `m` on a model of width `H`: `2Hm + m + H`.
 fn bottleneck(m: usize) -> usize {
     2 * H * m + m + H
@@ -316,23 +259,16 @@ const NORMS: usize = (2 * L + 1) * 2 * H;
 
 #[test]
 fn houlsby_trains_two_adapters_per_layer_and_the_layer_norms() {
-    let report = check(
-        "bert-tiny",
-        &method("houlsby", MethodOptions::default()),
-        |p| {
-            p.starts_with("head.")
-                || p.contains(".adapters.loaded.0.attention.")
-                || p.contains(".adapters.loaded.0.feed_forward.")
-                || p.contains("norm.")
-        },
-    );
+    let report = check("bert-tiny", &method("houlsby", &[]), |p| {
+        p.starts_with("head.")
+            || p.contains(".adapters.loaded.0.attention.")
+            || p.contains(".adapters.loaded.0.feed_forward.")
+            || p.contains("norm.")
+    });
     // Reduction factor 16 on width 32: m = 2.
     assert_eq!(report.trainable(), L * 2 * bottleneck(2) + NORMS + HEAD);
 
-    let options = adapter_options(|o| {
-        o.bottleneck = Some(5);
-        o.train_norms = Some(false);
-    });
+    let options = &[("bottleneck", "5"), ("train-norms", "false")];
     let report = check("gpt2-tiny", &method("houlsby", options), |p| {
         p.starts_with("head.") || p.contains(".adapters.loaded.0.")
     });
@@ -343,16 +279,13 @@ fn houlsby_trains_two_adapters_per_layer_and_the_layer_norms() {
 fn pfeiffer_and_adapter_drop_train_one_adapter_per_layer() {
     for name in ["pfeiffer", "adapter-drop"] {
         for fixture_name in ["bert-tiny", "gpt2-tiny"] {
-            let report = check(fixture_name, &method(name, MethodOptions::default()), |p| {
+            let report = check(fixture_name, &method(name, &[]), |p| {
                 p.starts_with("head.") || p.contains(".adapters.loaded.0.feed_forward.")
             });
             assert_eq!(report.trainable(), L * bottleneck(2) + HEAD, "{name}");
         }
     }
-    let options = adapter_options(|o| {
-        o.reduction_factor = Some(4);
-        o.train_norms = Some(true);
-    });
+    let options = &[("reduction-factor", "4"), ("train-norms", "true")];
     let report = check("bert-tiny", &method("pfeiffer", options), |p| {
         p.starts_with("head.") || p.contains(".adapters.loaded.0.") || p.contains("norm.")
     });
@@ -362,16 +295,14 @@ fn pfeiffer_and_adapter_drop_train_one_adapter_per_layer() {
 #[test]
 fn parallel_and_mam_train_their_slots() {
     // Reduction factor 2: m = 16.
-    let report = check(
-        "bert-tiny",
-        &method("parallel", MethodOptions::default()),
-        |p| p.starts_with("head.") || p.contains(".adapters.loaded.0.parallel."),
-    );
+    let report = check("bert-tiny", &method("parallel", &[]), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.parallel.")
+    });
     assert_eq!(report.trainable(), L * bottleneck(16) + HEAD);
 
-    let options = adapter_options(|o| o.prefix_len = Some(3));
+    let options = &[("prefix-len", "3")];
     for fixture_name in ["bert-tiny", "gpt2-tiny"] {
-        let report = check(fixture_name, &method("mam", options.clone()), |p| {
+        let report = check(fixture_name, &method("mam", options), |p| {
             p.starts_with("head.")
                 || p.contains(".adapters.loaded.0.parallel.")
                 || p.contains(".adapters.loaded.0.prefix.")
@@ -386,13 +317,11 @@ fn parallel_and_mam_train_their_slots() {
 
 #[test]
 fn side_tuning_trains_the_side_network_and_head() {
-    let report = check(
-        "bert-tiny",
-        &method("side", MethodOptions::default()),
-        |p| p.starts_with("head.") || p.starts_with("side."),
-    );
+    let report = check("bert-tiny", &method("side", &[]), |p| {
+        p.starts_with("head.") || p.starts_with("side.")
+    });
     assert_eq!(report.trainable(), 2 * H * H + H + H + HEAD);
-    let options = adapter_options(|o| o.side_width = Some(8));
+    let options = &[("side-width", "8")];
     let report = check("gpt2-tiny", &method("side", options), |p| {
         p.starts_with("head.") || p.starts_with("side.")
     });
@@ -401,11 +330,7 @@ fn side_tuning_trains_the_side_network_and_head() {
 
 /// The tiny BERT classifier with two Pfeiffer adapters of random weights, `a` and `b`.
 fn with_two_adapters(device: &Device) -> SequenceClassifier {
-    let mut model = classifier(
-        "bert-tiny",
-        &method("linear-probe", MethodOptions::default()),
-        device,
-    );
+    let mut model = classifier("bert-tiny", &method("linear-probe", &[]), device);
     let layout = AdapterConfig {
         after_attention: false,
         after_feed_forward: true,
@@ -437,10 +362,7 @@ fn with_two_adapters(device: &Device) -> SequenceClassifier {
 #[test]
 fn fusion_trains_only_the_fusion_layers_and_head() {
     let device = cpu().autodiff();
-    let fusion = method(
-        "fusion",
-        adapter_options(|o| o.adapters = Some(vec!["a".into(), "b".into()])),
-    );
+    let fusion = method("fusion", &[("adapters", "a,b")]);
     let (model, report) = fusion
         .apply(with_two_adapters(&device))
         .expect("fusion applies");
@@ -510,7 +432,7 @@ fn adapters_switch_without_touching_the_base() {
 #[test]
 fn a_fresh_parallel_adapter_leaves_the_outputs_unchanged() {
     let device = cpu();
-    let config = method("parallel", MethodOptions::default());
+    let config = method("parallel", &[]);
     let plain = classifier("bert-tiny", &config, &device);
     let head = plain.head.clone();
     let before = plain.forward(input(&device));
@@ -534,12 +456,12 @@ fn adapter_method_configs_round_trip_through_json() {
         "side",
         "fusion",
     ] {
-        let config = method(name, MethodOptions::default());
+        let config = method(name, &[]);
         let json = serde_json::to_string(&config).expect("serialises");
         let back: MethodConfig = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, config, "{json}");
     }
-    let err = MethodConfig::from_options("pfeiffer", &adapter_options(|o| o.prefix_len = Some(4)))
+    let err = MethodConfig::parse("pfeiffer", &[("prefix-len", "4")])
         .expect_err("pfeiffer has no prefix");
     assert!(err.to_string().contains("--prefix-len"), "{err}");
 }
@@ -547,7 +469,7 @@ fn adapter_method_configs_round_trip_through_json() {
 #[test]
 fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
     let device = cpu();
-    let mam = method("mam", adapter_options(|o| o.prefix_len = Some(3)));
+    let mam = method("mam", &[("prefix-len", "3")]);
     let (mut model, _) = mam
         .apply(classifier("gpt2-tiny", &mam, &device))
         .expect("applies");
@@ -584,13 +506,7 @@ fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
 #[test]
 fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
     let device = cpu();
-    let side = method(
-        "side",
-        adapter_options(|o| {
-            o.side_alpha = Some(1.0);
-            o.side_alpha_end = Some(0.2);
-        }),
-    );
+    let side = method("side", &[("side-alpha", "1.0"), ("side-alpha-end", "0.2")]);
     let (mut model, _) = side
         .apply(classifier("bert-tiny", &side, &device))
         .expect("applies");
@@ -607,7 +523,7 @@ fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
         .blend(base, side_features);
     assert!(max_diff(blended, Tensor::<2>::full([1, 2], 0.2, &device)) < 1e-6);
 
-    let drop = method("adapter-drop", MethodOptions::default());
+    let drop = method("adapter-drop", &[]);
     let (mut model, _) = drop
         .apply(classifier("bert-tiny", &drop, &device))
         .expect("applies");
@@ -628,25 +544,19 @@ fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
 fn prompt_methods_train_their_prompts_and_the_head() {
     for fixture_name in ["bert-tiny", "gpt2-tiny"] {
         let backbone = &fixture_name[..4];
-        let prompt = method("prompt", adapter_options(|o| o.prompt_len = Some(4)));
+        let prompt = method("prompt", &[("prompt-len", "4")]);
         let report = check(fixture_name, &prompt, |p| {
             p.starts_with("head.") || p.contains(".prompt.embedding")
         });
         assert_eq!(report.trainable(), 4 * H + HEAD, "{fixture_name}");
 
-        let v2 = method("p-tuning-v2", adapter_options(|o| o.prefix_len = Some(3)));
+        let v2 = method("p-tuning-v2", &[("prefix-len", "3")]);
         let report = check(fixture_name, &v2, |p| {
             p.starts_with("head.") || p.contains(".adapters.loaded.0.prefix.")
         });
         assert_eq!(report.trainable(), 2 * L * 3 * H + HEAD, "{fixture_name}");
 
-        let prefix = method(
-            "prefix",
-            adapter_options(|o| {
-                o.prefix_len = Some(3);
-                o.prefix_hidden = Some(8);
-            }),
-        );
+        let prefix = method("prefix", &[("prefix-len", "3"), ("prefix-hidden", "8")]);
         let report = check(fixture_name, &prefix, |p| {
             p.starts_with("head.") || p.contains(".prefix_encoder.")
         });
@@ -654,7 +564,7 @@ fn prompt_methods_train_their_prompts_and_the_head() {
         assert_eq!(report.trainable(), encoder + HEAD, "{fixture_name}");
 
         // P-tuning: with the bi-LSTM, 2 directions x 4 gates x (input and hidden transforms).
-        let p_tuning = method("p-tuning", adapter_options(|o| o.template = Some((2, 1))));
+        let p_tuning = method("p-tuning", &[("template", "2,1")]);
         let report = check(fixture_name, &p_tuning, |p| {
             p.starts_with("head.") || (p.starts_with(backbone) && p.contains(".prompt."))
         });
@@ -665,34 +575,29 @@ fn prompt_methods_train_their_prompts_and_the_head() {
             3 * H + lstm + mlp + HEAD,
             "{fixture_name}"
         );
-        let mlp_only = method(
-            "p-tuning",
-            adapter_options(|o| o.prompt_encoder = Some("mlp".into())),
-        );
+        let mlp_only = method("p-tuning", &[("prompt-encoder", "mlp")]);
         let report = check(fixture_name, &mlp_only, |p| {
             p.starts_with("head.") || p.contains(".prompt.")
         });
         assert_eq!(report.trainable(), 10 * H + 2 * (H * H + H) + HEAD);
     }
-    let err = MethodConfig::from_options(
-        "p-tuning",
-        &adapter_options(|o| o.prompt_encoder = Some("gru".into())),
-    )
-    .expect_err("no gru encoder");
+    let err =
+        MethodConfig::parse("p-tuning", &[("prompt-encoder", "gru")]).expect_err("no gru encoder");
     assert!(err.to_string().contains("--prompt-encoder"), "{err}");
 }
 
 #[test]
 fn prompts_start_from_the_given_words_embeddings() {
     let device = cpu();
-    let prompt = method(
+    let mut prompt = method(
         "prompt",
-        adapter_options(|o| {
-            o.prompt_len = Some(3);
-            o.prompt_init_text = Some("fire water".into());
-            o.prompt_init_ids = vec![40, 41];
-        }),
+        &[("prompt-len", "3"), ("prompt-init-text", "fire water")],
     );
+    // The ids a tokenizer would give the words (`Method::tokenize` fills them in a run).
+    let MethodConfig::Prompt(config) = &mut prompt else {
+        unreachable!("the prompt method's config")
+    };
+    config.init.ids = vec![40, 41];
     let (model, _) = prompt
         .apply(classifier("bert-tiny", &prompt, &device))
         .expect("applies");
@@ -733,9 +638,9 @@ fn padded_both_ways(device: &Device) -> (BertInput, BertInput) {
 fn virtual_tokens_work_with_either_padding_side_on_gpt2() {
     let device = cpu();
     for config in [
-        method("prompt", adapter_options(|o| o.prompt_len = Some(3))),
-        method("p-tuning", adapter_options(|o| o.template = Some((2, 2)))),
-        method("prefix", adapter_options(|o| o.prefix_len = Some(2))),
+        method("prompt", &[("prompt-len", "3")]),
+        method("p-tuning", &[("template", "2,2")]),
+        method("prefix", &[("prefix-len", "2")]),
     ] {
         let (model, _) = config
             .apply(classifier("gpt2-tiny", &config, &device))
@@ -761,7 +666,7 @@ fn virtual_tokens_work_with_either_padding_side_on_gpt2() {
 fn folded_prefixes_give_the_outputs_of_the_prefix_encoder() {
     let device = cpu();
     for fixture_name in ["bert-tiny", "gpt2-tiny"] {
-        let prefix = method("prefix", adapter_options(|o| o.prefix_len = Some(3)));
+        let prefix = method("prefix", &[("prefix-len", "3")]);
         let (mut model, _) = prefix
             .apply(classifier(fixture_name, &prefix, &device))
             .expect("applies");

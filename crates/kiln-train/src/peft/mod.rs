@@ -28,7 +28,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use kiln_models::weights::RawTensor;
 use kiln_models::{Readout, SequenceClassifier};
-use kiln_tuning::ParamReport;
+use kiln_tuning::{MethodConfig, ParamReport};
 
 use crate::checkpoint::{f32_bytes, write_atomically, write_f32_tensors};
 use crate::error::{Result, TrainError};
@@ -142,6 +142,55 @@ pub fn import_peft(
             path.display()
         ))),
     }
+}
+
+/// The kiln method `method` with the settings a peft adapter's config gives (LoRA's rank, alpha
+/// and dropout; the number of virtual tokens), for a run that starts from the adapter. The
+/// method must be the adapter's: LoRA from LORA, prompt from PROMPT_TUNING, p-tuning-v2 (GPT-2)
+/// from PREFIX_TUNING.
+pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
+    let (config, path) = read_peft_config::<serde_json::Value>(dir)?;
+    let count = |field: &str| config[field].as_u64().map(|n| n.to_string());
+    let options: Vec<(&str, String)> = match (method, config["peft_type"].as_str()) {
+        ("lora", Some("LORA")) => {
+            let lora = read_lora_config(dir)?;
+            // rsLoRA scales by alpha / sqrt(r): the same delta as kiln's alpha / r with this alpha.
+            let alpha = if lora.use_rslora {
+                lora.lora_alpha * (lora.r as f64).sqrt()
+            } else {
+                lora.lora_alpha
+            };
+            vec![
+                ("rank", lora.r.to_string()),
+                ("alpha", alpha.to_string()),
+                ("lora-dropout", lora.lora_dropout.to_string()),
+            ]
+        }
+        ("prompt", Some("PROMPT_TUNING")) => count("num_virtual_tokens")
+            .map(|n| ("prompt-len", n))
+            .into_iter()
+            .chain([("prompt-at-start", "true".into())])
+            .collect(),
+        ("p-tuning-v2", Some("PREFIX_TUNING")) => count("num_virtual_tokens")
+            .map(|n| ("prefix-len", n))
+            .into_iter()
+            .chain([
+                ("prefix-positions", "true".into()),
+                ("adapter-name", PEFT_PREFIX_ADAPTER.into()),
+            ])
+            .collect(),
+        (method, peft_type) => {
+            return Err(TrainError::Invalid(format!(
+                "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
+                 `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from \
+                 PREFIX_TUNING (got --method {method})",
+                path.display(),
+                peft_type.unwrap_or("unknown")
+            )));
+        }
+    };
+    let options: Vec<(&str, &str)> = options.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    Ok(MethodConfig::parse(method, &options)?)
 }
 
 /// Exports what the model's method trained (LoRA deltas, a prompt, or attention prefixes) in

@@ -14,8 +14,9 @@ use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
 use crate::adapters::BottleneckOptions;
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
 use crate::methods::pfeiffer::PFEIFFER_SLOTS;
+use crate::options::{MethodOption, show_or};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterDropConfig {
@@ -27,17 +28,49 @@ pub struct AdapterDropConfig {
     pub drop_max: Option<usize>,
 }
 
-impl AdapterDropConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
-        let mut defaults = BottleneckOptions::new(16, Activation::Relu, AdapterInit::NearIdentity);
-        defaults.name = "adapter-drop".into();
+impl Default for AdapterDropConfig {
+    fn default() -> Self {
+        let mut adapter = BottleneckOptions::new(16, Activation::Relu, AdapterInit::NearIdentity);
+        adapter.name = "adapter-drop".into();
         Self {
-            adapter: defaults.with_options(options),
-            drop_layers: options.drop_layers,
-            drop_max: options.drop_max,
+            adapter,
+            drop_layers: None,
+            drop_max: None,
         }
     }
+}
 
+impl Registered for AdapterDropConfig {
+    const NAME: &'static str = "adapter-drop";
+    const SUMMARY: &'static str = "Pfeiffer adapters dropped from the lowest layers, robust \
+                                   training (Rücklé et al. 2021)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        let mut options = vec![
+            MethodOption::new(
+                "drop-layers",
+                "N",
+                "adapter-drop: lowest layers without adapters at inference",
+                |c: &Self| show_or(&c.drop_layers, "L/2"),
+                |c, n| c.drop_layers = Some(n),
+            ),
+            MethodOption::new(
+                "drop-max",
+                "N",
+                "adapter-drop: most layers dropped in a training step",
+                |c: &Self| show_or(&c.drop_max, "L-1"),
+                |c, n| c.drop_max = Some(n),
+            ),
+        ];
+        options.extend(BottleneckOptions::options(
+            |c: &Self| &c.adapter,
+            |c| &mut c.adapter,
+        ));
+        options
+    }
+}
+
+impl AdapterDropConfig {
     /// `(drop_max, drop_layers)` on a model of `layers` layers.
     pub fn counts(&self, layers: usize) -> (usize, usize) {
         (
@@ -48,6 +81,10 @@ impl AdapterDropConfig {
 }
 
 impl Method for AdapterDropConfig {
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.adapter.name)
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         let layers = model.num_layers();
         let (drop_max, drop_layers) = self.counts(layers);

@@ -10,10 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use kiln_models::SequenceClassifier;
 
-use crate::method::Method;
+use crate::method::{Method, Registered};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BitFitConfig {}
+
+impl Registered for BitFitConfig {
+    const NAME: &'static str = "bitfit";
+    const SUMMARY: &'static str =
+        "only bias terms (projections and layer norms) plus the head (Ben Zaken et al. 2022)";
+}
 
 impl Method for BitFitConfig {
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use kiln_models::SequenceClassifier;
 
 use crate::error::{Result, TuningError};
-use crate::method::Method;
+use crate::method::{Method, Registered};
+use crate::options::{MethodOption, parse_list};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct FusionConfig {
@@ -25,7 +26,31 @@ pub struct FusionConfig {
     pub adapters: Vec<PathBuf>,
 }
 
+impl Registered for FusionConfig {
+    const NAME: &'static str = "fusion";
+    const SUMMARY: &'static str =
+        "AdapterFusion: attention over frozen trained adapters (Pfeiffer et al. 2021)";
+    const NEEDS: Option<&'static str> = Some("trained adapters (--adapters)");
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![MethodOption::parsed(
+            "adapters",
+            "DIR,DIR",
+            "fusion: directories of saved adapters (RUN/adapter), comma-separated",
+            |_: &Self| "none".into(),
+            |c, text| {
+                c.adapters = parse_list("adapters", text)?;
+                Ok(())
+            },
+        )]
+    }
+}
+
 impl Method for FusionConfig {
+    fn saved_adapters(&self) -> &[PathBuf] {
+        &self.adapters
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         if model.adapters.len() < 2 {
             return Err(TuningError::Option {

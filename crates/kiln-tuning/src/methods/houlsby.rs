@@ -13,7 +13,8 @@ use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
 use crate::adapters::{BottleneckOptions, Slots};
 use crate::error::Result;
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HoulsbyConfig {
@@ -21,18 +22,30 @@ pub struct HoulsbyConfig {
     pub adapter: BottleneckOptions,
 }
 
-impl HoulsbyConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
-        let mut defaults = BottleneckOptions::new(16, Activation::Silu, AdapterInit::NearIdentity);
-        defaults.train_norms = true;
-        defaults.name = "houlsby".into();
-        Self {
-            adapter: defaults.with_options(options),
-        }
+impl Default for HoulsbyConfig {
+    fn default() -> Self {
+        let mut adapter = BottleneckOptions::new(16, Activation::Silu, AdapterInit::NearIdentity);
+        adapter.train_norms = true;
+        adapter.name = "houlsby".into();
+        Self { adapter }
+    }
+}
+
+impl Registered for HoulsbyConfig {
+    const NAME: &'static str = "houlsby";
+    const SUMMARY: &'static str = "bottleneck adapters after attention and feed-forward, layer \
+                                   norms train (Houlsby et al. 2019)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter)
     }
 }
 
 impl Method for HoulsbyConfig {
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.adapter.name)
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         self.adapter.check(model)
     }

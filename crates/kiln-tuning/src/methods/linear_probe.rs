@@ -7,10 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use kiln_models::{FrozenCut, SequenceClassifier};
 
-use crate::method::Method;
+use crate::method::{Method, Registered};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinearProbeConfig {}
+
+impl Registered for LinearProbeConfig {
+    const NAME: &'static str = "linear-probe";
+    const SUMMARY: &'static str = "frozen backbone, one linear layer on pooled features";
+}
 
 impl Method for LinearProbeConfig {
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {

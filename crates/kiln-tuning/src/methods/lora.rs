@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{LowRankConfig, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
-use crate::method::Method;
+use crate::method::{Method, Registered};
+use crate::options::{MethodOption, parse_list};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
@@ -53,7 +54,57 @@ fn is_target(path: &str, target: &str) -> bool {
     path == target || path.ends_with(&format!(".{target}"))
 }
 
+impl Registered for LoraConfig {
+    const NAME: &'static str = "lora";
+    const SUMMARY: &'static str =
+        "low-rank deltas on chosen projections, mergeable (Hu et al. 2022)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            MethodOption::new(
+                "rank",
+                "R",
+                "LoRA rank",
+                |c: &Self| c.rank.to_string(),
+                |c, rank| c.rank = rank,
+            ),
+            MethodOption::new(
+                "alpha",
+                "A",
+                "LoRA alpha (the delta is scaled by alpha / rank)",
+                |c: &Self| c.alpha.to_string(),
+                |c, alpha| c.alpha = alpha,
+            ),
+            MethodOption::new(
+                "lora-dropout",
+                "P",
+                "LoRA dropout on the delta's input",
+                |c: &Self| c.dropout.to_string(),
+                |c, p| c.dropout = p,
+            ),
+            MethodOption::parsed(
+                "targets",
+                "a,b",
+                "LoRA target projections, comma-separated (query,value; c_attn; attention.output)",
+                |_: &Self| "query,value | c_attn | in_linear,out_linear".into(),
+                |c, text| {
+                    c.targets = Some(parse_list("targets", text)?);
+                    Ok(())
+                },
+            ),
+        ]
+    }
+}
+
 impl Method for LoraConfig {
+    fn label(&self) -> Option<String> {
+        Some(format!("lora-r{}", self.rank))
+    }
+
+    fn peft_type(&self) -> Option<&'static str> {
+        Some("LORA")
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         if self.rank == 0 {
             return Err(TuningError::Option {

@@ -14,8 +14,10 @@ use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
 use crate::adapters::BottleneckOptions;
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
-use crate::methods::parallel::{PARALLEL_SLOTS, check_scale};
+use crate::method::{Method, Registered};
+use crate::methods::parallel::{PARALLEL_SLOTS, check_scale, scale_option};
+use crate::options::MethodOption;
+use crate::prompts::prefix_len_option;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MamConfig {
@@ -26,19 +28,40 @@ pub struct MamConfig {
     pub prefix_len: usize,
 }
 
-impl MamConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
-        let mut defaults = BottleneckOptions::new(2, Activation::Relu, AdapterInit::Lora);
-        defaults.name = "mam".into();
+impl Default for MamConfig {
+    fn default() -> Self {
+        let mut adapter = BottleneckOptions::new(2, Activation::Relu, AdapterInit::Lora);
+        adapter.name = "mam".into();
         Self {
-            adapter: defaults.with_options(options),
-            scale: options.scale.unwrap_or(4.0),
-            prefix_len: options.prefix_len.unwrap_or(30),
+            adapter,
+            scale: 4.0,
+            prefix_len: 30,
         }
     }
 }
 
+impl Registered for MamConfig {
+    const NAME: &'static str = "mam";
+    const SUMMARY: &'static str = "prefix tuning plus a scaled parallel adapter (He et al. 2022)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        let mut options = vec![
+            prefix_len_option(|c: &Self| c.prefix_len, |c| &mut c.prefix_len),
+            scale_option(|c: &Self| c.scale, |c| &mut c.scale),
+        ];
+        options.extend(BottleneckOptions::options(
+            |c: &Self| &c.adapter,
+            |c| &mut c.adapter,
+        ));
+        options
+    }
+}
+
 impl Method for MamConfig {
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.adapter.name)
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         check_scale(self.scale)?;
         if self.prefix_len == 0 {

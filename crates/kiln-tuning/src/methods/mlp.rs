@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
-use crate::method::Method;
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
@@ -23,7 +24,26 @@ impl Default for MlpConfig {
     }
 }
 
+impl Registered for MlpConfig {
+    const NAME: &'static str = "mlp-k";
+    const SUMMARY: &'static str = "frozen backbone, k-layer MLP head";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![MethodOption::new(
+            "k",
+            "K",
+            "partial-k: layers that train; mlp-k: layers of the head",
+            |c: &Self| c.k.to_string(),
+            |c, k| c.k = k,
+        )]
+    }
+}
+
 impl Method for MlpConfig {
+    fn label(&self) -> Option<String> {
+        Some(format!("mlp-{}", self.k))
+    }
+
     fn head_layers(&self) -> usize {
         self.k
     }

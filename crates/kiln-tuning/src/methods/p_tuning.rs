@@ -12,12 +12,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{PromptTemplate, SequenceClassifier};
+use kiln_models::{PromptTemplate, SequenceClassifier, TextTokenizer};
 
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
 use crate::methods::prompt::check_len;
-use crate::prompts::PromptInit;
+use crate::options::{MethodOption, parse_list};
+use crate::prompts::{PromptInit, init_text_option};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PTuningConfig {
@@ -27,32 +28,77 @@ pub struct PTuningConfig {
     pub init: PromptInit,
 }
 
-impl PTuningConfig {
-    pub fn with_options(options: &MethodOptions) -> Result<Self> {
-        let lstm = match options.prompt_encoder.as_deref() {
-            None | Some("lstm") => true,
-            Some("mlp") => false,
-            Some(other) => {
-                return Err(TuningError::Option {
-                    option: "prompt-encoder",
-                    message: format!("`{other}`: expected lstm or mlp"),
-                });
-            }
-        };
-        let (before, after) = options.template.unwrap_or((5, 5));
-        Ok(Self {
+impl Default for PTuningConfig {
+    fn default() -> Self {
+        Self {
             template: PromptTemplate {
-                before,
-                after,
+                before: 5,
+                after: 5,
                 at_start: false,
             },
-            lstm,
-            init: options.prompt_init(),
-        })
+            lstm: true,
+            init: PromptInit::default(),
+        }
+    }
+}
+
+impl Registered for PTuningConfig {
+    const NAME: &'static str = "p-tuning";
+    const SUMMARY: &'static str = "P-tuning: virtual tokens from a prompt encoder, placed by a \
+                                   template (Liu et al. 2021)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            MethodOption::parsed(
+                "template",
+                "B,A",
+                "p-tuning: virtual tokens before and after the text",
+                |c: &Self| format!("{},{}", c.template.before, c.template.after),
+                |c, text| {
+                    let &[before, after] = parse_list::<usize>("template", text)?.as_slice() else {
+                        return Err(TuningError::Option {
+                            option: "template",
+                            message: format!("takes two counts, before,after (got `{text}`)"),
+                        });
+                    };
+                    c.template.before = before;
+                    c.template.after = after;
+                    Ok(())
+                },
+            ),
+            MethodOption::parsed(
+                "prompt-encoder",
+                "lstm|mlp",
+                "p-tuning: prompt encoder",
+                |c: &Self| if c.lstm { "lstm" } else { "mlp" }.into(),
+                |c, text| {
+                    c.lstm = match text {
+                        "lstm" => true,
+                        "mlp" => false,
+                        other => {
+                            return Err(TuningError::Option {
+                                option: "prompt-encoder",
+                                message: format!("`{other}`: expected lstm or mlp"),
+                            });
+                        }
+                    };
+                    Ok(())
+                },
+            ),
+            init_text_option(|c: &Self| &c.init, |c| &mut c.init),
+        ]
     }
 }
 
 impl Method for PTuningConfig {
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+
+    fn tokenize(&mut self, tokenizer: &TextTokenizer) -> Result<()> {
+        self.init.tokenize(tokenizer)
+    }
+
     fn virtual_tokens(&self) -> usize {
         self.template.len()
     }

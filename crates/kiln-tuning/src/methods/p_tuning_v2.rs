@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{AdapterConfig, SequenceClassifier};
 
 use crate::error::Result;
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
 use crate::methods::prompt::{check_len, set_prefix_positions};
+use crate::options::MethodOption;
+use crate::prompts::{prefix_len_option, prefix_name_option, prefix_positions_option};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PTuningV2Config {
@@ -27,17 +29,43 @@ pub struct PTuningV2Config {
     pub prefix_positions: bool,
 }
 
-impl PTuningV2Config {
-    pub fn with_options(options: &MethodOptions) -> Self {
+impl Default for PTuningV2Config {
+    fn default() -> Self {
         Self {
-            len: options.prefix_len.unwrap_or(20),
-            name: options.adapter_name.clone().unwrap_or("p-tuning-v2".into()),
-            prefix_positions: options.prefix_positions.unwrap_or(false),
+            len: 20,
+            name: "p-tuning-v2".into(),
+            prefix_positions: false,
         }
     }
 }
 
+impl Registered for PTuningV2Config {
+    const NAME: &'static str = "p-tuning-v2";
+    const SUMMARY: &'static str =
+        "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            prefix_len_option(|c: &Self| c.len, |c| &mut c.len),
+            prefix_name_option(|c: &Self| &c.name, |c| &mut c.name),
+            prefix_positions_option(|c: &Self| c.prefix_positions, |c| &mut c.prefix_positions),
+        ]
+    }
+}
+
 impl Method for PTuningV2Config {
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn peft_type(&self) -> Option<&'static str> {
+        Some("PREFIX_TUNING")
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         check_len("prefix-len", self.len)
     }

@@ -13,7 +13,8 @@ use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
 use crate::adapters::{BottleneckOptions, Slots};
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParallelConfig {
@@ -23,14 +24,43 @@ pub struct ParallelConfig {
     pub scale: f64,
 }
 
-impl ParallelConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
-        let mut defaults = BottleneckOptions::new(2, Activation::Relu, AdapterInit::Lora);
-        defaults.name = "parallel".into();
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        let mut adapter = BottleneckOptions::new(2, Activation::Relu, AdapterInit::Lora);
+        adapter.name = "parallel".into();
         Self {
-            adapter: defaults.with_options(options),
-            scale: options.scale.unwrap_or(4.0),
+            adapter,
+            scale: 4.0,
         }
+    }
+}
+
+/// `--scale`, the factor on a parallel adapter's output (parallel and MAM).
+pub(crate) fn scale_option<C: 'static>(
+    scale: fn(&C) -> f64,
+    scale_mut: fn(&mut C) -> &mut f64,
+) -> MethodOption<C> {
+    MethodOption::new(
+        "scale",
+        "S",
+        "parallel / MAM adapter output scale s",
+        move |c| scale(c).to_string(),
+        move |c, s| *scale_mut(c) = s,
+    )
+}
+
+impl Registered for ParallelConfig {
+    const NAME: &'static str = "parallel";
+    const SUMMARY: &'static str =
+        "scaled adapter beside each feed-forward (He et al. 2022); --scale 1 is unscaled";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        let mut options = vec![scale_option(|c: &Self| c.scale, |c| &mut c.scale)];
+        options.extend(BottleneckOptions::options(
+            |c: &Self| &c.adapter,
+            |c| &mut c.adapter,
+        ));
+        options
     }
 }
 
@@ -52,6 +82,14 @@ pub(crate) fn check_scale(scale: f64) -> Result<()> {
 }
 
 impl Method for ParallelConfig {
+    fn label(&self) -> Option<String> {
+        Some(format!("parallel-s{}", self.scale))
+    }
+
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.adapter.name)
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         check_scale(self.scale)?;
         self.adapter.check(model)

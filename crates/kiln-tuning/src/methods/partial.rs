@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
-use crate::method::Method;
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialConfig {
@@ -25,7 +26,31 @@ impl Default for PartialConfig {
     }
 }
 
+impl Registered for PartialConfig {
+    const NAME: &'static str = "partial-k";
+    const SUMMARY: &'static str =
+        "the last k layers (and what sits above them) plus the head train";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![MethodOption::new(
+            "k",
+            "K",
+            "partial-k: layers that train; mlp-k: layers of the head",
+            |c: &Self| c.k.to_string(),
+            |c, k| c.k = k,
+        )]
+    }
+}
+
 impl Method for PartialConfig {
+    fn default_lr(&self) -> f64 {
+        1e-4
+    }
+
+    fn label(&self) -> Option<String> {
+        Some(format!("partial-{}", self.k))
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         let layers = model.num_layers();
         if self.k > layers {

@@ -13,7 +13,8 @@ use kiln_models::{Activation, AdapterInit, SequenceClassifier};
 
 use crate::adapters::{BottleneckOptions, Slots};
 use crate::error::Result;
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PfeifferConfig {
@@ -21,13 +22,21 @@ pub struct PfeifferConfig {
     pub adapter: BottleneckOptions,
 }
 
-impl PfeifferConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
-        let mut defaults = BottleneckOptions::new(16, Activation::Relu, AdapterInit::NearIdentity);
-        defaults.name = "pfeiffer".into();
-        Self {
-            adapter: defaults.with_options(options),
-        }
+impl Default for PfeifferConfig {
+    fn default() -> Self {
+        let mut adapter = BottleneckOptions::new(16, Activation::Relu, AdapterInit::NearIdentity);
+        adapter.name = "pfeiffer".into();
+        Self { adapter }
+    }
+}
+
+impl Registered for PfeifferConfig {
+    const NAME: &'static str = "pfeiffer";
+    const SUMMARY: &'static str =
+        "one bottleneck adapter after each feed-forward (Pfeiffer et al. 2021)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter)
     }
 }
 
@@ -39,6 +48,10 @@ pub(crate) const PFEIFFER_SLOTS: Slots = Slots {
 };
 
 impl Method for PfeifferConfig {
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.adapter.name)
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         self.adapter.check(model)
     }

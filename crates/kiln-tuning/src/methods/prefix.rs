@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use kiln_models::SequenceClassifier;
 
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
 use crate::methods::prompt::{check_len, set_prefix_positions};
+use crate::options::MethodOption;
+use crate::prompts::{prefix_len_option, prefix_name_option, prefix_positions_option};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrefixTuningConfig {
@@ -33,18 +35,53 @@ pub struct PrefixTuningConfig {
     pub prefix_positions: bool,
 }
 
-impl PrefixTuningConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
+impl Default for PrefixTuningConfig {
+    fn default() -> Self {
         Self {
-            len: options.prefix_len.unwrap_or(20),
-            hidden: options.prefix_hidden.unwrap_or(512),
-            name: options.adapter_name.clone().unwrap_or("prefix".into()),
-            prefix_positions: options.prefix_positions.unwrap_or(false),
+            len: 20,
+            hidden: 512,
+            name: "prefix".into(),
+            prefix_positions: false,
         }
     }
 }
 
+impl Registered for PrefixTuningConfig {
+    const NAME: &'static str = "prefix";
+    const SUMMARY: &'static str = "prefix tuning: MLP-reparameterised key/value prefixes, folded \
+                                   after training (Li and Liang 2021)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            prefix_len_option(|c: &Self| c.len, |c| &mut c.len),
+            MethodOption::new(
+                "prefix-hidden",
+                "H",
+                "prefix: hidden width of the reparameterisation MLP",
+                |c: &Self| c.hidden.to_string(),
+                |c, h| c.hidden = h,
+            ),
+            prefix_name_option(|c: &Self| &c.name, |c| &mut c.name),
+            prefix_positions_option(|c: &Self| c.prefix_positions, |c| &mut c.prefix_positions),
+        ]
+    }
+}
+
 impl Method for PrefixTuningConfig {
+    fn after_fit(&self, model: &mut SequenceClassifier) -> Result<()> {
+        // What is evaluated, saved on its own and exported are the folded prefixes.
+        Ok(model.fold_prefix_encoder(&self.name)?)
+    }
+
+    // The adapter exists once the encoder is folded.
+    fn adapter_name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn peft_type(&self) -> Option<&'static str> {
+        Some("PREFIX_TUNING")
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         check_len("prefix-len", self.len)?;
         if self.hidden == 0 {

@@ -12,11 +12,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{PromptTemplate, SequenceClassifier};
+use kiln_models::{PromptTemplate, SequenceClassifier, TextTokenizer};
 
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
-use crate::prompts::PromptInit;
+use crate::method::{Method, Registered};
+use crate::options::MethodOption;
+use crate::prompts::{PromptInit, init_text_option};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptTuningConfig {
@@ -28,13 +29,38 @@ pub struct PromptTuningConfig {
     pub at_start: bool,
 }
 
-impl PromptTuningConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
+impl Default for PromptTuningConfig {
+    fn default() -> Self {
         Self {
-            len: options.prompt_len.unwrap_or(20),
-            init: options.prompt_init(),
-            at_start: options.prompt_at_start.unwrap_or(false),
+            len: 20,
+            init: PromptInit::default(),
+            at_start: false,
         }
+    }
+}
+
+impl Registered for PromptTuningConfig {
+    const NAME: &'static str = "prompt";
+    const SUMMARY: &'static str =
+        "prompt tuning: trained virtual tokens in front of the text (Lester et al. 2021)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            MethodOption::new(
+                "prompt-len",
+                "N",
+                "prompt: virtual tokens",
+                |c: &Self| c.len.to_string(),
+                |c, n| c.len = n,
+            ),
+            init_text_option(|c: &Self| &c.init, |c| &mut c.init),
+            MethodOption::switch(
+                "prompt-at-start",
+                "prompt: put the virtual tokens in front of BERT's [CLS], as HF peft does",
+                |c: &Self| c.at_start,
+                |c, on| c.at_start = on,
+            ),
+        ]
     }
 }
 
@@ -71,6 +97,20 @@ pub(crate) fn check_len(option: &'static str, len: usize) -> Result<()> {
 impl Method for PromptTuningConfig {
     fn virtual_tokens(&self) -> usize {
         self.len
+    }
+
+    // Free virtual tokens move slowly at adapter rates: Lester et al. train them at 0.3, P-tuning
+    // v2 at 1e-2 and above.
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+
+    fn tokenize(&mut self, tokenizer: &TextTokenizer) -> Result<()> {
+        self.init.tokenize(tokenizer)
+    }
+
+    fn peft_type(&self) -> Option<&'static str> {
+        Some("PROMPT_TUNING")
     }
 
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use kiln_models::{SequenceClassifier, SideConfig};
 
 use crate::error::{Result, TuningError};
-use crate::method::{Method, MethodOptions};
+use crate::method::{Method, Registered};
+use crate::options::{MethodOption, show_or};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SideTuningConfig {
@@ -24,15 +25,49 @@ pub struct SideTuningConfig {
     pub alpha_end: Option<f64>,
 }
 
-impl SideTuningConfig {
-    pub fn with_options(options: &MethodOptions) -> Self {
+impl Default for SideTuningConfig {
+    fn default() -> Self {
         Self {
-            width: options.side_width,
-            alpha: options.side_alpha.unwrap_or(0.5),
-            alpha_end: options.side_alpha_end,
+            width: None,
+            alpha: 0.5,
+            alpha_end: None,
         }
     }
+}
 
+impl Registered for SideTuningConfig {
+    const NAME: &'static str = "side";
+    const SUMMARY: &'static str = "side-tuning: frozen backbone blended with a small side network \
+                                   (Zhang et al. 2020)";
+
+    fn options() -> Vec<MethodOption<Self>> {
+        vec![
+            MethodOption::new(
+                "side-width",
+                "W",
+                "side: hidden width of the side network",
+                |c: &Self| show_or(&c.width, "h"),
+                |c, w| c.width = Some(w),
+            ),
+            MethodOption::new(
+                "side-alpha",
+                "A",
+                "side: weight of the backbone's features (at the start of training)",
+                |c: &Self| c.alpha.to_string(),
+                |c, a| c.alpha = a,
+            ),
+            MethodOption::new(
+                "side-alpha-end",
+                "A",
+                "side: weight at the end of training and at inference (a linear curriculum)",
+                |c: &Self| show_or(&c.alpha_end, "fixed"),
+                |c, a| c.alpha_end = Some(a),
+            ),
+        ]
+    }
+}
+
+impl SideTuningConfig {
     pub fn network(&self, model: &SequenceClassifier) -> SideConfig {
         SideConfig {
             width: self.width.unwrap_or(model.hidden_size()),
@@ -43,6 +78,12 @@ impl SideTuningConfig {
 }
 
 impl Method for SideTuningConfig {
+    // A head on MiniLM's small features beside a side network moves slowly at adapter rates
+    // (BBC News, one epoch: 72.6% at 1e-3, 95.5% at 1e-2).
+    fn default_lr(&self) -> f64 {
+        1e-2
+    }
+
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
         if self.width == Some(0) {
             return Err(TuningError::Option {

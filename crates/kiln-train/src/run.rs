@@ -1,0 +1,717 @@
+//! Runs: what a Rust user (and every `kiln` command) calls to fine-tune, reload, evaluate.
+//!
+//! A run directory holds `run.json` ([`RunConfig`]: everything needed to rebuild the model and
+//! the data split), the trainer's files (`metrics.jsonl`, `state.json`, checkpoints, `best/`),
+//! `adapter/` for a method that trains an adapter, `fisher.safetensors` for Child-Tuning D, and
+//! `summary.json` ([`RunSummary`]) with the test metrics once training ends.
+//!
+//! ```no_run
+//! use kiln_data::TaskSpec;
+//! use kiln_train::run::{RunSettings, train};
+//! use kiln_tuning::MethodConfig;
+//!
+//! # fn main() -> kiln_train::Result<()> {
+//! let method = MethodConfig::parse("lora", &[("rank", "8")])?;
+//! let task = TaskSpec::new("data/reviews.csv");
+//! let settings = RunSettings::new("models/all-MiniLM-L6-v2", task, method);
+//! let run = train(&settings, "runs/lora".as_ref(), false)?;
+//! println!("{:?}", run.summary.test);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use kiln_data::{LoadedTask, TaskSpec};
+use kiln_models::{
+    DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
+    TextTokenizer,
+};
+use kiln_tuning::{MethodConfig, ParamReport};
+
+use crate::adapters::{load_adapter, save_adapter};
+use crate::checkpoint::load_params;
+use crate::child_tuning::{ChildTuning, PathTensors, estimate_fisher};
+use crate::error::{Context, Result, TrainError};
+use crate::learner::TextTask;
+use crate::merge::{MergedCheckpoint, save_merged};
+use crate::metrics::Metrics;
+use crate::peft::{PeftExport, export_peft, import_peft};
+use crate::plan::{Plan, StepShape, plan};
+use crate::trainer::{
+    BEST_DIR, EpochRecord, TRAINED_FILE, TaskData, TrainConfig, Trainer, evaluate, read_json,
+    write_json,
+};
+
+/// `run.json` in a run directory.
+pub const RUN_FILE: &str = "run.json";
+/// `summary.json` in a run directory.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// Where a run saves an adapter method's adapter on its own (see [`crate::adapters`]).
+pub const ADAPTER_DIR: &str = "adapter";
+/// Where Child-Tuning D's Fisher estimate is saved in a run directory.
+pub const FISHER_FILE: &str = "fisher.safetensors";
+/// The most memory the frozen-feature cache may take (its rows are kept on the host).
+const FEATURE_CACHE_LIMIT: usize = 4 << 30;
+
+/// Everything needed to rebuild a run's model and data: `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub model: PathBuf,
+    pub task: TaskSpec,
+    pub method: MethodConfig,
+    pub train: TrainConfig,
+    pub readout: Readout,
+    pub head: HeadConfig,
+    pub max_len: usize,
+    pub save_full: bool,
+    /// The backbone started from random initialisation (checkpoints are then full).
+    #[serde(default)]
+    pub random_init: bool,
+    /// Train on a seeded random subset of this many training examples.
+    #[serde(default)]
+    pub train_examples: Option<usize>,
+    /// The frozen bottom's outputs were computed once per example and cached.
+    #[serde(default)]
+    pub feature_cache: bool,
+    /// The peft adapter the method's parameters started from.
+    #[serde(default)]
+    pub peft_adapter: Option<PathBuf>,
+}
+
+/// `summary.json`: how the run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub method: String,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub trainable_percent: f64,
+    pub best_epoch: Option<usize>,
+    pub validation: Option<Metrics>,
+    pub test: Option<Metrics>,
+    pub seconds_per_epoch: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub device: String,
+}
+
+/// Where Child-Tuning D's Fisher information comes from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FisherSource {
+    /// A Fisher estimate saved by an earlier run (`RUN/fisher.safetensors`); else the run's own
+    /// from an earlier start, else a fresh estimate.
+    pub saved: Option<PathBuf>,
+    /// Training batches a fresh estimate reads; `None`: all.
+    pub batches: Option<usize>,
+}
+
+/// What to train: the settings [`train`] turns into a [`RunConfig`] once the model is loaded
+/// (the readout and the head depend on it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// HF model directory (BERT, GPT-2 or M2-BERT).
+    pub model: PathBuf,
+    pub task: TaskSpec,
+    pub method: MethodConfig,
+    /// The trainer's settings; [`RunSettings::new`] sets the learning rate to the method's.
+    pub train: TrainConfig,
+    /// How texts become one vector; `None`: the backbone's default.
+    pub readout: Option<Readout>,
+    /// Tokens per text, special tokens included; longer texts are truncated.
+    pub max_len: usize,
+    /// Save the whole model in checkpoints, not only what the method trains.
+    pub save_full: bool,
+    /// Start from the architecture at random initialisation instead of the weights.
+    pub random_init: bool,
+    /// Train on a seeded random subset of this many training examples.
+    pub train_examples: Option<usize>,
+    /// Compute a frozen bottom once per example where the method allows it.
+    pub feature_cache: bool,
+    /// Start the method's parameters from a HF peft adapter directory.
+    pub peft_adapter: Option<PathBuf>,
+    pub fisher: FisherSource,
+    /// The backend to train on.
+    pub device: DeviceChoice,
+    /// Show progress bars and what the run does.
+    pub progress: bool,
+}
+
+impl RunSettings {
+    /// `method` on the model in `model` and `task`, with kiln's defaults: 3 epochs, batch 16,
+    /// 128 tokens, the method's learning rate, seed 42.
+    pub fn new(model: impl Into<PathBuf>, task: TaskSpec, method: MethodConfig) -> Self {
+        let train = TrainConfig {
+            lr: method.method().default_lr(),
+            ..TrainConfig::default()
+        };
+        Self {
+            model: model.into(),
+            task,
+            method,
+            train,
+            readout: None,
+            max_len: 128,
+            save_full: false,
+            random_init: false,
+            train_examples: None,
+            feature_cache: true,
+            peft_adapter: None,
+            fisher: FisherSource::default(),
+            device: DeviceChoice::default(),
+            progress: true,
+        }
+    }
+}
+
+/// A trained run: its settings and summary, and the model as it was at the best epoch, ready
+/// for inference.
+pub struct TrainedRun {
+    pub config: RunConfig,
+    pub summary: RunSummary,
+    pub model: SequenceClassifier,
+    pub tokenizer: TextTokenizer,
+}
+
+macro_rules! say {
+    ($on:expr, $($arg:tt)*) => {
+        if $on {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// Trains `settings` into run directory `out` and scores the best epoch on the test split.
+/// `out` must not hold another run; with `resume`, a run there with the same settings continues
+/// after its last complete epoch.
+pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<TrainedRun> {
+    let say = settings.progress;
+    let device = &settings.device.device()?;
+    if let Some(child_tuning) = &settings.train.child_tuning {
+        child_tuning.check()?;
+    }
+    let seed = settings.train.seed;
+    let mut task = settings
+        .task
+        .load(seed)
+        .context(|| format!("reading task {}", settings.task.path.display()))?;
+    if let Some(n) = settings.train_examples {
+        let available = task.split.train.len();
+        if n == 0 || n > available {
+            return Err(TrainError::Invalid(format!(
+                "--train-examples {n}: the split has {available} training examples"
+            )));
+        }
+        task.split.subsample_train(n, seed);
+    }
+    if say {
+        report_task(&task);
+    }
+
+    let train_device = device.clone().autodiff();
+    train_device.seed(seed);
+    let pretrained = load_pretrained(&settings.model, settings.random_init, &train_device)?;
+    let mut method = settings.method.clone();
+    method.method_mut().tokenize(&pretrained.tokenizer)?;
+    let head = HeadConfig {
+        layers: method.method().head_layers(),
+        outputs: task.num_outputs(),
+        dropout: 0.1,
+    };
+    let mut run = RunConfig {
+        model: settings.model.clone(),
+        task: settings.task.clone(),
+        readout: settings
+            .readout
+            .unwrap_or_else(|| Readout::default_for(&pretrained.backbone)),
+        method,
+        train: settings.train.clone(),
+        head,
+        max_len: settings.max_len,
+        save_full: settings.save_full || settings.random_init,
+        random_init: settings.random_init,
+        train_examples: settings.train_examples,
+        feature_cache: false,
+        peft_adapter: settings.peft_adapter.clone(),
+    };
+    let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
+    let cut = run.method.method().frozen_cut(&model);
+    if settings.feature_cache
+        && let Some(cut) = cut
+    {
+        let examples = task.split.train.len() + task.split.validation.len();
+        let positions = match cut {
+            FrozenCut::Features => 1,
+            FrozenCut::BeforeLayer(_) => run.max_len,
+        };
+        let bytes = examples * positions * model.hidden_size() * 4;
+        run.feature_cache = bytes <= FEATURE_CACHE_LIMIT;
+        say!(
+            say && !run.feature_cache,
+            "feature cache off: it would hold up to {:.1} GiB (limit {:.0} GiB)",
+            bytes as f64 / f64::from(1 << 30),
+            FEATURE_CACHE_LIMIT as f64 / f64::from(1 << 30)
+        );
+    }
+    prepare_run_dir(out, &run, resume)?;
+    say!(
+        say,
+        "{}: {} of {} parameters train ({:.3}%)",
+        run.method.label(),
+        report.trainable(),
+        report.total(),
+        report.trainable_percent()
+    );
+    let trainable: Vec<String> = report
+        .trainable_paths()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let child_mask = match run.train.child_tuning {
+        Some(ChildTuning::D { reserve }) => {
+            let fisher =
+                child_network_fisher(settings, out, &model, &tokenizer, &task, &train_device)?;
+            let mask = fisher.top_share_mask(reserve)?;
+            say!(
+                say,
+                "Child-Tuning D: the child network keeps {:.0} of {} backbone entries",
+                mask.values
+                    .values()
+                    .map(|m| f64::from(m.clone().sum().into_scalar::<f32>()))
+                    .sum::<f64>(),
+                mask.num_elements()
+            );
+            Some(mask)
+        }
+        _ => None,
+    };
+    let trainer = Trainer {
+        config: run.train.clone(),
+        device: train_device.clone(),
+        run_dir: out.to_path_buf(),
+        saved: if run.save_full {
+            vec!["*".into()]
+        } else {
+            trainable.clone()
+        },
+        trainable,
+        progress: say,
+        epoch_limit: None,
+        child_mask,
+    };
+    let mut text_task = TextTask::new(tokenizer.clone(), task.kind.clone());
+    if run.feature_cache
+        && let Some(cut) = cut
+    {
+        text_task = text_task.with_feature_cache(cut);
+    }
+    let data = TaskData {
+        task: &text_task,
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    let (model, summary) = trainer.fit(model, &data, resume)?;
+    let mut model = model;
+    run.method.method().after_fit(&mut model)?;
+    if let Some(name) = run.method.method().adapter_name() {
+        let dir = out.join(ADAPTER_DIR);
+        save_adapter(&model, name, run.method.name(), &dir)?;
+        say!(
+            say,
+            "adapter `{name}` saved on its own in {}",
+            dir.display()
+        );
+    }
+
+    let model = model.valid();
+    let test = if task.split.test.is_empty() {
+        None
+    } else {
+        Some(evaluate(
+            &model,
+            &tokenizer,
+            &task.part(&task.split.test),
+            &task.kind,
+            device,
+            run.train.eval_batch_size,
+        )?)
+    };
+    let run_summary = RunSummary {
+        method: run.method.label(),
+        trainable_params: report.trainable(),
+        total_params: report.total(),
+        trainable_percent: report.trainable_percent(),
+        best_epoch: summary.state.best_epoch,
+        validation: summary.best_validation().cloned(),
+        test: test.clone(),
+        seconds_per_epoch: summary.seconds_per_epoch(),
+        peak_rss_mib: summary.peak_rss_mib,
+        device: settings.device.to_string(),
+    };
+    write_json(&out.join(SUMMARY_FILE), &run_summary)?;
+    if let Some(test) = &test {
+        let (name, value) = test.primary();
+        say!(
+            say,
+            "test {name}: {value:.4} ({} examples); trainable {:.3}%; {:.1} s/epoch; peak memory {}",
+            task.split.test.len(),
+            run_summary.trainable_percent,
+            run_summary.seconds_per_epoch,
+            run_summary
+                .peak_rss_mib
+                .map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        );
+    }
+    say!(say, "run written to {}", out.display());
+    Ok(TrainedRun {
+        config: run,
+        summary: run_summary,
+        model,
+        tokenizer,
+    })
+}
+
+/// Child-Tuning D's Fisher information: the given estimate, the run's own from an earlier start,
+/// or a fresh estimate saved in the run directory.
+fn child_network_fisher(
+    settings: &RunSettings,
+    out: &Path,
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    task: &LoadedTask,
+    device: &Device,
+) -> Result<PathTensors> {
+    let own = out.join(FISHER_FILE);
+    let saved = settings
+        .fisher
+        .saved
+        .clone()
+        .or_else(|| own.is_file().then(|| own.clone()));
+    if let Some(path) = saved {
+        say!(
+            settings.progress,
+            "Child-Tuning D: Fisher information from {}",
+            path.display()
+        );
+        return PathTensors::load(&path, &device.clone().inner())
+            .context(|| format!("--fisher {}", path.display()));
+    }
+    let fisher = estimate_fisher(
+        model,
+        tokenizer,
+        &task.part(&task.split.train),
+        &task.kind,
+        device,
+        settings.train.batch_size,
+        settings.fisher.batches,
+        settings.progress,
+    )?;
+    fisher.save(&own)?;
+    say!(
+        settings.progress,
+        "Child-Tuning D: Fisher information saved to {}",
+        own.display()
+    );
+    Ok(fisher)
+}
+
+/// The model directory's backbone and tokenizer, with its weights or at random initialisation.
+pub fn load_pretrained(dir: &Path, random_init: bool, device: &Device) -> Result<Pretrained> {
+    let loaded = if random_init {
+        Pretrained::random(dir, device)
+    } else {
+        Pretrained::load(dir, device)
+    };
+    loaded.context(|| format!("loading model from {}", dir.display()))
+}
+
+/// The model of `run` on `pretrained`'s backbone, with the method applied (after the saved
+/// adapters it needs are loaded) and the tokenizer set to the run's length.
+pub fn build(
+    pretrained: Pretrained,
+    run: &RunConfig,
+    say: bool,
+    device: &Device,
+) -> Result<(SequenceClassifier, TextTokenizer, ParamReport)> {
+    let positions = pretrained.max_positions();
+    let virtual_tokens = run.method.method().virtual_tokens();
+    if run.max_len + virtual_tokens > positions {
+        return Err(TrainError::Invalid(format!(
+            "--max-len {} plus {virtual_tokens} virtual tokens is more than the model's \
+             {positions} positions",
+            run.max_len
+        )));
+    }
+    let Pretrained {
+        backbone,
+        mut tokenizer,
+        ..
+    } = pretrained;
+    tokenizer.configure(run.max_len, PaddingSide::Right)?;
+    let mut classifier = SequenceClassifier::new(backbone, run.readout, run.head, device)?;
+    for dir in run.method.method().saved_adapters() {
+        let (loaded, saved) = load_adapter(classifier, dir)
+            .context(|| format!("loading the adapter in {}", dir.display()))?;
+        say!(
+            say,
+            "loaded adapter `{}` ({}) from {}",
+            saved.name,
+            saved.method,
+            dir.display()
+        );
+        classifier = loaded;
+    }
+    let (model, report) = run.method.apply(classifier)?;
+    let Some(adapter) = &run.peft_adapter else {
+        return Ok((model, tokenizer, report));
+    };
+    let (model, report) =
+        import_peft(model, adapter).context(|| format!("--peft-adapter {}", adapter.display()))?;
+    say!(
+        say,
+        "started from the peft adapter in {}",
+        adapter.display()
+    );
+    Ok((model, tokenizer, report))
+}
+
+fn report_task(task: &LoadedTask) {
+    println!(
+        "task: {} examples ({} train, {} validation, {} test), {} outputs",
+        task.examples.len(),
+        task.split.train.len(),
+        task.split.validation.len(),
+        task.split.test.len(),
+        task.num_outputs()
+    );
+    if !task.skipped.is_empty() {
+        println!("skipped {} bad rows:", task.skipped.len());
+        for row in task.skipped.iter().take(10) {
+            println!("  {}: {}", row.location, row.reason);
+        }
+    }
+}
+
+/// A run directory is never overwritten: a new run needs an empty one, a resumed run the same
+/// settings.
+fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
+    let path = dir.join(RUN_FILE);
+    if path.is_file() {
+        if !resume {
+            return Err(TrainError::Invalid(format!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                dir.display()
+            )));
+        }
+        let recorded: RunConfig = read_json(&path)?;
+        if &recorded != run {
+            return Err(TrainError::Invalid(format!(
+                "{} holds a run with other settings; resume it with the same options (see {})",
+                dir.display(),
+                path.display()
+            )));
+        }
+        return Ok(());
+    }
+    write_json(&path, run)
+}
+
+/// A finished run read back: its settings, the model with its best weights, its tokenizer.
+pub struct LoadedRun {
+    pub config: RunConfig,
+    pub model: SequenceClassifier,
+    pub tokenizer: TextTokenizer,
+}
+
+/// The run in `dir` with its best weights, on `device`, as it trained (call the method's
+/// [`after_fit`](kiln_tuning::Method::after_fit) for the model a run evaluates and exports).
+pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
+    let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
+    let pretrained = load_pretrained(&config.model, config.random_init, device)?;
+    let (model, tokenizer, _) = build(pretrained, &config, true, device)?;
+    let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
+    let (model, _) = load_params(model, &weights)?;
+    Ok(LoadedRun {
+        config,
+        model,
+        tokenizer,
+    })
+}
+
+/// Which part of a run's split to score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Validation,
+    Test,
+}
+
+impl std::str::FromStr for Split {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "validation" => Ok(Self::Validation),
+            "test" => Ok(Self::Test),
+            other => Err(TrainError::Invalid(format!(
+                "--split {other}: expected validation or test"
+            ))),
+        }
+    }
+}
+
+/// What [`evaluate_run`] measured.
+pub struct RunEvaluation {
+    pub metrics: Metrics,
+    pub examples: usize,
+    pub seconds: f64,
+    /// For the validation split of the model as trained: the epoch and metric the run recorded,
+    /// which the reloaded model has reproduced.
+    pub recorded: Option<(usize, f64)>,
+}
+
+/// Scores the run in `dir` on a part of its split. With `adapter_drop`, the lowest that many
+/// layers run without adapters (AdapterDrop at inference). On the validation split of the
+/// model as trained, the metric must reproduce the recorded one, else it is an error.
+pub fn evaluate_run(
+    dir: &Path,
+    split: Split,
+    adapter_drop: Option<usize>,
+    device: &Device,
+) -> Result<RunEvaluation> {
+    let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
+    let task = config
+        .task
+        .load(config.train.seed)
+        .context(|| format!("reading task {}", config.task.path.display()))?;
+    let indices = match split {
+        Split::Validation => &task.split.validation,
+        Split::Test => &task.split.test,
+    };
+    let LoadedRun {
+        mut model,
+        tokenizer,
+        ..
+    } = load_run(dir, device)?;
+    if let Some(layers) = adapter_drop {
+        if model.adapters.is_empty() {
+            return Err(TrainError::Invalid(
+                "--adapter-drop: the run's model holds no adapters".into(),
+            ));
+        }
+        if layers > model.num_layers() {
+            return Err(TrainError::Invalid(format!(
+                "--adapter-drop {layers}: the model has {} layers",
+                model.num_layers()
+            )));
+        }
+        let training_max = model.adapter_drop_max;
+        model.set_adapter_drop(training_max, layers);
+    }
+    let started = std::time::Instant::now();
+    let metrics = evaluate(
+        &model,
+        &tokenizer,
+        &task.part(indices),
+        &task.kind,
+        device,
+        config.train.eval_batch_size,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut recorded = None;
+    if split == Split::Validation && adapter_drop.is_none() {
+        let best: EpochRecord = read_json(&dir.join("best.json"))?;
+        let value = metrics.primary().1;
+        let best_value = best.validation.primary().1;
+        // JSON text may move a float by its last bit; anything more is a real difference.
+        if (best_value - value).abs() > 1e-12 * best_value.abs().max(1.0) {
+            return Err(TrainError::Invalid(format!(
+                "the reloaded model gives {value}, the run recorded {best_value}"
+            )));
+        }
+        recorded = Some((best.epoch, best_value));
+    }
+    Ok(RunEvaluation {
+        metrics,
+        examples: indices.len(),
+        seconds,
+        recorded,
+    })
+}
+
+/// Writes the run in `dir` as a HF peft adapter directory `out` (LoRA, prompt tuning, prefix
+/// tuning), with `base_model` as `base_model_name_or_path` (default: the run's model directory).
+pub fn export_run(
+    dir: &Path,
+    out: &Path,
+    base_model: Option<&str>,
+    device: &Device,
+) -> Result<(RunConfig, PeftExport)> {
+    let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
+    if config.method.method().peft_type().is_none() {
+        return Err(TrainError::Invalid(format!(
+            "{}: the run's method is `{}`; kiln export writes peft's LoRA, prompt-tuning and \
+             prefix-tuning formats",
+            dir.display(),
+            config.method.name()
+        )));
+    }
+    let LoadedRun {
+        config, mut model, ..
+    } = load_run(dir, device)?;
+    // peft's adapter holds what the method leaves after training (prefixes folded).
+    config.method.method().after_fit(&mut model)?;
+    let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
+    let written = export_peft(&model, out, &base)?;
+    Ok((config, written))
+}
+
+/// Folds the LoRA deltas of the run in `dir` into the base weights and writes a HF checkpoint
+/// (config, weights, tokenizer files) to `out`.
+pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<MergedCheckpoint> {
+    let LoadedRun { config, model, .. } = load_run(dir, device)?;
+    save_merged(&model, &config.model, out)
+}
+
+/// What [`plan_run`] predicts, with the names it was made for.
+pub struct RunPlan {
+    pub plan: Plan,
+    /// `bert`, `gpt2` or `m2`.
+    pub backbone: String,
+    /// The method's label (`lora-r8`).
+    pub method: String,
+}
+
+/// Predicts one training step of `method` on the model in `model_dir` (only its `config.json`
+/// and tokenizer are read: the architecture at random initialisation has the weights' shapes)
+/// for batches of `batch` x `seq` tokens and `outputs` classes.
+pub fn plan_run(
+    model_dir: &Path,
+    method: &MethodConfig,
+    batch: usize,
+    seq: usize,
+    outputs: usize,
+    device: &Device,
+) -> Result<RunPlan> {
+    let pretrained = Pretrained::random(model_dir, device)
+        .context(|| format!("reading the model in {}", model_dir.display()))?;
+    let readout = Readout::default_for(&pretrained.backbone);
+    let head = HeadConfig {
+        layers: method.method().head_layers(),
+        outputs,
+        dropout: 0.1,
+    };
+    let model = SequenceClassifier::new(pretrained.backbone, readout, head, device)?;
+    let (model, report) = method.apply(model)?;
+    let shape = StepShape {
+        batch,
+        seq,
+        virtual_tokens: method.method().virtual_tokens(),
+    };
+    Ok(RunPlan {
+        plan: plan(&model, &report, shape)?,
+        backbone: model.backbone_name().to_string(),
+        method: method.label(),
+    })
+}
