@@ -333,6 +333,13 @@ fn test(with_wgpu: bool) -> Result<()> {
         cargo().args(["test", "--workspace"]).args(features),
         "cargo test",
     )?;
+    run_example()?;
+    run(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+        "cargo doc (warnings are errors)",
+    )?;
     let mut devices = vec!["ndarray"];
     if with_wgpu {
         devices.push("wgpu");
@@ -349,6 +356,33 @@ fn test(with_wgpu: bool) -> Result<()> {
             &format!("cargo test on {device}"),
         )?;
     }
+    Ok(())
+}
+
+/// The library example (`crates/kiln-train/examples/fine_tune.rs`, built by `cargo test`) on the
+/// tiny fixture: it must train, score the test split and label two texts.
+fn run_example() -> Result<()> {
+    let root = workspace_root();
+    let out = target_dir().join("tmp/example-fine-tune");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let output = Command::new(target_dir().join("debug/examples/fine_tune"))
+        .arg(root.join("fixtures/bert-tiny"))
+        .arg(root.join("fixtures/tasks/fire-water.csv"))
+        .arg(&out)
+        .output()
+        .context("cannot start the fine_tune example")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() || stdout.matches("Class {").count() != 2 {
+        bail!(
+            "the fine_tune example failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    println!("the fine_tune example trained and labelled two texts");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The fast bodies on Burn's flex backend: contiguous f32 buffers, rows split over rayon's
 //! workers, each block compiled for the widest vector extension the CPU has (see
-//! [`crate::simd`]), and the math of [`crate::math`], which vectorises.
+//! `crate::simd`), and the math of `crate::math`, which vectorises.
 
 use burn::backend::TensorMetadata;
 use burn::backend::flex::{FlexTensor, Layout};

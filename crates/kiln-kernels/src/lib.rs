@@ -10,7 +10,7 @@
 //! - [`attention`]: the whole of scaled dot-product attention at inference, each head's scores
 //!   kept in cache instead of memory;
 //! - [`add_layer_norm`]: dropout of a sub-layer's output, the residual add and layer norm;
-//! - [`matmul`]: products (2-D and batched per head) straight into `gemm`, transposes read
+//! - [`matmul`](fn@matmul): products (2-D and batched per head) straight into `gemm`, transposes read
 //!   through strides and the output written once, forward and backward;
 //! - [`FusedAdamW`]: the optimizer's whole update in one pass over each parameter.
 //!

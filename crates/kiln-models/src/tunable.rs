@@ -252,7 +252,7 @@ impl LowRankDelta {
     }
 }
 
-/// Burn's `Linear` with every leading dimension folded into rows (see [`affine_rows`]).
+/// Burn's `Linear` with every leading dimension folded into rows (see `affine_rows`).
 pub fn linear_rows<const D: usize>(layer: &Linear, input: Tensor<D>) -> Tensor<D> {
     let mut dims = input.dims();
     dims[D - 1] = layer.weight.lazy_shape().dims::<2>()[1];

@@ -16,6 +16,9 @@
 //! let settings = RunSettings::new("models/all-MiniLM-L6-v2", task, method);
 //! let run = train(&settings, "runs/lora".as_ref(), false)?;
 //! println!("{:?}", run.summary.test);
+//! for prediction in run.predict(&["a new text to label"])? {
+//!     println!("{prediction:?}");
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -26,10 +29,10 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use kiln_data::{LoadedTask, TaskSpec};
+use kiln_data::{LoadedTask, TaskKind, TaskSpec};
 use kiln_models::{
     DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
-    TextTokenizer,
+    TextInput, TextTokenizer,
 };
 use kiln_tuning::{MethodConfig, ParamReport};
 
@@ -173,6 +176,83 @@ pub struct TrainedRun {
     pub summary: RunSummary,
     pub model: SequenceClassifier,
     pub tokenizer: TextTokenizer,
+    /// What the model predicts: the task's classes, or a number.
+    pub kind: TaskKind,
+    /// The device the model is on.
+    pub device: Device,
+}
+
+/// What the model says about one text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Prediction {
+    /// The most probable class, with the probability of every class in label order.
+    Class {
+        label: String,
+        probabilities: Vec<f32>,
+    },
+    /// A regression's value.
+    Value(f32),
+}
+
+impl TrainedRun {
+    /// The model's prediction for each text (a pair task's texts go in as `text` alone).
+    pub fn predict(&self, texts: &[&str]) -> Result<Vec<Prediction>> {
+        predict(
+            &self.model,
+            &self.tokenizer,
+            &self.kind,
+            texts,
+            &self.device,
+            self.config.train.eval_batch_size,
+        )
+    }
+}
+
+/// `model`'s prediction for each of `texts`, `batch_size` at a time.
+pub fn predict(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    kind: &TaskKind,
+    texts: &[&str],
+    device: &Device,
+    batch_size: usize,
+) -> Result<Vec<Prediction>> {
+    let mut predictions = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(batch_size.max(1)) {
+        let inputs: Vec<TextInput> = chunk
+            .iter()
+            .map(|t| TextInput::Single(t.to_string()))
+            .collect();
+        let encoded = tokenizer.encode_batch(&inputs)?;
+        let outputs = model.forward(encoded.bert_input(device));
+        let [_, width] = outputs.dims();
+        let scores = match kind {
+            TaskKind::Classification { .. } => burn::tensor::activation::softmax(outputs, 1),
+            TaskKind::Regression => outputs,
+        };
+        let values: Vec<f32> = scores
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
+        for row in values.chunks(width) {
+            predictions.push(match kind {
+                TaskKind::Classification { labels } => {
+                    let best = (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap_or(0);
+                    Prediction::Class {
+                        label: labels
+                            .get(best)
+                            .cloned()
+                            .unwrap_or_else(|| best.to_string()),
+                        probabilities: row.to_vec(),
+                    }
+                }
+                TaskKind::Regression => Prediction::Value(row[0]),
+            });
+        }
+    }
+    Ok(predictions)
 }
 
 macro_rules! say {
@@ -370,6 +450,8 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         summary: run_summary,
         model,
         tokenizer,
+        kind: task.kind.clone(),
+        device: device.clone(),
     })
 }
 

@@ -1,7 +1,6 @@
 //! The method registry: one file per method, one line per method below. A line names the
-//! [`MethodConfig`] variant and the method's config, which implements
-//! [`Registered`](crate::method::Registered) (name, summary, options) and
-//! [`Method`](crate::method::Method) in its own file. Nothing else in the workspace lists
+//! [`MethodConfig`] variant and the method's config, which implements [`Registered`] (name,
+//! summary, options) and [`Method`] in its own file. Nothing else in the workspace lists
 //! methods: the CLI's flags, `kiln methods`, `kiln compare` and the tests read [`registry`].
 
 use crate::error::Result;
