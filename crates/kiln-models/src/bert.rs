@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
+use crate::backbone::TunableBackbone;
 use crate::config::{read_json, require};
 use crate::error::Result;
-use crate::pretrained::TokenStates;
 use crate::prompt::{
     PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens, layer_prefixes,
 };
+pub use crate::states::BertInput;
+use crate::states::{Readout, TokenStates, first_token, mean_pool};
 use crate::tunable::{TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -357,14 +359,6 @@ pub struct BertPooler {
     pub dense: TunableLinear,
 }
 
-/// One padded batch for BERT: all `[batch, seq]`.
-#[derive(Debug, Clone)]
-pub struct BertInput {
-    pub input_ids: Tensor<2, Int>,
-    pub attention_mask: Tensor<2, Int>,
-    pub token_type_ids: Tensor<2, Int>,
-}
-
 #[derive(Debug, Clone)]
 pub struct BertOutput {
     /// `[batch, seq, hidden]`; `seq` counts virtual tokens when the model has a prompt.
@@ -606,5 +600,76 @@ impl BertPooler {
         let [batch, _, width] = hidden.dims();
         let first = hidden.slice_dim(1, 0..1).reshape([batch, width]);
         self.dense.forward(first).tanh()
+    }
+}
+
+impl TunableBackbone for Bert {
+    fn name(&self) -> &'static str {
+        "bert"
+    }
+
+    fn hidden_size(&self) -> usize {
+        Bert::hidden_size(self)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn top_paths(&self) -> Vec<String> {
+        self.pooler.iter().map(|_| "pooler".to_string()).collect()
+    }
+
+    fn default_lora_targets(&self) -> Vec<String> {
+        vec!["query".into(), "value".into()]
+    }
+
+    fn word_embedding(&self) -> &Embedding {
+        &self.embeddings.word
+    }
+
+    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
+        self.layers.iter().map(|l| &l.adapters).collect()
+    }
+
+    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+        self.layers.iter_mut().map(|l| &mut l.adapters).collect()
+    }
+
+    fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
+        &mut self.adapter_drop
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        Bert::projections_mut(self)
+    }
+
+    fn prompt_slot(&mut self) -> Result<&mut Option<SoftPrompt>> {
+        Ok(&mut self.prompt)
+    }
+
+    fn prefix_encoder_slot(&mut self) -> Result<&mut Option<PrefixEncoder>> {
+        Ok(&mut self.prefix_encoder)
+    }
+
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    fn drop_pooler(&mut self) {
+        self.pooler = None;
+    }
+
+    fn encode(&self, input: BertInput, layers: Range<usize>) -> Option<TokenStates> {
+        Some(self.encode_layers(self.embed(input), layers))
+    }
+
+    fn read_out_above(&self, states: TokenStates, layer: usize, readout: Readout) -> Tensor<2> {
+        let states = self.encode_layers(states, layer..self.layers.len());
+        match (readout, &self.pooler) {
+            (Readout::Pooler, Some(pooler)) => pooler.forward(states.hidden),
+            (Readout::Mean, _) => mean_pool(states.hidden, states.token_mask),
+            (_, _) => first_token(states.hidden),
+        }
     }
 }

@@ -6,8 +6,6 @@
 //! paths are `bert.*` or `gpt2.*` for the backbone and `head.*` for the head: the names the
 //! methods' trainability patterns match.
 
-use std::str::FromStr;
-
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
@@ -15,54 +13,16 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{ActiveAdapter, AdapterConfig, AdapterFusion, LayerAdapters};
-use crate::bert::{Bert, BertInput};
+use crate::backbone::{TunableBackbone, no_attention};
+use crate::bert::Bert;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Gpt2, Gpt2Input};
+use crate::gpt2::Gpt2;
 use crate::m2::M2Bert;
-use crate::pretrained::{Backbone, TokenStates, last_token_pool, mean_pool};
+use crate::pretrained::Backbone;
 use crate::prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 use crate::side::{SideConfig, SideNetwork};
+use crate::states::{BertInput, Readout, TokenStates, mean_pool};
 use crate::tunable::{LoraRouting, LowRankDelta, TunableLinear};
-
-/// How the token states of one text become the head's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Readout {
-    /// Mean over real tokens (sentence-transformers' pooling; kiln's default for BERT).
-    Mean,
-    /// The `[CLS]` state; BERT only.
-    Cls,
-    /// BERT's pooler, `tanh(W·h_cls + b)`, as HF `BertForSequenceClassification` reads.
-    Pooler,
-    /// The last real token, the only one a causal model has read the whole text with.
-    Last,
-}
-
-impl Readout {
-    /// The readout for `backbone` unless the user says otherwise: the mean for the bidirectional
-    /// encoders, the last token for GPT-2 (the only one that has read the whole text).
-    pub fn default_for(backbone: &Backbone) -> Self {
-        match backbone {
-            Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
-            Backbone::Gpt2(..) => Readout::Last,
-        }
-    }
-}
-
-impl FromStr for Readout {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mean" => Ok(Readout::Mean),
-            "cls" => Ok(Readout::Cls),
-            "pooler" => Ok(Readout::Pooler),
-            "last" => Ok(Readout::Last),
-            other => Err(ModelError::InvalidInput(format!(
-                "unknown readout `{other}`: expected mean, cls, pooler or last"
-            ))),
-        }
-    }
-}
 
 /// Where the frozen bottom of a model ends, for methods that train only above it: everything
 /// below the head (linear probe, MLP head), or the layers below `BeforeLayer(k)` (partial-k).
@@ -70,12 +30,6 @@ impl FromStr for Readout {
 pub enum FrozenCut {
     Features,
     BeforeLayer(usize),
-}
-
-/// The first position's state `[batch, hidden]` (BERT's `[CLS]`).
-fn first_token(hidden: Tensor<3>) -> Tensor<2> {
-    let [batch, _, width] = hidden.dims();
-    hidden.slice_dim(1, 0..1).reshape([batch, width])
 }
 
 /// Shape of the task head: `layers` linear layers (the last maps to `outputs`), GELU between.
@@ -134,7 +88,9 @@ pub struct NamedAdapter {
     pub config: AdapterConfig,
 }
 
-/// A backbone (exactly one of `bert`, `gpt2`) with a readout and a task head.
+/// A backbone (exactly one of `bert`, `gpt2`, `m2`: the field names are the first segment of
+/// the parameter paths) with a readout and a task head. [`SequenceClassifier::backbone`] is the
+/// one place that picks the one it holds; everything else reaches it as a [`TunableBackbone`].
 #[derive(Module, Debug)]
 pub struct SequenceClassifier {
     pub bert: Option<Bert>,
@@ -167,43 +123,35 @@ impl SequenceClassifier {
         head: HeadConfig,
         device: &Device,
     ) -> Result<Self> {
-        let (mut bert, gpt2, mut m2) = match backbone {
+        let (mut bert, mut gpt2, mut m2) = match backbone {
             Backbone::Bert(model, _) => (Some(*model), None, None),
             Backbone::Gpt2(model, _) => (None, Some(*model), None),
             Backbone::M2Bert(model, _) => (None, None, Some(*model)),
         };
-        let pooler = match (bert.as_mut(), m2.as_mut()) {
-            (Some(bert), _) => Some(&mut bert.pooler),
-            (_, Some(m2)) => Some(&mut m2.pooler),
-            _ => None,
-        };
-        if let Some(pooler) = pooler {
+        let backbone = held_mut(&mut bert, &mut gpt2, &mut m2);
+        if backbone.is_causal() {
+            if matches!(readout, Readout::Cls | Readout::Pooler) {
+                return Err(ModelError::InvalidInput(format!(
+                    "readout `{readout:?}` needs a [CLS] token; use last or mean with GPT-2"
+                )));
+            }
+        } else {
             if readout == Readout::Last {
                 return Err(ModelError::InvalidInput(
                     "readout `last` is for causal models; use mean, cls or pooler with BERT".into(),
                 ));
             }
-            if readout == Readout::Pooler && pooler.is_none() {
+            if readout == Readout::Pooler && !backbone.has_pooler() {
                 return Err(ModelError::InvalidInput(
                     "readout `pooler` needs a checkpoint with pooler weights; this one has none"
                         .into(),
                 ));
             }
             if readout != Readout::Pooler {
-                *pooler = None;
+                backbone.drop_pooler();
             }
         }
-        if gpt2.is_some() && matches!(readout, Readout::Cls | Readout::Pooler) {
-            return Err(ModelError::InvalidInput(format!(
-                "readout `{readout:?}` needs a [CLS] token; use last or mean with GPT-2"
-            )));
-        }
-        let width = match (&bert, &gpt2, &m2) {
-            (Some(bert), _, _) => bert.hidden_size(),
-            (_, Some(gpt2), _) => gpt2.hidden_size(),
-            (_, _, Some(m2)) => m2.hidden_size(),
-            _ => unreachable!("one backbone was set above"),
-        };
+        let width = backbone.hidden_size();
         Ok(Self {
             bert,
             gpt2,
@@ -215,6 +163,16 @@ impl SequenceClassifier {
             adapter_drop_max: 0,
             lora_adapters: Vec::new(),
         })
+    }
+
+    /// The backbone the model holds.
+    pub fn backbone(&self) -> &dyn TunableBackbone {
+        held(&self.bert, &self.gpt2, &self.m2)
+    }
+
+    /// The backbone the model holds, to change.
+    pub fn backbone_mut(&mut self) -> &mut dyn TunableBackbone {
+        held_mut(&mut self.bert, &mut self.gpt2, &mut self.m2)
     }
 
     /// Task outputs `[batch, outputs]` for a padded batch.
@@ -234,15 +192,7 @@ impl SequenceClassifier {
     }
 
     fn backbone_features(&self, input: BertInput) -> Tensor<2> {
-        if let Some(m2) = &self.m2 {
-            let hidden = m2.forward(input.input_ids, input.token_type_ids);
-            return match (self.readout, &m2.pooler) {
-                (Readout::Pooler, Some(pooler)) => pooler.forward(hidden),
-                (Readout::Mean, _) => mean_pool(hidden, input.attention_mask),
-                (_, _) => first_token(hidden),
-            };
-        }
-        self.features_above(self.frozen_bottom(input, 0), 0)
+        self.backbone().read_out(input, self.readout)
     }
 
     /// BERT's or GPT-2's token states below layer `layer`: the embedded input and layers
@@ -250,101 +200,59 @@ impl SequenceClassifier {
     /// frozen bottom can be computed once and cached (M2-BERT's mixer reads padded positions,
     /// so its states depend on the batch they were computed in: it is not cut).
     pub fn frozen_bottom(&self, input: BertInput, layer: usize) -> TokenStates {
-        match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.encode_layers(bert.embed(input), 0..layer),
-            (_, Some(gpt2)) => {
-                let input = Gpt2Input {
-                    input_ids: input.input_ids,
-                    attention_mask: input.attention_mask,
-                };
-                gpt2.run_blocks(gpt2.embed(input), 0..layer)
-            }
-            _ => panic!("frozen_bottom: M2-BERT is not cut (see FrozenCut)"),
-        }
+        self.backbone()
+            .encode(input, 0..layer)
+            .expect("frozen_bottom on a backbone that is not cut (see cacheable)")
     }
 
     /// Layers `layer..` over `states`, the final norm or pooler, and the readout: the head's input.
     pub fn features_above(&self, states: TokenStates, layer: usize) -> Tensor<2> {
-        if let Some(bert) = &self.bert {
-            let states = bert.encode_layers(states, layer..bert.layers.len());
-            return match (self.readout, &bert.pooler) {
-                (Readout::Pooler, Some(pooler)) => pooler.forward(states.hidden),
-                (Readout::Mean, _) => mean_pool(states.hidden, states.token_mask),
-                (_, _) => first_token(states.hidden),
-            };
-        }
-        let Some(gpt2) = &self.gpt2 else {
-            panic!("features_above: M2-BERT is not cut (see FrozenCut)")
-        };
-        let states = gpt2.run_blocks(states, layer..gpt2.blocks.len());
-        let hidden = gpt2.ln_f.forward(states.hidden);
-        // The last position attention looked at: a virtual token when the template puts some
-        // behind the text, as P-tuning reads.
-        match self.readout {
-            Readout::Mean => mean_pool(hidden, states.token_mask),
-            _ => last_token_pool(hidden, states.attention_mask),
-        }
+        self.backbone().read_out_above(states, layer, self.readout)
     }
 
     /// Where this model's trainable part begins above a frozen bottom that can be cached, for a
     /// method that trains only above `cut`; `None` where the backbone is not cut (M2-BERT) or a
     /// side network reads the input.
     pub fn cacheable(&self, cut: FrozenCut) -> Option<FrozenCut> {
-        let plain = self.m2.is_none() && self.side.is_none();
-        plain.then_some(cut)
+        (self.backbone().can_be_cut() && self.side.is_none()).then_some(cut)
     }
 
     /// `bert`, `gpt2` or `m2`: the first segment of every backbone parameter path.
     pub fn backbone_name(&self) -> &'static str {
-        match (&self.bert, &self.gpt2) {
-            (Some(_), _) => "bert",
-            (_, Some(_)) => "gpt2",
-            _ => "m2",
-        }
+        self.backbone().name()
     }
 
     pub fn num_layers(&self) -> usize {
-        match (&self.bert, &self.gpt2, &self.m2) {
-            (Some(bert), _, _) => bert.layers.len(),
-            (_, Some(gpt2), _) => gpt2.blocks.len(),
-            (_, _, Some(m2)) => m2.layers.len(),
-            _ => 0,
-        }
+        self.backbone().num_layers()
     }
 
     /// Path of layer `i`: `bert.layers.i`, `gpt2.blocks.i` or `m2.layers.i`.
     pub fn layer_path(&self, i: usize) -> String {
-        match self.backbone_name() {
-            "gpt2" => format!("gpt2.blocks.{i}"),
-            name => format!("{name}.layers.{i}"),
-        }
+        format!("{}.{}", self.backbone_name(), self.backbone().layer_path(i))
     }
 
     /// Backbone modules above the last layer (they see only what the last layer gives them).
     pub fn top_paths(&self) -> Vec<String> {
-        match (&self.bert, &self.gpt2, &self.m2) {
-            (Some(bert), _, _) if bert.pooler.is_some() => vec!["bert.pooler".into()],
-            (_, _, Some(m2)) if m2.pooler.is_some() => vec!["m2.pooler".into()],
-            (_, Some(_), _) => vec!["gpt2.ln_f".into()],
-            _ => Vec::new(),
-        }
+        let name = self.backbone_name();
+        self.backbone()
+            .top_paths()
+            .into_iter()
+            .map(|path| format!("{name}.{path}"))
+            .collect()
     }
 
     pub fn hidden_size(&self) -> usize {
-        match (&self.bert, &self.gpt2, &self.m2) {
-            (Some(bert), _, _) => bert.hidden_size(),
-            (_, Some(gpt2), _) => gpt2.hidden_size(),
-            (_, _, Some(m2)) => m2.hidden_size(),
-            _ => unreachable!("a classifier always holds a backbone"),
-        }
+        self.backbone().hidden_size()
     }
 
     /// Patterns of every layer-norm parameter of the backbone.
     pub fn norm_patterns(&self) -> Vec<String> {
-        match self.backbone_name() {
-            "gpt2" => vec!["gpt2.*ln_*".into()],
-            name => vec![format!("{name}.*norm.*")],
-        }
+        let name = self.backbone_name();
+        self.backbone()
+            .norm_patterns()
+            .into_iter()
+            .map(|pattern| format!("{name}.{pattern}"))
+            .collect()
     }
 
     /// Patterns of the parameters of the adapter called `name`, in every layer.
@@ -364,12 +272,7 @@ impl SequenceClassifier {
     }
 
     fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
-        match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
-            (Some(bert), _, _) => bert.layers.iter_mut().map(|l| &mut l.adapters).collect(),
-            (_, Some(gpt2), _) => gpt2.blocks.iter_mut().map(|b| &mut b.adapters).collect(),
-            (_, _, Some(m2)) => m2.layers.iter_mut().map(|l| &mut l.adapters).collect(),
-            _ => Vec::new(),
-        }
+        self.backbone_mut().layer_adapters_mut()
     }
 
     fn set_active(&mut self, active: ActiveAdapter) {
@@ -392,7 +295,7 @@ impl SequenceClassifier {
                 "an adapter bottleneck must be at least 1 wide".into(),
             ));
         }
-        if config.prefix_len > 0 && self.m2.is_some() {
+        if config.prefix_len > 0 && !self.backbone().has_attention() {
             return Err(no_attention("attention prefixes"));
         }
         let width = self.hidden_size();
@@ -426,12 +329,7 @@ impl SequenceClassifier {
 
     /// The active adapter's name, `None` when adapters are off or fused.
     pub fn active_adapter(&self) -> Option<&str> {
-        let slots = match (&self.bert, &self.gpt2, &self.m2) {
-            (Some(bert), _, _) => bert.layers.first()?.adapters.as_ref(),
-            (_, Some(gpt2), _) => gpt2.blocks.first()?.adapters.as_ref(),
-            (_, _, Some(m2)) => m2.layers.first()?.adapters.as_ref(),
-            _ => None,
-        }?;
+        let slots = self.backbone().layer_adapters().first()?.as_ref()?;
         match slots.active {
             ActiveAdapter::One(k) => self.adapters.get(k).map(|a| a.name.as_str()),
             _ => None,
@@ -506,12 +404,7 @@ impl SequenceClassifier {
     }
 
     fn word_embedding(&self) -> &Embedding {
-        match (&self.bert, &self.gpt2, &self.m2) {
-            (Some(bert), _, _) => &bert.embeddings.word,
-            (_, Some(gpt2), _) => &gpt2.wte,
-            (_, _, Some(m2)) => &m2.embeddings.word,
-            _ => unreachable!("a classifier always holds a backbone"),
-        }
+        self.backbone().word_embedding()
     }
 
     /// Puts virtual tokens into the input: `initial` `[n, h]` with `n` the template's length,
@@ -537,11 +430,7 @@ impl SequenceClassifier {
             encoder: encoder.map(|lstm| PromptEncoder::new(width, lstm, &device)),
             template,
         };
-        match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => bert.prompt = Some(prompt),
-            (_, Some(gpt2)) => gpt2.prompt = Some(prompt),
-            _ => return Err(no_attention("virtual tokens")),
-        }
+        *self.backbone_mut().prompt_slot()? = Some(prompt);
         Ok(())
     }
 
@@ -549,23 +438,19 @@ impl SequenceClassifier {
     pub fn add_prefix_encoder(&mut self, len: usize, mid: usize) -> Result<()> {
         let device = self.head.output.weight.lazy_device();
         let encoder = PrefixEncoder::new(len, self.hidden_size(), mid, self.num_layers(), &device);
-        match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => bert.prefix_encoder = Some(encoder),
-            (_, Some(gpt2)) => gpt2.prefix_encoder = Some(encoder),
-            _ => return Err(no_attention("attention prefixes")),
-        }
+        *self.backbone_mut().prefix_encoder_slot()? = Some(encoder);
         Ok(())
     }
 
     /// Replaces the prefix encoder by the prefixes it computes, as a prefix-only adapter called
     /// `name`: same outputs, no MLP left, saved and loaded like any adapter.
     pub fn fold_prefix_encoder(&mut self, name: &str) -> Result<()> {
-        let encoder = match (&mut self.bert, &mut self.gpt2) {
-            (Some(bert), _) => bert.prefix_encoder.take(),
-            (_, Some(gpt2)) => gpt2.prefix_encoder.take(),
-            _ => None,
-        }
-        .ok_or_else(|| ModelError::InvalidInput("the model has no prefix encoder".into()))?;
+        let encoder = self
+            .backbone_mut()
+            .prefix_encoder_slot()
+            .ok()
+            .and_then(Option::take)
+            .ok_or_else(|| ModelError::InvalidInput("the model has no prefix encoder".into()))?;
         let prefixes = encoder.prefixes();
         let len = prefixes.first().map_or(0, |(key, _)| key.dims()[0]);
         self.add_adapter(name, &AdapterConfig::prefix_only(len))?;
@@ -593,12 +478,7 @@ impl SequenceClassifier {
     }
 
     fn adapter_drop_state(&mut self) -> &mut crate::adapter::AdapterDropState {
-        match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
-            (Some(bert), _, _) => &mut bert.adapter_drop,
-            (_, Some(gpt2), _) => &mut gpt2.adapter_drop,
-            (_, _, Some(m2)) => &mut m2.adapter_drop,
-            _ => unreachable!("a classifier always holds a backbone"),
-        }
+        self.backbone_mut().adapter_drop_state()
     }
 
     /// Called by the trainer before each step: `progress` in `[0, 1]` moves side-tuning's alpha
@@ -614,13 +494,8 @@ impl SequenceClassifier {
     /// Every backbone projection with its full path (`bert.layers.0.attention.query`).
     pub fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
         let prefix = self.backbone_name();
-        let found = match (&mut self.bert, &mut self.gpt2, &mut self.m2) {
-            (Some(bert), _, _) => bert.projections_mut(),
-            (_, Some(gpt2), _) => gpt2.projections_mut(),
-            (_, _, Some(m2)) => m2.projections_mut(),
-            _ => Vec::new(),
-        };
-        found
+        self.backbone_mut()
+            .projections_mut()
             .into_iter()
             .map(|(path, projection)| (format!("{prefix}.{path}"), projection))
             .collect()
@@ -743,10 +618,31 @@ impl SequenceClassifier {
     }
 }
 
-/// M2-BERT mixes tokens with convolutions: it has no attention to give prefixes or to let
-/// virtual tokens act through.
-fn no_attention(what: &str) -> ModelError {
-    ModelError::InvalidInput(format!(
-        "{what} need attention layers; M2-BERT mixes tokens with long convolutions instead"
-    ))
+/// The backbone of the three slots that holds one: the one place that looks at which it is
+/// ([`SequenceClassifier::new`] fills exactly one).
+fn held<'a>(
+    bert: &'a Option<Bert>,
+    gpt2: &'a Option<Gpt2>,
+    m2: &'a Option<M2Bert>,
+) -> &'a dyn TunableBackbone {
+    match (bert, gpt2, m2) {
+        (Some(bert), _, _) => bert,
+        (_, Some(gpt2), _) => gpt2,
+        (_, _, Some(m2)) => m2,
+        _ => unreachable!("a classifier always holds a backbone"),
+    }
+}
+
+/// [`held`], to change.
+fn held_mut<'a>(
+    bert: &'a mut Option<Bert>,
+    gpt2: &'a mut Option<Gpt2>,
+    m2: &'a mut Option<M2Bert>,
+) -> &'a mut dyn TunableBackbone {
+    match (bert, gpt2, m2) {
+        (Some(bert), _, _) => bert,
+        (_, Some(gpt2), _) => gpt2,
+        (_, _, Some(m2)) => m2,
+        _ => unreachable!("a classifier always holds a backbone"),
+    }
 }

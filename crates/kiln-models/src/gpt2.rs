@@ -18,10 +18,12 @@ use serde::{Deserialize, Serialize};
 use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
+use crate::backbone::TunableBackbone;
 use crate::config::{read_json, require};
 use crate::error::Result;
-use crate::pretrained::TokenStates;
 use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
+pub use crate::states::Gpt2Input;
+use crate::states::{BertInput, Readout, TokenStates, last_token_pool, mean_pool};
 use crate::tunable::{TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -281,13 +283,6 @@ pub struct Gpt2Mlp {
     pub dropout: Dropout,
 }
 
-/// One padded batch for GPT-2: both `[batch, seq]`, padding on either side.
-#[derive(Debug, Clone)]
-pub struct Gpt2Input {
-    pub input_ids: Tensor<2, Int>,
-    pub attention_mask: Tensor<2, Int>,
-}
-
 impl Gpt2 {
     /// Loads a HF GPT-2 directory onto `device`.
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<(Self, Gpt2Config)> {
@@ -482,5 +477,91 @@ impl Gpt2Mlp {
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let inner = self.activation.forward(self.c_fc.forward(hidden));
         kiln_kernels::dropout(&self.dropout, self.c_proj.forward(inner))
+    }
+}
+
+impl TunableBackbone for Gpt2 {
+    fn name(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn hidden_size(&self) -> usize {
+        Gpt2::hidden_size(self)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn layer_path(&self, i: usize) -> String {
+        format!("blocks.{i}")
+    }
+
+    fn top_paths(&self) -> Vec<String> {
+        vec!["ln_f".into()]
+    }
+
+    fn norm_patterns(&self) -> Vec<String> {
+        vec!["*ln_*".into()]
+    }
+
+    fn default_lora_targets(&self) -> Vec<String> {
+        vec!["c_attn".into()]
+    }
+
+    fn word_embedding(&self) -> &Embedding {
+        &self.wte
+    }
+
+    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
+        self.blocks.iter().map(|b| &b.adapters).collect()
+    }
+
+    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+        self.blocks.iter_mut().map(|b| &mut b.adapters).collect()
+    }
+
+    fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
+        &mut self.adapter_drop
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        Gpt2::projections_mut(self)
+    }
+
+    fn prompt_slot(&mut self) -> Result<&mut Option<SoftPrompt>> {
+        Ok(&mut self.prompt)
+    }
+
+    fn prefix_encoder_slot(&mut self) -> Result<&mut Option<PrefixEncoder>> {
+        Ok(&mut self.prefix_encoder)
+    }
+
+    fn set_prefix_positions(&mut self, on: bool) -> bool {
+        self.prefix_takes_positions = on;
+        true
+    }
+
+    fn is_causal(&self) -> bool {
+        true
+    }
+
+    fn encode(&self, input: BertInput, layers: Range<usize>) -> Option<TokenStates> {
+        let input = Gpt2Input {
+            input_ids: input.input_ids,
+            attention_mask: input.attention_mask,
+        };
+        Some(self.run_blocks(self.embed(input), layers))
+    }
+
+    fn read_out_above(&self, states: TokenStates, layer: usize, readout: Readout) -> Tensor<2> {
+        let states = self.run_blocks(states, layer..self.blocks.len());
+        let hidden = self.ln_f.forward(states.hidden);
+        // The last position attention looked at: a virtual token when the template puts some
+        // behind the text, as P-tuning reads.
+        match readout {
+            Readout::Mean => mean_pool(hidden, states.token_mask),
+            _ => last_token_pool(hidden, states.attention_mask),
+        }
     }
 }

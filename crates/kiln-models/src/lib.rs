@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod adapter;
 pub mod attention;
+pub mod backbone;
 pub mod bert;
 pub mod classifier;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod paths;
 pub mod pretrained;
 pub mod prompt;
 pub mod side;
+pub mod states;
 pub mod tokenizer;
 pub mod tunable;
 pub mod weights;
@@ -31,8 +33,9 @@ pub use adapter::{
     ActiveAdapter, AdapterConfig, AdapterDropState, AdapterFusion, AdapterInit, AttentionPrefix,
     BottleneckAdapter, LayerAdapter, LayerAdapters,
 };
+pub use backbone::TunableBackbone;
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
-pub use classifier::{FrozenCut, HeadConfig, MlpHead, NamedAdapter, Readout, SequenceClassifier};
+pub use classifier::{FrozenCut, HeadConfig, MlpHead, NamedAdapter, SequenceClassifier};
 pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
@@ -40,9 +43,10 @@ pub use fpt::{Fpt, FptConfig, FptTokens};
 pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use m2::{M2Bert, M2BertConfig};
 pub use monarch::{BlockDiagonal, BlockDiagonalConfig, Monarch, MonarchConfig};
-pub use pretrained::{Backbone, Pooling, Pretrained, TokenStates, last_token_pool, mean_pool};
+pub use pretrained::{Backbone, Pooling, Pretrained};
 pub use prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
 pub use side::{SideConfig, SideNetwork};
+pub use states::{Readout, TokenStates, first_token, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
 pub use tunable::{LoraRouting, LowRankConfig, LowRankDelta, TunableLinear};
 pub use weights::WeightFile;

@@ -11,22 +11,26 @@
 //! every input to `max_position_embeddings` and so should a user who wants its outputs.
 
 use std::f64::consts::PI;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
 use burn::module::{Module, Param};
 use burn::nn::{
-    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
 };
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{AdapterDropState, LayerAdapters};
+use crate::backbone::TunableBackbone;
 use crate::bert::{BertConfig, BertEmbeddings, BertPooler};
 use crate::config::read_json;
 use crate::long_conv::long_conv;
 use crate::monarch::{BlockDiagonal, BlockDiagonalConfig};
+use crate::states::{BertInput, Readout, TokenStates, first_token, mean_pool};
 use crate::tunable::TunableLinear;
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
@@ -617,6 +621,83 @@ pub fn m2_keys() -> KeyTable {
             })
             .collect()
     })
+}
+
+impl TunableBackbone for M2Bert {
+    fn name(&self) -> &'static str {
+        "m2"
+    }
+
+    fn hidden_size(&self) -> usize {
+        M2Bert::hidden_size(self)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn top_paths(&self) -> Vec<String> {
+        self.pooler.iter().map(|_| "pooler".to_string()).collect()
+    }
+
+    // The mixer's projections, the places attention's would be.
+    fn default_lora_targets(&self) -> Vec<String> {
+        vec!["in_linear".into(), "out_linear".into()]
+    }
+
+    fn word_embedding(&self) -> &Embedding {
+        &self.embeddings.word
+    }
+
+    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
+        self.layers.iter().map(|l| &l.adapters).collect()
+    }
+
+    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+        self.layers.iter_mut().map(|l| &mut l.adapters).collect()
+    }
+
+    fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
+        &mut self.adapter_drop
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
+        M2Bert::projections_mut(self)
+    }
+
+    fn has_attention(&self) -> bool {
+        false
+    }
+
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    fn drop_pooler(&mut self) {
+        self.pooler = None;
+    }
+
+    // The mixer reads padded positions: states depend on the batch they were computed in.
+    fn can_be_cut(&self) -> bool {
+        false
+    }
+
+    fn encode(&self, _input: BertInput, _layers: Range<usize>) -> Option<TokenStates> {
+        None
+    }
+
+    fn read_out_above(&self, _states: TokenStates, _layer: usize, _readout: Readout) -> Tensor<2> {
+        unreachable!("M2-BERT is never cut: encode gives no states")
+    }
+
+    fn read_out(&self, input: BertInput, readout: Readout) -> Tensor<2> {
+        let hidden = self.forward(input.input_ids, input.token_type_ids);
+        match (readout, &self.pooler) {
+            (Readout::Pooler, Some(pooler)) => pooler.forward(hidden),
+            (Readout::Mean, _) => mean_pool(hidden, input.attention_mask),
+            (_, _) => first_token(hidden),
+        }
+    }
 }
 
 #[cfg(test)]

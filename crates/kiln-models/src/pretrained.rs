@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use crate::bert::{Bert, BertConfig};
 use crate::config::ModelKind;
@@ -10,18 +10,8 @@ use crate::config::read_json;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::m2::{M2Bert, M2BertConfig};
+use crate::states::Readout;
 use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer};
-
-/// Token states between two layers of a backbone, with the masks of their positions (virtual
-/// tokens included): where attention looks, and where the real tokens are. What a frozen bottom
-/// hands to the layers above it.
-#[derive(Debug, Clone)]
-pub struct TokenStates {
-    /// `[batch, seq, hidden]`.
-    pub hidden: Tensor<3>,
-    pub attention_mask: Tensor<2, Int>,
-    pub token_mask: Tensor<2, Int>,
-}
 
 /// One of kiln's backbones with its HF config.
 #[derive(Debug)]
@@ -44,6 +34,16 @@ impl Backbone {
             Backbone::Bert(..) => ModelKind::Bert,
             Backbone::Gpt2(..) => ModelKind::Gpt2,
             Backbone::M2Bert(..) => ModelKind::M2Bert,
+        }
+    }
+
+    /// How a text's token states become one vector unless the user says otherwise: the mean
+    /// for the bidirectional encoders, the last token for GPT-2 (the only one that has read the
+    /// whole text).
+    pub fn default_readout(&self) -> Readout {
+        match self {
+            Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
+            Backbone::Gpt2(..) => Readout::Last,
         }
     }
 
@@ -166,29 +166,4 @@ impl std::str::FromStr for Pooling {
             ))),
         }
     }
-}
-
-/// Mean of `hidden` over the positions where `mask` is 1: `[batch, seq, h]` → `[batch, h]`.
-pub fn mean_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
-    let [batch, _, width] = hidden.dims();
-    let weights = mask.float().unsqueeze_dim::<3>(2);
-    let summed = (hidden * weights.clone())
-        .sum_dim(1)
-        .reshape([batch, width]);
-    let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
-    summed / counts
-}
-
-/// The state at the last position where `mask` is 1, for each row; works with either padding side.
-pub fn last_token_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
-    let [batch, seq, width] = hidden.dims();
-    let device = hidden.device();
-    // Position index where mask is 1, else -1; the row maximum is the last real token.
-    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
-        .unsqueeze_dim::<2>(0)
-        .expand([batch, seq]);
-    let last = (positions + 1) * mask - 1;
-    let index = last.max_dim(1).clamp_min(0);
-    let index = index.unsqueeze_dim::<3>(2).expand([batch, 1, width]);
-    hidden.gather(1, index).reshape([batch, width])
 }

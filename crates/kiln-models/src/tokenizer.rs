@@ -21,10 +21,9 @@ use tokenizers::{
     TruncationParams, TruncationStrategy,
 };
 
-use crate::bert::BertInput;
 use crate::config::{ModelKind, read_json};
 use crate::error::{ModelError, Result};
-use crate::gpt2::Gpt2Input;
+use crate::states::{BertInput, Gpt2Input};
 
 /// Truncation length until [`TextTokenizer::configure`] says otherwise (BERT's usual limit).
 pub const DEFAULT_MAX_LEN: usize = 512;

@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
+use kiln_models::SequenceClassifier;
 use kiln_models::weights::{Layout, hf_name_for};
-use kiln_models::{Readout, SequenceClassifier};
 use kiln_models::{bert::BERT_KEYS, gpt2::GPT2_KEYS};
 
 use crate::checkpoint::{save_params_laid_out, write_atomically};
@@ -73,8 +73,7 @@ pub fn save_merged(
         }
         projection.merge_lora();
     }
-    let sequence_classifier =
-        model.bert.is_some() && model.readout == Readout::Pooler && model.head.hidden.is_empty();
+    let sequence_classifier = crate::peft::is_bert_sequence_classifier(model);
     let (table, backbone, architecture, prefix) = match (&model.bert, &model.gpt2) {
         (Some(_), _) if sequence_classifier => {
             (BERT_KEYS, "bert", "BertForSequenceClassification", "bert.")

@@ -305,7 +305,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         task: settings.task.clone(),
         readout: settings
             .readout
-            .unwrap_or_else(|| Readout::default_for(&pretrained.backbone)),
+            .unwrap_or_else(|| pretrained.backbone.default_readout()),
         method,
         train: settings.train.clone(),
         head,
@@ -778,7 +778,7 @@ pub fn plan_run(
 ) -> Result<RunPlan> {
     let pretrained = Pretrained::random(model_dir, device)
         .context(|| format!("reading the model in {}", model_dir.display()))?;
-    let readout = Readout::default_for(&pretrained.backbone);
+    let readout = pretrained.backbone.default_readout();
     let head = HeadConfig {
         layers: method.method().head_layers(),
         outputs,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use kiln_models::{
-    Activation, AdapterConfig, AdapterInit, DeviceChoice, HeadConfig, Pretrained, Readout,
+    Activation, AdapterConfig, AdapterInit, DeviceChoice, HeadConfig, Pretrained,
     SequenceClassifier,
 };
 use kiln_tuning::{MethodConfig, Registered, registry, tracked_report};
@@ -22,7 +22,7 @@ fn fixture(name: &str) -> PathBuf {
 fn apply_defaults(name: &str, method: &MethodConfig) {
     let device: Device = DeviceChoice::Cpu.device().expect("CPU backend").autodiff();
     let pretrained = Pretrained::load(&fixture(name), &device).expect("fixture loads");
-    let readout = Readout::default_for(&pretrained.backbone);
+    let readout = pretrained.backbone.default_readout();
     let head = HeadConfig {
         layers: method.method().head_layers(),
         outputs: 2,

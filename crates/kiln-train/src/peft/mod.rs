@@ -56,7 +56,7 @@ fn one() -> usize {
 
 /// Whether `model` is HF's `BertForSequenceClassification`: BERT, pooler readout, one linear
 /// layer.
-fn is_bert_sequence_classifier(model: &SequenceClassifier) -> bool {
+pub(crate) fn is_bert_sequence_classifier(model: &SequenceClassifier) -> bool {
     model.bert.is_some() && model.readout == Readout::Pooler && model.head.hidden.is_empty()
 }
 

@@ -67,7 +67,7 @@ pub fn export_prompt(
                 .into(),
         )
     })?;
-    if model.bert.is_some() && !prompt.template.at_start {
+    if model.backbone().has_cls_token() && !prompt.template.at_start {
         return Err(TrainError::Invalid(
             "kiln put this BERT's virtual tokens after [CLS]; peft puts them in front of it: \
              train with --prompt-at-start to export"

@@ -42,10 +42,7 @@ impl LoraConfig {
     pub fn targets_for(&self, model: &SequenceClassifier) -> Vec<String> {
         match &self.targets {
             Some(targets) => targets.clone(),
-            None if model.bert.is_some() => vec!["query".into(), "value".into()],
-            // M2-BERT's mixer projections, the places attention's would be.
-            None if model.m2.is_some() => vec!["in_linear".into(), "out_linear".into()],
-            None => vec!["c_attn".into()],
+            None => model.backbone().default_lora_targets(),
         }
     }
 }

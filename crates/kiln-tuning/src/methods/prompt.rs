@@ -70,12 +70,9 @@ pub(crate) fn set_prefix_positions(model: &mut SequenceClassifier, on: bool) -> 
     if !on {
         return Ok(());
     }
-    match model.gpt2.as_mut() {
-        Some(gpt2) => {
-            gpt2.prefix_takes_positions = true;
-            Ok(())
-        }
-        None => Err(TuningError::Option {
+    match model.backbone_mut().set_prefix_positions(true) {
+        true => Ok(()),
+        false => Err(TuningError::Option {
             option: "prefix-positions",
             message: "GPT-2 only: it numbers the real tokens after the prefix, as HF GPT-2 does \
                       under peft's prefix tuning"

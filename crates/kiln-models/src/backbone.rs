@@ -1,0 +1,129 @@
+//! [`TunableBackbone`]: what every backbone (BERT, GPT-2, M2-BERT, and the ViT to come) gives
+//! the task models and the methods: its name and shape, its parameter paths, its tuning slots
+//! (layer adapters, projections, prompt, prefix encoder), and its forward pass to one vector per
+//! text. `SequenceClassifier::backbone` is the one place that picks the backbone a model holds;
+//! everything else goes through this trait.
+
+use std::ops::Range;
+
+use burn::nn::Embedding;
+use burn::tensor::Tensor;
+
+use crate::adapter::{AdapterDropState, LayerAdapters};
+use crate::error::{ModelError, Result};
+use crate::prompt::{PrefixEncoder, SoftPrompt};
+use crate::states::{BertInput, Readout, TokenStates};
+use crate::tunable::TunableLinear;
+
+/// A backbone with tuning slots. Paths it returns are relative to the backbone (`layers.3`);
+/// the classifier puts [`TunableBackbone::name`] in front.
+pub trait TunableBackbone {
+    /// The first segment of every parameter path: `bert`, `gpt2`, `m2`.
+    fn name(&self) -> &'static str;
+
+    /// Width `h` of the token states.
+    fn hidden_size(&self) -> usize;
+
+    fn num_layers(&self) -> usize;
+
+    /// Path of layer `i`: `layers.3` (BERT, M2-BERT) or `blocks.3` (GPT-2).
+    fn layer_path(&self, i: usize) -> String {
+        format!("layers.{i}")
+    }
+
+    /// Modules above the last layer (they see only what the last layer gives them).
+    fn top_paths(&self) -> Vec<String>;
+
+    /// Patterns of every layer-norm parameter.
+    fn norm_patterns(&self) -> Vec<String> {
+        vec!["*norm.*".into()]
+    }
+
+    /// The projections LoRA targets unless told otherwise (peft's defaults).
+    fn default_lora_targets(&self) -> Vec<String>;
+
+    /// The token embedding table.
+    fn word_embedding(&self) -> &Embedding;
+
+    /// Every layer's adapter slots, bottom to top.
+    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>>;
+
+    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>>;
+
+    /// How many of the lowest layers run without adapters (AdapterDrop).
+    fn adapter_drop_state(&mut self) -> &mut AdapterDropState;
+
+    /// Every projection with its path (`layers.0.attention.query`).
+    fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)>;
+
+    /// The slot for virtual tokens in the input; an error where the backbone has no attention
+    /// for them to act through.
+    fn prompt_slot(&mut self) -> Result<&mut Option<SoftPrompt>> {
+        Err(no_attention("virtual tokens"))
+    }
+
+    /// The slot for prefix tuning's reparameterisation; an error without attention.
+    fn prefix_encoder_slot(&mut self) -> Result<&mut Option<PrefixEncoder>> {
+        Err(no_attention("attention prefixes"))
+    }
+
+    /// Whether attention prefixes (adapters with `prefix_len > 0`) can go in the layers.
+    fn has_attention(&self) -> bool {
+        true
+    }
+
+    /// Numbers the real tokens after an attention prefix, as HF GPT-2 does under peft's prefix
+    /// tuning; `false` for a backbone that cannot.
+    fn set_prefix_positions(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// Whether its text starts with a `[CLS]` token a classifier can read.
+    fn has_cls_token(&self) -> bool {
+        !self.is_causal()
+    }
+
+    /// Whether attention only looks back (GPT-2): the last token is then the one that read the
+    /// whole text.
+    fn is_causal(&self) -> bool {
+        false
+    }
+
+    /// Whether it has a pooler (BERT's, M2-BERT's) loaded.
+    fn has_pooler(&self) -> bool {
+        false
+    }
+
+    /// Drops the pooler (it is neither trained nor counted when the readout does not use it).
+    fn drop_pooler(&mut self) {}
+
+    /// Whether a frozen bottom of it can be computed once per example and cached: not where
+    /// its token states depend on the batch they were computed in (M2-BERT's mixer reads
+    /// padded positions).
+    fn can_be_cut(&self) -> bool {
+        true
+    }
+
+    /// The embedded input, then layers `layers`: a frozen bottom to cache, or `None` where the
+    /// backbone cannot be cut.
+    fn encode(&self, input: BertInput, layers: Range<usize>) -> Option<TokenStates>;
+
+    /// Layers `layer..` over `states`, what sits above them, and `readout`: one vector per text.
+    /// Only called with states [`TunableBackbone::encode`] gave.
+    fn read_out_above(&self, states: TokenStates, layer: usize, readout: Readout) -> Tensor<2>;
+
+    /// The whole forward pass to one vector per text `[batch, h]`.
+    fn read_out(&self, input: BertInput, readout: Readout) -> Tensor<2> {
+        match self.encode(input, 0..0) {
+            Some(states) => self.read_out_above(states, 0, readout),
+            None => unreachable!("a backbone that cannot be cut overrides read_out"),
+        }
+    }
+}
+
+/// The error for what needs attention on a backbone that mixes tokens otherwise.
+pub(crate) fn no_attention(what: &str) -> ModelError {
+    ModelError::InvalidInput(format!(
+        "{what} need attention layers; M2-BERT mixes tokens with long convolutions instead"
+    ))
+}
