@@ -18,7 +18,7 @@ use kiln_data::{
 };
 use kiln_models::{Backbone, DeviceChoice, FptConfig};
 use kiln_train::trainer::write_json;
-use kiln_train::{Learner, Metrics, TaskData, TrainConfig, Trainer};
+use kiln_train::{Metrics, TaskData, TaskModel, TrainConfig, Trainer};
 use kiln_tuning::methods::FptTuningConfig;
 use kiln_tuning::set_trainable;
 

@@ -16,7 +16,7 @@ use kiln_models::config::ModelKind;
 use kiln_models::{DeviceChoice, Gpt2Config, TextTokenizer};
 use kiln_train::pretrain::{save_hf_gpt2, token_blocks};
 use kiln_train::trainer::write_json;
-use kiln_train::{Learner, Metrics, TaskData, TrainConfig, Trainer};
+use kiln_train::{Metrics, TaskData, TaskModel, TrainConfig, Trainer};
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct PretrainArgs {

@@ -30,7 +30,7 @@ use kiln_models::{SequenceClassifier, TextTokenizer};
 
 use crate::checkpoint::{f32_bytes, f32_values, write_f32_tensors};
 use crate::error::{Result, TrainError};
-use crate::trainer::task_loss;
+use crate::text_task::task_loss;
 
 /// Which Child-Tuning variant, with its reserve share `p`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ use kiln_data::{
 use kiln_models::{Fpt, FptTokens};
 
 use crate::error::{Result, TrainError};
-use crate::learner::Learner;
 use crate::metrics::Metrics;
+use crate::task_model::TaskModel;
 
 /// Right-padded tokens and the attention mask of `examples`.
 pub fn sequence_batch(
@@ -122,7 +122,7 @@ fn cross_entropy(logits: Tensor<2>, labels: &[usize], device: &Device) -> Tensor
         .forward(logits, labels)
 }
 
-impl Learner for Fpt {
+impl TaskModel for Fpt {
     type Task = SequenceTask;
     type Example = SequenceExample;
 

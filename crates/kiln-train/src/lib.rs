@@ -1,8 +1,10 @@
-//! kiln-train: the training loop and what surrounds it. Optimizer and schedule
-//! ([`schedule`]), gradient transforms between backward and step ([`transforms`]), task metrics
-//! ([`metrics`]), atomic checkpoints of the trained parameters ([`checkpoint`]), adapters saved on their own
-//! ([`adapters`]), and the loop with evaluation, early stopping, JSON-lines logs and resume
-//! ([`trainer`]) over any model that says how to take a batch's loss ([`learner`]), and the
+//! kiln-train: runs and the training loop. [`run`] is the library entry point (fine-tune,
+//! reload, evaluate, predict, export, merge, plan). Around the loop ([`trainer`]): optimizer and
+//! schedule ([`schedule`]), gradient transforms between backward and step ([`transforms`],
+//! [`child_tuning`]), task metrics ([`metrics`]), atomic checkpoints of the trained parameters
+//! ([`checkpoint`]), adapters saved on their own ([`adapters`]), text classification and
+//! regression as a task ([`text_task`]) of any model that says how to take a batch's loss
+//! ([`task_model`]), HF peft and merged checkpoints ([`peft`], [`merge`]), and the
 //! method-comparison report ([`report`]).
 
 pub mod adapters;
@@ -11,7 +13,6 @@ pub mod child_tuning;
 pub mod error;
 pub mod fpt;
 pub mod icl;
-pub mod learner;
 pub mod memory;
 pub mod merge;
 pub mod metrics;
@@ -21,6 +22,8 @@ pub mod pretrain;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod task_model;
+pub mod text_task;
 pub mod trainer;
 pub mod transforms;
 
@@ -32,9 +35,8 @@ pub use checkpoint::{
 };
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Context, Result, TrainError};
-pub use learner::{FeatureCache, Learner, TextTask};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};
-pub use trainer::{
-    EpochRecord, TaskData, TrainConfig, TrainState, TrainSummary, Trainer, evaluate,
-};
+pub use task_model::TaskModel;
+pub use text_task::{FeatureCache, TextTask, evaluate};
+pub use trainer::{EpochRecord, TaskData, TrainConfig, TrainState, TrainSummary, Trainer};

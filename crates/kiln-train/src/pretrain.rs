@@ -14,8 +14,8 @@ use kiln_models::{Gpt2, Gpt2Config, Gpt2Input};
 
 use crate::checkpoint::{save_params_hf, write_atomically};
 use crate::error::{Result, TrainError};
-use crate::learner::Learner;
 use crate::metrics::Metrics;
+use crate::task_model::TaskModel;
 
 /// Concatenates the documents (each followed by `eos`) and cuts them into blocks of `block`
 /// tokens; the ragged end is dropped.
@@ -63,7 +63,7 @@ fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, device: &Device) ->
         .forward(logits, targets)
 }
 
-impl Learner for Gpt2 {
+impl TaskModel for Gpt2 {
     type Task = ();
     type Example = Vec<u32>;
 

@@ -40,14 +40,13 @@ use crate::adapters::{load_adapter, save_adapter};
 use crate::checkpoint::load_params;
 use crate::child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 use crate::error::{Context, Result, TrainError};
-use crate::learner::TextTask;
 use crate::merge::{MergedCheckpoint, save_merged};
 use crate::metrics::Metrics;
 use crate::peft::{PeftExport, export_peft, import_peft};
 use crate::plan::{Plan, StepShape, plan};
+use crate::text_task::{TextTask, evaluate};
 use crate::trainer::{
-    BEST_DIR, EpochRecord, TRAINED_FILE, TaskData, TrainConfig, Trainer, evaluate, read_json,
-    write_json,
+    BEST_DIR, EpochRecord, TRAINED_FILE, TaskData, TrainConfig, Trainer, read_json, write_json,
 };
 
 /// `run.json` in a run directory.

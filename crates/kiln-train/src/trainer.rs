@@ -20,15 +20,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_kernels::FusedAdamWConfig;
 use serde::{Deserialize, Serialize};
 
-use kiln_data::{SplitMix64, Target, TaskKind, TextExample, make_batch};
-use kiln_models::{SequenceClassifier, TextTokenizer};
+use kiln_data::SplitMix64;
 use kiln_tuning::set_trainable;
 
 use crate::checkpoint::{load_params, save_params, write_atomically};
@@ -36,10 +34,10 @@ use crate::child_tuning::{
     ChildTuning, PathTensors, mask_gradients_fixed, mask_gradients_randomly,
 };
 use crate::error::{Result, TrainError};
-use crate::learner::Learner;
 use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
 use crate::schedule::{Decay, learning_rate};
+use crate::task_model::TaskModel;
 use crate::transforms::clip_global_norm;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +86,7 @@ impl Default for TrainConfig {
 }
 
 /// Train and validation examples of one task.
-pub struct TaskData<'a, L: Learner> {
+pub struct TaskData<'a, L: TaskModel> {
     pub task: &'a L::Task,
     pub train: Vec<&'a L::Example>,
     pub validation: Vec<&'a L::Example>,
@@ -183,7 +181,7 @@ impl Trainer {
 
     /// Trains `model` and returns it as it was at the best epoch, with the run's summary. With
     /// `resume`, a run directory holding a `state.json` continues after its last complete epoch.
-    pub fn fit<L: Learner>(
+    pub fn fit<L: TaskModel>(
         &self,
         model: L,
         data: &TaskData<L>,
@@ -471,92 +469,6 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(epoch as u64)
-}
-
-/// Cross-entropy for classification, mean squared error for regression.
-pub(crate) fn task_loss(
-    outputs: Tensor<2>,
-    targets: &[Target],
-    kind: &TaskKind,
-    device: &Device,
-) -> Tensor<1> {
-    match kind {
-        TaskKind::Classification { .. } => {
-            let classes: Vec<i64> = targets.iter().map(|t| t.class_index() as i64).collect();
-            let classes = Tensor::<1, Int>::from_data(TensorData::from(classes.as_slice()), device);
-            CrossEntropyLossConfig::new()
-                .init(device)
-                .forward(outputs, classes)
-        }
-        TaskKind::Regression => {
-            let scores: Vec<f32> = targets.iter().map(Target::score).collect();
-            let n = scores.len();
-            let scores = Tensor::<1>::from_data(TensorData::from(scores.as_slice()), device);
-            (outputs.reshape([n]) - scores).powi_scalar(2).mean()
-        }
-    }
-}
-
-/// Loss and metrics of `model` (a validation snapshot, see `Module::valid`) on `examples`.
-pub fn evaluate(
-    model: &SequenceClassifier,
-    tokenizer: &TextTokenizer,
-    examples: &[&TextExample],
-    kind: &TaskKind,
-    device: &Device,
-    batch_size: usize,
-) -> Result<Metrics> {
-    evaluate_outputs(examples, kind, device, batch_size, |chunk| {
-        let batch = make_batch(tokenizer, chunk)?;
-        Ok(model.forward(batch.encoded.bert_input(device)))
-    })
-}
-
-/// Loss and metrics of the outputs `forward` gives for `examples`, `batch_size` at a time.
-pub(crate) fn evaluate_outputs(
-    examples: &[&TextExample],
-    kind: &TaskKind,
-    device: &Device,
-    batch_size: usize,
-    mut forward: impl FnMut(&[&TextExample]) -> Result<Tensor<2>>,
-) -> Result<Metrics> {
-    let mut loss_sum = 0.0;
-    let mut outputs_all: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let outputs = forward(chunk)?;
-        let targets: Vec<Target> = chunk.iter().map(|e| e.target).collect();
-        let [rows, width] = outputs.dims();
-        let loss = task_loss(outputs.clone(), &targets, kind, device);
-        loss_sum += f64::from(loss.into_scalar::<f32>()) * rows as f64;
-        let values: Vec<f32> = outputs
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
-        outputs_all.extend(values.chunks(width).map(<[f32]>::to_vec));
-    }
-    let loss = loss_sum / examples.len().max(1) as f64;
-    Ok(match kind {
-        TaskKind::Classification { labels } => {
-            let predicted: Vec<usize> = outputs_all.iter().map(|row| argmax(row)).collect();
-            let actual: Vec<usize> = examples.iter().map(|e| e.target.class_index()).collect();
-            Metrics::classification(loss, &predicted, &actual, labels.len())
-        }
-        TaskKind::Regression => {
-            let predicted: Vec<f64> = outputs_all.iter().map(|row| f64::from(row[0])).collect();
-            let actual: Vec<f64> = examples
-                .iter()
-                .map(|e| f64::from(e.target.score()))
-                .collect();
-            Metrics::regression(loss, &predicted, &actual)
-        }
-    })
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 use kiln_data::{GeneratedSizes, ListOpsBounds, SequenceExample, SequenceTask, bit_xor, listops};
 use kiln_models::{Backbone, DeviceChoice, Fpt, FptConfig};
 use kiln_train::fpt::sequence_batch;
-use kiln_train::{Learner, TaskData, TrainConfig, Trainer};
+use kiln_train::{TaskData, TaskModel, TrainConfig, Trainer};
 use kiln_tuning::methods::FptTuningConfig;
 use kiln_tuning::{ParamReport, set_trainable};
 

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_models::config::ModelKind;
 use kiln_models::{DeviceChoice, Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
 use kiln_train::pretrain::{save_hf_gpt2, token_blocks};
-use kiln_train::{Learner, TaskData, TrainConfig, Trainer};
+use kiln_train::{TaskData, TaskModel, TrainConfig, Trainer};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gpt2-tiny")

@@ -18,7 +18,7 @@ use kiln_models::{
 };
 use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
-    ChildTuning, Learner, PathTensors, TaskData, TextTask, TrainConfig, Trainer, estimate_fisher,
+    ChildTuning, PathTensors, TaskData, TaskModel, TextTask, TrainConfig, Trainer, estimate_fisher,
     evaluate, load_adapter, load_params, save_adapter, save_params,
 };
 use kiln_tuning::{MethodConfig, ParamReport, Registered};

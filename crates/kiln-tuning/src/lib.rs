@@ -12,7 +12,8 @@ pub mod trainable;
 
 pub use adapters::{BottleneckOptions, Slots};
 pub use error::{Result, TuningError};
-pub use method::{Method, MethodConfig, MethodInfo, Registered, registry};
+pub use method::{Method, MethodInfo, Registered};
+pub use methods::{MethodConfig, registry};
 pub use options::{MethodOption, OptionSpec};
 pub use prompts::PromptInit;
 pub use trainable::{ParamEntry, ParamReport, glob_match, set_trainable, tracked_report};

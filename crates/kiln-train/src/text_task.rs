@@ -1,12 +1,12 @@
-//! What the training loop asks of a model: the loss of a batch of its examples, an evaluation,
-//! and two optional hooks. The text classifier, the Frozen Pretrained Transformer and the causal
-//! language model each implement it, so one loop (schedule, clipping, Child-Tuning, checkpoints,
-//! resume, logs) trains them all.
+//! Text classification and regression as the trainer sees them: [`TextTask`] (tokenizer and
+//! task kind), the frozen-feature cache, [`SequenceClassifier`]'s [`TaskModel`] implementation,
+//! the task loss (cross-entropy or mean squared error) and evaluation with the task's metrics.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -16,40 +16,7 @@ use kiln_models::{FrozenCut, SequenceClassifier, TextTokenizer, TokenStates};
 use crate::error::{Result, TrainError};
 use crate::metrics::Metrics;
 use crate::schedule::layer_decayed;
-use crate::trainer::{evaluate_outputs, task_loss};
-
-pub trait Learner: Module + Sized {
-    /// What batches are made with besides the examples (for text: tokenizer and task kind).
-    type Task;
-    type Example;
-
-    /// The training loss of one batch on the autodiff `device`, and how many tokens it held.
-    fn batch_loss(
-        &self,
-        task: &Self::Task,
-        examples: &[&Self::Example],
-        device: &Device,
-    ) -> Result<(Tensor<1>, usize)>;
-
-    /// Loss and metrics of this model (a validation snapshot) on `examples`.
-    fn evaluate(
-        &self,
-        task: &Self::Task,
-        examples: &[&Self::Example],
-        device: &Device,
-        batch_size: usize,
-    ) -> Result<Metrics>;
-
-    /// Per-step state of the methods that have one (AdapterDrop's depth, side-tuning's alpha),
-    /// from the share of training done and a draw fixed by the step number.
-    fn begin_train_step(&mut self, _progress: f64, _draw: u64) {}
-
-    /// Per-parameter learning rates for layer-wise decay; `None` where the model has no layer
-    /// structure to decay over.
-    fn layer_rates(&self, _lr: f64, _decay: f64) -> Option<ModuleLearningRate> {
-        None
-    }
-}
+use crate::task_model::TaskModel;
 
 /// A text task as batches need it.
 #[derive(Clone)]
@@ -274,7 +241,7 @@ impl FeatureCache {
     }
 }
 
-impl Learner for SequenceClassifier {
+impl TaskModel for SequenceClassifier {
     type Task = TextTask;
     type Example = TextExample;
 
@@ -308,4 +275,90 @@ impl Learner for SequenceClassifier {
     fn layer_rates(&self, lr: f64, decay: f64) -> Option<ModuleLearningRate> {
         Some(layer_decayed(self, lr, decay))
     }
+}
+
+/// Cross-entropy for classification, mean squared error for regression.
+pub(crate) fn task_loss(
+    outputs: Tensor<2>,
+    targets: &[Target],
+    kind: &TaskKind,
+    device: &Device,
+) -> Tensor<1> {
+    match kind {
+        TaskKind::Classification { .. } => {
+            let classes: Vec<i64> = targets.iter().map(|t| t.class_index() as i64).collect();
+            let classes = Tensor::<1, Int>::from_data(TensorData::from(classes.as_slice()), device);
+            CrossEntropyLossConfig::new()
+                .init(device)
+                .forward(outputs, classes)
+        }
+        TaskKind::Regression => {
+            let scores: Vec<f32> = targets.iter().map(Target::score).collect();
+            let n = scores.len();
+            let scores = Tensor::<1>::from_data(TensorData::from(scores.as_slice()), device);
+            (outputs.reshape([n]) - scores).powi_scalar(2).mean()
+        }
+    }
+}
+
+/// Loss and metrics of `model` (a validation snapshot, see `Module::valid`) on `examples`.
+pub fn evaluate(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    examples: &[&TextExample],
+    kind: &TaskKind,
+    device: &Device,
+    batch_size: usize,
+) -> Result<Metrics> {
+    evaluate_outputs(examples, kind, device, batch_size, |chunk| {
+        let batch = make_batch(tokenizer, chunk)?;
+        Ok(model.forward(batch.encoded.bert_input(device)))
+    })
+}
+
+/// Loss and metrics of the outputs `forward` gives for `examples`, `batch_size` at a time.
+pub(crate) fn evaluate_outputs(
+    examples: &[&TextExample],
+    kind: &TaskKind,
+    device: &Device,
+    batch_size: usize,
+    mut forward: impl FnMut(&[&TextExample]) -> Result<Tensor<2>>,
+) -> Result<Metrics> {
+    let mut loss_sum = 0.0;
+    let mut outputs_all: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let outputs = forward(chunk)?;
+        let targets: Vec<Target> = chunk.iter().map(|e| e.target).collect();
+        let [rows, width] = outputs.dims();
+        let loss = task_loss(outputs.clone(), &targets, kind, device);
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * rows as f64;
+        let values: Vec<f32> = outputs
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
+        outputs_all.extend(values.chunks(width).map(<[f32]>::to_vec));
+    }
+    let loss = loss_sum / examples.len().max(1) as f64;
+    Ok(match kind {
+        TaskKind::Classification { labels } => {
+            let predicted: Vec<usize> = outputs_all.iter().map(|row| argmax(row)).collect();
+            let actual: Vec<usize> = examples.iter().map(|e| e.target.class_index()).collect();
+            Metrics::classification(loss, &predicted, &actual, labels.len())
+        }
+        TaskKind::Regression => {
+            let predicted: Vec<f64> = outputs_all.iter().map(|row| f64::from(row[0])).collect();
+            let actual: Vec<f64> = examples
+                .iter()
+                .map(|e| f64::from(e.target.score()))
+                .collect();
+            Metrics::regression(loss, &predicted, &actual)
+        }
+    })
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }

@@ -1,0 +1,46 @@
+//! [`TaskModel`]: what the training loop asks of a model: the loss of a batch of its examples,
+//! an evaluation, and two optional hooks. The text classifier ([`crate::text_task`]), the Frozen
+//! Pretrained Transformer and the causal language model each implement it, so one loop
+//! (schedule, clipping, Child-Tuning, checkpoints, resume, logs) trains them all. (Burn's own
+//! `Learner` is a different thing: its training loop's state.)
+
+use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::{Device, Tensor};
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// A model the [`Trainer`](crate::trainer::Trainer) can train on its task.
+pub trait TaskModel: Module + Sized {
+    /// What batches are made with besides the examples (for text: tokenizer and task kind).
+    type Task;
+    type Example;
+
+    /// The training loss of one batch on the autodiff `device`, and how many tokens it held.
+    fn batch_loss(
+        &self,
+        task: &Self::Task,
+        examples: &[&Self::Example],
+        device: &Device,
+    ) -> Result<(Tensor<1>, usize)>;
+
+    /// Loss and metrics of this model (a validation snapshot) on `examples`.
+    fn evaluate(
+        &self,
+        task: &Self::Task,
+        examples: &[&Self::Example],
+        device: &Device,
+        batch_size: usize,
+    ) -> Result<Metrics>;
+
+    /// Per-step state of the methods that have one (AdapterDrop's depth, side-tuning's alpha),
+    /// from the share of training done and a draw fixed by the step number.
+    fn begin_train_step(&mut self, _progress: f64, _draw: u64) {}
+
+    /// Per-parameter learning rates for layer-wise decay; `None` where the model has no layer
+    /// structure to decay over.
+    fn layer_rates(&self, _lr: f64, _decay: f64) -> Option<ModuleLearningRate> {
+        None
+    }
+}
