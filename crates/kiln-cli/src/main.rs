@@ -54,9 +54,9 @@ enum Command {
     /// Full fine-tuning vs Child-Tuning F and D on small training subsets, several seeds.
     Study(Box<study::StudyArgs>),
     /// Frozen Pretrained Transformer on a non-language task (bits, ListOps, images).
-    Fpt(Box<fpt::FptArgs>),
+    Fpt(Box<fpt::FptSettings>),
     /// Causal-LM pretraining of a GPT-2 configuration on plain text; writes a HF directory.
-    Pretrain(Box<pretrain::PretrainArgs>),
+    Pretrain(Box<pretrain::PretrainSettings>),
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -79,8 +79,8 @@ fn main() -> Result<()> {
         Command::Export(args) => export::export(args, &device),
         Command::Icl(args) => icl::icl(*args, cli.device, &device),
         Command::Merge(args) => export::merge(args, &device),
-        Command::Fpt(args) => fpt::fpt(*args, cli.device, &device),
-        Command::Pretrain(args) => pretrain::pretrain(*args, cli.device, &device),
+        Command::Fpt(args) => fpt::fpt(*args, cli.device),
+        Command::Pretrain(args) => pretrain::pretrain(*args, cli.device),
         Command::Methods => {
             method_flags::print_methods();
             Ok(())

@@ -4,18 +4,24 @@
 //! as a HF GPT-2 directory (config.json, model.safetensors under HF's names, the tokenizer
 //! files) that kiln and transformers load.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use kiln_data::{OnBadRow, ReadOptions, read_corpus};
+use kiln_models::config::ModelKind;
 use kiln_models::gpt2::GPT2_KEYS;
-use kiln_models::{Gpt2, Gpt2Config, Gpt2Input};
+use kiln_models::{DeviceChoice, Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{save_params_hf, write_atomically};
-use crate::error::{Result, TrainError};
+use crate::error::{Context, Result, TrainError};
 use crate::metrics::Metrics;
 use crate::task_model::TaskModel;
+use crate::trainer::{TaskData, TrainConfig, Trainer, write_json};
 
 /// Concatenates the documents (each followed by `eos`) and cuts them into blocks of `block`
 /// tokens; the ragged end is dropped.
@@ -141,4 +147,196 @@ pub fn save_hf_gpt2(
         write_atomically(&out.join(target), &bytes)?;
     }
     Ok(())
+}
+
+/// A `kiln pretrain` run: corpus, tokenizer, the GPT-2 shape, the trainer's settings, where
+/// it goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct PretrainSettings {
+    /// Plain text: a directory of `.txt` documents (searched recursively) or a file of lines.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub corpus: PathBuf,
+    /// Directory with the GPT-2 tokenizer (`vocab.json`/`encoder.json`, `merges.txt`/`vocab.bpe`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub tokenizer: PathBuf,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
+    pub layers: usize,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 256))]
+    pub width: usize,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
+    pub heads: usize,
+    /// Tokens per training block; also the model's position table.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 128))]
+    pub block_size: usize,
+    /// Share of the documents held out for perplexity.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.1))]
+    pub held_out: f64,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
+    pub epochs: usize,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1e-3))]
+    pub lr: f64,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
+    pub batch_size: usize,
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 42))]
+    pub seed: u64,
+    /// Skip documents that cannot be read instead of stopping.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub skip_bad_rows: bool,
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub out: PathBuf,
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+/// `summary.json` of a pretraining run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PretrainSummary {
+    pub train_blocks: usize,
+    pub held_out_blocks: usize,
+    pub parameters: usize,
+    pub held_out_loss_before: f64,
+    pub held_out_perplexity_before: f64,
+    pub held_out_loss: f64,
+    pub held_out_perplexity: f64,
+    pub seconds_per_epoch: f64,
+    pub device: String,
+}
+
+/// Where the HF directory goes inside the run directory.
+pub const MODEL_DIR: &str = "model";
+
+/// Pretrains the GPT-2 of `args` on its corpus on `choice`'s device and writes the HF GPT-2
+/// directory `args.out/model` with `summary.json` beside it.
+pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<PretrainSummary> {
+    let device = &choice.device()?;
+    let options = ReadOptions {
+        on_bad_row: if args.skip_bad_rows {
+            OnBadRow::Skip
+        } else {
+            OnBadRow::Fail
+        },
+        encoding: None,
+    };
+    let corpus = read_corpus(&args.corpus, options)?;
+    for skipped in &corpus.skipped {
+        eprintln!("skipped {}: {}", skipped.location, skipped.reason);
+    }
+    let tokenizer = TextTokenizer::from_dir(&args.tokenizer, ModelKind::Gpt2)
+        .context(|| format!("--tokenizer {}", args.tokenizer.display()))?;
+    let eos = tokenizer.token_id("<|endoftext|>").ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "--tokenizer {}: no <|endoftext|> token",
+            args.tokenizer.display()
+        ))
+    })?;
+    let config = Gpt2Config::new(
+        tokenizer.vocab_size(),
+        args.block_size,
+        args.width,
+        args.layers,
+        args.heads,
+        eos as usize,
+    );
+    if args.heads == 0 || !args.width.is_multiple_of(args.heads) {
+        return Err(TrainError::Invalid(format!(
+            "--width {} must be a multiple of --heads {}",
+            args.width, args.heads
+        )));
+    }
+    let eos = u32::try_from(config.eos_token_id)
+        .ok()
+        .filter(|&eos| (eos as usize) < config.vocab_size)
+        .ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "the tokenizer has {} tokens, no end-of-text id {}",
+                config.vocab_size, config.eos_token_id
+            ))
+        })?;
+    let (train_docs, held_docs) = corpus.split(args.held_out, args.seed);
+    let encode = |docs: &[&str]| -> Result<Vec<Vec<u32>>> {
+        docs.iter()
+            .map(|d| tokenizer.encode_words(d).map_err(Into::into))
+            .collect()
+    };
+    let train = token_blocks(&encode(&train_docs)?, eos, args.block_size);
+    let held_out = token_blocks(&encode(&held_docs)?, eos, args.block_size);
+    if train.is_empty() || held_out.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: too little text for one block of {} tokens on each side of the split",
+            args.corpus.display(),
+            args.block_size
+        )));
+    }
+    println!(
+        "corpus: {} documents ({} held out) -> {} training and {} held-out blocks of {} tokens",
+        corpus.documents.len(),
+        held_docs.len(),
+        train.len(),
+        held_out.len(),
+        args.block_size
+    );
+
+    let train_device = device.clone().autodiff();
+    train_device.seed(args.seed);
+    let model = config.init(&train_device);
+    let parameters = model.num_params();
+    let held: Vec<&Vec<u32>> = held_out.iter().collect();
+    let before = model
+        .valid()
+        .evaluate(&(), &held, device, args.batch_size)?;
+    println!(
+        "GPT-2 {} layers x {} wide: {parameters} parameters; held-out perplexity before training {:.1}",
+        args.layers,
+        args.width,
+        before.perplexity()
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
+    write_json(&args.out.join("run.json"), args)?;
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        eval_batch_size: args.batch_size,
+        warmup_ratio: 0.05,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let trainer = Trainer::new(
+        train_config,
+        train_device,
+        args.out.clone(),
+        vec!["*".into()],
+    );
+    let data = TaskData {
+        task: &(),
+        train: train.iter().collect(),
+        validation: held.clone(),
+    };
+    let (model, summary) = trainer.fit(model, &data, args.resume)?;
+    let after: Metrics = model
+        .valid()
+        .evaluate(&(), &held, device, args.batch_size)?;
+    let dir = args.out.join(MODEL_DIR);
+    save_hf_gpt2(&model, &config, &args.tokenizer, &dir)?;
+    let run_summary = PretrainSummary {
+        train_blocks: train.len(),
+        held_out_blocks: held_out.len(),
+        parameters,
+        held_out_loss_before: before.loss,
+        held_out_perplexity_before: before.perplexity(),
+        held_out_loss: after.loss,
+        held_out_perplexity: after.perplexity(),
+        seconds_per_epoch: summary.seconds_per_epoch(),
+        device: choice.to_string(),
+    };
+    write_json(&args.out.join("summary.json"), &run_summary)?;
+    println!(
+        "held-out perplexity {:.1} -> {:.1}; HF GPT-2 directory written to {}",
+        before.perplexity(),
+        after.perplexity(),
+        dir.display()
+    );
+    Ok(run_summary)
 }
