@@ -24,13 +24,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
-use kiln_data::{TaskKind, TextExample, make_batch};
 use kiln_models::paths::{ParamVisitor, visit_params};
-use kiln_models::{SequenceClassifier, TextTokenizer};
 
 use crate::checkpoint::{f32_bytes, f32_values, write_f32_tensors};
 use crate::error::{Result, TrainError};
-use crate::text_task::task_loss;
+use crate::task_model::TaskModel;
 
 /// Which Child-Tuning variant, with its reserve share `p`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -199,21 +197,22 @@ impl ParamVisitor for FixedMask<'_> {
     }
 }
 
-/// The diagonal Fisher information of the task loss for every trainable backbone parameter:
-/// the mean over `batches` training batches (all, when `None`) of the squared gradient. `model`
-/// sits on an autodiff `device`; the result lives on its inner device.
+/// The diagonal Fisher information of `model`'s task loss for every trainable parameter whose
+/// path starts with `ranked` (the backbone's, `bert.`): the mean over `batches` training batches
+/// (all, when `None`) of the squared gradient. Any [`TaskModel`] works: the text classifier, FPT,
+/// the causal LM. `model` sits on an autodiff `device`; the result lives on its inner device.
 #[allow(clippy::too_many_arguments)]
-pub fn estimate_fisher(
-    model: &SequenceClassifier,
-    tokenizer: &TextTokenizer,
-    examples: &[&TextExample],
-    kind: &TaskKind,
+pub fn estimate_fisher<M: TaskModel>(
+    model: &M,
+    task: &M::Task,
+    examples: &[&M::Example],
+    ranked: &str,
     device: &Device,
     batch_size: usize,
     batches: Option<usize>,
     progress: bool,
 ) -> Result<PathTensors> {
-    let chunks: Vec<&[&TextExample]> = examples
+    let chunks: Vec<&[&M::Example]> = examples
         .chunks(batch_size.max(1))
         .take(batches.unwrap_or(usize::MAX))
         .collect();
@@ -226,18 +225,15 @@ pub fn estimate_fisher(
     } else {
         ProgressBar::hidden()
     };
-    let prefix = format!("{}.", model.backbone_name());
     let mut sums = PathTensors::default();
     for chunk in &chunks {
-        let batch = make_batch(tokenizer, chunk)?;
-        let outputs = model.forward(batch.encoded.bert_input(device));
-        let loss = task_loss(outputs, &batch.targets, kind, device);
+        let (loss, _) = model.batch_loss(task, chunk, device)?;
         let grads = GradientsParams::from_grads(loss.backward(), model);
         visit_params(
             model,
             &mut SquaredGradients {
                 grads: &grads,
-                prefix: &prefix,
+                prefix: ranked,
                 sums: &mut sums,
             },
         );

@@ -479,11 +479,12 @@ fn child_network_fisher(
         return PathTensors::load(&path, &device.clone().inner())
             .context(|| format!("--fisher {}", path.display()));
     }
+    let text_task = TextTask::new(tokenizer.clone(), task.kind.clone());
     let fisher = estimate_fisher(
         model,
-        tokenizer,
+        &text_task,
         &task.part(&task.split.train),
-        &task.kind,
+        &format!("{}.", model.backbone_name()),
         device,
         settings.train.batch_size,
         settings.fisher.batches,

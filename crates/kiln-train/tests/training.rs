@@ -607,9 +607,9 @@ fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
     device.seed(4);
     let fisher = estimate_fisher(
         &setup.model,
-        &setup.tokenizer,
+        &text_task(&setup, &task),
         &train,
-        &task.kind,
+        "bert.",
         &device,
         8,
         Some(2),
@@ -725,9 +725,9 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
             config.child_tuning = Some(ChildTuning::D { reserve: 0.3 });
             let fisher = estimate_fisher(
                 &setup.model,
-                &setup.tokenizer,
+                &text_task(&setup, &task),
                 &train,
-                &task.kind,
+                "bert.",
                 &device,
                 8,
                 None,
