@@ -1,31 +1,16 @@
 //! The Frozen Pretrained Transformer on the tiny fixtures: its trainable set, its readout of
 //! padded rows, and training on ListOps.
 
-mod common;
-
-use common::seeded_section;
-
-use std::path::PathBuf;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use kiln_data::{GeneratedSizes, ListOpsBounds, SequenceExample, SequenceTask, bit_xor, listops};
-use kiln_models::{Backbone, DeviceChoice, Fpt, FptConfig};
+use kiln_models::{Backbone, Fpt, FptConfig};
+use kiln_testkit::{cpu, fixture, seeded_section};
 use kiln_train::fpt::sequence_batch;
 use kiln_train::{TaskData, TaskModel, TrainConfig, Trainer};
 use kiln_tuning::methods::FptTuningConfig;
 use kiln_tuning::{ParamReport, set_trainable};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu.device().expect("CPU backend")
-}
 
 fn model(name: &str, task: &SequenceTask, device: &Device) -> Fpt {
     let backbone = Backbone::load(&fixture(name), device).expect("fixture loads");

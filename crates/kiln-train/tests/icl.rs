@@ -2,21 +2,12 @@
 //! demonstrations are seeded and never the query, and a label's score is the hand-summed
 //! log-probability of its tokens.
 
-use std::path::PathBuf;
-
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use kiln_data::{Target, TaskSpec, TextExample};
-use kiln_models::{Backbone, DeviceChoice, Gpt2, Gpt2Input, Pretrained, TextTokenizer};
+use kiln_models::{Backbone, Gpt2, Gpt2Input, Pretrained, TextTokenizer};
+use kiln_testkit::{cpu, fixtures};
 use kiln_train::icl::{CONTENT_FREE, IclConfig, LabelScorer, continuation_scores, evaluate_icl};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu.device().expect("CPU backend")
-}
 
 fn example(text: &str, class: usize) -> TextExample {
     TextExample {

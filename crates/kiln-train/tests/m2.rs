@@ -2,11 +2,7 @@
 //! the same outputs, the kiln methods that make sense set the right trainable parts, and
 //! training from random initialisation lowers the loss on the fixture task.
 
-mod common;
-
-use common::seeded_section;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -14,19 +10,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_data::{LoadedTask, TaskSpec};
 use kiln_models::m2::m2_keys;
 use kiln_models::{
-    Backbone, DeviceChoice, HeadConfig, M2Bert, M2BertConfig, PaddingSide, Pretrained, Readout,
+    Backbone, HeadConfig, M2Bert, M2BertConfig, PaddingSide, Pretrained, Readout,
     SequenceClassifier, TextTokenizer,
 };
+use kiln_testkit::{cpu, fixtures, seeded_section};
 use kiln_train::{TaskData, TextTask, TrainConfig, Trainer, evaluate, save_params_hf};
 use kiln_tuning::MethodConfig;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu.device().expect("CPU backend")
-}
 
 /// A tiny M2-BERT directory without weights: its config (the reference's field names) and
 /// bert-tiny's vocabulary.

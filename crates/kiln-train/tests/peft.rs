@@ -5,30 +5,23 @@
 //! what it loaded with plain transformers. `KILN_WRITE_FIXTURES=1` rewrites kiln's side of the
 //! fixtures (then re-run the script).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 
 use kiln_models::paths::{ParamMapper, map_params};
 use kiln_models::{
-    BertInput, DeviceChoice, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, PromptTemplate,
-    Readout, SequenceClassifier,
+    BertInput, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, PromptTemplate, Readout,
+    SequenceClassifier,
 };
+use kiln_testkit::{cpu, fixtures};
 use kiln_train::merge::save_merged;
 use kiln_train::peft::{
     PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, export_peft, import_lora, import_peft,
     load_lora_adapter,
 };
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu.device().expect("CPU backend")
-}
 
 /// `KILN_WRITE_FIXTURES=1`: write kiln's side of the fixtures and skip the comparisons (the
 /// fixture script records transformers' side next).

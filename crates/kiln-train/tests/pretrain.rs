@@ -4,19 +4,16 @@
 use std::path::PathBuf;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use kiln_models::config::ModelKind;
-use kiln_models::{DeviceChoice, Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
+use kiln_models::{Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
+use kiln_testkit::cpu;
 use kiln_train::pretrain::{save_hf_gpt2, token_blocks};
 use kiln_train::{TaskData, TaskModel, TrainConfig, Trainer};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gpt2-tiny")
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu.device().expect("CPU backend")
+    kiln_testkit::fixture("gpt2-tiny")
 }
 
 #[test]

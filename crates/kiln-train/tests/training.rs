@@ -1,11 +1,7 @@
 //! The trainer on the tiny fixtures: every method lowers the loss, the same seed gives the same
 //! losses, a resumed run continues exactly as an uninterrupted one, and checkpoints reload.
 
-mod common;
-
-use common::seeded_section;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -13,28 +9,14 @@ use burn::tensor::Device;
 use kiln_data::make_batch;
 use kiln_data::{LoadedTask, TaskSpec, TextExample};
 use kiln_models::paths::{ParamVisitor, visit_params};
-use kiln_models::{
-    DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
-};
+use kiln_models::{FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier};
+use kiln_testkit::{cpu, fixtures, seeded_section};
 use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
     ChildTuning, PathTensors, TaskData, TaskModel, TextTask, TrainConfig, Trainer, estimate_fisher,
     evaluate, load_adapter, load_params, save_adapter, save_params,
 };
 use kiln_tuning::{MethodConfig, ParamReport, Registered};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// The CPU backend under test: `KILN_TEST_DEVICE` (`cpu`, i.e. flex, when unset, or `ndarray`).
-fn cpu() -> Device {
-    std::env::var("KILN_TEST_DEVICE")
-        .map_or(Ok(DeviceChoice::Cpu), |name| name.parse())
-        .expect("KILN_TEST_DEVICE names a backend")
-        .device()
-        .expect("the CPU backends are always compiled in")
-}
 
 fn task() -> LoadedTask {
     TaskSpec::new(fixtures().join("tasks/fire-water.csv"))

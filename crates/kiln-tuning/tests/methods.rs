@@ -2,14 +2,10 @@
 //! track gradients, the trainable count against each method's closed-form formula, and LoRA's
 //! merge and unmerge.
 
-use std::path::PathBuf;
-
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use kiln_models::{
-    Activation, AdapterConfig, AdapterInit, BertInput, DeviceChoice, HeadConfig, Pretrained,
-    Readout, SequenceClassifier,
-};
+use kiln_models::{Activation, AdapterConfig, AdapterInit, BertInput, SequenceClassifier};
+use kiln_testkit::cpu;
 use kiln_tuning::{MethodConfig, ParamReport, TuningError, tracked_report};
 
 // Shapes of the fixtures: hidden 32, feed-forward 64 (GPT-2: 4·32), 2 layers, 2 classes.
@@ -19,31 +15,8 @@ const L: usize = 2;
 const C: usize = 2;
 const HEAD: usize = H * C + C;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
 fn classifier(name: &str, method: &MethodConfig, device: &Device) -> SequenceClassifier {
-    let pretrained = Pretrained::load(&fixture(name), device).expect("fixture loads");
-    let readout = if name.starts_with("gpt2") {
-        Readout::Last
-    } else {
-        Readout::Mean
-    };
-    let head = HeadConfig {
-        layers: method.method().head_layers(),
-        outputs: C,
-        dropout: 0.0,
-    };
-    SequenceClassifier::new(pretrained.backbone, readout, head, device).expect("classifier")
-}
-
-fn cpu() -> Device {
-    DeviceChoice::Cpu
-        .device()
-        .expect("the CPU backend is always compiled in")
+    kiln_testkit::classifier(name, method, C, device)
 }
 
 fn method(name: &str, options: &[(&str, &str)]) -> MethodConfig {

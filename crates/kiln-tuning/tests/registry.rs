@@ -5,31 +5,14 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use kiln_models::{
-    Activation, AdapterConfig, AdapterInit, DeviceChoice, HeadConfig, Pretrained,
-    SequenceClassifier,
-};
+use kiln_models::{Activation, AdapterConfig, AdapterInit, DeviceChoice, SequenceClassifier};
 use kiln_tuning::{MethodConfig, Registered, registry, tracked_report};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
 
 /// `method` with its defaults applied to the fixture `name` on an autodiff device. A method
 /// that needs trained adapters (fusion) gets two fresh Pfeiffer-placed ones first.
 fn apply_defaults(name: &str, method: &MethodConfig) {
     let device: Device = DeviceChoice::Cpu.device().expect("CPU backend").autodiff();
-    let pretrained = Pretrained::load(&fixture(name), &device).expect("fixture loads");
-    let readout = pretrained.backbone.default_readout();
-    let head = HeadConfig {
-        layers: method.method().head_layers(),
-        outputs: 2,
-        dropout: 0.0,
-    };
-    let mut model =
-        SequenceClassifier::new(pretrained.backbone, readout, head, &device).expect("classifier");
+    let mut model = kiln_testkit::classifier(name, method, 2, &device);
     if <kiln_tuning::methods::FusionConfig as Registered>::NAME == method.name() {
         add_two_adapters(&mut model);
     }

@@ -1,11 +1,8 @@
 //! Shared by the CLI tests: the fixtures folder and running the built `kiln` binary.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+pub use kiln_testkit::fixtures;
 
 /// Runs `kiln args...`: whether it succeeded, its stdout and its stderr.
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
