@@ -127,3 +127,43 @@ pub(crate) fn no_attention(what: &str) -> ModelError {
         "{what} need attention layers; M2-BERT mixes tokens with long convolutions instead"
     ))
 }
+
+/// The part of a [`TunableBackbone`] impl that BERT and M2-BERT share: they keep their slots
+/// under the same field names (`embeddings.word`, `layers[i].adapters`, `pooler`,
+/// `adapter_drop`).
+macro_rules! encoder_slots {
+    () => {
+        fn num_layers(&self) -> usize {
+            self.layers.len()
+        }
+
+        fn top_paths(&self) -> Vec<String> {
+            self.pooler.iter().map(|_| "pooler".to_string()).collect()
+        }
+
+        fn word_embedding(&self) -> &Embedding {
+            &self.embeddings.word
+        }
+
+        fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
+            self.layers.iter().map(|l| &l.adapters).collect()
+        }
+
+        fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+            self.layers.iter_mut().map(|l| &mut l.adapters).collect()
+        }
+
+        fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
+            &mut self.adapter_drop
+        }
+
+        fn has_pooler(&self) -> bool {
+            self.pooler.is_some()
+        }
+
+        fn drop_pooler(&mut self) {
+            self.pooler = None;
+        }
+    };
+}
+pub(crate) use encoder_slots;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
-use crate::backbone::TunableBackbone;
+use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::config::{read_json, require};
 use crate::error::Result;
 use crate::prompt::{
@@ -612,32 +612,10 @@ impl TunableBackbone for Bert {
         Bert::hidden_size(self)
     }
 
-    fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn top_paths(&self) -> Vec<String> {
-        self.pooler.iter().map(|_| "pooler".to_string()).collect()
-    }
+    encoder_slots!();
 
     fn default_lora_targets(&self) -> Vec<String> {
         vec!["query".into(), "value".into()]
-    }
-
-    fn word_embedding(&self) -> &Embedding {
-        &self.embeddings.word
-    }
-
-    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
-        self.layers.iter().map(|l| &l.adapters).collect()
-    }
-
-    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
-        self.layers.iter_mut().map(|l| &mut l.adapters).collect()
-    }
-
-    fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
-        &mut self.adapter_drop
     }
 
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
@@ -650,14 +628,6 @@ impl TunableBackbone for Bert {
 
     fn prefix_encoder_slot(&mut self) -> Result<&mut Option<PrefixEncoder>> {
         Ok(&mut self.prefix_encoder)
-    }
-
-    fn has_pooler(&self) -> bool {
-        self.pooler.is_some()
-    }
-
-    fn drop_pooler(&mut self) {
-        self.pooler = None;
     }
 
     fn encode(&self, input: BertInput, layers: Range<usize>) -> Option<TokenStates> {

@@ -25,7 +25,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{AdapterDropState, LayerAdapters};
-use crate::backbone::TunableBackbone;
+use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::bert::{BertConfig, BertEmbeddings, BertPooler};
 use crate::config::read_json;
 use crate::long_conv::long_conv;
@@ -632,33 +632,11 @@ impl TunableBackbone for M2Bert {
         M2Bert::hidden_size(self)
     }
 
-    fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn top_paths(&self) -> Vec<String> {
-        self.pooler.iter().map(|_| "pooler".to_string()).collect()
-    }
+    encoder_slots!();
 
     // The mixer's projections, the places attention's would be.
     fn default_lora_targets(&self) -> Vec<String> {
         vec!["in_linear".into(), "out_linear".into()]
-    }
-
-    fn word_embedding(&self) -> &Embedding {
-        &self.embeddings.word
-    }
-
-    fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {
-        self.layers.iter().map(|l| &l.adapters).collect()
-    }
-
-    fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
-        self.layers.iter_mut().map(|l| &mut l.adapters).collect()
-    }
-
-    fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
-        &mut self.adapter_drop
     }
 
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
@@ -667,14 +645,6 @@ impl TunableBackbone for M2Bert {
 
     fn has_attention(&self) -> bool {
         false
-    }
-
-    fn has_pooler(&self) -> bool {
-        self.pooler.is_some()
-    }
-
-    fn drop_pooler(&mut self) {
-        self.pooler = None;
     }
 
     // The mixer reads padded positions: states depend on the batch they were computed in.

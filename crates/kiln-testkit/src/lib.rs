@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use kiln_models::{DeviceChoice, HeadConfig, Pretrained, SequenceClassifier};
+use kiln_models::{
+    Activation, AdapterConfig, AdapterInit, DeviceChoice, HeadConfig, Pretrained,
+    SequenceClassifier,
+};
 use kiln_tuning::MethodConfig;
 use serde::Deserialize;
 
@@ -71,6 +74,24 @@ pub fn classifier(
         dropout: 0.0,
     };
     SequenceClassifier::new(pretrained.backbone, readout, head, device).expect("classifier")
+}
+
+/// Adds fresh adapters called `names` after every feed-forward (Pfeiffer's placement,
+/// bottleneck 4): what AdapterFusion mixes.
+pub fn add_feed_forward_adapters(model: &mut SequenceClassifier, names: &[&str]) {
+    let layout = AdapterConfig {
+        after_attention: false,
+        after_feed_forward: true,
+        parallel: false,
+        bottleneck: 4,
+        activation: Activation::Relu,
+        scale: 1.0,
+        init: AdapterInit::NearIdentity,
+        prefix_len: 0,
+    };
+    for name in names {
+        model.add_adapter(name, &layout).expect("adds an adapter");
+    }
 }
 
 /// A tensor of the reference outputs transformers wrote.

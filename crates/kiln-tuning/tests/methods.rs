@@ -4,7 +4,7 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use kiln_models::{Activation, AdapterConfig, AdapterInit, BertInput, SequenceClassifier};
+use kiln_models::{BertInput, SequenceClassifier};
 use kiln_testkit::cpu;
 use kiln_tuning::{MethodConfig, ParamReport, TuningError, tracked_report};
 
@@ -304,19 +304,7 @@ fn side_tuning_trains_the_side_network_and_head() {
 /// The tiny BERT classifier with two Pfeiffer adapters of random weights, `a` and `b`.
 fn with_two_adapters(device: &Device) -> SequenceClassifier {
     let mut model = classifier("bert-tiny", &method("linear-probe", &[]), device);
-    let layout = AdapterConfig {
-        after_attention: false,
-        after_feed_forward: true,
-        parallel: false,
-        bottleneck: 4,
-        activation: Activation::Relu,
-        scale: 1.0,
-        init: AdapterInit::NearIdentity,
-        prefix_len: 0,
-    };
-    for name in ["a", "b"] {
-        model.add_adapter(name, &layout).expect("adds");
-    }
+    kiln_testkit::add_feed_forward_adapters(&mut model, &["a", "b"]);
     // Near-identity adapters barely move the outputs; make them matter.
     for layer in model.bert.as_mut().expect("bert").layers.iter_mut() {
         for adapter in &mut layer.adapters.as_mut().expect("slots").loaded {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use kiln_models::{Activation, AdapterConfig, AdapterInit, DeviceChoice, SequenceClassifier};
+use kiln_models::DeviceChoice;
 use kiln_tuning::{MethodConfig, Registered, registry, tracked_report};
 
 /// `method` with its defaults applied to the fixture `name` on an autodiff device. A method
@@ -14,7 +14,7 @@ fn apply_defaults(name: &str, method: &MethodConfig) {
     let device: Device = DeviceChoice::Cpu.device().expect("CPU backend").autodiff();
     let mut model = kiln_testkit::classifier(name, method, 2, &device);
     if <kiln_tuning::methods::FusionConfig as Registered>::NAME == method.name() {
-        add_two_adapters(&mut model);
+        kiln_testkit::add_feed_forward_adapters(&mut model, &["first", "second"]);
     }
     let (model, report) = method
         .apply(model)
@@ -36,22 +36,6 @@ fn apply_defaults(name: &str, method: &MethodConfig) {
         "{}: the task head must train",
         method.label()
     );
-}
-
-fn add_two_adapters(model: &mut SequenceClassifier) {
-    let layout = AdapterConfig {
-        after_attention: false,
-        after_feed_forward: true,
-        parallel: false,
-        bottleneck: 4,
-        activation: Activation::Relu,
-        scale: 1.0,
-        init: AdapterInit::NearIdentity,
-        prefix_len: 0,
-    };
-    for name in ["first", "second"] {
-        model.add_adapter(name, &layout).expect("adds an adapter");
-    }
 }
 
 macro_rules! method_tests {

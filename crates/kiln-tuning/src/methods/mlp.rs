@@ -10,6 +10,7 @@ use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
+use crate::methods::partial::k_option;
 use crate::options::MethodOption;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,13 +30,7 @@ impl Registered for MlpConfig {
     const SUMMARY: &'static str = "frozen backbone, k-layer MLP head";
 
     fn options() -> Vec<MethodOption<Self>> {
-        vec![MethodOption::new(
-            "k",
-            "K",
-            "partial-k: layers that train; mlp-k: layers of the head",
-            |c: &Self| c.k.to_string(),
-            |c, k| c.k = k,
-        )]
+        vec![k_option(|c: &Self| c.k, |c| &mut c.k)]
     }
 }
 

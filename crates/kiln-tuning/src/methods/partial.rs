@@ -26,19 +26,24 @@ impl Default for PartialConfig {
     }
 }
 
+/// `--k` (partial-k's trained layers, mlp-k's head layers).
+pub(crate) fn k_option<C: 'static>(k: fn(&C) -> usize, k_mut: fn(&mut C) -> &mut usize) -> MethodOption<C> {
+    MethodOption::new(
+        "k",
+        "K",
+        "partial-k: layers that train; mlp-k: layers of the head",
+        move |c| k(c).to_string(),
+        move |c, v| *k_mut(c) = v,
+    )
+}
+
 impl Registered for PartialConfig {
     const NAME: &'static str = "partial-k";
     const SUMMARY: &'static str =
         "the last k layers (and what sits above them) plus the head train";
 
     fn options() -> Vec<MethodOption<Self>> {
-        vec![MethodOption::new(
-            "k",
-            "K",
-            "partial-k: layers that train; mlp-k: layers of the head",
-            |c: &Self| c.k.to_string(),
-            |c, k| c.k = k,
-        )]
+        vec![k_option(|c: &Self| c.k, |c| &mut c.k)]
     }
 }
 
