@@ -77,7 +77,7 @@ fn main() -> Result<()> {
         Command::Compare(args) => compare::compare(*args, cli.device),
         Command::Plan(args) => plan::run(*args, &device),
         Command::Export(args) => export::export(args, &device),
-        Command::Icl(args) => icl::icl(*args, cli.device, &device),
+        Command::Icl(args) => icl::icl(*args, cli.device),
         Command::Merge(args) => export::merge(args, &device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device),

@@ -20,11 +20,19 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use kiln_data::{SplitMix64, TextExample};
-use kiln_models::{Gpt2, Gpt2Input, TextTokenizer};
+use std::path::PathBuf;
+use std::time::Instant;
 
-use crate::error::{Result, TrainError};
+use burn::module::Module;
+use kiln_data::{SplitMix64, TaskKind, TaskSpec, TextExample};
+use kiln_models::{Backbone, DeviceChoice, Gpt2, Gpt2Input, Pretrained, TextTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result, TrainError};
+use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
+use crate::run::RunSummary;
+use crate::trainer::write_json;
 
 /// How prompts are written.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,4 +279,119 @@ pub fn evaluate_icl(
         &actual,
         config.label_words.len(),
     ))
+}
+
+/// A `kiln icl` run on a task: the GPT-2, the prompts, which split is queried, where it goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct IclSettings {
+    /// HF GPT-2 directory.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub model: PathBuf,
+    /// Demonstrations before each query.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
+    pub shots: usize,
+    /// Prompt template with `{text}` and `{label}`.
+    #[cfg_attr(feature = "clap", arg(long, default_value = DEFAULT_TEMPLATE))]
+    pub template: String,
+    /// The word each class is written as, comma-separated, in the task's class order
+    /// [default: the class names].
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ','))]
+    pub label_words: Option<Vec<String>>,
+    /// Words kept of each text.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 40))]
+    pub text_words: usize,
+    /// Contextual calibration: divide the label words' probabilities by those after the
+    /// content-free query `N/A` (Zhao et al. 2021).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub calibrate: bool,
+    /// Seeds the split and the choice of demonstrations.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 42))]
+    pub seed: u64,
+    /// Which part is queried: test or validation.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "test"))]
+    pub split: String,
+    #[cfg_attr(feature = "clap", arg(long, default_value = "runs/icl"))]
+    pub out: PathBuf,
+}
+
+/// In-context learning of `args` on `task` on `choice`'s device: nothing trains; `run.json` and a
+/// `summary.json` in `kiln train`'s shape go to `args.out`, so `kiln compare` shows it beside the
+/// fine-tuned methods.
+pub fn run_icl(task: &TaskSpec, args: &IclSettings, choice: DeviceChoice) -> Result<RunSummary> {
+    let device = &choice.device()?;
+    let started = Instant::now();
+    let spec = task;
+    let task = spec
+        .load(args.seed)
+        .context(|| format!("reading task {}", spec.path.display()))?;
+    let TaskKind::Classification { labels } = &task.kind else {
+        return Err(TrainError::Invalid(
+            "in-context learning here classifies; the task is a regression".into(),
+        ));
+    };
+    let pretrained = Pretrained::load(&args.model, device)
+        .context(|| format!("loading model from {}", args.model.display()))?;
+    let Backbone::Gpt2(model, gpt2_config) = &pretrained.backbone else {
+        return Err(TrainError::Invalid(format!(
+            "{}: in-context learning needs a causal language model (GPT-2)",
+            args.model.display()
+        )));
+    };
+    let prompts = IclConfig {
+        shots: args.shots,
+        template: args.template.replace("\\n", "\n"),
+        label_words: args.label_words.clone().unwrap_or_else(|| labels.clone()),
+        text_words: args.text_words,
+        seed: args.seed,
+        calibrate: args.calibrate,
+    };
+    prompts.check(labels.len())?;
+    let queries = match args.split.as_str() {
+        "test" => &task.split.test,
+        "validation" => &task.split.validation,
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "--split {other}: expected test or validation"
+            )));
+        }
+    };
+    let train = task.part(&task.split.train);
+    let metrics = evaluate_icl(
+        model,
+        &pretrained.tokenizer,
+        &train,
+        &task.part(queries),
+        &prompts,
+        gpt2_config.n_positions,
+        device,
+    )?;
+    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
+    write_json(&args.out.join("run.json"), args)?;
+    let summary = RunSummary {
+        method: format!(
+            "icl-k{}{}",
+            args.shots,
+            if args.calibrate { "-calibrated" } else { "" }
+        ),
+        trainable_params: 0,
+        total_params: model.num_params(),
+        trainable_percent: 0.0,
+        best_epoch: None,
+        validation: None,
+        test: Some(metrics.clone()),
+        seconds_per_epoch: started.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        device: choice.to_string(),
+    };
+    write_json(&args.out.join("summary.json"), &summary)?;
+    let (name, value) = metrics.primary();
+    println!(
+        "in-context learning, {} shots{}: {} {name} {value:.4} ({} queries); nothing trains",
+        args.shots,
+        if args.calibrate { ", calibrated" } else { "" },
+        args.split,
+        queries.len()
+    );
+    Ok(summary)
 }
