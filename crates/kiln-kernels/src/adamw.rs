@@ -18,9 +18,13 @@ use crate::fused;
 /// AdamW's settings (Burn's and PyTorch's defaults but epsilon, which callers set).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusedAdamWConfig {
+    /// Decay rate of the first-moment estimate.
     pub beta_1: f32,
+    /// Decay rate of the second-moment estimate.
     pub beta_2: f32,
+    /// Added to the root of the second moment, against division by zero.
     pub epsilon: f32,
+    /// Decoupled weight decay, applied as `w -= lr * weight_decay * w`.
     pub weight_decay: f32,
 }
 
@@ -36,6 +40,7 @@ impl Default for FusedAdamWConfig {
 }
 
 impl FusedAdamWConfig {
+    /// The same settings with `weight_decay`.
     pub fn with_weight_decay(self, weight_decay: f32) -> Self {
         Self {
             weight_decay,
@@ -43,10 +48,12 @@ impl FusedAdamWConfig {
         }
     }
 
+    /// The same settings with `epsilon`.
     pub fn with_epsilon(self, epsilon: f32) -> Self {
         Self { epsilon, ..self }
     }
 
+    /// The optimizer these settings describe.
     pub fn init(&self) -> FusedAdamW {
         FusedAdamW {
             config: *self,
@@ -70,14 +77,18 @@ pub struct FusedAdamW {
 /// One update's scalars: the config, the rate and the step number (from 1).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWStep {
+    /// The optimizer's settings.
     pub config: FusedAdamWConfig,
+    /// The learning rate of this step.
     pub lr: f32,
+    /// Steps taken so far, this one included (for the bias corrections).
     pub time: usize,
 }
 
 /// The optimizer update as a backend operation: returns the parameter and both moments.
 #[backend_extension(Flex)]
 pub trait OptimizerBackend: burn::backend::Backend {
+    /// One AdamW step of `param` with `grad` and its moments, in place where they own their buffers.
     #[allow(clippy::too_many_arguments)]
     fn kiln_adamw(
         param: FloatTensor<Self>,

@@ -449,7 +449,9 @@ fn softmax_backward_rows(
 /// reciprocal standard deviations.
 #[derive(Debug, Clone)]
 pub struct NormState {
+    /// The normalised rows `(x - mean) / std`, before gamma and beta.
     pub normalised: FlexTensor,
+    /// `1 / std` of every row, which the backward pass needs.
     pub inverse_std: Vec<f32>,
 }
 

@@ -20,6 +20,8 @@
 //! backends keep working unchanged. The seed of each dropout call is drawn from the device's
 //! random generator, so `device.seed(s)` makes runs reproducible on every backend.
 
+#![warn(missing_docs)]
+
 use burn::backend::{Dispatch, DispatchDevice, Flex, backend_extension, tensor::FloatTensor};
 use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::activation::{gelu, softmax};

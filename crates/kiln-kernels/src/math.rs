@@ -6,6 +6,7 @@
 /// multiply and an add, for the baseline, where `f32::mul_add` would be a call into libm on
 /// every element. (Rust never contracts `a * b + c` into an FMA on its own.)
 pub trait MulAdd {
+    /// `a * b + c`.
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
@@ -158,6 +159,7 @@ pub struct KeepMask {
 }
 
 impl KeepMask {
+    /// The mask that drops with probability `prob`, drawn from `seed`.
     pub fn new(prob: f32, seed: u64) -> Self {
         Self {
             key_lo: mix32(seed as u32 ^ 0x9e37_79b9),

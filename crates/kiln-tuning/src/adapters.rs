@@ -14,8 +14,11 @@ use crate::options::{MethodOption, show_name, show_or};
 pub struct BottleneckOptions {
     /// Bottleneck width `m`; `None` derives it as `h / reduction_factor`.
     pub bottleneck: Option<usize>,
+    /// The bottleneck is the hidden size divided by this, unless `bottleneck` is given.
     pub reduction_factor: usize,
+    /// The non-linearity between the down- and up-projection.
     pub activation: Activation,
+    /// How the adapter's weights start.
     pub init: AdapterInit,
     /// Train every layer norm of the backbone as well (Houlsby et al. do).
     pub train_norms: bool,
@@ -24,6 +27,7 @@ pub struct BottleneckOptions {
 }
 
 impl BottleneckOptions {
+    /// A method's defaults: no explicit width, norms frozen, named `adapter`.
     pub fn new(reduction_factor: usize, activation: Activation, init: AdapterInit) -> Self {
         Self {
             bottleneck: None,
@@ -92,6 +96,7 @@ impl BottleneckOptions {
             .unwrap_or(hidden / self.reduction_factor.max(1))
     }
 
+    /// Refuses a zero width, a reduction factor that leaves none, an empty name.
     pub fn check(&self, model: &SequenceClassifier) -> Result<()> {
         if self.bottleneck == Some(0) {
             return Err(TuningError::Option {
@@ -154,7 +159,10 @@ impl BottleneckOptions {
 /// Where in each layer an adapter sits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Slots {
+    /// A bottleneck on the attention block's output (Houlsby).
     pub after_attention: bool,
+    /// A bottleneck on the feed-forward block's output (Houlsby, Pfeiffer).
     pub after_feed_forward: bool,
+    /// A bottleneck beside the feed-forward block (He et al.).
     pub parallel: bool,
 }

@@ -2,7 +2,10 @@
 //! the parameters that train through one mechanism (path patterns, [`trainable`]). The registry
 //! in [`methods`] (one line per method) is what the CLI, `kiln compare` and the docs list.
 
+#![warn(missing_docs)]
+
 pub mod adapters;
+/// What goes wrong applying a method, named as the CLI flag at fault.
 pub mod error;
 pub mod method;
 pub mod methods;

@@ -104,7 +104,9 @@ pub trait Registered:
 /// One line of `kiln methods`.
 #[derive(Debug, Clone)]
 pub struct MethodInfo {
+    /// The registry name.
     pub name: &'static str,
+    /// One line with the paper.
     pub summary: &'static str,
     /// Its options, with the defaults shown.
     pub options: Vec<OptionSpec>,

@@ -107,8 +107,11 @@ impl<C> MethodOption<C> {
 pub struct OptionSpec {
     /// The method that takes it.
     pub method: &'static str,
+    /// The flag without its dashes.
     pub flag: &'static str,
+    /// What the value looks like; `None` for a switch.
     pub value: Option<&'static str>,
+    /// One line of help.
     pub help: &'static str,
     /// The method's default, as text.
     pub default: String,

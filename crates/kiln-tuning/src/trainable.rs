@@ -35,18 +35,23 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 /// One parameter tensor of the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParamEntry {
+    /// The parameter's path (`bert.layers.0.attention.query.weight`).
     pub path: String,
+    /// Its number of elements.
     pub numel: usize,
+    /// Whether it trains.
     pub trainable: bool,
 }
 
 /// Every parameter with its trainability, in module order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ParamReport {
+    /// Every parameter, in the model's order.
     pub entries: Vec<ParamEntry>,
 }
 
 impl ParamReport {
+    /// Elements that train.
     pub fn trainable(&self) -> usize {
         self.entries
             .iter()
@@ -55,6 +60,7 @@ impl ParamReport {
             .sum()
     }
 
+    /// All elements.
     pub fn total(&self) -> usize {
         self.entries.iter().map(|e| e.numel).sum()
     }
@@ -64,6 +70,7 @@ impl ParamReport {
         100.0 * self.trainable() as f64 / self.total().max(1) as f64
     }
 
+    /// Paths of the parameters that train.
     pub fn trainable_paths(&self) -> Vec<&str> {
         self.entries
             .iter()

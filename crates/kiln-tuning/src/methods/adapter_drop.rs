@@ -18,8 +18,10 @@ use crate::method::{Method, Registered};
 use crate::methods::pfeiffer::PFEIFFER_SLOTS;
 use crate::options::{MethodOption, show_or};
 
+/// AdapterDrop's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterDropConfig {
+    /// The Pfeiffer adapter's shape and name.
     #[serde(flatten)]
     pub adapter: BottleneckOptions,
     /// Lowest layers without adapters at inference; `None` is half the layers.

@@ -12,6 +12,7 @@ use kiln_models::SequenceClassifier;
 
 use crate::method::{Method, Registered};
 
+/// BitFit: no settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BitFitConfig {}
 

@@ -14,13 +14,20 @@ use serde::{Deserialize, Serialize};
 
 use kiln_models::Fpt;
 
+/// What trains in the Frozen Pretrained Transformer (`kiln fpt`); the paper's default: the input and output layers, layer norms and positions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FptTuningConfig {
+    /// The new input layer trains.
     pub train_input: bool,
+    /// The new output layer trains.
     pub train_output: bool,
+    /// The backbone's layer norms train.
     pub train_norms: bool,
+    /// The position embeddings train.
     pub train_positions: bool,
+    /// The attention blocks train.
     pub train_attention: bool,
+    /// The feed-forward blocks train.
     pub train_feed_forward: bool,
     /// Everything trains (the fully trained baseline).
     pub full: bool,
@@ -41,6 +48,7 @@ impl Default for FptTuningConfig {
 }
 
 impl FptTuningConfig {
+    /// Path patterns of what trains in `model`.
     pub fn trainable_patterns(&self, model: &Fpt) -> Vec<String> {
         if self.full {
             return vec!["*".into()];

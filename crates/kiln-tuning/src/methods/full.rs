@@ -9,6 +9,7 @@ use kiln_models::SequenceClassifier;
 
 use crate::method::{Method, Registered};
 
+/// Full fine-tuning: no settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FullConfig {}
 

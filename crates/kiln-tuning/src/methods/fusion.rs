@@ -19,6 +19,7 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, parse_list};
 
+/// AdapterFusion's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct FusionConfig {
     /// Directories of the saved adapters to fuse (each with `adapter_config.json`); the caller

@@ -9,6 +9,7 @@ use kiln_models::{FrozenCut, SequenceClassifier};
 
 use crate::method::{Method, Registered};
 
+/// The linear probe: no settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinearProbeConfig {}
 

@@ -18,10 +18,14 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, parse_list};
 
+/// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`, `target_modules`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
+    /// `r`, the rank of each delta.
     pub rank: usize,
+    /// The delta is scaled by `alpha / r`.
     pub alpha: f64,
+    /// Dropout on the delta's input.
     pub dropout: f64,
     /// Projection names; `None` picks the backbone's default.
     pub targets: Option<Vec<String>>,
@@ -39,6 +43,7 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// The projection names the deltas go on in `model`: the given ones, or the backbone's defaults.
     pub fn targets_for(&self, model: &SequenceClassifier) -> Vec<String> {
         match &self.targets {
             Some(targets) => targets.clone(),

@@ -19,10 +19,13 @@ use crate::methods::parallel::{PARALLEL_SLOTS, check_scale, scale_option};
 use crate::options::MethodOption;
 use crate::prompts::prefix_len_option;
 
+/// The MAM adapter's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MamConfig {
+    /// The parallel adapter's shape and name.
     #[serde(flatten)]
     pub adapter: BottleneckOptions,
+    /// `s`, the factor on the parallel adapter's output.
     pub scale: f64,
     /// `l`, prefix rows per attention.
     pub prefix_len: usize,

@@ -13,6 +13,7 @@ use crate::method::{Method, Registered};
 use crate::methods::partial::k_option;
 use crate::options::MethodOption;
 
+/// MLP-k's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
     /// Linear layers in the head.

@@ -20,11 +20,14 @@ use crate::methods::prompt::check_len;
 use crate::options::{MethodOption, parse_list};
 use crate::prompts::{PromptInit, init_text_option};
 
+/// P-tuning's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PTuningConfig {
+    /// How many virtual tokens go before and after the text.
     pub template: PromptTemplate,
     /// The prompt encoder has the bi-LSTM (else the MLP only).
     pub lstm: bool,
+    /// How the virtual tokens start.
     pub init: PromptInit,
 }
 

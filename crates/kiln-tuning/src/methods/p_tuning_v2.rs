@@ -19,10 +19,12 @@ use crate::methods::prompt::{check_len, set_prefix_positions};
 use crate::options::MethodOption;
 use crate::prompts::{prefix_len_option, prefix_name_option, prefix_positions_option};
 
+/// P-tuning v2's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PTuningV2Config {
     /// `l`, prompt rows per layer.
     pub len: usize,
+    /// The name the prompts are held and saved under.
     pub name: String,
     /// GPT-2's real tokens are numbered after the prefix (peft's layout).
     #[serde(default)]

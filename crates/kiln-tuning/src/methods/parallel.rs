@@ -16,8 +16,10 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::MethodOption;
 
+/// Parallel adapters' settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParallelConfig {
+    /// The adapter's shape and name.
     #[serde(flatten)]
     pub adapter: BottleneckOptions,
     /// `s`, the factor on the adapter's output.

@@ -14,6 +14,7 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::MethodOption;
 
+/// Partial-k's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialConfig {
     /// How many of the top layers train.

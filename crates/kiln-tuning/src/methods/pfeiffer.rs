@@ -16,8 +16,10 @@ use crate::error::Result;
 use crate::method::{Method, Registered};
 use crate::options::MethodOption;
 
+/// Pfeiffer adapters' settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PfeifferConfig {
+    /// The adapter's shape and name.
     #[serde(flatten)]
     pub adapter: BottleneckOptions,
 }

@@ -22,6 +22,7 @@ use crate::methods::prompt::{check_len, set_prefix_positions};
 use crate::options::MethodOption;
 use crate::prompts::{prefix_len_option, prefix_name_option, prefix_positions_option};
 
+/// Prefix tuning's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrefixTuningConfig {
     /// `l`, prefix rows per attention.

@@ -19,10 +19,12 @@ use crate::method::{Method, Registered};
 use crate::options::MethodOption;
 use crate::prompts::{PromptInit, init_text_option};
 
+/// Prompt tuning's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptTuningConfig {
     /// `n`, virtual tokens.
     pub len: usize,
+    /// How the virtual tokens start.
     pub init: PromptInit,
     /// In front of BERT's `[CLS]`, as HF peft puts them (what `kiln export` needs for BERT).
     #[serde(default)]

@@ -16,10 +16,12 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, show_or};
 
+/// Side-tuning's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SideTuningConfig {
     /// Hidden width `w` of the side MLP; `None` is the backbone's width.
     pub width: Option<usize>,
+    /// Weight of the backbone's features in the blend (at the start of training).
     pub alpha: f64,
     /// Final `alpha` of the curriculum; `None` keeps `alpha` fixed.
     pub alpha_end: Option<f64>,
@@ -68,6 +70,7 @@ impl Registered for SideTuningConfig {
 }
 
 impl SideTuningConfig {
+    /// The side network these settings give on `model`.
     pub fn network(&self, model: &SequenceClassifier) -> SideConfig {
         SideConfig {
             width: self.width.unwrap_or(model.hidden_size()),
