@@ -23,7 +23,8 @@ use kiln_models::DeviceChoice;
     about = "Fine-tune pretrained transformers on Burn"
 )]
 struct Cli {
-    /// Backend to run on: `cpu` (ndarray) or `wgpu` (needs the `wgpu` cargo feature).
+    /// Backend to run on: `cpu` (Burn's flex backend with kiln's kernels), `ndarray`, or `wgpu`
+    /// (needs the `wgpu` cargo feature).
     #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
     device: DeviceChoice,
 

@@ -45,19 +45,30 @@ fn flags() -> Vec<(&'static str, Vec<OptionSpec>)> {
 }
 
 /// One line of help for a flag several methods may share: their help texts, then each
-/// method's default.
+/// method's default, methods with the same default together (`[houlsby, pfeiffer: 16; mam: 2]`).
 fn help(specs: &[OptionSpec]) -> String {
     let mut texts: Vec<&str> = Vec::new();
+    let mut defaults: Vec<(&str, Vec<&str>)> = Vec::new();
     for spec in specs {
         if !texts.contains(&spec.help) {
             texts.push(spec.help);
         }
+        match defaults.iter_mut().find(|(d, _)| *d == spec.default) {
+            Some((_, methods)) => methods.push(spec.method),
+            None => defaults.push((&spec.default, vec![spec.method])),
+        }
     }
-    let defaults: Vec<String> = specs
+    let defaults: Vec<String> = defaults
         .iter()
-        .map(|s| format!("{}: {}", s.method, s.default))
+        .map(|(default, methods)| format!("{}: {default}", methods.join(", ")))
         .collect();
-    format!("{} [{}]", texts.join("; "), defaults.join(", "))
+    let text = texts.join("; ");
+    let mut chars = text.chars();
+    let capitalised: String = chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default();
+    format!("{capitalised} [{}]", defaults.join("; "))
 }
 
 impl Args for MethodFlags {
