@@ -71,6 +71,11 @@ fn help(specs: &[OptionSpec]) -> String {
     format!("{capitalised} [{}]", defaults.join("; "))
 }
 
+/// Whether an option's value is a comma-separated list (`a,b`, `DIR,DIR`).
+fn is_list(value: &str) -> bool {
+    value.contains(',')
+}
+
 impl Args for MethodFlags {
     fn augment_args(cmd: Command) -> Command {
         let cmd = cmd.arg(
@@ -83,6 +88,8 @@ impl Args for MethodFlags {
         flags().into_iter().fold(cmd, |cmd, (flag, specs)| {
             let arg = Arg::new(flag).long(flag).help(help(&specs));
             cmd.arg(match specs[0].value {
+                // A list may come in several flags (`--targets query --targets value`).
+                Some(value) if is_list(value) => arg.value_name(value).action(ArgAction::Append),
                 Some(value) => arg.value_name(value).action(ArgAction::Set),
                 None => arg.action(ArgAction::SetTrue),
             })
@@ -106,8 +113,9 @@ impl FromArgMatches for MethodFlags {
                 if matches.get_flag(flag) {
                     options.push((flag.to_string(), "true".to_string()));
                 }
-            } else if let Some(text) = matches.get_one::<String>(flag) {
-                options.push((flag.to_string(), text.clone()));
+            } else if let Some(texts) = matches.get_many::<String>(flag) {
+                let texts: Vec<&str> = texts.map(String::as_str).collect();
+                options.push((flag.to_string(), texts.join(",")));
             }
         }
         Ok(Self { method, options })

@@ -262,5 +262,6 @@ pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
             println!("recorded at epoch {epoch}: {recorded:.6}");
         }
     }
+    evaluation.check_reproduced()?;
     Ok(())
 }

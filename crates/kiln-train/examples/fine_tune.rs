@@ -18,6 +18,11 @@ fn main() {
     };
     if let Err(error) = fine_tune(model, task, out) {
         eprintln!("error: {error}");
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            eprintln!("  caused by: {inner}");
+            cause = inner.source();
+        }
         std::process::exit(1);
     }
 }

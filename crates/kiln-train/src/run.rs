@@ -648,14 +648,32 @@ pub struct RunEvaluation {
     pub metrics: Metrics,
     pub examples: usize,
     pub seconds: f64,
-    /// For the validation split of the model as trained: the epoch and metric the run recorded,
-    /// which the reloaded model has reproduced.
+    /// For the validation split of the model as trained: the epoch and metric the run recorded.
     pub recorded: Option<(usize, f64)>,
+}
+
+impl RunEvaluation {
+    /// An error unless the reloaded model reproduced the metric the run recorded (where it
+    /// recorded one for this split).
+    pub fn check_reproduced(&self) -> Result<()> {
+        let Some((_, recorded)) = self.recorded else {
+            return Ok(());
+        };
+        let value = self.metrics.primary().1;
+        // JSON text may move a float by its last bit; anything more is a real difference.
+        if (recorded - value).abs() > 1e-12 * recorded.abs().max(1.0) {
+            return Err(TrainError::Invalid(format!(
+                "the reloaded model gives {value}, the run recorded {recorded}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Scores the run in `dir` on a part of its split. With `adapter_drop`, the lowest that many
 /// layers run without adapters (AdapterDrop at inference). On the validation split of the
-/// model as trained, the metric must reproduce the recorded one, else it is an error.
+/// model as trained it also reads the metric the run recorded, for
+/// [`RunEvaluation::check_reproduced`].
 pub fn evaluate_run(
     dir: &Path,
     split: Split,
@@ -704,15 +722,7 @@ pub fn evaluate_run(
     let mut recorded = None;
     if split == Split::Validation && adapter_drop.is_none() {
         let best: EpochRecord = read_json(&dir.join("best.json"))?;
-        let value = metrics.primary().1;
-        let best_value = best.validation.primary().1;
-        // JSON text may move a float by its last bit; anything more is a real difference.
-        if (best_value - value).abs() > 1e-12 * best_value.abs().max(1.0) {
-            return Err(TrainError::Invalid(format!(
-                "the reloaded model gives {value}, the run recorded {best_value}"
-            )));
-        }
-        recorded = Some((best.epoch, best_value));
+        recorded = Some((best.epoch, best.validation.primary().1));
     }
     Ok(RunEvaluation {
         metrics,
@@ -784,6 +794,8 @@ pub fn plan_run(
         outputs,
         dropout: 0.1,
     };
+    let mut method = method.clone();
+    method.method_mut().tokenize(&pretrained.tokenizer)?;
     let model = SequenceClassifier::new(pretrained.backbone, readout, head, device)?;
     let (model, report) = method.apply(model)?;
     let shape = StepShape {

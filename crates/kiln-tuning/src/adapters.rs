@@ -61,7 +61,7 @@ impl BottleneckOptions {
             ),
             MethodOption::new(
                 "adapter-activation",
-                "relu|gelu|gelu_new|swish|tanh",
+                "relu|gelu|gelu_new|silu|tanh",
                 "adapter non-linearity",
                 move |c| show_name(&adapter(c).activation),
                 move |c, v| adapter_mut(c).activation = v,
