@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use burn::nn::Embedding;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::error::{ModelError, Result};
@@ -38,6 +38,17 @@ pub trait TunableBackbone {
     fn norm_patterns(&self) -> Vec<String> {
         vec!["*norm.*".into()]
     }
+
+    /// Patterns of the position embeddings.
+    fn position_patterns(&self) -> Vec<String> {
+        vec!["embeddings.position.*".into()]
+    }
+
+    /// Patterns of layer `i`'s token mixing (attention, or M2-BERT's mixer).
+    fn attention_patterns(&self, i: usize) -> Vec<String>;
+
+    /// Patterns of layer `i`'s feed-forward block.
+    fn feed_forward_patterns(&self, i: usize) -> Vec<String>;
 
     /// The projections LoRA targets unless told otherwise (peft's defaults).
     fn default_lora_targets(&self) -> Vec<String>;
@@ -111,6 +122,20 @@ pub trait TunableBackbone {
     /// Layers `layer..` over `states`, what sits above them, and `readout`: one vector per text.
     /// Only called with states [`TunableBackbone::encode`] gave.
     fn read_out_above(&self, states: TokenStates, layer: usize, readout: Readout) -> Tensor<2>;
+
+    /// The token states `[batch, seq, h]` for input vectors `[batch, seq, h]` that take the
+    /// word embeddings' place (the Frozen Pretrained Transformer's input layer); an error where
+    /// the backbone cannot read vectors.
+    fn forward_vectors(
+        &self,
+        _vectors: Tensor<3>,
+        _attention_mask: &Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        Err(ModelError::InvalidInput(format!(
+            "the {} backbone does not read input vectors (FPT runs on BERT and GPT-2)",
+            self.name()
+        )))
+    }
 
     /// The whole forward pass to one vector per text `[batch, h]`.
     fn read_out(&self, input: BertInput, readout: Readout) -> Tensor<2> {

@@ -618,6 +618,25 @@ impl TunableBackbone for Bert {
         vec!["query".into(), "value".into()]
     }
 
+    fn attention_patterns(&self, i: usize) -> Vec<String> {
+        vec![format!("layers.{i}.attention.*")]
+    }
+
+    fn feed_forward_patterns(&self, i: usize) -> Vec<String> {
+        vec![
+            format!("layers.{i}.intermediate.*"),
+            format!("layers.{i}.output.*"),
+        ]
+    }
+
+    fn forward_vectors(
+        &self,
+        vectors: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        Ok(Bert::forward_vectors(self, vectors, attention_mask))
+    }
+
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
         Bert::projections_mut(self)
     }

@@ -12,6 +12,7 @@ use burn::nn::{
 };
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::backbone::TunableBackbone;
 use crate::bert::Bert;
 use crate::gpt2::Gpt2;
 use crate::pretrained::Backbone;
@@ -111,11 +112,10 @@ impl Fpt {
             _ => panic!("FPT input kind does not match its input layer (vectors vs ids)"),
         };
         let vectors = kiln_kernels::dropout(&self.input_dropout, vectors);
-        let hidden = match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.forward_vectors(vectors, &attention_mask),
-            (_, Some(gpt2)) => gpt2.forward_vectors(vectors, &attention_mask),
-            _ => unreachable!("an FPT model always holds a backbone"),
-        };
+        let hidden = self
+            .backbone()
+            .forward_vectors(vectors, &attention_mask)
+            .expect("FptConfig::init takes only backbones that read vectors");
         let batch = hidden.dims()[0];
         let last = last_real_tokens(hidden, &attention_mask, self.readout_tokens);
         let logits = self.output.forward(last);
@@ -123,16 +123,23 @@ impl Fpt {
         logits.reshape([batch, self.readout_tokens * per_token])
     }
 
-    pub fn backbone_name(&self) -> &'static str {
-        if self.bert.is_some() { "bert" } else { "gpt2" }
+    /// The backbone the model holds: the one place that looks at which it is.
+    pub fn backbone(&self) -> &dyn TunableBackbone {
+        match (&self.bert, &self.gpt2) {
+            (Some(bert), _) => bert,
+            (_, Some(gpt2)) => gpt2,
+            _ => unreachable!("an FPT model always holds a backbone (see FptConfig::init)"),
+        }
     }
 
+    /// `bert` or `gpt2`: the first segment of every backbone parameter path.
+    pub fn backbone_name(&self) -> &'static str {
+        self.backbone().name()
+    }
+
+    /// Layers of the backbone.
     pub fn num_layers(&self) -> usize {
-        match (&self.bert, &self.gpt2) {
-            (Some(bert), _) => bert.layers.len(),
-            (_, Some(gpt2)) => gpt2.blocks.len(),
-            _ => 0,
-        }
+        self.backbone().num_layers()
     }
 }
 

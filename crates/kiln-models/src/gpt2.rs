@@ -509,6 +509,26 @@ impl TunableBackbone for Gpt2 {
         vec!["c_attn".into()]
     }
 
+    fn position_patterns(&self) -> Vec<String> {
+        vec!["wpe.*".into()]
+    }
+
+    fn attention_patterns(&self, i: usize) -> Vec<String> {
+        vec![format!("blocks.{i}.attention.*")]
+    }
+
+    fn feed_forward_patterns(&self, i: usize) -> Vec<String> {
+        vec![format!("blocks.{i}.mlp.*")]
+    }
+
+    fn forward_vectors(
+        &self,
+        vectors: Tensor<3>,
+        attention_mask: &Tensor<2, Int>,
+    ) -> Result<Tensor<3>> {
+        Ok(Gpt2::forward_vectors(self, vectors, attention_mask))
+    }
+
     fn word_embedding(&self) -> &Embedding {
         &self.wte
     }

@@ -639,6 +639,14 @@ impl TunableBackbone for M2Bert {
         vec!["in_linear".into(), "out_linear".into()]
     }
 
+    fn attention_patterns(&self, i: usize) -> Vec<String> {
+        vec![format!("layers.{i}.mixer.*")]
+    }
+
+    fn feed_forward_patterns(&self, i: usize) -> Vec<String> {
+        vec![format!("layers.{i}.mlp.*")]
+    }
+
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {
         M2Bert::projections_mut(self)
     }

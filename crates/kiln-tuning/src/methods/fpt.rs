@@ -53,7 +53,14 @@ impl FptTuningConfig {
         if self.full {
             return vec!["*".into()];
         }
-        let bert = model.bert.is_some();
+        let backbone = model.backbone();
+        let under = |patterns: Vec<String>| -> Vec<String> {
+            let name = backbone.name();
+            patterns
+                .into_iter()
+                .map(|p| format!("{name}.{p}"))
+                .collect()
+        };
         let mut patterns: Vec<String> = Vec::new();
         if self.train_input {
             patterns.push("input_*".into());
@@ -62,38 +69,17 @@ impl FptTuningConfig {
             patterns.push("output.*".into());
         }
         if self.train_norms {
-            patterns.push(if bert { "bert.*norm.*" } else { "gpt2.*ln_*" }.into());
+            patterns.extend(under(backbone.norm_patterns()));
         }
         if self.train_positions {
-            patterns.push(
-                if bert {
-                    "bert.embeddings.position.*"
-                } else {
-                    "gpt2.wpe.*"
-                }
-                .into(),
-            );
+            patterns.extend(under(backbone.position_patterns()));
         }
-        for i in 0..model.num_layers() {
-            let (attention, feed_forward) = if bert {
-                (
-                    vec![format!("bert.layers.{i}.attention.*")],
-                    vec![
-                        format!("bert.layers.{i}.intermediate.*"),
-                        format!("bert.layers.{i}.output.*"),
-                    ],
-                )
-            } else {
-                (
-                    vec![format!("gpt2.blocks.{i}.attention.*")],
-                    vec![format!("gpt2.blocks.{i}.mlp.*")],
-                )
-            };
+        for i in 0..backbone.num_layers() {
             if self.train_attention {
-                patterns.extend(attention);
+                patterns.extend(under(backbone.attention_patterns(i)));
             }
             if self.train_feed_forward {
-                patterns.extend(feed_forward);
+                patterns.extend(under(backbone.feed_forward_patterns(i)));
             }
         }
         patterns
