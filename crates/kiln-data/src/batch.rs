@@ -5,10 +5,12 @@ use kiln_models::{EncodedBatch, TextInput, TextTokenizer};
 use crate::error::Result;
 use crate::text::{Target, TextExample};
 
+/// A padded batch of texts with their targets.
 #[derive(Debug, Clone)]
 pub struct TextBatch {
     /// Ids, attention mask and token types `[batch, seq]` (second texts get token type 1).
     pub encoded: EncodedBatch,
+    /// One target per text, in batch order.
     pub targets: Vec<Target>,
 }
 

@@ -8,9 +8,12 @@ use crate::error::{DataError, Result};
 use crate::split::SplitMix64;
 use crate::text::{OnBadRow, ReadOptions, SkippedRow, read_bytes, sorted_entries};
 
+/// Plain-text documents for language-model pretraining.
 #[derive(Debug, Clone, Default)]
 pub struct Corpus {
+    /// The documents' texts.
     pub documents: Vec<String>,
+    /// What was left out (with `--skip-bad-rows`) and why.
     pub skipped: Vec<SkippedRow>,
 }
 
@@ -33,6 +36,8 @@ impl Corpus {
     }
 }
 
+/// The documents in `path`: every `.txt` file below a folder (one document each), or the non-empty
+/// lines of one file (one document each).
 pub fn read_corpus(path: &Path, options: ReadOptions) -> Result<Corpus> {
     let mut corpus = Corpus::default();
     if path.is_file() {

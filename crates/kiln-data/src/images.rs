@@ -14,19 +14,27 @@ use crate::sequence::{
 /// Images of one size with their labels; pixels in 0..1, stored height x width x channels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {
+    /// Pixels per column.
     pub height: usize,
+    /// Pixels per row.
     pub width: usize,
+    /// Channels per pixel (1 grey, 3 RGB).
     pub channels: usize,
+    /// Every image's pixels, height x width x channels.
     pub pixels: Vec<Vec<f32>>,
+    /// Every image's class.
     pub labels: Vec<usize>,
+    /// Classes there are.
     pub classes: usize,
 }
 
 impl ImageSet {
+    /// Images in the set.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the set holds no image.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

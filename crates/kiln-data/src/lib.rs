@@ -3,6 +3,8 @@
 //! and the non-language tasks of the Frozen Pretrained Transformer: seeded synthetic generators
 //! (bit memory, bit XOR, ListOps) and image readers cut into patch sequences.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod corpus;
 pub mod error;

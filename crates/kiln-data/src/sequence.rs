@@ -25,16 +25,21 @@ impl SequenceInput {
     }
 }
 
+/// What a sequence example's answer is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SequenceTarget {
+    /// One of the task's classes.
     Class(usize),
     /// One 0/1 entry per predicted bit.
     Bits(Vec<u8>),
 }
 
+/// One example of a non-language sequence task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceExample {
+    /// Its tokens.
     pub input: SequenceInput,
+    /// Its answer.
     pub target: SequenceTarget,
 }
 
@@ -42,9 +47,15 @@ pub struct SequenceExample {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
     /// A vector of `dim` numbers (the model projects it linearly).
-    Vectors { dim: usize },
+    Vectors {
+        /// Numbers per token.
+        dim: usize,
+    },
     /// An id below `vocab` (the model embeds it).
-    Ids { vocab: usize },
+    Ids {
+        /// Ids there are.
+        vocab: usize,
+    },
 }
 
 /// What the model predicts.
@@ -54,7 +65,12 @@ pub enum OutputKind {
     Classes(usize),
     /// `bits` binary digits, read from the last `tokens` tokens (`bits / tokens` digits each),
     /// as the FPT reference code reads the answer of the bit tasks.
-    Bits { bits: usize, tokens: usize },
+    Bits {
+        /// Binary digits in the answer.
+        bits: usize,
+        /// Tokens the answer is read from.
+        tokens: usize,
+    },
 }
 
 impl OutputKind {
@@ -78,11 +94,17 @@ impl OutputKind {
 /// A task's examples, already split.
 #[derive(Debug, Clone)]
 pub struct SequenceTask {
+    /// The task's name (`bit-xor`, `mnist`).
     pub name: String,
+    /// What a token is.
     pub input: InputKind,
+    /// What the model predicts.
     pub output: OutputKind,
+    /// Training examples.
     pub train: Vec<SequenceExample>,
+    /// Validation examples.
     pub validation: Vec<SequenceExample>,
+    /// Test examples.
     pub test: Vec<SequenceExample>,
 }
 

@@ -8,8 +8,11 @@ use crate::error::{DataError, Result};
 /// Indices into a dataset, one list per part, each in ascending order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
+    /// Indices of the training examples.
     pub train: Vec<usize>,
+    /// Indices of the validation examples.
     pub validation: Vec<usize>,
+    /// Indices of the test examples.
     pub test: Vec<usize>,
 }
 
@@ -26,7 +29,9 @@ impl Split {
 /// Shares of the data for validation and test; train gets the rest.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SplitFractions {
+    /// Share of the examples for validation.
     pub validation: f64,
+    /// Share of the examples for test.
     pub test: f64,
 }
 
@@ -55,10 +60,12 @@ impl SplitFractions {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// The generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
+    /// The next number of the stream.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

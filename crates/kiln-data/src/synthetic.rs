@@ -20,8 +20,11 @@ use crate::split::SplitMix64;
 /// How many examples each part of a generated task gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GeneratedSizes {
+    /// Training examples.
     pub train: usize,
+    /// Validation examples.
     pub validation: usize,
+    /// Test examples.
     pub test: usize,
 }
 
@@ -118,15 +121,20 @@ fn generated(
 /// A ListOps operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListOp {
+    /// The largest argument.
     Max,
+    /// The smallest argument.
     Min,
+    /// The median, rounded down.
     Median,
+    /// The sum modulo 10.
     SumMod,
 }
 
 impl ListOp {
     const ALL: [ListOp; 4] = [ListOp::Max, ListOp::Min, ListOp::Median, ListOp::SumMod];
 
+    /// The operator's opening token (`[MAX`).
     pub fn token(self) -> &'static str {
         match self {
             ListOp::Max => "[MAX",
@@ -136,6 +144,7 @@ impl ListOp {
         }
     }
 
+    /// The operator on digit arguments.
     pub fn apply(self, args: &[u8]) -> u8 {
         match self {
             ListOp::Max => args.iter().copied().max().unwrap_or(0),
@@ -159,7 +168,9 @@ impl ListOp {
 /// A ListOps expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListOps {
+    /// A digit, 0 to 9.
     Digit(u8),
+    /// An operator on its arguments.
     Apply(ListOp, Vec<ListOps>),
 }
 
@@ -169,6 +180,7 @@ pub const LISTOPS_VOCAB: [&str; 16] = [
 ];
 
 impl ListOps {
+    /// The expression's value, a digit.
     pub fn value(&self) -> u8 {
         match self {
             ListOps::Digit(d) => *d,
@@ -211,10 +223,13 @@ impl ListOps {
 /// Bounds of generated ListOps expressions (LRA's generator: depth 10, up to 10 arguments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListOpsBounds {
+    /// Deepest nesting of operators.
     pub max_depth: usize,
+    /// Most arguments of one operator.
     pub max_args: usize,
     /// Inclusive token-length bounds; expressions outside are drawn again.
     pub min_len: usize,
+    /// Longest expression in tokens.
     pub max_len: usize,
 }
 

@@ -20,6 +20,7 @@ use crate::text::{
 /// Where a task's data is and how to read it; saved with every run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    /// The folder, GLUE directory or CSV/TSV/JSONL file.
     pub path: PathBuf,
     /// Column of the text (tables); defaults to `text`.
     pub text_column: Option<String>,
@@ -38,6 +39,7 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// The task in `path` with every reading option at its default.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -55,17 +57,23 @@ impl TaskSpec {
 /// A task's examples with a seeded split into train, validation and test.
 #[derive(Debug, Clone)]
 pub struct LoadedTask {
+    /// Classification (with the class names) or regression.
     pub kind: TaskKind,
+    /// Every usable example.
     pub examples: Vec<TextExample>,
+    /// Which examples are for training, validation and test.
     pub split: Split,
+    /// What was left out (with `--skip-bad-rows`) and why.
     pub skipped: Vec<SkippedRow>,
 }
 
 impl LoadedTask {
+    /// The examples at `indices` (a part of the split).
     pub fn part(&self, indices: &[usize]) -> Vec<&TextExample> {
         indices.iter().map(|&i| &self.examples[i]).collect()
     }
 
+    /// Outputs the model's head needs: the classes, or one for regression.
     pub fn num_outputs(&self) -> usize {
         match &self.kind {
             TaskKind::Classification { labels } => labels.len(),
@@ -75,6 +83,9 @@ impl LoadedTask {
 }
 
 impl TaskSpec {
+    /// Reads the task and splits it from `seed`: 80/10/10, stratified by class where there are
+    /// classes. A GLUE directory's `dev.tsv` is the test part, and 10% of its `train.tsv` the
+    /// validation part.
     pub fn load(&self, seed: u64) -> Result<LoadedTask> {
         let mut options = ReadOptions {
             on_bad_row: if self.skip_bad_rows {

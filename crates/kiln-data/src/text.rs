@@ -40,47 +40,63 @@ impl Target {
     }
 }
 
+/// One text (or pair of texts) with its target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextExample {
+    /// The text.
     pub text: String,
     /// Second text of a sentence pair.
     pub pair: Option<String>,
+    /// Its class or value.
     pub target: Target,
 }
 
+/// What a text task predicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskKind {
     /// Label names, in index order.
     Classification {
+        /// Class names, in index order.
         labels: Vec<String>,
     },
+    /// A real number.
     Regression,
 }
 
 /// A row (or document) a reader left out because the user asked it to skip bad rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedRow {
+    /// Where it was: `file, row N` or the document's path.
     pub location: String,
+    /// Why it was left out.
     pub reason: String,
 }
 
+/// A text data set as read, before it is split.
 #[derive(Debug, Clone)]
 pub struct TextDataset {
+    /// The file or folder it was read from.
     pub source: PathBuf,
+    /// What it predicts.
     pub task: TaskKind,
+    /// Every usable example.
     pub examples: Vec<TextExample>,
+    /// What was left out and why.
     pub skipped: Vec<SkippedRow>,
 }
 
 impl TextDataset {
+    /// Examples in the set.
     pub fn len(&self) -> usize {
         self.examples.len()
     }
 
+    /// Whether the set holds no example.
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
     }
 
+    /// Classes of a classification set; `None` for regression.
     pub fn num_classes(&self) -> Option<usize> {
         match &self.task {
             TaskKind::Classification { labels } => Some(labels.len()),
@@ -100,16 +116,20 @@ impl TextDataset {
     }
 }
 
+/// What a reader does with a row it cannot use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnBadRow {
+    /// Stop with an error naming the file and row.
     #[default]
     Fail,
+    /// Leave it out, count it and say why.
     Skip,
 }
 
 /// Options every reader takes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOptions {
+    /// What to do with a bad row.
     pub on_bad_row: OnBadRow,
     /// Encoding of files that are not UTF-8, e.g. `windows-1252`; `None` means strict UTF-8.
     pub encoding: Option<&'static Encoding>,
@@ -299,6 +319,7 @@ fn finish(
 /// File formats of [`read_table`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableFormat {
+    /// Comma-separated.
     Csv,
     /// Tab-separated; quotes are ordinary characters, as in the GLUE files.
     Tsv,
@@ -328,8 +349,11 @@ impl TableFormat {
 /// Which columns of a table hold what.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
+    /// Column of the text.
     pub text_column: String,
+    /// Column of the second text of a pair, if any.
     pub pair_column: Option<String>,
+    /// Column of the label.
     pub label_column: String,
     /// Labels are real numbers (regression) rather than class names.
     pub regression: bool,
@@ -338,6 +362,7 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// Text and label columns, classification, class names from the file.
     pub fn new(text_column: &str, label_column: &str) -> Self {
         Self {
             text_column: text_column.into(),
@@ -538,10 +563,15 @@ fn rows_to_dataset(
 /// The GLUE tasks whose TSV layouts kiln reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlueTask {
+    /// Stanford Sentiment Treebank, binary.
     Sst2,
+    /// Corpus of Linguistic Acceptability.
     Cola,
+    /// Microsoft Research Paraphrase Corpus (pairs).
     Mrpc,
+    /// Recognising Textual Entailment (pairs).
     Rte,
+    /// Semantic Textual Similarity Benchmark (pairs, regression).
     StsB,
 }
 
