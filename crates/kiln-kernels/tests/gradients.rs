@@ -61,6 +61,7 @@ fn kernels_take_the_fused_path_on_flex_only() {
 
 #[test]
 fn dropout_backward_applies_the_forward_mask() {
+    let _serial = kiln_testkit::seeded_section();
     let device = device();
     let x = normal([64, 48], &device).require_grad();
     let weights = normal([64, 48], &device);
@@ -98,6 +99,7 @@ fn seeded_dropout_reproduces_and_seeds_differ() {
 
 #[test]
 fn bias_gelu_matches_burn() {
+    let _serial = kiln_testkit::seeded_section();
     let device = device();
     let x = normal([3, 40, 96], &device).require_grad();
     let bias = normal([96], &device).require_grad();
@@ -157,6 +159,7 @@ fn mask_of(shape: [usize; 4], prob: f32, device: &Device) -> Tensor<4> {
 
 #[test]
 fn attention_probs_match_burn_with_padding_and_full_masks() {
+    let _serial = kiln_testkit::seeded_section();
     check_attention([2, 1, 1, 10], 0.0);
     check_attention([2, 1, 10, 10], 0.0);
     check_attention([1, 1, 10, 10], 0.0);
@@ -164,6 +167,7 @@ fn attention_probs_match_burn_with_padding_and_full_masks() {
 
 #[test]
 fn attention_probs_match_burn_with_dropout() {
+    let _serial = kiln_testkit::seeded_section();
     check_attention([2, 1, 1, 10], 0.2);
 }
 
@@ -240,11 +244,13 @@ fn check_layer_norm(prob: f32) {
 
 #[test]
 fn add_layer_norm_matches_burn() {
+    let _serial = kiln_testkit::seeded_section();
     check_layer_norm(0.0);
 }
 
 #[test]
 fn add_layer_norm_matches_burn_with_dropout() {
+    let _serial = kiln_testkit::seeded_section();
     check_layer_norm(0.1);
 }
 
@@ -335,6 +341,7 @@ fn inference_attention_matches_burn_with_strided_heads_and_masks() {
 
 #[test]
 fn matmul_matches_burn_with_strided_operands_and_frozen_sides() {
+    let _serial = kiln_testkit::seeded_section();
     let device = device();
     // Transposed views on both sides: the kernel reads them through their strides.
     let a = normal([24, 40], &device).require_grad();

@@ -148,6 +148,7 @@ fn gpt2_case(dir: &Path, device: &Device) -> (Vec<f32>, BTreeMap<String, Vec<f32
 
 #[test]
 fn bert_with_fused_kernels_matches_burn_ops_forward_and_backward() {
+    let _serial = kiln_testkit::seeded_section();
     let dir = without_dropout("bert-tiny");
     let device = autodiff_cpu();
     check(|| bert_case(dir.path(), &device));
@@ -155,6 +156,7 @@ fn bert_with_fused_kernels_matches_burn_ops_forward_and_backward() {
 
 #[test]
 fn gpt2_with_fused_kernels_matches_burn_ops_forward_and_backward() {
+    let _serial = kiln_testkit::seeded_section();
     let dir = without_dropout("gpt2-tiny");
     let device = autodiff_cpu();
     check(|| gpt2_case(dir.path(), &device));

@@ -51,8 +51,12 @@ pub fn device_under_test() -> (Device, f32) {
     (cpu(), tolerance)
 }
 
-/// Burn's backend RNG is process-wide and tests seed it: a test that seeds it, or initialises a
-/// model while another test trains from a seed, holds this lock, or it changes that test's draws.
+/// Burn keeps two things process-wide that tests running in parallel disturb: the backend RNG
+/// (a test that seeds it, or initialises a model while another trains from a seed, changes that
+/// test's draws), and, in Burn 0.22, the autodiff graph registry: one thread's `backward()` can
+/// free graph steps another thread still needs, and a leaf used again after a backward then
+/// silently loses gradient (tracel-ai/burn#5573; measured here as 1 failure in 25-60 runs of the
+/// fused-against-unfused test). A test that seeds, initialises or runs backward holds this lock.
 pub fn seeded_section() -> MutexGuard<'static, ()> {
     static RNG: Mutex<()> = Mutex::new(());
     RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -24,6 +24,7 @@ fn blocks_join_documents_with_end_of_text_and_drop_the_ragged_end() {
 
 #[test]
 fn pretraining_lowers_held_out_perplexity_and_saves_a_loadable_checkpoint() {
+    let _serial = kiln_testkit::seeded_section();
     let tokenizer = TextTokenizer::from_dir(&fixture(), ModelKind::Gpt2).expect("tokenizer");
     let eos = tokenizer.token_id("<|endoftext|>").expect("end of text");
     let sentences = [
