@@ -52,6 +52,7 @@ fn mask<const D: usize>(shape: [usize; D], prob: f32, seed: u64, device: &Device
 
 #[test]
 fn kernels_take_the_fused_path_on_flex_only() {
+    let _serial = kiln_testkit::seeded_section();
     let x = normal([2, 3], &device());
     assert!(fused(&x));
     #[allow(deprecated)]
@@ -85,6 +86,7 @@ fn dropout_backward_applies_the_forward_mask() {
 
 #[test]
 fn seeded_dropout_reproduces_and_seeds_differ() {
+    let _serial = kiln_testkit::seeded_section();
     let device = device();
     let layer = DropoutConfig::new(0.5).init();
     let x = Tensor::<2>::ones([32, 32], &device);
@@ -256,6 +258,7 @@ fn add_layer_norm_matches_burn_with_dropout() {
 
 #[test]
 fn kernels_without_autodiff_match_the_autodiff_forward() {
+    let _serial = kiln_testkit::seeded_section();
     let device = Device::flex();
     let x = normal([5, 33], &device);
     let bias = normal([33], &device);
@@ -304,6 +307,7 @@ fn heads_of(x: Tensor<3>, heads: usize) -> Tensor<4> {
 
 #[test]
 fn inference_attention_matches_burn_with_strided_heads_and_masks() {
+    let _serial = kiln_testkit::seeded_section();
     let device = Device::flex();
     let (batch, heads, queries, head_dim) = (3, 4, 9, 8);
     // Dropout is inactive off autodiff (Burn's rule): the kernel path takes none.
@@ -378,6 +382,7 @@ fn matmul_matches_burn_with_strided_operands_and_frozen_sides() {
 
 #[test]
 fn fused_adamw_follows_burns_adamw() {
+    let _serial = kiln_testkit::seeded_section();
     use burn::optim::{AdamWConfig, Optimizer};
     use kiln_kernels::FusedAdamWConfig;
     let device = Device::flex();
