@@ -13,7 +13,9 @@ use crate::checkpoint::{load_params_as, save_params_as};
 use crate::error::{Result, TrainError};
 use crate::trainer::{read_json, write_json};
 
+/// The adapter directory's settings file.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter directory's tensors.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter.safetensors";
 
 /// What `adapter_config.json` holds.
@@ -25,8 +27,11 @@ pub struct SavedAdapter {
     pub method: String,
     /// `bert` or `gpt2`.
     pub backbone: String,
+    /// Width of the model it was trained on.
     pub hidden_size: usize,
+    /// Layers of the model it was trained on.
     pub num_layers: usize,
+    /// Its shape (slots, bottleneck, non-linearity, prefix rows).
     pub adapter: AdapterConfig,
 }
 

@@ -34,17 +34,27 @@ use crate::task_model::TaskModel;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum ChildTuning {
-    F { reserve: f64 },
-    D { reserve: f64 },
+    /// Child-Tuning F: a fresh random mask each step keeping share `reserve`.
+    F {
+        /// The share `p` kept.
+        reserve: f64,
+    },
+    /// Child-Tuning D: a fixed mask of the share `reserve` with the highest Fisher information.
+    D {
+        /// The share `p` kept.
+        reserve: f64,
+    },
 }
 
 impl ChildTuning {
+    /// The share `p` of the gradients kept.
     pub fn reserve(&self) -> f64 {
         match self {
             Self::F { reserve } | Self::D { reserve } => *reserve,
         }
     }
 
+    /// Refuses a reserve outside (0, 1].
     pub fn check(&self) -> Result<()> {
         let reserve = self.reserve();
         if !(reserve > 0.0 && reserve <= 1.0) {
@@ -79,10 +89,12 @@ impl ModuleVisitor for RandomMask<'_> {
 /// Per backbone parameter path, a flat tensor of values (Fisher information, or a 0/1 mask).
 #[derive(Debug, Clone, Default)]
 pub struct PathTensors {
+    /// The tensors by parameter path.
     pub values: HashMap<String, Tensor<1>>,
 }
 
 impl PathTensors {
+    /// Entries over all paths.
     pub fn num_elements(&self) -> usize {
         self.values.values().map(|t| t.dims()[0]).sum()
     }

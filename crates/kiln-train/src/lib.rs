@@ -7,9 +7,12 @@
 //! ([`task_model`]), HF peft and merged checkpoints ([`peft`], [`merge`]), and the
 //! method-comparison report ([`report`]).
 
+#![warn(missing_docs)]
+
 pub mod adapters;
 pub mod checkpoint;
 pub mod child_tuning;
+/// Errors of runs and training.
 pub mod error;
 pub mod fpt;
 pub mod icl;

@@ -32,6 +32,7 @@ const TOKENIZER_FILES: [&str; 6] = [
 pub struct MergedCheckpoint {
     /// The transformers class the checkpoint is for.
     pub architecture: &'static str,
+    /// Tensors written.
     pub tensors: usize,
     /// LoRA deltas folded in.
     pub merged_deltas: usize,

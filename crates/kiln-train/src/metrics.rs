@@ -6,20 +6,27 @@ use serde::{Deserialize, Serialize};
 /// What an evaluation measured. Classification fills the first three, regression the last two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// Mean loss over the examples.
     pub loss: f64,
+    /// Share of examples classified right (classification).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub accuracy: Option<f64>,
+    /// Macro-averaged F1 over the classes (classification).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub macro_f1: Option<f64>,
+    /// Matthews correlation, Gorodkin's multi-class form (classification).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mcc: Option<f64>,
+    /// Pearson correlation (regression).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pearson: Option<f64>,
+    /// Spearman rank correlation (regression).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub spearman: Option<f64>,
 }
 
 impl Metrics {
+    /// Metrics of class predictions against the actual classes.
     pub fn classification(
         loss: f64,
         predicted: &[usize],
@@ -36,6 +43,7 @@ impl Metrics {
         }
     }
 
+    /// Metrics of predicted values against the actual ones.
     pub fn regression(loss: f64, predicted: &[f64], actual: &[f64]) -> Self {
         Self {
             loss,
@@ -59,6 +67,7 @@ impl Metrics {
         }
     }
 
+    /// `exp(loss)`, for a language model's next-token loss.
     pub fn perplexity(&self) -> f64 {
         self.loss.exp()
     }
@@ -74,6 +83,7 @@ impl Metrics {
     }
 }
 
+/// Share of predictions equal to the actual class.
 pub fn accuracy(predicted: &[usize], actual: &[usize]) -> f64 {
     let right = predicted.iter().zip(actual).filter(|(p, a)| p == a).count();
     right as f64 / actual.len().max(1) as f64
@@ -136,6 +146,7 @@ pub fn matthews(predicted: &[usize], actual: &[usize], classes: usize) -> f64 {
     }
 }
 
+/// Pearson correlation of `x` and `y`.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
     if n == 0.0 {

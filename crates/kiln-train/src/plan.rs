@@ -28,6 +28,7 @@ pub const BASELINE_MIB: f64 = 13.0;
 /// The batch a step sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StepShape {
+    /// Examples per batch.
     pub batch: usize,
     /// Text tokens per example (the padded length).
     pub seq: usize,
@@ -38,21 +39,32 @@ pub struct StepShape {
 /// The prediction, in bytes and FLOPs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
+    /// The batch the prediction is for.
     pub shape: StepShape,
+    /// All parameters.
     pub params: usize,
+    /// Parameters that train.
     pub trainable: usize,
+    /// Bytes of the weights.
     pub weight_bytes: f64,
+    /// Bytes of the gradients (trained parameters only).
     pub gradient_bytes: f64,
+    /// Bytes of AdamW's two moments (trained parameters only).
     pub optimizer_bytes: f64,
+    /// Bytes of the activations saved for backward.
     pub activation_bytes: f64,
     /// The largest buffers alive at once beyond the saved ones: a layer's attention scores and
     /// feed-forward states while the forward pass runs, two gradients while backward runs.
     pub transient_bytes: f64,
     /// While the checkpoint loads, its bytes and the weights made from them are both resident.
     pub load_bytes: f64,
+    /// What the process holds besides the model (binary, libraries, allocator: [`BASELINE_MIB`]).
     pub baseline_bytes: f64,
+    /// The predicted peak resident memory of the step.
     pub peak_bytes: f64,
+    /// FLOPs of the forward pass.
     pub forward_flops: f64,
+    /// FLOPs of the backward pass.
     pub backward_flops: f64,
     /// Layers the backward pass goes through.
     pub layers_in_backward: usize,

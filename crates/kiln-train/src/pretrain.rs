@@ -160,10 +160,13 @@ pub struct PretrainSettings {
     /// Directory with the GPT-2 tokenizer (`vocab.json`/`encoder.json`, `merges.txt`/`vocab.bpe`).
     #[cfg_attr(feature = "clap", arg(long))]
     pub tokenizer: PathBuf,
+    /// Transformer blocks.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
     pub layers: usize,
+    /// Width of the token states.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 256))]
     pub width: usize,
+    /// Attention heads per block (a divisor of the width).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
     pub heads: usize,
     /// Tokens per training block; also the model's position table.
@@ -172,19 +175,25 @@ pub struct PretrainSettings {
     /// Share of the documents held out for perplexity.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.1))]
     pub held_out: f64,
+    /// Passes over the training blocks.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
     pub epochs: usize,
+    /// Peak learning rate.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 1e-3))]
     pub lr: f64,
+    /// Blocks per batch.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
     pub batch_size: usize,
+    /// Seeds the held-out split, the initialisation, the data order and dropout.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 42))]
     pub seed: u64,
     /// Skip documents that cannot be read instead of stopping.
     #[cfg_attr(feature = "clap", arg(long))]
     pub skip_bad_rows: bool,
+    /// Run directory; the HF GPT-2 directory goes to `OUT/model`.
     #[cfg_attr(feature = "clap", arg(long))]
     pub out: PathBuf,
+    /// Continue after the last complete epoch in `--out`.
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip)]
     pub resume: bool,
@@ -193,14 +202,23 @@ pub struct PretrainSettings {
 /// `summary.json` of a pretraining run.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PretrainSummary {
+    /// Training blocks.
     pub train_blocks: usize,
+    /// Held-out blocks.
     pub held_out_blocks: usize,
+    /// Parameters of the model.
     pub parameters: usize,
+    /// Held-out loss before training.
     pub held_out_loss_before: f64,
+    /// Held-out perplexity before training.
     pub held_out_perplexity_before: f64,
+    /// Held-out loss after training.
     pub held_out_loss: f64,
+    /// Held-out perplexity after training.
     pub held_out_perplexity: f64,
+    /// Mean wall time of an epoch (training and validation).
     pub seconds_per_epoch: f64,
+    /// The backend it ran on.
     pub device: String,
 }
 

@@ -14,12 +14,15 @@ use crate::error::{Result, TrainError};
 pub struct ComparisonRow {
     /// The run label, e.g. `lora-r8`.
     pub method: String,
+    /// Seeds the mean and deviation are over.
     pub seeds: usize,
     /// Test metric over the seeds (a share, 0..1 for accuracy).
     pub mean: f64,
     /// Sample standard deviation over the seeds (0 for one seed).
     pub std: f64,
+    /// Parameters that trained.
     pub trainable_params: usize,
+    /// Share of the parameters that trained, in percent.
     pub trainable_percent: f64,
     /// Mean over the seeds of the seconds per epoch (training and validation).
     pub seconds_per_epoch: f64,
@@ -73,6 +76,7 @@ fn cells(row: &ComparisonRow) -> [String; 6] {
     ]
 }
 
+/// The comparison as a Markdown table, one row per method in the given order.
 pub fn markdown(rows: &[ComparisonRow], metric: &str) -> String {
     let headers = HEADERS.map(|h| h.replace("METRIC", metric));
     let mut text = format!(

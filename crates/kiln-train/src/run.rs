@@ -63,13 +63,21 @@ const FEATURE_CACHE_LIMIT: usize = 4 << 30;
 /// Everything needed to rebuild a run's model and data: `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
+    /// The HF model directory.
     pub model: PathBuf,
+    /// Where the task's data is and how to read it.
     pub task: TaskSpec,
+    /// The method with its settings.
     pub method: MethodConfig,
+    /// The trainer's settings.
     pub train: TrainConfig,
+    /// How texts became one vector.
     pub readout: Readout,
+    /// The task head's shape.
     pub head: HeadConfig,
+    /// Tokens per text, special tokens included.
     pub max_len: usize,
+    /// Checkpoints hold every parameter, not only the trained ones.
     pub save_full: bool,
     /// The backbone started from random initialisation (checkpoints are then full).
     #[serde(default)]
@@ -88,15 +96,25 @@ pub struct RunConfig {
 /// `summary.json`: how the run ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The run's label (`lora-r8`).
     pub method: String,
+    /// Parameters that trained.
     pub trainable_params: usize,
+    /// All parameters.
     pub total_params: usize,
+    /// Share of the parameters that trained, in percent.
     pub trainable_percent: f64,
+    /// The epoch with the best validation metric.
     pub best_epoch: Option<usize>,
+    /// That epoch's validation metrics.
     pub validation: Option<Metrics>,
+    /// The test metrics of the best epoch's model, when the split has a test part.
     pub test: Option<Metrics>,
+    /// Mean wall time of an epoch (training and validation).
     pub seconds_per_epoch: f64,
+    /// Peak resident memory of the process.
     pub peak_rss_mib: Option<f64>,
+    /// The backend it ran on.
     pub device: String,
 }
 
@@ -116,7 +134,9 @@ pub struct FisherSource {
 pub struct RunSettings {
     /// HF model directory (BERT, GPT-2 or M2-BERT).
     pub model: PathBuf,
+    /// Where the task's data is and how to read it.
     pub task: TaskSpec,
+    /// The method with its settings.
     pub method: MethodConfig,
     /// The trainer's settings; [`RunSettings::new`] sets the learning rate to the method's.
     pub train: TrainConfig,
@@ -134,6 +154,7 @@ pub struct RunSettings {
     pub feature_cache: bool,
     /// Start the method's parameters from a HF peft adapter directory.
     pub peft_adapter: Option<PathBuf>,
+    /// Where Child-Tuning D's Fisher information comes from.
     pub fisher: FisherSource,
     /// The backend to train on.
     pub device: DeviceChoice,
@@ -171,9 +192,13 @@ impl RunSettings {
 /// A trained run: its settings and summary, and the model as it was at the best epoch, ready
 /// for inference.
 pub struct TrainedRun {
+    /// What `run.json` records.
     pub config: RunConfig,
+    /// What `summary.json` records.
     pub summary: RunSummary,
+    /// The model as it was at the best epoch, without autodiff.
     pub model: SequenceClassifier,
+    /// Its tokenizer, set to the run's length.
     pub tokenizer: TextTokenizer,
     /// What the model predicts: the task's classes, or a number.
     pub kind: TaskKind,
@@ -186,7 +211,9 @@ pub struct TrainedRun {
 pub enum Prediction {
     /// The most probable class, with the probability of every class in label order.
     Class {
+        /// The class name.
         label: String,
+        /// Every class's probability, in label order.
         probabilities: Vec<f32>,
     },
     /// A regression's value.
@@ -602,8 +629,11 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
 
 /// A finished run read back: its settings, the model with its best weights, its tokenizer.
 pub struct LoadedRun {
+    /// What `run.json` records.
     pub config: RunConfig,
+    /// The model with the best epoch's weights.
     pub model: SequenceClassifier,
+    /// Its tokenizer, set to the run's length.
     pub tokenizer: TextTokenizer,
 }
 
@@ -625,7 +655,9 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
 /// Which part of a run's split to score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
+    /// The validation part.
     Validation,
+    /// The test part.
     Test,
 }
 
@@ -645,8 +677,11 @@ impl std::str::FromStr for Split {
 
 /// What [`evaluate_run`] measured.
 pub struct RunEvaluation {
+    /// Loss and metrics.
     pub metrics: Metrics,
+    /// Examples scored.
     pub examples: usize,
+    /// Wall time of the evaluation.
     pub seconds: f64,
     /// For the validation split of the model as trained: the epoch and metric the run recorded.
     pub recorded: Option<(usize, f64)>,
@@ -768,6 +803,7 @@ pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<MergedCheckp
 
 /// What [`plan_run`] predicts, with the names it was made for.
 pub struct RunPlan {
+    /// The prediction.
     pub plan: Plan,
     /// `bert`, `gpt2` or `m2`.
     pub backbone: String,

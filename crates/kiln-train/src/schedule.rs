@@ -8,11 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use kiln_models::SequenceClassifier;
 
+/// How the learning rate falls after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
+    /// It stays at the peak.
     Constant,
+    /// Linearly to zero at the last step.
     Linear,
+    /// Along a half cosine to zero at the last step.
     Cosine,
 }
 

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 pub trait TaskModel: Module + Sized {
     /// What batches are made with besides the examples (for text: tokenizer and task kind).
     type Task;
+    /// One example.
     type Example;
 
     /// The training loss of one batch on the autodiff `device`, and how many tokens it held.

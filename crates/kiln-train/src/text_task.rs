@@ -21,13 +21,16 @@ use crate::task_model::TaskModel;
 /// A text task as batches need it.
 #[derive(Clone)]
 pub struct TextTask {
+    /// Encodes the texts of a batch.
     pub tokenizer: TextTokenizer,
+    /// Classification (with the class names) or regression.
     pub kind: TaskKind,
     /// The frozen bottom's outputs, for methods that train only above it.
     pub features: Option<FeatureCache>,
 }
 
 impl TextTask {
+    /// The task for `kind` with `tokenizer`, without a feature cache.
     pub fn new(tokenizer: TextTokenizer, kind: TaskKind) -> Self {
         Self {
             tokenizer,
@@ -86,6 +89,7 @@ struct CachedRow {
 }
 
 impl FeatureCache {
+    /// An empty cache of the frozen bottom below `cut`.
     pub fn new(cut: FrozenCut) -> Self {
         Self {
             cut,
@@ -98,6 +102,7 @@ impl FeatureCache {
         self.rows.borrow().len()
     }
 
+    /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -40,20 +40,28 @@ use crate::schedule::{Decay, learning_rate};
 use crate::task_model::TaskModel;
 use crate::transforms::clip_global_norm;
 
+/// The trainer's settings (a run's `run.json` records them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Passes over the training examples.
     pub epochs: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Examples per training batch.
     pub batch_size: usize,
+    /// Examples per evaluation batch.
     pub eval_batch_size: usize,
     /// Share of all steps spent warming the learning rate up from 0.
     pub warmup_ratio: f64,
+    /// How the learning rate falls after warm-up.
     pub decay: Decay,
+    /// AdamW's decoupled weight decay (not on biases and norms).
     pub weight_decay: f64,
     /// Clip the joint gradient norm to this; `None` leaves gradients alone.
     pub max_grad_norm: Option<f64>,
     /// Stop after this many epochs without a better validation metric.
     pub patience: Option<usize>,
+    /// Seeds the initialisation, the data order and dropout (and the split, in a run).
     pub seed: u64,
     /// Write a step record every this many steps.
     pub log_every: usize,
@@ -87,37 +95,56 @@ impl Default for TrainConfig {
 
 /// Train and validation examples of one task.
 pub struct TaskData<'a, L: TaskModel> {
+    /// What batches are made with.
     pub task: &'a L::Task,
+    /// Training examples.
     pub train: Vec<&'a L::Example>,
+    /// Validation examples.
     pub validation: Vec<&'a L::Example>,
 }
 
 /// What one epoch did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
+    /// The epoch, from 1.
     pub epoch: usize,
+    /// Mean training loss over its steps.
     pub train_loss: f64,
+    /// Validation metrics after it.
     pub validation: Metrics,
+    /// Wall time of training and validation.
     pub seconds: f64,
+    /// Training tokens per second.
     pub train_tokens_per_second: f64,
 }
 
 /// What `state.json` holds: enough to resume after the last complete epoch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
+    /// Epochs done.
     pub completed_epochs: usize,
+    /// Optimizer steps done.
     pub global_step: usize,
+    /// The epoch with the best validation metric so far.
     pub best_epoch: Option<usize>,
+    /// That metric.
     pub best_metric: Option<f64>,
+    /// Epochs since it last improved (for early stopping).
     pub epochs_without_improvement: usize,
+    /// Every epoch's record.
     pub history: Vec<EpochRecord>,
 }
 
+/// How a fit ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
+    /// The state after the last epoch.
     pub state: TrainState,
+    /// The validation metric best-epoch keeping follows.
     pub metric_name: String,
+    /// Peak resident memory of the process.
     pub peak_rss_mib: Option<f64>,
+    /// The epoch a resumed fit continued after.
     pub resumed_from_epoch: Option<usize>,
 }
 
@@ -128,6 +155,7 @@ impl TrainSummary {
         history.iter().map(|r| r.seconds).sum::<f64>() / history.len().max(1) as f64
     }
 
+    /// The best epoch's validation metrics.
     pub fn best_validation(&self) -> Option<&Metrics> {
         let best = self.state.best_epoch?;
         self.state
@@ -138,10 +166,13 @@ impl TrainSummary {
     }
 }
 
+/// The training loop: AdamW with warm-up and decay, clipping and Child-Tuning between backward and step, evaluation every epoch, best-epoch keeping, early stopping, atomic checkpoints, resume, JSON-lines logs.
 pub struct Trainer {
+    /// The trainer's settings.
     pub config: TrainConfig,
     /// An autodiff device: where the model trains.
     pub device: Device,
+    /// Run directory: checkpoints, `state.json`, `metrics.jsonl`, `best/`.
     pub run_dir: PathBuf,
     /// Patterns of the parameters that train; set again after a checkpoint is loaded.
     pub trainable: Vec<String>,
@@ -155,8 +186,11 @@ pub struct Trainer {
     pub child_mask: Option<PathTensors>,
 }
 
+/// The last complete epoch and the history, in a run directory.
 pub const STATE_FILE: &str = "state.json";
+/// The best epoch's checkpoint directory.
 pub const BEST_DIR: &str = "best";
+/// The trained parameters in a checkpoint directory.
 pub const TRAINED_FILE: &str = "trained.safetensors";
 
 impl Trainer {
@@ -471,11 +505,13 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
         .wrapping_add(epoch as u64)
 }
 
+/// `path` parsed as JSON into `T`, with the path in the error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
+/// `value` as pretty JSON at `path`, written atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;

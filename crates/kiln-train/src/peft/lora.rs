@@ -34,30 +34,44 @@ use crate::error::{Result, TrainError};
 /// The fields of peft's `LoraConfig` kiln writes and reads (peft fills the rest with defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftLoraConfig {
+    /// `LORA`.
     pub peft_type: String,
+    /// peft's task type (`SEQ_CLS`, `FEATURE_EXTRACTION`).
     pub task_type: Option<String>,
+    /// The rank.
     pub r: usize,
+    /// The delta is scaled by `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA).
     pub lora_alpha: f64,
+    /// Dropout on the delta's input.
     #[serde(default)]
     pub lora_dropout: f64,
     /// A list of module names; peft also allows one regular expression, which kiln refuses.
     pub target_modules: serde_json::Value,
+    /// The base weights are stored `[in, out]` (GPT-2's Conv1D).
     #[serde(default)]
     pub fan_in_fan_out: bool,
+    /// Which biases train: kiln writes `none` and refuses anything else on import.
     #[serde(default = "no_bias")]
     pub bias: String,
+    /// Modules saved whole beside the deltas (the classifier).
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// The base model the adapter was trained on.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// rsLoRA scaling, `alpha / sqrt(r)`.
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA (refused on import: kiln has no DoRA).
     #[serde(default)]
     pub use_dora: bool,
+    /// Per-module ranks (refused on import unless empty).
     #[serde(default)]
     pub rank_pattern: serde_json::Map<String, serde_json::Value>,
+    /// Per-module alphas (refused on import unless empty).
     #[serde(default)]
     pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    /// Saved for inference only.
     #[serde(default = "yes")]
     pub inference_mode: bool,
 }

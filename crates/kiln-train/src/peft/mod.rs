@@ -33,14 +33,19 @@ use kiln_tuning::{MethodConfig, ParamReport};
 use crate::checkpoint::{f32_bytes, write_atomically, write_f32_tensors};
 use crate::error::{Result, TrainError};
 
+/// A peft adapter directory's settings file.
 pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
+/// A peft adapter directory's tensors.
 pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeftExport {
+    /// peft's task type written (`SEQ_CLS` or `FEATURE_EXTRACTION`).
     pub task_type: &'static str,
+    /// The modules the adapter changes.
     pub target_modules: Vec<String>,
+    /// Tensors written.
     pub tensors: usize,
     /// The head went in as peft's classifier.
     pub with_classifier: bool,

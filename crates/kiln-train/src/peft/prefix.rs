@@ -25,19 +25,31 @@ use crate::error::{Result, TrainError};
 /// The fields of peft's `PrefixTuningConfig` kiln writes and reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftPrefixConfig {
+    /// `PREFIX_TUNING`.
     pub peft_type: String,
+    /// peft's task type.
     pub task_type: Option<String>,
+    /// Prefix rows per layer.
     pub num_virtual_tokens: usize,
+    /// Width of a token's state.
     pub token_dim: usize,
+    /// peft's count of transformer stacks (1 for GPT-2).
     #[serde(default = "one")]
     pub num_transformer_submodules: usize,
+    /// Attention heads per layer.
     pub num_attention_heads: usize,
+    /// Layers.
     pub num_layers: usize,
+    /// Hidden width of peft's reparameterisation MLP.
     pub encoder_hidden_size: usize,
+    /// Whether peft reparameterises the prefixes with an MLP (refused on import; kiln writes
+    /// `false`, its prefixes folded).
     #[serde(default)]
     pub prefix_projection: bool,
+    /// The base model the adapter was trained on.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// Saved for inference only.
     #[serde(default = "yes")]
     pub inference_mode: bool,
 }

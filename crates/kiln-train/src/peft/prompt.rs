@@ -20,20 +20,30 @@ use crate::error::{Result, TrainError};
 /// The fields of peft's `PromptTuningConfig` kiln writes and reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftPromptConfig {
+    /// `PROMPT_TUNING`.
     pub peft_type: String,
+    /// peft's task type.
     pub task_type: Option<String>,
+    /// Virtual tokens.
     pub num_virtual_tokens: usize,
+    /// Width of a token's embedding.
     pub token_dim: usize,
+    /// peft's count of transformer stacks (1 here).
     #[serde(default = "one")]
     pub num_transformer_submodules: usize,
+    /// Attention heads per layer, as peft records it.
     #[serde(default)]
     pub num_attention_heads: Option<usize>,
+    /// Layers, as peft records it.
     #[serde(default)]
     pub num_layers: Option<usize>,
+    /// How peft initialised the prompt (`RANDOM`, `TEXT`).
     #[serde(default = "random_init")]
     pub prompt_tuning_init: String,
+    /// The base model the adapter was trained on.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// Saved for inference only.
     #[serde(default = "yes")]
     pub inference_mode: bool,
 }
