@@ -4,6 +4,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu_approximate, relu, silu};
 use serde::{Deserialize, Serialize};
 
+/// A non-linearity by the names HF configs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -12,9 +13,12 @@ pub enum Activation {
     /// The tanh approximation (GPT-2's `gelu_new`; `gelu_pytorch_tanh` is the same function).
     #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
     GeluNew,
+    /// `max(0, x)`.
     Relu,
+    /// `x · sigmoid(x)` (`swish`).
     #[serde(alias = "swish")]
     Silu,
+    /// `tanh(x)`.
     Tanh,
 }
 
@@ -29,6 +33,7 @@ impl std::str::FromStr for Activation {
 }
 
 impl Activation {
+    /// The activation of `x`, element-wise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::Gelu => kiln_kernels::bias_gelu(x, None),

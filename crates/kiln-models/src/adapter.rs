@@ -54,9 +54,11 @@ pub struct AdapterConfig {
     pub parallel: bool,
     /// Width `m` of the bottleneck.
     pub bottleneck: usize,
+    /// The non-linearity between the projections.
     pub activation: Activation,
     /// Factor on the adapter's output (`s` of the scaled parallel adapter; 1 otherwise).
     pub scale: f64,
+    /// How fresh weights start.
     pub init: AdapterInit,
     /// Key and value rows prepended to every attention (0: none).
     pub prefix_len: usize,
@@ -150,13 +152,16 @@ pub struct BottleneckAdapter {
     pub down: Linear,
     /// `[m, h]`
     pub up: Linear,
+    /// The non-linearity between the projections.
     #[module(skip)]
     pub activation: Activation,
+    /// Factor on the output (`s`; 1 for a plain adapter).
     #[module(skip)]
     pub scale: f64,
 }
 
 impl BottleneckAdapter {
+    /// `scale · up(f(down(x)))`, what the adapter adds to its input.
     pub fn delta(&self, x: Tensor<3>) -> Tensor<3> {
         let down = linear_rows(&self.down, x);
         let out = linear_rows(&self.up, self.activation.forward(down));
@@ -176,15 +181,19 @@ impl BottleneckAdapter {
 /// Key and value rows `[l, h]` that every query of the layer may attend to, before the real ones.
 #[derive(Module, Debug)]
 pub struct AttentionPrefix {
+    /// Key rows `[l, h]`.
     pub key: Param<Tensor<2>>,
+    /// Value rows `[l, h]`.
     pub value: Param<Tensor<2>>,
 }
 
 impl AttentionPrefix {
+    /// Rows `l`.
     pub fn len(&self) -> usize {
         self.key.lazy_shape().dims::<2>()[0]
     }
 
+    /// Whether it has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -193,9 +202,13 @@ impl AttentionPrefix {
 /// One adapter's modules in one layer.
 #[derive(Module, Debug)]
 pub struct LayerAdapter {
+    /// After the attention block (Houlsby).
     pub attention: Option<BottleneckAdapter>,
+    /// After the feed-forward block (Houlsby, Pfeiffer).
     pub feed_forward: Option<BottleneckAdapter>,
+    /// Beside the feed-forward block (He et al.).
     pub parallel: Option<BottleneckAdapter>,
+    /// Key and value rows before every attention (prefix tuning, MAM).
     pub prefix: Option<AttentionPrefix>,
 }
 
@@ -203,7 +216,9 @@ pub struct LayerAdapter {
 /// answers (key, value), and the softmax over adapters mixes the values.
 #[derive(Module, Debug)]
 pub struct AdapterFusion {
+    /// Reads the feed-forward output `[h, h]`.
     pub query: Linear,
+    /// Reads each adapter's output `[h, h]`.
     pub key: Linear,
     /// No bias; starts as the identity, so a fresh fusion averages the adapters' outputs.
     pub value: Linear,
@@ -263,8 +278,11 @@ pub enum ActiveAdapter {
 /// Every adapter of one layer, the optional fusion over them, and which are active.
 #[derive(Module, Debug)]
 pub struct LayerAdapters {
+    /// Every loaded adapter, in the classifier's order.
     pub loaded: Vec<LayerAdapter>,
+    /// AdapterFusion over them, if added.
     pub fusion: Option<AdapterFusion>,
+    /// Which adapters run: none, one, or the fusion.
     #[module(skip)]
     pub active: ActiveAdapter,
 }

@@ -24,6 +24,7 @@ pub trait TunableBackbone {
     /// Width `h` of the token states.
     fn hidden_size(&self) -> usize;
 
+    /// Transformer layers.
     fn num_layers(&self) -> usize;
 
     /// Path of layer `i`: `layers.3` (BERT, M2-BERT) or `blocks.3` (GPT-2).
@@ -59,6 +60,7 @@ pub trait TunableBackbone {
     /// Every layer's adapter slots, bottom to top.
     fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>>;
 
+    /// Every layer's adapter slots, bottom to top, to change.
     fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>>;
 
     /// How many of the lowest layers run without adapters (AdapterDrop).

@@ -29,25 +29,38 @@ use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 /// The fields of a HF BERT `config.json` that shape the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// Width `h` of the token states.
     pub hidden_size: usize,
+    /// Layers `L`.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer.
     pub num_attention_heads: usize,
+    /// Feed-forward width.
     pub intermediate_size: usize,
+    /// Positions in the position table.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
+    /// Token types (segments).
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
+    /// The feed-forward non-linearity.
     #[serde(default = "default_act")]
     pub hidden_act: Activation,
+    /// Dropout on embeddings and sub-layer outputs.
     #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// The padding token's id.
     #[serde(default)]
     pub pad_token_id: usize,
+    /// `absolute` (the only kind kiln loads).
     #[serde(default = "default_position_type")]
     pub position_embedding_type: String,
     /// Standard deviation of fresh weights (HF's `initializer_range`).
@@ -301,12 +314,16 @@ const fn row(kiln: &'static str, hf: &'static str, layout: Layout) -> KeyMapping
     KeyMapping { kiln, hf, layout }
 }
 
+/// HF's `BertModel` with kiln's tuning slots.
 #[derive(Module, Debug)]
 pub struct Bert {
+    /// Word, position and token-type embeddings.
     pub embeddings: BertEmbeddings,
+    /// The layers, bottom to top.
     pub layers: Vec<BertLayer>,
     /// Absent when the checkpoint has no pooler (`add_pooling_layer=False`).
     pub pooler: Option<BertPooler>,
+    /// AdapterDrop: how many of the lowest layers run without adapters.
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
     /// Virtual tokens in the input (prompt tuning, P-tuning).
@@ -315,37 +332,58 @@ pub struct Bert {
     pub prefix_encoder: Option<PrefixEncoder>,
 }
 
+/// BERT's embeddings: word + position + token type, layer norm, dropout.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
+    /// Word embeddings `[vocab, h]`.
     pub word: Embedding,
+    /// Position embeddings `[positions, h]`.
     pub position: Embedding,
+    /// Token-type embeddings `[types, h]`.
     pub token_type: Embedding,
+    /// The layer norm after the sum.
     pub norm: LayerNorm,
+    /// Dropout after the norm.
     pub dropout: Dropout,
     /// The norm's epsilon (`layer_norm_eps`), for the fused add + layer norm.
     #[module(skip)]
     pub norm_eps: f64,
 }
 
+/// Multi-head self-attention with its output projection.
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
+    /// Query projection.
     pub query: TunableLinear,
+    /// Key projection.
     pub key: TunableLinear,
+    /// Value projection.
     pub value: TunableLinear,
+    /// Output projection.
     pub output: TunableLinear,
+    /// Attention heads.
     pub heads: usize,
+    /// Dropout on the attention probabilities.
     pub probs_dropout: Dropout,
 }
 
+/// One post-LN layer: attention, residual + norm, feed-forward, residual + norm.
 #[derive(Module, Debug)]
 pub struct BertLayer {
+    /// Self-attention.
     pub attention: BertSelfAttention,
+    /// Layer norm after attention's residual.
     pub attention_norm: LayerNorm,
+    /// Feed-forward up-projection.
     pub intermediate: TunableLinear,
+    /// Feed-forward down-projection.
     pub output: TunableLinear,
+    /// Layer norm after the feed-forward's residual.
     pub output_norm: LayerNorm,
+    /// The feed-forward non-linearity.
     #[module(skip)]
     pub activation: Activation,
+    /// Dropout on sub-layer outputs.
     pub dropout: Dropout,
     /// Both norms' epsilon (`layer_norm_eps`), for the fused add + layer norm.
     #[module(skip)]
@@ -354,11 +392,14 @@ pub struct BertLayer {
     pub adapters: Option<LayerAdapters>,
 }
 
+/// `tanh(W · h_cls + b)`.
 #[derive(Module, Debug)]
 pub struct BertPooler {
+    /// The dense projection.
     pub dense: TunableLinear,
 }
 
+/// What BERT gives for a batch.
 #[derive(Debug, Clone)]
 pub struct BertOutput {
     /// `[batch, seq, hidden]`; `seq` counts virtual tokens when the model has a prompt.
@@ -416,10 +457,12 @@ impl Bert {
         found
     }
 
+    /// Width `h` of the token states.
     pub fn hidden_size(&self) -> usize {
         self.embeddings.word.weight.shape().dims::<2>()[1]
     }
 
+    /// Token states, pooled state and masks for a batch.
     pub fn forward(&self, input: BertInput) -> BertOutput {
         let states = self.encode_layers(self.embed(input), 0..self.layers.len());
         let pooled = self
@@ -512,6 +555,7 @@ impl Bert {
 }
 
 impl BertEmbeddings {
+    /// The embedded ids `[batch, seq, h]`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
         self.forward_words(self.word.forward(input_ids), token_type_ids)
     }
@@ -534,6 +578,7 @@ impl BertEmbeddings {
 }
 
 impl BertSelfAttention {
+    /// One layer over `hidden`.
     pub fn forward(
         &self,
         hidden: Tensor<3>,
@@ -596,6 +641,7 @@ impl BertLayer {
 }
 
 impl BertPooler {
+    /// `tanh(W · h_cls + b)` for each row.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [batch, _, width] = hidden.dims();
         let first = hidden.slice_dim(1, 0..1).reshape([batch, width]);

@@ -21,7 +21,9 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// The backbone families kiln loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
+    /// BERT (`model_type` `bert`).
     Bert,
+    /// GPT-2 (`model_type` `gpt2`).
     Gpt2,
     /// Monarch Mixer BERT: `model_type` `bert` with the M2 fields (`hyena_filter_order`, ...).
     M2Bert,

@@ -17,6 +17,7 @@ use crate::bert::Bert;
 use crate::gpt2::Gpt2;
 use crate::pretrained::Backbone;
 
+/// The Frozen Pretrained Transformer's shape around its backbone.
 #[derive(Config, Debug)]
 pub struct FptConfig {
     /// Numbers per input token (a patch) or, with `input_ids`, the vocabulary size.
@@ -29,6 +30,7 @@ pub struct FptConfig {
     pub readout_tokens: usize,
     /// Logits each readout token produces.
     pub outputs_per_token: usize,
+    /// Dropout after the input layer.
     #[config(default = 0.1)]
     pub dropout: f64,
     /// Gain of the input projection's orthogonal initialisation (`None`: Burn's default).
@@ -39,12 +41,19 @@ pub struct FptConfig {
 /// Input layer, backbone (exactly one of `bert`, `gpt2`) and output layer.
 #[derive(Module, Debug)]
 pub struct Fpt {
+    /// The input layer for vector tokens.
     pub input_projection: Option<Linear>,
+    /// The input layer for id tokens.
     pub input_embedding: Option<Embedding>,
+    /// Dropout after the input layer.
     pub input_dropout: Dropout,
+    /// The BERT backbone, if it is one.
     pub bert: Option<Bert>,
+    /// The GPT-2 backbone, if it is one.
     pub gpt2: Option<Gpt2>,
+    /// The output layer.
     pub output: Linear,
+    /// Tokens at the end the answer is read from.
     pub readout_tokens: usize,
 }
 
@@ -52,11 +61,14 @@ pub struct Fpt {
 /// padded, with the attention mask `[batch, seq]` (1 at real tokens).
 #[derive(Debug, Clone)]
 pub enum FptTokens {
+    /// Vectors `[batch, seq, input_size]`.
     Vectors(Tensor<3>),
+    /// Ids `[batch, seq]`.
     Ids(Tensor<2, Int>),
 }
 
 impl FptConfig {
+    /// The model on `backbone` (BERT or GPT-2) with fresh input and output layers.
     pub fn init(&self, backbone: Backbone, device: &Device) -> crate::Result<Fpt> {
         let (bert, gpt2, width) = match backbone {
             Backbone::Bert(bert, _) => {

@@ -30,28 +30,41 @@ use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 /// The fields of a HF GPT-2 `config.json` that shape the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gpt2Config {
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// Positions in the position table.
     pub n_positions: usize,
+    /// Width `h` of the token states.
     pub n_embd: usize,
+    /// Blocks `L`.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
     /// Feed-forward width; HF's `null` means `4 * n_embd`.
     #[serde(default)]
     pub n_inner: Option<usize>,
+    /// The feed-forward non-linearity.
     #[serde(default = "default_act")]
     pub activation_function: Activation,
+    /// Dropout on sub-layer outputs.
     #[serde(default = "default_dropout")]
     pub resid_pdrop: f64,
+    /// Dropout on the embeddings.
     #[serde(default = "default_dropout")]
     pub embd_pdrop: f64,
+    /// Dropout on attention probabilities.
     #[serde(default = "default_dropout")]
     pub attn_pdrop: f64,
+    /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
+    /// Scale attention scores by `1 / sqrt(head width)`.
     #[serde(default = "default_true")]
     pub scale_attn_weights: bool,
+    /// Also scale them by `1 / (layer + 1)`.
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// The end-of-text token's id.
     #[serde(default = "default_eos")]
     pub eos_token_id: usize,
     /// Standard deviation of fresh weights (HF's `initializer_range`).
@@ -135,6 +148,7 @@ impl Gpt2Config {
         Ok(config)
     }
 
+    /// The feed-forward width.
     pub fn inner_size(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
@@ -232,14 +246,20 @@ const fn row(kiln: &'static str, hf: &'static str) -> KeyMapping {
     }
 }
 
+/// HF's `GPT2Model` with kiln's tuning slots.
 #[derive(Module, Debug)]
 pub struct Gpt2 {
     /// Token embedding, also the LM head (tied, as in HF).
     pub wte: Embedding,
+    /// Position embeddings `[positions, h]`.
     pub wpe: Embedding,
+    /// Dropout on the embeddings.
     pub dropout: Dropout,
+    /// The blocks, bottom to top.
     pub blocks: Vec<Gpt2Block>,
+    /// The final layer norm.
     pub ln_f: LayerNorm,
+    /// AdapterDrop: how many of the lowest blocks run without adapters.
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
     /// Virtual tokens in the input (prompt tuning, P-tuning).
@@ -253,33 +273,49 @@ pub struct Gpt2 {
     pub prefix_takes_positions: bool,
 }
 
+/// One pre-LN block: norm, causal attention, residual; norm, feed-forward, residual.
 #[derive(Module, Debug)]
 pub struct Gpt2Block {
+    /// Layer norm before attention.
     pub ln_1: LayerNorm,
+    /// Causal self-attention.
     pub attention: Gpt2Attention,
+    /// Layer norm before the feed-forward.
     pub ln_2: LayerNorm,
+    /// The feed-forward block.
     pub mlp: Gpt2Mlp,
     /// Adapter slots (see [`crate::adapter`]); `None` for a plain block.
     pub adapters: Option<LayerAdapters>,
 }
 
+/// Causal multi-head self-attention.
 #[derive(Module, Debug)]
 pub struct Gpt2Attention {
     /// Fused query, key and value projection `[hidden, 3 * hidden]`, as HF's `c_attn`.
     pub c_attn: TunableLinear,
+    /// Output projection.
     pub c_proj: TunableLinear,
+    /// Attention heads.
     pub heads: usize,
+    /// The factor on attention scores.
     pub scale: f64,
+    /// Dropout on attention probabilities.
     pub probs_dropout: Dropout,
+    /// Dropout on the output.
     pub resid_dropout: Dropout,
 }
 
+/// GPT-2's feed-forward block.
 #[derive(Module, Debug)]
 pub struct Gpt2Mlp {
+    /// Up-projection.
     pub c_fc: TunableLinear,
+    /// Down-projection.
     pub c_proj: TunableLinear,
+    /// The non-linearity.
     #[module(skip)]
     pub activation: Activation,
+    /// Dropout on the output.
     pub dropout: Dropout,
 }
 
@@ -310,6 +346,7 @@ impl Gpt2 {
         found
     }
 
+    /// Width `h` of the token states.
     pub fn hidden_size(&self) -> usize {
         self.wte.weight.shape().dims::<2>()[1]
     }
@@ -454,6 +491,7 @@ impl Gpt2Block {
 }
 
 impl Gpt2Attention {
+    /// One block over `hidden`.
     pub fn forward(
         &self,
         hidden: Tensor<3>,
@@ -474,6 +512,7 @@ impl Gpt2Attention {
 }
 
 impl Gpt2Mlp {
+    /// The feed-forward block over `hidden`.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let inner = self.activation.forward(self.c_fc.forward(hidden));
         kiln_kernels::dropout(&self.dropout, self.c_proj.forward(inner))

@@ -5,6 +5,8 @@
 //! parameter paths the tuning crate matches, and it loads HF checkpoints through one key table
 //! per model ([`bert::BERT_KEYS`], [`gpt2::GPT2_KEYS`]).
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod adapter;
 pub mod attention;

@@ -15,7 +15,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// A complex tensor as its real and imaginary parts.
 #[derive(Debug, Clone)]
 pub struct Complex<const D: usize> {
+    /// Real part.
     pub re: Tensor<D>,
+    /// Imaginary part.
     pub im: Tensor<D>,
 }
 

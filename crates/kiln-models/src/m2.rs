@@ -37,8 +37,10 @@ use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 /// A HF M2-BERT `config.json`: BERT's fields and the Monarch Mixer ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct M2BertConfig {
+    /// BERT's fields.
     #[serde(flatten)]
     pub bert: BertConfig,
+    /// Filters run both ways (forward and reverse kernels).
     #[serde(default = "yes")]
     pub bidirectional: bool,
     /// A second long convolution straight on the mixer's input, added to its output.
@@ -53,15 +55,19 @@ pub struct M2BertConfig {
     /// Initial frequency of the filter MLP's sine activations.
     #[serde(default = "default_w")]
     pub hyena_w: f64,
+    /// The factor on the filter MLP's sine frequency: `sin(w_mod · freq · x)`.
     #[serde(default = "one")]
     pub hyena_w_mod: f64,
     /// A layer norm (eps 1e-5) before the mixer, as the 80M GLUE checkpoint has.
     #[serde(default)]
     pub hyena_training_additions: bool,
+    /// A gated (GLU) dimension mixer.
     #[serde(default = "yes")]
     pub use_glu_mlp: bool,
+    /// Block-diagonal (Monarch) projections in the dimension mixer.
     #[serde(default = "yes")]
     pub use_monarch_mlp: bool,
+    /// Blocks of those projections.
     #[serde(default = "default_blocks")]
     pub monarch_mlp_nblocks: usize,
     /// Length of the filters' position table; defaults to `max_position_embeddings`.
@@ -89,6 +95,7 @@ fn default_blocks() -> usize {
 }
 
 impl M2BertConfig {
+    /// Length of the filters' position table.
     pub fn l_max(&self) -> usize {
         self.long_conv_l_max
             .unwrap_or(self.bert.max_position_embeddings)
@@ -221,6 +228,7 @@ fn positional_features(l_max: usize, emb_dim: usize, device: &Device) -> Tensor<
 /// `emb → order → order → order → width`, sine activations between (Hyena's implicit filter).
 #[derive(Module, Debug)]
 pub struct ImplicitMlp {
+    /// The linear layers, sine activations between them.
     pub layers: Vec<Linear>,
 }
 
@@ -256,12 +264,15 @@ impl ImplicitMlp {
 pub struct HyenaFilter {
     /// Positional features `[1, l_max, e]` (trained, as the reference).
     pub z: Param<Tensor<3>>,
+    /// The forward kernel's MLP.
     pub forward: ImplicitMlp,
+    /// The reverse kernel's MLP, when bidirectional.
     pub reverse: Option<ImplicitMlp>,
     /// The sine frequency, shared by every activation of both MLPs `[1, order]`.
     pub freq: Param<Tensor<2>>,
     /// `D`: each channel's input, scaled, added to its convolution `[width]`.
     pub bias: Param<Tensor<1>>,
+    /// The factor on the sine frequency: `sin(w_mod · freq · x)`.
     pub w_mod: f64,
 }
 
@@ -332,17 +343,24 @@ fn decay(len: usize, l_max: usize, width: usize, device: &Device) -> Tensor<2> {
 /// `x2 ⊙ (longconv(x1 ⊙ v) + D·(x1 ⊙ v))`, plus a residual long convolution of the input.
 #[derive(Module, Debug)]
 pub struct M2SequenceMixer {
+    /// Layer norm before the mixer, if the checkpoint has one.
     pub norm: Option<LayerNorm>,
+    /// Projection to the three streams.
     pub in_linear: TunableLinear,
     /// Depthwise kernel `[3·width, 1, 3]`, as the reference's `Conv1d` weight.
     pub short_weight: Param<Tensor<3>>,
+    /// Bias of the short convolution.
     pub short_bias: Param<Tensor<1>>,
+    /// The long-convolution filter.
     pub filter: HyenaFilter,
+    /// The residual long convolution's filter.
     pub residual_filter: Option<HyenaFilter>,
+    /// Projection back to the width.
     pub out_linear: TunableLinear,
 }
 
 impl M2SequenceMixer {
+    /// The mixer over `x` `[batch, seq, h]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = match &self.norm {
             Some(norm) => norm.forward(x),
@@ -390,14 +408,20 @@ impl M2SequenceMixer {
 /// output, then the residual and a layer norm.
 #[derive(Module, Debug)]
 pub struct M2Mlp {
+    /// The gated up-projection.
     pub gated: BlockDiagonal,
+    /// The down-projection.
     pub output: BlockDiagonal,
+    /// Layer norm after the residual.
     pub norm: LayerNorm,
+    /// Dropout on the output.
     pub dropout: Dropout,
+    /// Gated (GLU) rather than plain GELU.
     pub glu: bool,
 }
 
 impl M2Mlp {
+    /// The dimension mixer over `z`, with the layer's adapters.
     pub fn forward(&self, z: Tensor<3>, adapters: Option<&LayerAdapters>) -> Tensor<3> {
         let g = self.gated.forward(z.clone());
         let inner = if self.glu {
@@ -416,9 +440,12 @@ impl M2Mlp {
     }
 }
 
+/// One M2-BERT layer: sequence mixer, then dimension mixer.
 #[derive(Module, Debug)]
 pub struct M2Layer {
+    /// The sequence mixer.
     pub mixer: M2SequenceMixer,
+    /// The dimension mixer.
     pub mlp: M2Mlp,
     /// Adapter slots (see [`crate::adapter`]): after the mixer, and around the MLP as BERT's
     /// feed-forward; `None` for a plain layer.
@@ -437,11 +464,16 @@ impl M2Layer {
     }
 }
 
+/// M2-BERT (Monarch Mixer BERT) with kiln's tuning slots.
 #[derive(Module, Debug)]
 pub struct M2Bert {
+    /// BERT's embeddings.
     pub embeddings: BertEmbeddings,
+    /// The layers, bottom to top.
     pub layers: Vec<M2Layer>,
+    /// BERT's pooler, if the checkpoint has one.
     pub pooler: Option<BertPooler>,
+    /// AdapterDrop: how many of the lowest layers run without adapters.
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
 }
@@ -457,6 +489,7 @@ impl M2Bert {
         hidden
     }
 
+    /// Width `h` of the token states.
     pub fn hidden_size(&self) -> usize {
         self.embeddings.word.weight.shape().dims::<2>()[1]
     }

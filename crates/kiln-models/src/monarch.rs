@@ -19,19 +19,26 @@ use crate::error::ModelError;
 pub struct BlockDiagonal {
     /// `[blocks, out / blocks, in / blocks]`, as the reference code's `BlockdiagLinear.weight`.
     pub weight: Param<Tensor<3>>,
+    /// Bias `[out]`.
     pub bias: Option<Param<Tensor<1>>>,
 }
 
+/// Shape of a block-diagonal linear layer.
 #[derive(Config, Debug)]
 pub struct BlockDiagonalConfig {
+    /// Inputs.
     pub d_input: usize,
+    /// Outputs.
     pub d_output: usize,
+    /// Blocks (a divisor of both).
     pub blocks: usize,
+    /// Whether it has a bias.
     #[config(default = true)]
     pub bias: bool,
 }
 
 impl BlockDiagonalConfig {
+    /// The layer at random initialisation.
     pub fn init(&self, device: &Device) -> crate::Result<BlockDiagonal> {
         let (blocks, d_in, d_out) = (self.blocks, self.d_input, self.d_output);
         if blocks == 0 || !d_in.is_multiple_of(blocks) || !d_out.is_multiple_of(blocks) {
@@ -56,10 +63,12 @@ impl BlockDiagonalConfig {
 }
 
 impl BlockDiagonal {
+    /// Blocks.
     pub fn blocks(&self) -> usize {
         self.weight.shape().dims::<3>()[0]
     }
 
+    /// Outputs.
     pub fn d_output(&self) -> usize {
         let [blocks, q, _] = self.weight.shape().dims::<3>();
         blocks * q
@@ -94,12 +103,16 @@ impl BlockDiagonal {
     }
 }
 
+/// Shape of a Monarch layer.
 #[derive(Config, Debug)]
 pub struct MonarchConfig {
+    /// Inputs.
     pub d_input: usize,
+    /// Outputs.
     pub d_output: usize,
     /// Blocks of each factor (`sqrt(n)` gives the `n^1.5` cost).
     pub blocks: usize,
+    /// Whether it has a bias.
     #[config(default = true)]
     pub bias: bool,
 }
@@ -109,12 +122,16 @@ pub struct MonarchConfig {
 /// the `k x s` result by columns.
 #[derive(Module, Debug)]
 pub struct Monarch {
+    /// `B1`.
     pub first: BlockDiagonal,
+    /// `B2`.
     pub second: BlockDiagonal,
+    /// Bias `[out]`.
     pub bias: Option<Param<Tensor<1>>>,
 }
 
 impl MonarchConfig {
+    /// The layer at random initialisation.
     pub fn init(&self, device: &Device) -> crate::Result<Monarch> {
         let k = self.blocks;
         if k == 0 || !self.d_input.is_multiple_of(k) || !self.d_output.is_multiple_of(k) {
@@ -172,6 +189,7 @@ impl Monarch {
         }
     }
 
+    /// `M · x` over the last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let width = dims[D - 1];
@@ -182,6 +200,8 @@ impl Monarch {
             .reshape(out_dims)
     }
 
+    /// Multiplies per input row (the two factors' weights), against `d_input · d_output` for a
+    /// dense layer.
     pub fn num_multiplies_per_row(&self) -> usize {
         self.first.weight.shape().num_elements() + self.second.weight.shape().num_elements()
     }

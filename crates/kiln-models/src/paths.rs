@@ -10,11 +10,13 @@ use burn::tensor::Tensor;
 
 /// Reads every float parameter of a module, with its path.
 pub trait ParamVisitor {
+    /// Called with every float parameter and its path.
     fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>);
 }
 
 /// Rewrites every float parameter of a module, with its path.
 pub trait ParamMapper {
+    /// Called with every float parameter and its path; returns its replacement.
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
 }
 

@@ -16,19 +16,26 @@ use crate::tokenizer::{DEFAULT_MAX_LEN, EncodedBatch, PaddingSide, TextTokenizer
 /// One of kiln's backbones with its HF config.
 #[derive(Debug)]
 pub enum Backbone {
+    /// BERT with its config.
     Bert(Box<Bert>, BertConfig),
+    /// GPT-2 with its config.
     Gpt2(Box<Gpt2>, Gpt2Config),
+    /// M2-BERT with its config.
     M2Bert(Box<M2Bert>, M2BertConfig),
 }
 
 /// A backbone and its tokenizer, loaded from one directory.
 pub struct Pretrained {
+    /// The directory it was loaded from.
     pub dir: PathBuf,
+    /// The backbone.
     pub backbone: Backbone,
+    /// The tokenizer.
     pub tokenizer: TextTokenizer,
 }
 
 impl Backbone {
+    /// Which family it is.
     pub fn kind(&self) -> ModelKind {
         match self {
             Backbone::Bert(..) => ModelKind::Bert,
@@ -96,6 +103,7 @@ impl Backbone {
 }
 
 impl Pretrained {
+    /// The directory's backbone with its weights, and its tokenizer.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         Self::with_backbone(dir, Backbone::load(dir, device)?)
     }
@@ -123,6 +131,7 @@ impl Pretrained {
         self.backbone.max_positions()
     }
 
+    /// Which family the backbone is.
     pub fn kind(&self) -> ModelKind {
         self.backbone.kind()
     }

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 /// How many virtual tokens go in front of the text and behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PromptTemplate {
+    /// Virtual tokens before the text.
     pub before: usize,
+    /// Virtual tokens after the text.
     pub after: usize,
     /// The `before` tokens go in front of everything, BERT's `[CLS]` included: HF peft's
     /// layout, where the classifier then reads the first virtual token.
@@ -26,10 +28,12 @@ pub struct PromptTemplate {
 }
 
 impl PromptTemplate {
+    /// Virtual tokens in all.
     pub fn len(&self) -> usize {
         self.before + self.after
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -39,6 +43,7 @@ impl PromptTemplate {
 /// and an MLP (or the MLP alone), which couples them and eases optimisation.
 #[derive(Module, Debug)]
 pub struct PromptEncoder {
+    /// The bidirectional LSTM, if P-tuning uses it.
     pub lstm: Option<BiLstm>,
     /// `[2h or h, h]`
     pub hidden: Linear,
@@ -74,8 +79,11 @@ impl PromptEncoder {
 /// Virtual tokens: trained embeddings `[n, h]`, through an encoder for P-tuning.
 #[derive(Module, Debug)]
 pub struct SoftPrompt {
+    /// The virtual tokens' embeddings `[n, h]`.
     pub embedding: Param<Tensor<2>>,
+    /// P-tuning's prompt encoder, if any.
     pub encoder: Option<PromptEncoder>,
+    /// Where the tokens go.
     #[module(skip)]
     pub template: PromptTemplate,
 }
@@ -94,13 +102,16 @@ impl SoftPrompt {
 /// outside the text, GPT-2 has no special tokens around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextBounds {
+    /// BERT: the text lies between `[CLS]` and `[SEP]`.
     InsideSpecialTokens,
+    /// GPT-2: every real token is text.
     AllRealTokens,
 }
 
 /// An input with the virtual tokens in place: all `[batch, seq + n]`.
 #[derive(Debug, Clone)]
 pub struct PromptedInput {
+    /// Embeddings with the virtual tokens placed.
     pub embeddings: Tensor<3>,
     /// 1 where attention may look: real and virtual tokens.
     pub attention_mask: Tensor<2, Int>,
@@ -197,14 +208,19 @@ pub fn follow_sources(
 /// per-layer prefixes for saving and inference.
 #[derive(Module, Debug)]
 pub struct PrefixEncoder {
+    /// The prefix rows' embeddings `[l, h]`.
     pub embedding: Param<Tensor<2>>,
+    /// The MLP's hidden layer.
     pub hidden: Linear,
+    /// The MLP's output layer (every layer's key and value).
     pub output: Linear,
+    /// Layers it gives prefixes for.
     #[module(skip)]
     pub layers: usize,
 }
 
 impl PrefixEncoder {
+    /// A fresh encoder of `len` rows, width `width`, MLP width `mid`, for `layers` layers.
     pub fn new(len: usize, width: usize, mid: usize, layers: usize, device: &Device) -> Self {
         Self {
             embedding: Initializer::Normal {

@@ -13,6 +13,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+/// Side-tuning's side network and blend.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SideConfig {
     /// Width `w` of the MLP's hidden layer.
@@ -24,6 +25,7 @@ pub struct SideConfig {
 }
 
 impl SideConfig {
+    /// The network on features of width `features`.
     pub fn init(&self, features: usize, device: &Device) -> SideNetwork {
         SideNetwork {
             hidden: LinearConfig::new(features, self.width).init(device),
@@ -49,16 +51,22 @@ impl SideConfig {
 /// `alpha` moves linearly from `start` to `end` over training (Zhang et al.'s curriculum).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AlphaCurriculum {
+    /// `alpha` at the start of training.
     pub start: f64,
+    /// `alpha` at the end and at inference.
     pub end: f64,
     /// The training steps' current value.
     pub now: f64,
 }
 
+/// A two-layer MLP beside the backbone, blended with its features.
 #[derive(Module, Debug)]
 pub struct SideNetwork {
+    /// `h -> w`.
     pub hidden: Linear,
+    /// `w -> h`.
     pub output: Linear,
+    /// The blend's weight over training.
     #[module(skip)]
     pub blend: AlphaCurriculum,
 }

@@ -12,15 +12,20 @@ use crate::error::{ModelError, Result};
 /// One padded batch for BERT: all `[batch, seq]`.
 #[derive(Debug, Clone)]
 pub struct BertInput {
+    /// Token ids.
     pub input_ids: Tensor<2, Int>,
+    /// 1 at real tokens, 0 at padding.
     pub attention_mask: Tensor<2, Int>,
+    /// Segment of each token (0, or 1 in a pair's second text).
     pub token_type_ids: Tensor<2, Int>,
 }
 
 /// One padded batch for GPT-2: both `[batch, seq]`, padding on either side.
 #[derive(Debug, Clone)]
 pub struct Gpt2Input {
+    /// Token ids.
     pub input_ids: Tensor<2, Int>,
+    /// 1 at real tokens, 0 at padding.
     pub attention_mask: Tensor<2, Int>,
 }
 
@@ -31,7 +36,9 @@ pub struct Gpt2Input {
 pub struct TokenStates {
     /// `[batch, seq, hidden]`.
     pub hidden: Tensor<3>,
+    /// 1 where attention looks: real and virtual tokens.
     pub attention_mask: Tensor<2, Int>,
+    /// 1 at real tokens only.
     pub token_mask: Tensor<2, Int>,
 }
 

@@ -31,15 +31,19 @@ pub const DEFAULT_MAX_LEN: usize = 512;
 /// Which side padding goes on. GPT-2 users often want `Left` for generation-style scoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaddingSide {
+    /// Pad after the text.
     #[default]
     Right,
+    /// Pad before the text.
     Left,
 }
 
 /// One example: a text, or a sentence pair (BERT gives the second text token type 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TextInput {
+    /// One text.
     Single(String),
+    /// A pair of texts.
     Pair(String, String),
 }
 
@@ -63,10 +67,15 @@ pub struct TextTokenizer {
 /// A padded batch, row-major `[batch, seq]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedBatch {
+    /// Rows.
     pub batch: usize,
+    /// Tokens per row.
     pub seq: usize,
+    /// Token ids.
     pub input_ids: Vec<i64>,
+    /// 1 at real tokens, 0 at padding.
     pub attention_mask: Vec<i64>,
+    /// Segment of each token.
     pub token_type_ids: Vec<i64>,
 }
 
@@ -150,22 +159,27 @@ impl TextTokenizer {
         Ok(())
     }
 
+    /// Tokens per text, special tokens included.
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
+    /// Which side padding goes on.
     pub fn padding_side(&self) -> PaddingSide {
         self.side
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The padding token's id.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }
 
+    /// The token string of `id`.
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
@@ -175,6 +189,7 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| self.error(e))
     }
@@ -246,6 +261,7 @@ impl EncodedBatch {
         self.tensor(&self.attention_mask, device)
     }
 
+    /// The batch as BERT's input on `device`.
     pub fn bert_input(&self, device: &Device) -> BertInput {
         BertInput {
             input_ids: self.tensor(&self.input_ids, device),
@@ -254,6 +270,7 @@ impl EncodedBatch {
         }
     }
 
+    /// The batch as GPT-2's input on `device`.
     pub fn gpt2_input(&self, device: &Device) -> Gpt2Input {
         Gpt2Input {
             input_ids: self.tensor(&self.input_ids, device),

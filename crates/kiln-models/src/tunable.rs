@@ -20,7 +20,9 @@ use burn::tensor::{Device, Tensor};
 pub struct TunableLinear {
     /// `[d_in, d_out]`: Burn's layout, the transpose of PyTorch's `nn.Linear`.
     pub weight: Param<Tensor<2>>,
+    /// Bias `[d_out]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// The trained LoRA delta, if any.
     pub lora: Option<LowRankDelta>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
@@ -54,7 +56,9 @@ pub fn peft_kaiming_uniform() -> Initializer {
 /// Settings of one LoRA delta.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LowRankConfig {
+    /// Rank `r`.
     pub rank: usize,
+    /// The delta is scaled by `alpha / r`.
     pub alpha: f64,
     /// Dropout on the delta's input only (peft's `lora_dropout`).
     pub dropout: f64,
@@ -67,7 +71,9 @@ pub struct LowRankDelta {
     pub a: Param<Tensor<2>>,
     /// `[r, d_out]`
     pub b: Param<Tensor<2>>,
+    /// Dropout on the delta's input.
     pub dropout: Dropout,
+    /// `alpha / r`.
     #[module(skip)]
     pub scale: f64,
     /// True while `A·B·scale` sits inside the base weight; the delta then adds nothing.
@@ -98,10 +104,12 @@ impl TunableLinear {
         Self::from(linear)
     }
 
+    /// Inputs.
     pub fn d_in(&self) -> usize {
         self.weight.lazy_shape().dims::<2>()[0]
     }
 
+    /// Outputs.
     pub fn d_out(&self) -> usize {
         self.weight.lazy_shape().dims::<2>()[1]
     }
@@ -236,6 +244,7 @@ impl LowRankDelta {
         }
     }
 
+    /// Rank `r`.
     pub fn rank(&self) -> usize {
         self.a.lazy_shape().dims::<2>()[1]
     }

@@ -18,7 +18,9 @@ use crate::paths::{ParamMapper, map_params};
 /// A float tensor read from a weight file, converted to f32.
 #[derive(Debug, Clone)]
 pub struct RawTensor {
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its values, row-major.
     pub values: Vec<f32>,
 }
 
@@ -43,8 +45,11 @@ pub enum Layout {
 /// One row of a backbone's key table.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyMapping {
+    /// kiln's parameter path (with `{i}` for the layer).
     pub kiln: &'static str,
+    /// HF's tensor name.
     pub hf: &'static str,
+    /// How the tensor is laid out relative to kiln's.
     pub layout: Layout,
 }
 
@@ -119,18 +124,22 @@ impl WeightFile {
         }
     }
 
+    /// The weight file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Names of its tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Whether it holds a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name) || self.non_float.contains(name)
     }
 
+    /// The tensor called `name`, converted to f32.
     pub fn get(&self, name: &str) -> Option<&RawTensor> {
         self.tensors.get(name)
     }

@@ -19,6 +19,7 @@ impl SequenceClassifier {
         vec![format!("{}.*.adapters.fusion.*", self.backbone_name())]
     }
 
+    /// Slot index of the adapter called `name`.
     pub fn adapter_index(&self, name: &str) -> Option<usize> {
         self.adapters.iter().position(|a| a.name == name)
     }

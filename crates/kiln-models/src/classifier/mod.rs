@@ -32,19 +32,25 @@ use crate::states::{BertInput, Readout, TokenStates, mean_pool};
 /// below the head (linear probe, MLP head), or the layers below `BeforeLayer(k)` (partial-k).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FrozenCut {
+    /// Everything below the head (the head's input).
     Features,
+    /// The embeddings and the layers below this one.
     BeforeLayer(usize),
 }
 
 /// Shape of the task head: `layers` linear layers (the last maps to `outputs`), GELU between.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
+    /// Linear layers `k` (the last maps to the outputs).
     pub layers: usize,
+    /// Outputs: classes, or 1 for regression.
     pub outputs: usize,
+    /// Dropout before each linear layer.
     pub dropout: f64,
 }
 
 impl HeadConfig {
+    /// The head on features of `width`.
     pub fn init(&self, width: usize, device: &Device) -> Result<MlpHead> {
         if self.layers == 0 || self.outputs == 0 {
             return Err(ModelError::InvalidInput(format!(
@@ -70,12 +76,16 @@ impl HeadConfig {
 /// `k` linear layers with dropout before each and GELU between them.
 #[derive(Module, Debug)]
 pub struct MlpHead {
+    /// The layers before the last, each followed by GELU.
     pub hidden: Vec<Linear>,
+    /// The last linear layer.
     pub output: Linear,
+    /// Dropout before each linear layer.
     pub dropout: Dropout,
 }
 
 impl MlpHead {
+    /// The head's outputs `[batch, outputs]`.
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
         let mut x = features;
         for layer in &self.hidden {
@@ -88,7 +98,9 @@ impl MlpHead {
 /// An adapter the model holds (in every layer's slots), by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedAdapter {
+    /// Its name.
     pub name: String,
+    /// Its shape.
     pub config: AdapterConfig,
 }
 
@@ -97,12 +109,17 @@ pub struct NamedAdapter {
 /// one place that picks the one it holds; everything else reaches it as a [`TunableBackbone`].
 #[derive(Module, Debug)]
 pub struct SequenceClassifier {
+    /// The BERT backbone, if it is one.
     pub bert: Option<Bert>,
+    /// The GPT-2 backbone, if it is one.
     pub gpt2: Option<Gpt2>,
+    /// The M2-BERT backbone, if it is one.
     pub m2: Option<M2Bert>,
     /// Side-tuning's side network, blended with the backbone's features.
     pub side: Option<SideNetwork>,
+    /// The task head.
     pub head: MlpHead,
+    /// How texts become one vector.
     #[module(skip)]
     pub readout: Readout,
     /// The adapters in the layers' slots, in slot order (index `k` is `adapters.loaded.k`).
@@ -226,6 +243,7 @@ impl SequenceClassifier {
         self.backbone().name()
     }
 
+    /// Layers of the backbone.
     pub fn num_layers(&self) -> usize {
         self.backbone().num_layers()
     }
@@ -245,6 +263,7 @@ impl SequenceClassifier {
             .collect()
     }
 
+    /// Width `h` of the backbone.
     pub fn hidden_size(&self) -> usize {
         self.backbone().hidden_size()
     }
