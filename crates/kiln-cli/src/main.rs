@@ -71,7 +71,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let device = cli.device.device()?;
     match cli.command {
-        Command::Encode(args) => encode::run(args, cli.device, &device),
+        Command::Encode(args) => encode::run(args, cli.device),
         Command::Train(args) => train::train(*args, cli.device),
         Command::Eval(args) => train::eval(args, &device),
         Command::Study(args) => study::study(*args, cli.device),

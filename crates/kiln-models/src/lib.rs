@@ -15,6 +15,7 @@ pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod device;
+pub mod encode;
 pub mod error;
 pub mod fpt;
 pub mod gpt2;
