@@ -683,21 +683,6 @@ fn icl_scores_label_words_and_stands_beside_trained_methods_in_compare() {
 #[test]
 fn list_options_may_repeat_and_bad_values_name_the_flag() {
     let dir = tempfile::tempdir().expect("dir");
-    let model = fixtures().join("bert-tiny");
-    let task = fixtures().join("tasks/fire-water.csv");
-    let common = [
-        "train",
-        "--model",
-        path(&model),
-        "--task",
-        path(&task),
-        "--method",
-        "lora",
-        "--epochs",
-        "1",
-        "--max-len",
-        "16",
-    ];
     let mut targets = Vec::new();
     for (name, extra) in [
         (
@@ -707,23 +692,19 @@ fn list_options_may_repeat_and_bad_values_name_the_flag() {
         ("joined", &["--targets", "query,value"][..]),
     ] {
         let out = dir.path().join(name);
-        let mut args: Vec<&str> = common.to_vec();
+        let mut args = vec!["--method", "lora"];
         args.extend(extra);
-        args.extend(["--out", path(&out)]);
-        let (ok, _, stderr) = kiln(&args);
+        let (ok, _, stderr) = train_tiny(&out, &args);
         assert!(ok, "{name}: {stderr}");
-        let run: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
-                .expect("json");
-        targets.push(run["method"]["targets"].clone());
+        targets.push(read_json(&out.join("run.json"))["method"]["targets"].clone());
     }
     assert_eq!(targets[0], serde_json::json!(["query", "value"]));
     assert_eq!(targets[0], targets[1]);
 
-    let out = dir.path().join("bad");
-    let mut args: Vec<&str> = common.to_vec();
-    args.extend(["--rank", "two", "--out", path(&out)]);
-    let (ok, _, stderr) = kiln(&args);
+    let (ok, _, stderr) = train_tiny(
+        &dir.path().join("bad"),
+        &["--method", "lora", "--rank", "two"],
+    );
     assert!(!ok);
     assert!(
         stderr.contains("--rank") && stderr.contains("`two`"),

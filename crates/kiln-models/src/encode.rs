@@ -43,10 +43,7 @@ pub fn encode(
         ));
     }
 
-    let inputs: Vec<TextInput> = texts
-        .iter()
-        .map(|t| TextInput::Single(t.clone()))
-        .collect();
+    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t.clone())).collect();
     if let Some(max_len) = max_len {
         if max_len == 0 || max_len > model.max_positions() {
             return Err(ModelError::InvalidInput(format!(
