@@ -86,7 +86,9 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
     let methods = registry();
     for name in &args.methods {
         let Some(method) = methods.iter().find(|m| m.name == name) else {
-            bail!("--methods: unknown method `{name}` (`kiln methods` lists them)");
+            let hint = kiln_tuning::nearest_method(name)
+                .map_or_else(String::new, |near| format!("; did you mean `{near}`?"));
+            bail!("--methods: unknown method `{name}` (`kiln methods` lists them{hint})");
         };
         // In-context learning is the one method with a command of its own that compares here.
         let reason = match (method.needs, method.command) {

@@ -494,7 +494,13 @@ fn extract(
             .iter()
             .find(|(name, _)| name == column)
             .map(|(_, value)| value.clone())
-            .ok_or_else(|| format!("missing column `{column}`"))
+            .ok_or_else(|| {
+                let found: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+                format!(
+                    "missing column `{column}` (the row has: {})",
+                    found.join(", ")
+                )
+            })
     };
     let text = get(&spec.text_column)?;
     if text.trim().is_empty() {
@@ -503,6 +509,20 @@ fn extract(
     let pair = spec.pair_column.as_deref().map(get).transpose()?;
     let label = get(&spec.label_column)?.trim().to_string();
     Ok((text, pair, label))
+}
+
+/// A label that is not a whole number, when every label is a number: such a file holds scores,
+/// not class names. Whole numbers (`0`/`1`, star ratings) stay classes.
+fn looks_like_regression(labels: &[String]) -> Option<&str> {
+    let numbers: Vec<f64> = labels.iter().map_while(|l| l.parse().ok()).collect();
+    if numbers.len() != labels.len() || labels.is_empty() {
+        return None;
+    }
+    labels
+        .iter()
+        .zip(&numbers)
+        .find(|(_, v)| v.is_finite() && v.fract() != 0.0)
+        .map(|(label, _)| label.as_str())
 }
 
 fn rows_to_dataset(
@@ -531,6 +551,17 @@ fn rows_to_dataset(
                 .into_iter()
                 .collect(),
         };
+        if spec.labels.is_none()
+            && let Some(example) = looks_like_regression(&labels)
+        {
+            return Err(DataError::InvalidInput(format!(
+                "{}: every label is a number and some are not whole (`{example}`, {} distinct \
+                 values): did you mean --regression? As classes, each value would be a class of \
+                 its own",
+                path.display(),
+                labels.len()
+            )));
+        }
         TaskKind::Classification { labels }
     };
     let mut examples = Vec::with_capacity(good.len());

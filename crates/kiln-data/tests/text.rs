@@ -107,7 +107,9 @@ fn bad_rows_are_named_or_skipped() {
     let error = read_table(&path, &spec, ReadOptions::default()).expect_err("row 3 lacks label");
     let message = error.to_string();
     assert!(
-        message.contains("data.tsv, row 3") && message.contains("missing column `label`"),
+        message.contains("data.tsv, row 3")
+            && message.contains("missing column `label`")
+            && message.contains("(the row has: text)"),
         "{message}"
     );
 
@@ -119,6 +121,32 @@ fn bad_rows_are_named_or_skipped() {
     assert_eq!(data.len(), 2);
     let reasons: Vec<&str> = data.skipped.iter().map(|s| s.location.as_str()).collect();
     assert_eq!(reasons, ["row 3", "row 4"]);
+}
+
+#[test]
+fn scores_without_regression_ask_for_it_and_whole_numbers_stay_classes() {
+    let dir = tempfile::tempdir().expect("temp");
+    let scores = write(
+        dir.path(),
+        "scores.csv",
+        b"text,label\na,0.5\nb,3.25\nc,4\n",
+    );
+    let spec = TableSpec::new("text", "label");
+    let message = read_table(&scores, &spec, ReadOptions::default())
+        .expect_err("scores are not classes")
+        .to_string();
+    assert!(
+        message.contains("did you mean --regression?") && message.contains("`0.5`"),
+        "{message}"
+    );
+    let mut regression = spec.clone();
+    regression.regression = true;
+    let read = read_table(&scores, &regression, ReadOptions::default()).expect("scores");
+    assert_eq!(read.len(), 3);
+
+    let binary = write(dir.path(), "binary.csv", b"text,label\na,0\nb,1\nc,1\n");
+    let read = read_table(&binary, &spec, ReadOptions::default()).expect("0/1 are classes");
+    assert_eq!(read.num_classes(), Some(2));
 }
 
 #[test]

@@ -326,6 +326,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         outputs: task.num_outputs(),
         dropout: 0.1,
     };
+    let max_len = fitted_max_len(settings.max_len, &method, pretrained.max_positions(), say)?;
     let mut run = RunConfig {
         model: settings.model.clone(),
         task: settings.task.clone(),
@@ -335,7 +336,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         method,
         train: settings.train.clone(),
         head,
-        max_len: settings.max_len,
+        max_len,
         save_full: settings.save_full || settings.random_init,
         random_init: settings.random_init,
         train_examples: settings.train_examples,
@@ -479,6 +480,37 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         kind: task.kind.clone(),
         device: device.clone(),
     })
+}
+
+/// `max_len`, or as many tokens as the model's `positions` leave beside the method's virtual
+/// tokens when it asks for more (with a notice).
+fn fitted_max_len(
+    max_len: usize,
+    method: &MethodConfig,
+    positions: usize,
+    say: bool,
+) -> Result<usize> {
+    let virtual_tokens = method.method().virtual_tokens();
+    if max_len + virtual_tokens <= positions {
+        return Ok(max_len);
+    }
+    let fitted = positions.saturating_sub(virtual_tokens);
+    if fitted < 2 {
+        return Err(TrainError::Invalid(format!(
+            "the model's {positions} positions leave no room for text beside {virtual_tokens} \
+             virtual tokens"
+        )));
+    }
+    say!(
+        say,
+        "--max-len {max_len}{}: the model has {positions} positions; using {fitted}",
+        if virtual_tokens > 0 {
+            format!(" plus {virtual_tokens} virtual tokens")
+        } else {
+            String::new()
+        }
+    );
+    Ok(fitted)
 }
 
 /// Child-Tuning D's Fisher information: the given estimate, the run's own from an earlier start,

@@ -4,8 +4,13 @@ use kiln_models::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum TuningError {
     /// No registered method has this name.
-    #[error("unknown method `{0}`; `kiln methods` lists them")]
-    UnknownMethod(String),
+    #[error("unknown method `{name}`{}; `kiln methods` lists them", did_you_mean(.suggestion))]
+    UnknownMethod {
+        /// The name given.
+        name: String,
+        /// The registered name nearest to it, if one is close.
+        suggestion: Option<&'static str>,
+    },
     /// No registered method takes this option.
     #[error("--{0}: no method takes this option; `kiln methods` lists them with theirs")]
     UnknownOption(String),
@@ -20,6 +25,10 @@ pub enum TuningError {
     /// The model refused what the method asked of it.
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+fn did_you_mean(suggestion: &Option<&'static str>) -> String {
+    suggestion.map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
 }
 
 /// A result with a [`TuningError`].

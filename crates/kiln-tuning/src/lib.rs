@@ -16,7 +16,7 @@ pub mod trainable;
 pub use adapters::{BottleneckOptions, Slots};
 pub use error::{Result, TuningError};
 pub use method::{Method, MethodInfo, Registered};
-pub use methods::{MethodConfig, registry};
+pub use methods::{MethodConfig, nearest_method, registry};
 pub use options::{MethodOption, OptionSpec};
 pub use prompts::PromptInit;
 pub use trainable::{ParamEntry, ParamReport, glob_match, set_trainable, tracked_report};

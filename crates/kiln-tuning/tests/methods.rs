@@ -159,8 +159,17 @@ fn bad_options_name_the_flag() {
     assert!(err.to_string().contains("--rank"), "{err}");
     assert!(matches!(
         MethodConfig::parse("adapterz", &[]),
-        Err(TuningError::UnknownMethod(_))
+        Err(TuningError::UnknownMethod { .. })
     ));
+    for (given, near) in [("LoRA", "lora"), ("lroa", "lora"), ("pfeifer", "pfeiffer")] {
+        let err = MethodConfig::parse(given, &[]).expect_err("unknown");
+        assert!(
+            err.to_string().contains(&format!("did you mean `{near}`?")),
+            "{given}: {err}"
+        );
+    }
+    let err = MethodConfig::parse("adapterz", &[]).expect_err("unknown");
+    assert!(!err.to_string().contains("did you mean"), "{err}");
 }
 
 #[test]

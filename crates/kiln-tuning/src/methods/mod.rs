@@ -193,8 +193,10 @@ impl MethodConfig {
                 message: own.refusal.into(),
             });
         }
-        let mut config =
-            Self::default_named(name).ok_or_else(|| TuningError::UnknownMethod(name.into()))?;
+        let mut config = Self::default_named(name).ok_or_else(|| TuningError::UnknownMethod {
+            name: name.into(),
+            suggestion: nearest_method(name),
+        })?;
         for (flag, text) in options {
             config.set_option(flag, text)?;
         }
@@ -217,6 +219,40 @@ impl MethodConfig {
         let patterns = method.trainable_patterns(&model);
         Ok(set_trainable(model, &patterns))
     }
+}
+
+/// The registered method nearest to `name`: the same name in other case, or one at most two
+/// edits away (`LoRA`, `lroa` -> `lora`).
+pub fn nearest_method(name: &str) -> Option<&'static str> {
+    let wanted = name.to_lowercase();
+    let names: Vec<&'static str> = registry().into_iter().map(|m| m.name).collect();
+    if let Some(&same) = names.iter().find(|n| **n == wanted) {
+        return Some(same);
+    }
+    names
+        .into_iter()
+        .map(|n| (edit_distance(n, &wanted), n))
+        .filter(|&(d, _)| d <= 2)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// A config with its method's name in front, as serde's internally tagged enums write it.
