@@ -672,7 +672,11 @@ pub struct LoadedRun {
 /// The run in `dir` with its best weights, on `device`, as it trained (call the method's
 /// [`after_fit`](kiln_tuning::Method::after_fit) for the model a run evaluates and exports).
 pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
-    let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
+    rebuild_run(dir, read_json(&dir.join(RUN_FILE))?, device)
+}
+
+/// The run in `dir` whose `run.json` was read as `config`, with its best weights.
+fn rebuild_run(dir: &Path, config: RunConfig, device: &Device) -> Result<LoadedRun> {
     let pretrained = load_pretrained(&config.model, config.random_init, device)?;
     let (model, tokenizer, _) = build(pretrained, &config, true, device)?;
     let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
@@ -756,11 +760,12 @@ pub fn evaluate_run(
         Split::Validation => &task.split.validation,
         Split::Test => &task.split.test,
     };
+    let eval_batch_size = config.train.eval_batch_size;
     let LoadedRun {
         mut model,
         tokenizer,
         ..
-    } = load_run(dir, device)?;
+    } = rebuild_run(dir, config, device)?;
     if let Some(layers) = adapter_drop {
         if model.adapters.is_empty() {
             return Err(TrainError::Invalid(
@@ -783,7 +788,7 @@ pub fn evaluate_run(
         &task.part(indices),
         &task.kind,
         device,
-        config.train.eval_batch_size,
+        eval_batch_size,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let mut recorded = None;
@@ -818,7 +823,7 @@ pub fn export_run(
     }
     let LoadedRun {
         config, mut model, ..
-    } = load_run(dir, device)?;
+    } = rebuild_run(dir, config, device)?;
     // peft's adapter holds what the method leaves after training (prefixes folded).
     config.method.method().after_fit(&mut model)?;
     let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
