@@ -7,6 +7,7 @@ mod fpt;
 mod icl;
 mod method_flags;
 mod plan;
+mod predict;
 mod pretrain;
 mod runs;
 mod study;
@@ -38,8 +39,10 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Fine-tune a model on a task with one transfer method.
     Train(Box<train::TrainArgs>),
-    /// Reload a run's best checkpoint and evaluate it.
+    /// Reload a run's best checkpoint and evaluate it on its split or on a file.
     Eval(train::EvalArgs),
+    /// Label new texts with a trained run: class and probabilities, or a score.
+    Predict(Box<predict::PredictArgs>),
     /// List every registered method with its options.
     Methods,
     /// In-context learning with a GPT-2: k labelled demonstrations, no training.
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
         Command::Encode(args) => encode::run(args, cli.device),
         Command::Train(args) => train::train(*args, cli.device),
         Command::Eval(args) => train::eval(args, &device),
+        Command::Predict(args) => predict::predict(*args, &device),
         Command::Study(args) => study::study(*args, cli.device),
         Command::Compare(args) => compare::compare(*args, cli.device),
         Command::Plan(args) => plan::run(*args, &device),

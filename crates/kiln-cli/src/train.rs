@@ -8,50 +8,85 @@ use clap::Args;
 
 use kiln_data::TaskSpec;
 use kiln_models::{DeviceChoice, Readout};
-use kiln_train::run::{FisherSource, RunSettings, Split, evaluate_run};
+use kiln_train::run::{EvalData, FisherSource, RunSettings, evaluate_run};
 use kiln_train::{ChildTuning, Decay};
 
 use crate::method_flags::MethodFlags;
 
-#[derive(Args)]
-pub struct TaskArgs {
-    /// A folder-per-class directory, a GLUE task directory (train.tsv, dev.tsv), or a
-    /// CSV/TSV/JSONL file.
-    #[arg(long)]
-    pub task: PathBuf,
+/// How a table's columns and bytes are read: shared by every command that reads labelled or
+/// unlabelled texts.
+#[derive(Args, Clone, Default)]
+pub struct ColumnArgs {
     /// Table column with the text [default: text].
     #[arg(long)]
-    text_column: Option<String>,
+    pub text_column: Option<String>,
     /// Table column with the second text of a pair.
     #[arg(long)]
-    pair_column: Option<String>,
+    pub pair_column: Option<String>,
     /// Table column with the label [default: label].
     #[arg(long)]
-    label_column: Option<String>,
+    pub label_column: Option<String>,
+    /// Encoding of files that are not UTF-8 (latin1, windows-1252, utf-16le, ...).
+    #[arg(long)]
+    pub encoding: Option<String>,
+    /// Skip and count bad rows instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+}
+
+impl ColumnArgs {
+    /// The task in `path` read with these options.
+    pub fn spec(&self, path: PathBuf) -> TaskSpec {
+        TaskSpec {
+            text_column: self.text_column.clone(),
+            pair_column: self.pair_column.clone(),
+            label_column: self.label_column.clone(),
+            encoding: self.encoding.clone(),
+            skip_bad_rows: self.skip_bad_rows,
+            ..TaskSpec::new(path)
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TaskArgs {
+    /// The training data: a folder-per-class directory, a GLUE task directory (train.tsv,
+    /// dev.tsv), a CSV/TSV/JSONL file, or a directory with train/ (class folders) or
+    /// train.csv|tsv|jsonl and optionally validation/ and test/ beside it.
+    #[arg(long)]
+    pub task: PathBuf,
+    /// Held-out validation data (file or class folders, read like --task) [default: 10% of
+    /// the training data, stratified].
+    #[arg(long)]
+    pub validation_task: Option<PathBuf>,
+    /// Held-out test data, as --validation-task [default: 10% of the training data].
+    #[arg(long)]
+    pub test_task: Option<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
     /// The table's labels are real numbers (regression).
     #[arg(long)]
     regression: bool,
     /// GLUE task of a GLUE directory (sst2, cola, mrpc, rte, sts-b) [default: the directory name].
     #[arg(long)]
     glue: Option<String>,
-    /// Encoding of files that are not UTF-8 (latin1, windows-1252, utf-16le, ...).
-    #[arg(long)]
-    encoding: Option<String>,
-    /// Skip and count bad rows instead of stopping at the first.
-    #[arg(long)]
-    skip_bad_rows: bool,
 }
 
 impl TaskArgs {
     /// The same options as `kiln` flags, for a `kiln train` started by another command.
     pub fn to_cli_args(&self) -> Vec<String> {
         let mut args = vec!["--task".to_string(), self.task.display().to_string()];
+        let columns = &self.columns;
+        let paths = [&self.validation_task, &self.test_task]
+            .map(|p| p.as_ref().map(|p| p.display().to_string()));
         for (flag, value) in [
-            ("--text-column", &self.text_column),
-            ("--pair-column", &self.pair_column),
-            ("--label-column", &self.label_column),
+            ("--validation-task", &paths[0]),
+            ("--test-task", &paths[1]),
+            ("--text-column", &columns.text_column),
+            ("--pair-column", &columns.pair_column),
+            ("--label-column", &columns.label_column),
             ("--glue", &self.glue),
-            ("--encoding", &self.encoding),
+            ("--encoding", &columns.encoding),
         ] {
             if let Some(value) = value {
                 args.extend([flag.to_string(), value.clone()]);
@@ -59,7 +94,7 @@ impl TaskArgs {
         }
         for (flag, on) in [
             ("--regression", self.regression),
-            ("--skip-bad-rows", self.skip_bad_rows),
+            ("--skip-bad-rows", columns.skip_bad_rows),
         ] {
             if on {
                 args.push(flag.to_string());
@@ -70,14 +105,11 @@ impl TaskArgs {
 
     pub fn spec(&self) -> TaskSpec {
         TaskSpec {
-            path: self.task.clone(),
-            text_column: self.text_column.clone(),
-            pair_column: self.pair_column.clone(),
-            label_column: self.label_column.clone(),
+            validation: self.validation_task.clone(),
+            test: self.test_task.clone(),
             regression: self.regression,
             glue: self.glue.clone(),
-            encoding: self.encoding.clone(),
-            skip_bad_rows: self.skip_bad_rows,
+            ..self.columns.spec(self.task.clone())
         }
     }
 }
@@ -236,9 +268,15 @@ pub struct EvalArgs {
     #[arg(long)]
     run: PathBuf,
     /// Which part of the run's split: validation or test.
-    #[arg(long, default_value = "validation")]
+    #[arg(long, default_value = "validation", conflicts_with = "task")]
     split: String,
-    /// Print the metrics as JSON.
+    /// Score this file (CSV/TSV/JSONL, or class folders) instead of a part of the run's split;
+    /// its labels must be the run's. Columns and encoding default to the run's.
+    #[arg(long)]
+    task: Option<PathBuf>,
+    #[command(flatten)]
+    columns: ColumnArgs,
+    /// Print `{"metrics": {...}, "examples": N}` as JSON.
     #[arg(long)]
     json: bool,
     /// Run without adapters in this many of the lowest layers (AdapterDrop at inference).
@@ -247,16 +285,26 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
-    let split: Split = args.split.parse()?;
-    let evaluation = evaluate_run(&args.run, split, args.adapter_drop, device)?;
+    let data = match &args.task {
+        Some(path) => EvalData::File(args.columns.spec(path.clone())),
+        None => EvalData::Split(args.split.parse()?),
+    };
+    let evaluation = evaluate_run(&args.run, &data, args.adapter_drop, device)?;
     let metrics = &evaluation.metrics;
     let (name, value) = metrics.primary();
+    let scored = match &args.task {
+        Some(path) => path.display().to_string(),
+        None => args.split.clone(),
+    };
     if args.json {
-        println!("{}", serde_json::to_string(metrics)?);
+        println!(
+            "{}",
+            serde_json::json!({ "metrics": metrics, "examples": evaluation.examples })
+        );
     } else {
         println!(
-            "{} {name}: {value:.6} (loss {:.6}); {} examples in {:.2} s",
-            args.split, metrics.loss, evaluation.examples, evaluation.seconds
+            "{scored} {name}: {value:.6} (loss {:.6}); {} examples in {:.2} s",
+            metrics.loss, evaluation.examples, evaluation.seconds
         );
         if let Some((epoch, recorded)) = evaluation.recorded {
             println!("recorded at epoch {epoch}: {recorded:.6}");

@@ -29,6 +29,7 @@ pub use synthetic::{
 };
 pub use task::{LoadedTask, TaskSpec};
 pub use text::{
-    GlueTask, OnBadRow, ReadOptions, SkippedRow, TableFormat, TableSpec, Target, TaskKind,
-    TextDataset, TextExample, read_class_folders, read_glue, read_table,
+    GlueTask, InputRow, InputSpec, OnBadRow, ReadOptions, SkippedRow, TableFormat, TableSpec,
+    Target, TaskKind, TextDataset, TextExample, read_class_folders, read_class_folders_labelled,
+    read_glue, read_inputs, read_table,
 };

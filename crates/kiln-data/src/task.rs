@@ -4,7 +4,12 @@
 //! - a directory of class folders (the BBC News layout): stratified 80/10/10;
 //! - a directory with GLUE's `train.tsv` and `dev.tsv`: train is split 90/10 into train and
 //!   validation, `dev.tsv` is the test set (GLUE's own test labels are hidden);
-//! - a CSV/TSV/JSONL file with named columns: stratified 80/10/10.
+//! - a CSV/TSV/JSONL file with named columns: stratified 80/10/10;
+//! - a directory with `train/` (class folders) or `train.csv|tsv|jsonl`, and optionally
+//!   `validation/` (or `valid`, `dev`) and `test/` beside it in the same form; held-out files can
+//!   also be named on their own ([`TaskSpec::validation`], [`TaskSpec::test`]). Only the parts
+//!   that are missing are split off the training data (stratified, 10% each), and held-out
+//!   examples take the training data's class names: a held-out class it lacks is an error.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +19,7 @@ use crate::error::{DataError, Result};
 use crate::split::{Split, SplitFractions, stratified_split};
 use crate::text::{
     GlueTask, OnBadRow, ReadOptions, SkippedRow, TableSpec, TaskKind, TextDataset, TextExample,
-    read_class_folders, read_glue, read_table,
+    read_class_folders, read_class_folders_labelled, read_glue, read_table,
 };
 
 /// Where a task's data is and how to read it; saved with every run.
@@ -22,6 +27,13 @@ use crate::text::{
 pub struct TaskSpec {
     /// The folder, GLUE directory or CSV/TSV/JSONL file.
     pub path: PathBuf,
+    /// Held-out validation examples (a file or class-folder directory, read with the same
+    /// options); `None`: split off the training data.
+    #[serde(default)]
+    pub validation: Option<PathBuf>,
+    /// Held-out test examples, as [`TaskSpec::validation`].
+    #[serde(default)]
+    pub test: Option<PathBuf>,
     /// Column of the text (tables); defaults to `text`.
     pub text_column: Option<String>,
     /// Column of the second text of a pair (tables).
@@ -43,6 +55,8 @@ impl TaskSpec {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            validation: None,
+            test: None,
             text_column: None,
             pair_column: None,
             label_column: None,
@@ -82,12 +96,83 @@ impl LoadedTask {
     }
 }
 
+/// Folder or file names a split directory's parts may have.
+const TRAIN_NAMES: &[&str] = &["train"];
+const VALIDATION_NAMES: &[&str] = &["validation", "valid", "dev"];
+const TEST_NAMES: &[&str] = &["test"];
+
 impl TaskSpec {
     /// Reads the task and splits it from `seed`: 80/10/10, stratified by class where there are
-    /// classes. A GLUE directory's `dev.tsv` is the test part, and 10% of its `train.tsv` the
-    /// validation part.
+    /// classes, with held-out parts taken as given (see the [module](self) documentation). A
+    /// GLUE directory's `dev.tsv` is the test part, and 10% of its `train.tsv` the validation
+    /// part.
     pub fn load(&self, seed: u64) -> Result<LoadedTask> {
-        let mut options = ReadOptions {
+        let options = self.read_options()?;
+        let path = &self.path;
+        if self.is_glue_dir() {
+            if self.validation.is_some() || self.test.is_some() {
+                return Err(DataError::InvalidInput(format!(
+                    "{}: a GLUE directory brings its own held-out data (dev.tsv); held-out \
+                     files are for other layouts",
+                    path.display()
+                )));
+            }
+            return self.load_glue(path, options, seed);
+        }
+        let (train_path, mut validation, mut test) = match split_dir_parts(path)? {
+            Some((train, validation, test)) => (train, validation, test),
+            None => (path.clone(), None, None),
+        };
+        validation = self.validation.clone().or(validation);
+        test = self.test.clone().or(test);
+        if !train_path.exists() {
+            return Err(DataError::InvalidInput(format!(
+                "--task {}: no such file or directory",
+                train_path.display()
+            )));
+        }
+        let train = self.read_part(&train_path, options, None)?;
+        let held_out = |part: Option<PathBuf>| {
+            part.map(|p| self.read_part(&p, options, Some(&train.task)))
+                .transpose()
+        };
+        let (validation, test) = (held_out(validation)?, held_out(test)?);
+        let fractions = SplitFractions {
+            validation: if validation.is_some() { 0.0 } else { 0.1 },
+            test: if test.is_some() { 0.0 } else { 0.1 },
+        };
+        let mut split = split_of(&train, fractions, seed)?;
+        let TextDataset {
+            task: kind,
+            mut examples,
+            mut skipped,
+            ..
+        } = train;
+        for (part, indices) in [(validation, &mut split.validation), (test, &mut split.test)] {
+            if let Some(part) = part {
+                let offset = examples.len();
+                indices.extend(offset..offset + part.examples.len());
+                examples.extend(part.examples);
+                skipped.extend(part.skipped);
+            }
+        }
+        Ok(LoadedTask {
+            kind,
+            examples,
+            split,
+            skipped,
+        })
+    }
+
+    /// Held-out examples in `path` (a file, read with this spec's column and encoding options,
+    /// or a class-folder directory), labelled with `kind`'s classes; a label `kind` lacks is an
+    /// error naming every such label.
+    pub fn read_held_out(&self, path: &Path, kind: &TaskKind) -> Result<TextDataset> {
+        self.read_part(path, self.read_options()?, Some(kind))
+    }
+
+    fn read_options(&self) -> Result<ReadOptions> {
+        let options = ReadOptions {
             on_bad_row: if self.skip_bad_rows {
                 OnBadRow::Skip
             } else {
@@ -95,42 +180,68 @@ impl TaskSpec {
             },
             encoding: None,
         };
-        if let Some(label) = &self.encoding {
-            options = options.with_encoding_label(label)?;
+        match &self.encoding {
+            Some(label) => options.with_encoding_label(label),
+            None => Ok(options),
         }
+    }
+
+    /// A GLUE directory: `train.tsv` and `dev.tsv`, and a GLUE task named or the folder's name.
+    fn is_glue_dir(&self) -> bool {
         let path = &self.path;
-        if path.is_dir() && path.join("train.tsv").is_file() {
-            return self.load_glue(path, options, seed);
+        path.is_dir()
+            && path.join("train.tsv").is_file()
+            && (self.glue.is_some()
+                || (path.join("dev.tsv").is_file()
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().parse::<GlueTask>().is_ok())))
+    }
+
+    /// One part's examples: class folders or a table; `labels_of` gives a held-out part the
+    /// training part's classes.
+    fn read_part(
+        &self,
+        path: &Path,
+        options: ReadOptions,
+        labels_of: Option<&TaskKind>,
+    ) -> Result<TextDataset> {
+        if path.is_dir() {
+            if self.has_column_options() {
+                return Err(DataError::InvalidInput(format!(
+                    "{}: column options are for CSV/TSV/JSONL files, and this is a directory",
+                    path.display()
+                )));
+            }
+            return match labels_of {
+                None => read_class_folders(path, options),
+                Some(TaskKind::Classification { labels }) => {
+                    read_class_folders_labelled(path, options, labels)
+                }
+                Some(TaskKind::Regression) => Err(DataError::InvalidInput(format!(
+                    "{}: class folders, but the task is a regression",
+                    path.display()
+                ))),
+            };
         }
-        if self.has_column_options() && !path.is_file() {
+        if !path.is_file() {
             return Err(DataError::InvalidInput(format!(
-                "{}: column options are for CSV/TSV/JSONL files, and this is not a file",
+                "{}: no such file or directory",
                 path.display()
             )));
         }
-        let dataset = if path.is_dir() {
-            read_class_folders(path, options)?
-        } else if path.is_file() {
-            let mut spec = TableSpec::new(
-                self.text_column.as_deref().unwrap_or("text"),
-                self.label_column.as_deref().unwrap_or("label"),
-            );
-            spec.pair_column = self.pair_column.clone();
-            spec.regression = self.regression;
-            read_table(path, &spec, options)?
-        } else {
-            return Err(DataError::InvalidInput(format!(
-                "--task {}: no such file or directory",
-                path.display()
-            )));
-        };
-        let split = split_of(&dataset, SplitFractions::EIGHTY_TEN_TEN, seed)?;
-        Ok(LoadedTask {
-            kind: dataset.task,
-            examples: dataset.examples,
-            split,
-            skipped: dataset.skipped,
-        })
+        let mut spec = TableSpec::new(
+            self.text_column.as_deref().unwrap_or("text"),
+            self.label_column.as_deref().unwrap_or("label"),
+        );
+        spec.pair_column = self.pair_column.clone();
+        spec.regression = self.regression;
+        match labels_of {
+            Some(TaskKind::Classification { labels }) => spec.labels = Some(labels.clone()),
+            Some(TaskKind::Regression) => spec.regression = true,
+            None => {}
+        }
+        read_table(path, &spec, options)
     }
 
     fn has_column_options(&self) -> bool {
@@ -178,6 +289,50 @@ impl TaskSpec {
             skipped,
         })
     }
+}
+
+/// A split directory's train, validation and test parts.
+type SplitParts = (PathBuf, Option<PathBuf>, Option<PathBuf>);
+
+/// A split directory's parts: `train/` (or `train.csv|tsv|jsonl`) and whichever held-out parts
+/// sit beside it; `None` when `dir` is not one.
+fn split_dir_parts(dir: &Path) -> Result<Option<SplitParts>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let find = |names: &[&str]| -> Result<Option<PathBuf>> {
+        let mut found: Vec<PathBuf> = Vec::new();
+        for name in names {
+            let folder = dir.join(name);
+            if folder.is_dir() {
+                found.push(folder);
+            }
+            for ext in ["csv", "tsv", "jsonl"] {
+                let file = dir.join(format!("{name}.{ext}"));
+                if file.is_file() {
+                    found.push(file);
+                }
+            }
+        }
+        match found.len() {
+            0 | 1 => Ok(found.pop()),
+            _ => Err(DataError::Layout {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "more than one candidate for one part: {}",
+                    found
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    };
+    let Some(train) = find(TRAIN_NAMES)? else {
+        return Ok(None);
+    };
+    Ok(Some((train, find(VALIDATION_NAMES)?, find(TEST_NAMES)?)))
 }
 
 fn split_of(dataset: &TextDataset, fractions: SplitFractions, seed: u64) -> Result<Split> {

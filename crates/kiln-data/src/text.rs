@@ -238,11 +238,30 @@ pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Reads a directory with one subdirectory per class and one text file per document
 /// (`bbcnews/data/{business,...}/NNN.txt`). Classes are the subdirectory names, sorted.
 pub fn read_class_folders(dir: &Path, options: ReadOptions) -> Result<TextDataset> {
+    read_class_dirs(dir, options, None)
+}
+
+/// Reads held-out documents laid out as [`read_class_folders`] reads them, labelled with a
+/// training set's class names `labels` (in their order): a folder may hold any of the classes,
+/// and a folder of a class the training set lacks is an error naming it.
+pub fn read_class_folders_labelled(
+    dir: &Path,
+    options: ReadOptions,
+    labels: &[String],
+) -> Result<TextDataset> {
+    read_class_dirs(dir, options, Some(labels))
+}
+
+fn read_class_dirs(
+    dir: &Path,
+    options: ReadOptions,
+    known: Option<&[String]>,
+) -> Result<TextDataset> {
     let class_dirs: Vec<PathBuf> = sorted_entries(dir)?
         .into_iter()
         .filter(|p| p.is_dir())
         .collect();
-    if class_dirs.len() < 2 {
+    if class_dirs.is_empty() || (known.is_none() && class_dirs.len() < 2) {
         return Err(DataError::Layout {
             path: dir.to_path_buf(),
             message: format!(
@@ -251,7 +270,7 @@ pub fn read_class_folders(dir: &Path, options: ReadOptions) -> Result<TextDatase
             ),
         });
     }
-    let labels: Vec<String> = class_dirs
+    let names: Vec<String> = class_dirs
         .iter()
         .map(|p| {
             p.file_name()
@@ -259,9 +278,34 @@ pub fn read_class_folders(dir: &Path, options: ReadOptions) -> Result<TextDatase
                 .unwrap_or_default()
         })
         .collect();
+    let (labels, classes) = match known {
+        None => (names.clone(), (0..names.len()).collect::<Vec<_>>()),
+        Some(known) => {
+            let unknown: Vec<&str> = names
+                .iter()
+                .filter(|n| !known.contains(n))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                return Err(DataError::Layout {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "class folders the training data does not have: {} (its classes: {})",
+                        unknown.join(", "),
+                        known.join(", ")
+                    ),
+                });
+            }
+            let classes = names
+                .iter()
+                .map(|n| known.iter().position(|k| k == n).unwrap_or_default())
+                .collect();
+            (known.to_vec(), classes)
+        }
+    };
     let mut examples = Vec::new();
     let mut skipped = Vec::new();
-    for (class, class_dir) in class_dirs.iter().enumerate() {
+    for (&class, class_dir) in classes.iter().zip(&class_dirs) {
         for file in sorted_entries(class_dir)?
             .into_iter()
             .filter(|p| p.is_file())
@@ -482,6 +526,116 @@ fn jsonl_rows(path: &Path, options: ReadOptions) -> Result<Vec<RawRow>> {
     Ok(rows)
 }
 
+/// A text to label (`kiln predict`): its text or pair of texts and its id, when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRow {
+    /// The input's id column, carried into the predictions.
+    pub id: Option<String>,
+    /// The text.
+    pub text: String,
+    /// Second text of a pair.
+    pub pair: Option<String>,
+}
+
+/// Which columns of an unlabelled table hold what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Column of the text.
+    pub text_column: String,
+    /// Column of the second text of a pair, if any.
+    pub pair_column: Option<String>,
+    /// Column of the id, which every row must then have; `None` carries an `id` column where a
+    /// row has one.
+    pub id_column: Option<String>,
+}
+
+/// Reads texts to label: a CSV/TSV/JSONL table with the columns `spec` names (any label column
+/// is ignored), or a `.txt` file with one text per line (blank lines ignored).
+pub fn read_inputs(
+    path: &Path,
+    spec: &InputSpec,
+    options: ReadOptions,
+) -> Result<(Vec<InputRow>, Vec<SkippedRow>)> {
+    let is_text = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+    let rows = if is_text {
+        let text = options
+            .decode(&read_bytes(path)?)
+            .map_err(|message| DataError::Document {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        let rows: Vec<InputRow> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| InputRow {
+                id: None,
+                text: line.to_string(),
+                pair: None,
+            })
+            .collect();
+        if rows.is_empty() {
+            return Err(DataError::Layout {
+                path: path.to_path_buf(),
+                message: "no texts (one per line)".into(),
+            });
+        }
+        return Ok((rows, Vec::new()));
+    } else {
+        match TableFormat::from_path(path)? {
+            TableFormat::Csv => delimited_rows(path, b',', true, true, options)?,
+            TableFormat::Tsv => delimited_rows(path, b'\t', false, true, options)?,
+            TableFormat::Jsonl => jsonl_rows(path, options)?,
+        }
+    };
+    let mut sink = RowSink::new(path, options);
+    let mut inputs = Vec::new();
+    for row in rows {
+        let input = row.fields.and_then(|fields| {
+            let id = match &spec.id_column {
+                Some(column) => Some(field(&fields, column)?),
+                None => field(&fields, "id").ok(),
+            };
+            let text = field(&fields, &spec.text_column)?;
+            if text.trim().is_empty() {
+                return Err(format!("empty text in column `{}`", spec.text_column));
+            }
+            let pair = spec
+                .pair_column
+                .as_deref()
+                .map(|column| field(&fields, column))
+                .transpose()?;
+            Ok(InputRow { id, text, pair })
+        });
+        if let Some(input) = sink.accept(row.line, input)? {
+            inputs.push(input);
+        }
+    }
+    if inputs.is_empty() {
+        return Err(DataError::Layout {
+            path: path.to_path_buf(),
+            message: format!("no usable rows ({} skipped)", sink.skipped.len()),
+        });
+    }
+    Ok((inputs, sink.skipped))
+}
+
+/// The value of `column` in a row, or an error listing the row's columns.
+fn field(fields: &[(String, String)], column: &str) -> std::result::Result<String, String> {
+    fields
+        .iter()
+        .find(|(name, _)| name == column)
+        .map(|(_, value)| value.clone())
+        .ok_or_else(|| {
+            let found: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+            format!(
+                "missing column `{column}` (the row has: {})",
+                found.join(", ")
+            )
+        })
+}
+
 /// A row's fields pulled out by column name: (text, pair, raw label).
 type Extracted = (String, Option<String>, String);
 
@@ -489,19 +643,7 @@ fn extract(
     fields: &[(String, String)],
     spec: &TableSpec,
 ) -> std::result::Result<Extracted, String> {
-    let get = |column: &str| -> std::result::Result<String, String> {
-        fields
-            .iter()
-            .find(|(name, _)| name == column)
-            .map(|(_, value)| value.clone())
-            .ok_or_else(|| {
-                let found: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
-                format!(
-                    "missing column `{column}` (the row has: {})",
-                    found.join(", ")
-                )
-            })
-    };
+    let get = |column: &str| field(fields, column);
     let text = get(&spec.text_column)?;
     if text.trim().is_empty() {
         return Err(format!("empty text in column `{}`", spec.text_column));
@@ -551,6 +693,9 @@ fn rows_to_dataset(
                 .into_iter()
                 .collect(),
         };
+        if spec.labels.is_some() && options.on_bad_row == OnBadRow::Fail {
+            refuse_unknown_labels(path, &good, &labels)?;
+        }
         if spec.labels.is_none()
             && let Some(example) = looks_like_regression(&labels)
         {
@@ -589,6 +734,40 @@ fn rows_to_dataset(
         }
     }
     finish(path, task, examples, sink.skipped)
+}
+
+/// Every label of `rows` outside `labels`, with its row count, in one error: a held-out file
+/// with classes the training data never had is refused as a whole, not at its first such row.
+fn refuse_unknown_labels(
+    path: &Path,
+    rows: &[(usize, Extracted)],
+    labels: &[String],
+) -> Result<()> {
+    let mut unknown: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (line, (_, _, label)) in rows {
+        if !labels.contains(label) {
+            let entry = unknown.entry(label.as_str()).or_insert((0, *line));
+            entry.0 += 1;
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|(label, (rows, first))| {
+            format!(
+                "`{label}` ({rows} row{}, first at row {first})",
+                if *rows == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    Err(DataError::InvalidInput(format!(
+        "{}: labels the training data does not have: {}; its labels are: {}",
+        path.display(),
+        listed.join(", "),
+        labels.join(", ")
+    )))
 }
 
 /// The GLUE tasks whose TSV layouts kiln reads.

@@ -21,6 +21,7 @@ pub mod merge;
 pub mod metrics;
 pub mod peft;
 pub mod plan;
+pub mod predict;
 pub mod pretrain;
 pub mod report;
 pub mod run;

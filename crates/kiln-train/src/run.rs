@@ -29,7 +29,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use kiln_data::{LoadedTask, TaskKind, TaskSpec};
+use kiln_data::{LoadedTask, TaskKind, TaskSpec, TextExample};
 use kiln_models::{
     DeviceChoice, FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, SequenceClassifier,
     TextInput, TextTokenizer,
@@ -44,6 +44,7 @@ use crate::merge::{MergedCheckpoint, save_merged};
 use crate::metrics::Metrics;
 use crate::peft::{PeftExport, export_peft, import_peft};
 use crate::plan::{Plan, StepShape, plan};
+use crate::predict::{Prediction, Predictor};
 use crate::text_task::{TextTask, evaluate};
 use crate::trainer::{
     BEST_DIR, EpochRecord, TRAINED_FILE, TaskData, TrainConfig, Trainer, read_json, write_json,
@@ -91,6 +92,27 @@ pub struct RunConfig {
     /// The peft adapter the method's parameters started from.
     #[serde(default)]
     pub peft_adapter: Option<PathBuf>,
+    /// The class names in the order of the head's outputs; `None` for regression (and in runs
+    /// written before kiln recorded them, whose task is then read again).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+}
+
+impl RunConfig {
+    /// What the run's head predicts: its classes by name, or a number.
+    pub fn task_kind(&self) -> Result<TaskKind> {
+        match &self.labels {
+            Some(labels) => Ok(TaskKind::Classification {
+                labels: labels.clone(),
+            }),
+            None if self.head.outputs == 1 => Ok(TaskKind::Regression),
+            None => Ok(self
+                .task
+                .load(self.train.seed)
+                .context(|| format!("reading task {}", self.task.path.display()))?
+                .kind),
+        }
+    }
 }
 
 /// `summary.json`: how the run ended.
@@ -206,79 +228,23 @@ pub struct TrainedRun {
     pub device: Device,
 }
 
-/// What the model says about one text.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum Prediction {
-    /// The most probable class, with the probability of every class in label order.
-    Class {
-        /// The class name.
-        label: String,
-        /// Every class's probability, in label order.
-        probabilities: Vec<f32>,
-    },
-    /// A regression's value.
-    Value(f32),
-}
-
 impl TrainedRun {
     /// The model's prediction for each text (a pair task's texts go in as `text` alone).
     pub fn predict(&self, texts: &[&str]) -> Result<Vec<Prediction>> {
-        predict(
-            &self.model,
-            &self.tokenizer,
-            &self.kind,
-            texts,
-            &self.device,
-            self.config.train.eval_batch_size,
-        )
+        let inputs: Vec<TextInput> = texts.iter().map(|&t| t.into()).collect();
+        self.predictor().predict(&inputs)
     }
-}
 
-/// `model`'s prediction for each of `texts`, `batch_size` at a time.
-pub fn predict(
-    model: &SequenceClassifier,
-    tokenizer: &TextTokenizer,
-    kind: &TaskKind,
-    texts: &[&str],
-    device: &Device,
-    batch_size: usize,
-) -> Result<Vec<Prediction>> {
-    let mut predictions = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(batch_size.max(1)) {
-        let inputs: Vec<TextInput> = chunk
-            .iter()
-            .map(|t| TextInput::Single(t.to_string()))
-            .collect();
-        let encoded = tokenizer.encode_batch(&inputs)?;
-        let outputs = model.forward(encoded.bert_input(device));
-        let [_, width] = outputs.dims();
-        let scores = match kind {
-            TaskKind::Classification { .. } => burn::tensor::activation::softmax(outputs, 1),
-            TaskKind::Regression => outputs,
-        };
-        let values: Vec<f32> = scores
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
-        for row in values.chunks(width) {
-            predictions.push(match kind {
-                TaskKind::Classification { labels } => {
-                    let best = (0..row.len())
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap_or(0);
-                    Prediction::Class {
-                        label: labels
-                            .get(best)
-                            .cloned()
-                            .unwrap_or_else(|| best.to_string()),
-                        probabilities: row.to_vec(),
-                    }
-                }
-                TaskKind::Regression => Prediction::Value(row[0]),
-            });
+    /// The model with what it needs for inference.
+    pub fn predictor(&self) -> Predictor<'_> {
+        Predictor {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            kind: &self.kind,
+            device: &self.device,
+            batch_size: self.config.train.eval_batch_size,
         }
     }
-    Ok(predictions)
 }
 
 macro_rules! say {
@@ -342,6 +308,10 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         train_examples: settings.train_examples,
         feature_cache: false,
         peft_adapter: settings.peft_adapter.clone(),
+        labels: match &task.kind {
+            TaskKind::Classification { labels } => Some(labels.clone()),
+            TaskKind::Regression => None,
+        },
     };
     let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
     let cut = run.method.method().frozen_cut(&model);
@@ -667,6 +637,21 @@ pub struct LoadedRun {
     pub model: SequenceClassifier,
     /// Its tokenizer, set to the run's length.
     pub tokenizer: TextTokenizer,
+    /// What the model predicts: the run's classes, or a number.
+    pub kind: TaskKind,
+}
+
+impl LoadedRun {
+    /// The model with what it needs for inference on `device`, `batch_size` texts at a time.
+    pub fn predictor<'a>(&'a self, device: &'a Device, batch_size: usize) -> Predictor<'a> {
+        Predictor {
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            kind: &self.kind,
+            device,
+            batch_size,
+        }
+    }
 }
 
 /// The run in `dir` with its best weights, on `device`, as it trained (call the method's
@@ -678,10 +663,11 @@ pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
 /// The run in `dir` whose `run.json` was read as `config`, with its best weights.
 fn rebuild_run(dir: &Path, config: RunConfig, device: &Device) -> Result<LoadedRun> {
     let pretrained = load_pretrained(&config.model, config.random_init, device)?;
-    let (model, tokenizer, _) = build(pretrained, &config, true, device)?;
+    let (model, tokenizer, _) = build(pretrained, &config, false, device)?;
     let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
     let (model, _) = load_params(model, &weights)?;
     Ok(LoadedRun {
+        kind: config.task_kind()?,
         config,
         model,
         tokenizer,
@@ -741,24 +727,58 @@ impl RunEvaluation {
     }
 }
 
-/// Scores the run in `dir` on a part of its split. With `adapter_drop`, the lowest that many
-/// layers run without adapters (AdapterDrop at inference). On the validation split of the
-/// model as trained it also reads the metric the run recorded, for
-/// [`RunEvaluation::check_reproduced`].
+/// What [`evaluate_run`] scores.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalData {
+    /// A part of the run's own split.
+    Split(Split),
+    /// Labelled examples in a CSV/TSV/JSONL file or a class-folder directory, read with the
+    /// spec's column and encoding options where it sets them and the run's otherwise.
+    File(TaskSpec),
+}
+
+/// Scores the run in `dir` on a part of its split or on a file of labelled examples (whose
+/// labels must all be the run's). With `adapter_drop`, the lowest that many layers run without
+/// adapters (AdapterDrop at inference). On the validation split of the model as trained it also
+/// reads the metric the run recorded, for [`RunEvaluation::check_reproduced`].
 pub fn evaluate_run(
     dir: &Path,
-    split: Split,
+    data: &EvalData,
     adapter_drop: Option<usize>,
     device: &Device,
 ) -> Result<RunEvaluation> {
     let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
-    let task = config
-        .task
-        .load(config.train.seed)
-        .context(|| format!("reading task {}", config.task.path.display()))?;
-    let indices = match split {
-        Split::Validation => &task.split.validation,
-        Split::Test => &task.split.test,
+    let (examples, kind) = match data {
+        EvalData::Split(split) => {
+            let task = config
+                .task
+                .load(config.train.seed)
+                .context(|| format!("reading task {}", config.task.path.display()))?;
+            let indices = match split {
+                Split::Validation => &task.split.validation,
+                Split::Test => &task.split.test,
+            };
+            let examples: Vec<TextExample> = task.part(indices).into_iter().cloned().collect();
+            (examples, task.kind)
+        }
+        EvalData::File(file) => {
+            let kind = config.task_kind()?;
+            let run = &config.task;
+            let spec = TaskSpec {
+                path: file.path.clone(),
+                validation: None,
+                test: None,
+                text_column: file.text_column.clone().or(run.text_column.clone()),
+                pair_column: file.pair_column.clone().or(run.pair_column.clone()),
+                label_column: file.label_column.clone().or(run.label_column.clone()),
+                regression: kind == TaskKind::Regression,
+                glue: None,
+                encoding: file.encoding.clone().or(run.encoding.clone()),
+                skip_bad_rows: file.skip_bad_rows || run.skip_bad_rows,
+            };
+            let dataset = spec.read_held_out(&spec.path, &kind)?;
+            (dataset.examples, kind)
+        }
     };
     let eval_batch_size = config.train.eval_batch_size;
     let LoadedRun {
@@ -785,20 +805,20 @@ pub fn evaluate_run(
     let metrics = evaluate(
         &model,
         &tokenizer,
-        &task.part(indices),
-        &task.kind,
+        &examples.iter().collect::<Vec<_>>(),
+        &kind,
         device,
         eval_batch_size,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let mut recorded = None;
-    if split == Split::Validation && adapter_drop.is_none() {
+    if *data == EvalData::Split(Split::Validation) && adapter_drop.is_none() {
         let best: EpochRecord = read_json(&dir.join("best.json"))?;
         recorded = Some((best.epoch, best.validation.primary().1));
     }
     Ok(RunEvaluation {
         metrics,
-        examples: indices.len(),
+        examples: examples.len(),
         seconds,
         recorded,
     })

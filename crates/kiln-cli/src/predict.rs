@@ -1,0 +1,132 @@
+//! `kiln predict`: a run's labels (and class probabilities, or a regression's score) for new
+//! texts, given on the command line or in a file; arguments, then the library's calls.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use kiln_data::{InputRow, InputSpec, read_inputs};
+use kiln_train::predict::{Prediction, PredictionFormat, format_predictions, write_predictions};
+use kiln_train::run::load_run;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Run directory written by `kiln train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// A text to label (repeat the flag for several).
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    text: Vec<String>,
+    /// The second text of a pair task, one per --text.
+    #[arg(long)]
+    pair: Vec<String>,
+    /// Texts to label: CSV/TSV/JSONL (its id column, when it has one, is carried through) or a
+    /// .txt file with one text per line.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Table column with the text [default: the run's, else text].
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Table column with the second text of a pair [default: the run's].
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Table column with an id to carry into the output [default: `id`, when present].
+    #[arg(long)]
+    id_column: Option<String>,
+    /// Encoding of an input that is not UTF-8 [default: the run's].
+    #[arg(long)]
+    encoding: Option<String>,
+    /// Skip and count bad rows of --input instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Write the predictions to a .csv or .jsonl file instead of printing them.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Print the predictions as JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// Texts per forward pass [default: the run's evaluation batch size].
+    #[arg(long)]
+    batch_size: Option<usize>,
+}
+
+pub fn predict(args: PredictArgs, device: &burn::tensor::Device) -> Result<()> {
+    let run = load_run(&args.run, device)?;
+    let task = &run.config.task;
+    let rows = match &args.input {
+        Some(path) => {
+            let spec = InputSpec {
+                text_column: args
+                    .text_column
+                    .clone()
+                    .or(task.text_column.clone())
+                    .unwrap_or_else(|| "text".into()),
+                pair_column: args.pair_column.clone().or(task.pair_column.clone()),
+                id_column: args.id_column.clone(),
+            };
+            let mut options = kiln_data::ReadOptions::default();
+            if args.skip_bad_rows {
+                options.on_bad_row = kiln_data::OnBadRow::Skip;
+            }
+            if let Some(label) = args.encoding.as_ref().or(task.encoding.as_ref()) {
+                options = options.with_encoding_label(label)?;
+            }
+            let (rows, skipped) = read_inputs(path, &spec, options)?;
+            for row in &skipped {
+                eprintln!("skipped {}: {}", row.location, row.reason);
+            }
+            rows
+        }
+        None => {
+            if !args.pair.is_empty() && args.pair.len() != args.text.len() {
+                bail!(
+                    "--pair: {} given for {} --text; a pair task needs one per text",
+                    args.pair.len(),
+                    args.text.len()
+                );
+            }
+            args.text
+                .iter()
+                .enumerate()
+                .map(|(i, text)| InputRow {
+                    id: None,
+                    text: text.clone(),
+                    pair: args.pair.get(i).cloned(),
+                })
+                .collect()
+        }
+    };
+    let batch_size = args.batch_size.unwrap_or(run.config.train.eval_batch_size);
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let predictions = run.predictor(device, batch_size).predict_rows(&rows)?;
+    if let Some(output) = &args.output {
+        write_predictions(output, &rows, &predictions, &run.kind)?;
+        println!("{} predictions written to {}", rows.len(), output.display());
+    } else if args.json {
+        print!(
+            "{}",
+            format_predictions(&rows, &predictions, &run.kind, PredictionFormat::Jsonl)?
+        );
+    } else {
+        for (row, prediction) in rows.iter().zip(&predictions) {
+            let id = row
+                .id
+                .as_ref()
+                .map_or_else(String::new, |id| format!("{id}\t"));
+            match prediction {
+                Prediction::Class {
+                    label,
+                    probabilities,
+                } => {
+                    let p = probabilities.iter().copied().fold(0.0f32, f32::max);
+                    println!("{id}{label}\t{p:.4}\t{}", row.text);
+                }
+                Prediction::Value(score) => println!("{id}{score:.6}\t{}", row.text),
+            }
+        }
+    }
+    Ok(())
+}

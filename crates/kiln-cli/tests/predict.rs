@@ -1,0 +1,163 @@
+//! Train on one file, evaluate on another, predict a third: `kiln train --test-task`,
+//! `kiln eval --task`, `kiln predict`, end to end on the tiny fixtures.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixtures, kiln};
+use serde_json::Value;
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+}
+
+#[test]
+fn train_on_one_file_evaluate_on_another_predict_a_third() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = dir.path().join("run");
+    let tasks = fixtures().join("tasks");
+    let (ok, stdout, stderr) = kiln(&[
+        "train",
+        "--model",
+        path(&fixtures().join("bert-tiny")),
+        "--task",
+        path(&tasks.join("fire-water.csv")),
+        "--test-task",
+        path(&tasks.join("fire-water-test.csv")),
+        "--method",
+        "lora",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--out",
+        path(&run),
+    ]);
+    assert!(ok, "{stderr}");
+    // All 64 rows of the training file train or validate; the test file is the test part.
+    assert!(
+        stdout.contains("(58 train, 6 validation, 16 test)"),
+        "{stdout}"
+    );
+    let config = read_json(&run.join("run.json"));
+    assert_eq!(config["labels"], serde_json::json!(["fire", "water"]));
+    let summary = read_json(&run.join("summary.json"));
+
+    // Scoring the test file again gives the run's test metrics.
+    let (ok, stdout, stderr) = kiln(&[
+        "eval",
+        "--run",
+        path(&run),
+        "--task",
+        path(&tasks.join("fire-water-test.csv")),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let evaluation: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(evaluation["examples"], 16);
+    assert_eq!(
+        evaluation["metrics"]["accuracy"],
+        summary["test"]["accuracy"]
+    );
+
+    // A file with classes the run never saw is refused, naming them.
+    let odd = dir.path().join("odd.csv");
+    std::fs::write(&odd, "text,label\nsome fire,fire\nsome steam,steam\n").expect("write");
+    let (ok, _, stderr) = kiln(&["eval", "--run", path(&run), "--task", path(&odd)]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`steam`") && stderr.contains("fire, water"),
+        "{stderr}"
+    );
+
+    // Predictions for a file of new texts, ids carried through, in both formats.
+    let new = tasks.join("fire-water-new.csv");
+    let csv_out = dir.path().join("out/predictions.csv");
+    let (ok, _, stderr) = kiln(&[
+        "predict",
+        "--run",
+        path(&run),
+        "--input",
+        path(&new),
+        "--output",
+        path(&csv_out),
+    ]);
+    assert!(ok, "{stderr}");
+    let written = std::fs::read_to_string(&csv_out).expect("csv");
+    let mut lines = written.lines();
+    assert_eq!(lines.next(), Some("id,text,label,prob_fire,prob_water"));
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], format!("n{i}"));
+        let (fire, water): (f64, f64) = (row[3].parse().expect("p"), row[4].parse().expect("p"));
+        assert!((fire + water - 1.0).abs() < 1e-5, "{row:?}");
+        assert_eq!(row[2], if fire > water { "fire" } else { "water" });
+    }
+    let (ok, stdout, stderr) = kiln(&[
+        "predict",
+        "--run",
+        path(&run),
+        "--input",
+        path(&new),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(records.len(), 6);
+    assert_eq!(records[2]["id"], "n2");
+    assert_eq!(records[2]["label"].as_str(), Some(rows[2][2].as_str()));
+
+    // One text on the command line gets the label its row got.
+    let (ok, stdout, stderr) = kiln(&["predict", "--run", path(&run), "--text", &rows[4][1]]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with(&format!("{}\t", rows[4][2])), "{stdout}");
+}
+
+#[test]
+fn a_split_directory_trains_on_train_and_tests_on_test() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let lines = std::fs::read_to_string(fixtures().join("tasks/fire-water.csv")).expect("read");
+    for (i, line) in lines.lines().skip(1).enumerate() {
+        let (text, label) = line.rsplit_once(',').expect("two columns");
+        let part = if i < 48 { "train" } else { "test" };
+        let file = data.join(part).join(label).join(format!("{i}.txt"));
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, text).expect("write");
+    }
+    let (ok, stdout, stderr) = kiln(&[
+        "train",
+        "--model",
+        path(&fixtures().join("bert-tiny")),
+        "--task",
+        path(&data),
+        "--method",
+        "bitfit",
+        "--epochs",
+        "1",
+        "--max-len",
+        "16",
+        "--out",
+        path(&dir.path().join("run")),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("(44 train, 4 validation, 16 test)"),
+        "{stdout}"
+    );
+}
