@@ -61,6 +61,9 @@ enum Command {
     Fpt(Box<fpt::FptSettings>),
     /// Causal-LM pretraining of a GPT-2 configuration on plain text; writes a HF directory.
     Pretrain(Box<pretrain::PretrainSettings>),
+    /// One run of a comparison or study, in a process of its own (started by them).
+    #[command(hide = true)]
+    RunRequest(runs::RunRequestArgs),
 }
 
 fn parse_device(value: &str) -> Result<DeviceChoice, String> {
@@ -86,6 +89,7 @@ fn main() -> Result<()> {
         Command::Merge(args) => export::merge(args, &device),
         Command::Fpt(args) => fpt::fpt(*args, cli.device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device),
+        Command::RunRequest(args) => runs::run(args, cli.device),
         Command::Methods => {
             method_flags::print_methods();
             Ok(())

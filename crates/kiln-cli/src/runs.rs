@@ -1,74 +1,100 @@
-//! Runs of `kiln train` in processes of their own, as `kiln study` and `kiln compare` launch
-//! them: each run is then reproducible from its seed and its peak memory is its own. A run whose
-//! `summary.json` exists is read, not repeated; one that was interrupted is resumed.
+//! Runs of a comparison or study in `kiln` processes of their own, so that each run's peak
+//! memory is its own: the parent writes the [`RunRequest`] as JSON and starts the hidden
+//! `kiln run-request`, which runs it and leaves its error, if any, in a file for the parent.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::Args;
 
 use kiln_models::DeviceChoice;
-use kiln_train::trainer::read_json;
-
+use kiln_train::TrainError;
+use kiln_train::compare::{Launcher, RunRequest, run_request};
 use kiln_train::run::RunSummary;
+use kiln_train::trainer::{read_json, write_json};
 
-use crate::train::TaskArgs;
-
-/// Launches `kiln train` runs of one model on one task.
-pub struct Launcher<'a> {
+/// Starts `kiln run-request` processes on one device.
+pub struct ProcessLauncher {
     exe: PathBuf,
     device: DeviceChoice,
-    model: &'a Path,
-    task: &'a TaskArgs,
 }
 
-impl<'a> Launcher<'a> {
-    pub fn new(device: DeviceChoice, model: &'a Path, task: &'a TaskArgs) -> Result<Self> {
+impl ProcessLauncher {
+    pub fn new(device: DeviceChoice) -> Result<Self> {
         Ok(Self {
             exe: std::env::current_exe().context("finding the kiln executable")?,
             device,
-            model,
-            task,
         })
     }
+}
 
-    /// The summary of the run in `dir`: trained now with `options` (method and trainer flags),
-    /// resumed, or read back when it finished before.
-    pub fn train(&self, options: &[String], dir: &Path) -> Result<RunSummary> {
-        self.launch("train", options, dir)
-    }
-
-    /// In-context learning (`kiln icl`) on the same model and task: nothing trains, so an
-    /// unfinished run starts again.
-    pub fn icl(&self, options: &[String], dir: &Path) -> Result<RunSummary> {
-        self.launch("icl", options, dir)
-    }
-
-    fn launch(&self, subcommand: &str, options: &[String], dir: &Path) -> Result<RunSummary> {
-        let summary_path = dir.join("summary.json");
-        if summary_path.is_file() {
-            return Ok(read_json(&summary_path)?);
-        }
+impl Launcher for ProcessLauncher {
+    fn launch(
+        &self,
+        request: &RunRequest,
+        dir: &Path,
+        resume: bool,
+    ) -> kiln_train::Result<RunSummary> {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        let temp = |what| {
+            tempfile::Builder::new()
+                .prefix(&format!(".kiln-{what}-"))
+                .tempfile_in(parent)
+                .map_err(|e| TrainError::io(parent, e))
+        };
+        let (request_file, error_file) = (temp("request")?, temp("error")?);
+        write_json(request_file.path(), request)?;
         let mut command = Command::new(&self.exe);
         command
             .arg("--device")
             .arg(self.device.to_string())
-            .arg(subcommand)
-            .arg("--model")
-            .arg(self.model)
-            .args(self.task.to_cli_args())
-            .args(options)
+            .arg("run-request")
+            .arg(request_file.path())
             .arg("--out")
-            .arg(dir);
-        if subcommand == "train" && dir.join("run.json").is_file() {
+            .arg(dir)
+            .arg("--error-file")
+            .arg(error_file.path());
+        if resume {
             command.arg("--resume");
         }
-        let status = command
-            .status()
-            .with_context(|| format!("running {}", self.exe.display()))?;
+        let status = command.status().map_err(|e| TrainError::io(&self.exe, e))?;
         if !status.success() {
-            bail!("the run in {} failed ({status})", dir.display());
+            let error = std::fs::read_to_string(error_file.path()).unwrap_or_default();
+            return Err(TrainError::Invalid(if error.trim().is_empty() {
+                format!("the run's process ended with {status}")
+            } else {
+                error.trim().to_string()
+            }));
         }
-        Ok(read_json(&summary_path)?)
+        read_json(&dir.join(kiln_train::run::SUMMARY_FILE))
     }
+}
+
+/// `kiln run-request`: one run of a comparison or study, as its parent process asked.
+#[derive(Args)]
+pub struct RunRequestArgs {
+    /// The request as JSON.
+    request: PathBuf,
+    /// Run directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Where to write the error when the run fails.
+    #[arg(long)]
+    error_file: Option<PathBuf>,
+}
+
+pub fn run(args: RunRequestArgs, device: DeviceChoice) -> Result<()> {
+    let outcome = read_json::<RunRequest>(&args.request)
+        .and_then(|request| run_request(&request, &args.out, args.resume, device));
+    if let (Err(error), Some(file)) = (&outcome, &args.error_file) {
+        std::fs::write(file, format!("{error:#}"))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    outcome?;
+    Ok(())
 }

@@ -73,36 +73,6 @@ pub struct TaskArgs {
 }
 
 impl TaskArgs {
-    /// The same options as `kiln` flags, for a `kiln train` started by another command.
-    pub fn to_cli_args(&self) -> Vec<String> {
-        let mut args = vec!["--task".to_string(), self.task.display().to_string()];
-        let columns = &self.columns;
-        let paths = [&self.validation_task, &self.test_task]
-            .map(|p| p.as_ref().map(|p| p.display().to_string()));
-        for (flag, value) in [
-            ("--validation-task", &paths[0]),
-            ("--test-task", &paths[1]),
-            ("--text-column", &columns.text_column),
-            ("--pair-column", &columns.pair_column),
-            ("--label-column", &columns.label_column),
-            ("--glue", &self.glue),
-            ("--encoding", &columns.encoding),
-        ] {
-            if let Some(value) = value {
-                args.extend([flag.to_string(), value.clone()]);
-            }
-        }
-        for (flag, on) in [
-            ("--regression", self.regression),
-            ("--skip-bad-rows", columns.skip_bad_rows),
-        ] {
-            if on {
-                args.push(flag.to_string());
-            }
-        }
-        args
-    }
-
     pub fn spec(&self) -> TaskSpec {
         TaskSpec {
             validation: self.validation_task.clone(),

@@ -447,6 +447,64 @@ fn compare_writes_table_plot_and_page_for_every_method() {
     assert!(page.contains("fire &amp; water") && page.contains("<td>bitfit</td>"));
     assert!(page.contains("<svg"));
 
+    // The same folder with other settings: nothing old is shown as new.
+    let compare = |methods: &str, epochs: &str| {
+        kiln(&[
+            "compare",
+            "--model",
+            path(&model),
+            "--task",
+            path(&task),
+            "--methods",
+            methods,
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "8",
+            "--max-len",
+            "32",
+            "--out",
+            path(&out),
+        ])
+    };
+    let (ok, _, stderr) = compare("lora", "2");
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("lora-s42 holds a run with other settings (train.epochs: 1 -> 2)"),
+        "{stderr}"
+    );
+    let results = read_json(&out.join("results.json"));
+    let run = &results["runs"][0];
+    assert_eq!(run["reused"], false);
+    assert!(
+        run["dir"].as_str().expect("dir").ends_with("lora-s42-2"),
+        "{run}"
+    );
+    let (ok, _, stderr) = compare("lora", "2");
+    assert!(ok && !stderr.contains("epoch 1/2"), "reused: {stderr}");
+    assert_eq!(
+        read_json(&out.join("results.json"))["runs"][0]["reused"],
+        true
+    );
+
+    // Per-method options, and a run that fails is a line of the table, the others still land.
+    let (ok, stdout, stderr) = compare("lora:rank=2,partial-k:k=9,lora:rank=4:alpha=8", "1");
+    assert!(!ok && stderr.contains("1 of 3 runs failed"), "{stderr}");
+    assert!(
+        stdout.contains("| lora-r2 | ") && stdout.contains("| lora-r4 | "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| partial-k:k=9 (seed 42) | failed: "),
+        "{stdout}"
+    );
+    let results = read_json(&out.join("results.json"));
+    assert_eq!(results["failed"][0]["spec"], "partial-k:k=9");
+    assert_eq!(
+        read_json(&out.join("lora-rank4-alpha8-s42/run.json"))["method"]["alpha"],
+        8.0
+    );
+
     let (ok, _, stderr) = kiln(&[
         "compare",
         "--model",

@@ -39,6 +39,15 @@ struct ModelTypeOnly {
 }
 
 impl ModelKind {
+    /// How a classifier reads this family's token states by default: the mean for the
+    /// encoders, the last token for GPT-2 (which sees only what came before).
+    pub fn default_readout(self) -> crate::states::Readout {
+        match self {
+            ModelKind::Bert | ModelKind::M2Bert => crate::states::Readout::Mean,
+            ModelKind::Gpt2 => crate::states::Readout::Last,
+        }
+    }
+
     /// Reads `model_type` from `dir/config.json`.
     pub fn detect(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");

@@ -48,10 +48,7 @@ impl Backbone {
     /// for the bidirectional encoders, the last token for GPT-2 (the only one that has read the
     /// whole text).
     pub fn default_readout(&self) -> Readout {
-        match self {
-            Backbone::Bert(..) | Backbone::M2Bert(..) => Readout::Mean,
-            Backbone::Gpt2(..) => Readout::Last,
-        }
+        self.kind().default_readout()
     }
 
     /// The longest input the position table allows.

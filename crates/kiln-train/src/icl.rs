@@ -291,7 +291,7 @@ pub fn evaluate_icl(
 }
 
 /// A `kiln icl` run on a task: the GPT-2, the prompts, which split is queried, where it goes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct IclSettings {
     /// HF GPT-2 directory.
@@ -323,6 +323,35 @@ pub struct IclSettings {
     /// Run directory.
     #[cfg_attr(feature = "clap", arg(long, default_value = "runs/icl"))]
     pub out: PathBuf,
+}
+
+impl IclSettings {
+    /// In-context learning with the GPT-2 in `model` at `kiln icl`'s defaults: 4 shots, the
+    /// default template, the class names as label words, 40 words per text, no calibration,
+    /// seed 42, the test split, into `runs/icl`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            shots: 4,
+            template: DEFAULT_TEMPLATE.into(),
+            label_words: None,
+            text_words: 40,
+            calibrate: false,
+            seed: 42,
+            split: "test".into(),
+            out: "runs/icl".into(),
+        }
+    }
+}
+
+/// What an in-context-learning run's `run.json` records: the task and the settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IclRecord {
+    /// The task queried.
+    pub task: TaskSpec,
+    /// The prompts and the rest.
+    #[serde(flatten)]
+    pub settings: IclSettings,
 }
 
 /// In-context learning of `args` on `task` on `choice`'s device: nothing trains; `run.json` and a
@@ -377,7 +406,11 @@ pub fn run_icl(task: &TaskSpec, args: &IclSettings, choice: DeviceChoice) -> Res
         device,
     )?;
     std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
-    write_json(&args.out.join("run.json"), args)?;
+    let record = IclRecord {
+        task: spec.clone(),
+        settings: args.clone(),
+    };
+    write_json(&args.out.join("run.json"), &record)?;
     let summary = RunSummary {
         method: format!(
             "icl-k{}{}",

@@ -12,6 +12,7 @@
 pub mod adapters;
 pub mod checkpoint;
 pub mod child_tuning;
+pub mod compare;
 /// Errors of runs and training.
 pub mod error;
 pub mod fpt;
@@ -26,6 +27,7 @@ pub mod pretrain;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod study;
 pub mod task_model;
 pub mod text_task;
 pub mod trainer;

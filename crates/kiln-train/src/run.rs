@@ -78,6 +78,9 @@ pub struct RunConfig {
     pub head: HeadConfig,
     /// Tokens per text, special tokens included.
     pub max_len: usize,
+    /// The `max_len` asked for, when it was more than the model's positions allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len_requested: Option<usize>,
     /// Checkpoints hold every parameter, not only the trained ones.
     pub save_full: bool,
     /// The backbone started from random initialisation (checkpoints are then full).
@@ -141,7 +144,7 @@ pub struct RunSummary {
 }
 
 /// Where Child-Tuning D's Fisher information comes from.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FisherSource {
     /// A Fisher estimate saved by an earlier run (`RUN/fisher.safetensors`); else the run's own
     /// from an earlier start, else a fresh estimate.
@@ -151,8 +154,9 @@ pub struct FisherSource {
 }
 
 /// What to train: the settings [`train`] turns into a [`RunConfig`] once the model is loaded
-/// (the readout and the head depend on it).
-#[derive(Debug, Clone, PartialEq)]
+/// (the readout and the head depend on it). As JSON it is what `kiln compare` hands each run's
+/// process (the device is the process's own choice).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     /// HF model directory (BERT, GPT-2 or M2-BERT).
     pub model: PathBuf,
@@ -179,6 +183,7 @@ pub struct RunSettings {
     /// Where Child-Tuning D's Fisher information comes from.
     pub fisher: FisherSource,
     /// The backend to train on.
+    #[serde(skip)]
     pub device: DeviceChoice,
     /// Show progress bars and what the run does.
     pub progress: bool,
@@ -303,6 +308,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         train: settings.train.clone(),
         head,
         max_len,
+        max_len_requested: (max_len != settings.max_len).then_some(settings.max_len),
         save_full: settings.save_full || settings.random_init,
         random_init: settings.random_init,
         train_examples: settings.train_examples,
@@ -627,6 +633,82 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
         return Ok(());
     }
     write_json(&path, run)
+}
+
+/// The settings in which the run recorded in `recorded` differs from what `settings` asks for,
+/// as `name: recorded -> asked` lines (empty: the run is what `settings` would train). Only what
+/// the user chooses is compared: what kiln derives from the model (the default readout, a
+/// shortened `max_len`, a method's token ids) counts as asked for when it follows from it.
+pub fn settings_differences(recorded: &RunConfig, settings: &RunSettings) -> Result<Vec<String>> {
+    let kind = kiln_models::ModelKind::detect(&settings.model)
+        .context(|| format!("reading the model in {}", settings.model.display()))?;
+    let mut method = settings.method.clone();
+    if method.method().virtual_tokens() > 0 {
+        let tokenizer = TextTokenizer::from_dir(&settings.model, kind)?;
+        method.method_mut().tokenize(&tokenizer)?;
+    }
+    let asked = serde_json::json!({
+        "model": settings.model,
+        "task": settings.task,
+        "method": method,
+        "train": settings.train,
+        "readout": settings.readout.unwrap_or(kind.default_readout()),
+        "max_len": settings.max_len,
+        "save_full": settings.save_full || settings.random_init,
+        "random_init": settings.random_init,
+        "train_examples": settings.train_examples,
+        "feature_cache": settings.feature_cache && recorded.feature_cache,
+        "peft_adapter": settings.peft_adapter,
+    });
+    let had = serde_json::json!({
+        "model": recorded.model,
+        "task": recorded.task,
+        "method": recorded.method,
+        "train": recorded.train,
+        "readout": recorded.readout,
+        "max_len": recorded.max_len_requested.unwrap_or(recorded.max_len),
+        "save_full": recorded.save_full,
+        "random_init": recorded.random_init,
+        "train_examples": recorded.train_examples,
+        "feature_cache": recorded.feature_cache,
+        "peft_adapter": recorded.peft_adapter,
+    });
+    let mut differences = Vec::new();
+    json_differences("", &had, &asked, &mut differences);
+    Ok(differences)
+}
+
+/// `path: a -> b` for every leaf where `a` and `b` differ.
+pub(crate) fn json_differences(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let inner = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let null = Value::Null;
+                json_differences(
+                    &inner,
+                    x.get(key).unwrap_or(&null),
+                    y.get(key).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+        _ => {}
+    }
 }
 
 /// A finished run read back: its settings, the model with its best weights, its tokenizer.
