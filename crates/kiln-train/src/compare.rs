@@ -36,7 +36,7 @@ pub enum RunRequest {
     /// `kiln train` with these settings.
     Train(Box<RunSettings>),
     /// `kiln icl` of these settings on this task.
-    Icl(IclRecord),
+    Icl(Box<IclRecord>),
 }
 
 /// Runs a [`RunRequest`] into a directory and gives its summary.
@@ -339,14 +339,14 @@ fn request_of(settings: &CompareSettings, contender: &Contender, seed: u64) -> R
             run.train.seed = seed;
             RunRequest::Train(Box::new(run))
         }
-        None => RunRequest::Icl(IclRecord {
+        None => RunRequest::Icl(Box::new(IclRecord {
             task: base.task.clone(),
             settings: IclSettings {
                 model: base.model.clone(),
                 seed,
                 ..settings.icl.clone()
             },
-        }),
+        })),
     }
 }
 
@@ -418,7 +418,7 @@ fn recorded_differences(request: &RunRequest, dir: &Path) -> Result<Vec<String>>
                 json_differences(
                     "",
                     &serde_json::to_value(&recorded).unwrap_or_default(),
-                    &serde_json::to_value(asked).unwrap_or_default(),
+                    &serde_json::to_value(&**asked).unwrap_or_default(),
                     &mut differences,
                 );
                 Ok(differences)
