@@ -24,7 +24,13 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-gpt2-prefix/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
+  fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
+  fixtures/peft/kiln-bert-cls-lora/ a README.md whose Python function (`kiln_logits`,
+                                  `kiln_predict`) is run here exactly as written, on the texts of
+                                  kiln's test; readme_predictions.json records its logits and
+                                  labels, which kiln's predictions must equal.
 """
+import re
 
 import json
 from pathlib import Path
@@ -167,7 +173,45 @@ def kiln_to_peft() -> None:
         print(f"{directory}: loaded by {type(model).__name__}, {key} recorded")
 
 
+# The texts of kiln's test `predictions_match_the_readme_functions_in_transformers_and_peft`.
+PREDICT_TEXTS = [
+    "the fire was long",
+    "water",
+    "some clay in the kiln when it was up",
+    "sound of water and fire",
+]
+
+
+def readme_predictions() -> None:
+    """Runs the Python block of each folder's README.md as written (FOLDER set to the folder) and
+    records what its kiln_logits and kiln_predict give."""
+    for name in ["kiln-bert-mean-merged", "kiln-bert-cls-lora", "kiln-gpt2-last-merged", "kiln-bert-pooler-merged"]:
+        directory = OUT / name
+        readme = directory / "README.md"
+        if not readme.is_file():
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            continue
+        code = re.search(r"```python\n(.*?)```", readme.read_text(), re.S).group(1)
+        code = code.replace('FOLDER = "."', f"FOLDER = {str(directory)!r}", 1)
+        scope = {}
+        exec(compile(code, str(readme), "exec"), scope)
+        logits = scope["kiln_logits"](PREDICT_TEXTS)
+        write_json(
+            directory / "readme_predictions.json",
+            {
+                "texts": PREDICT_TEXTS,
+                "logits": [[float(v) for v in row] for row in logits.tolist()],
+                "labels": scope["kiln_predict"](PREDICT_TEXTS),
+            },
+        )
+        print(f"{directory}: README function run, labels recorded")
+
+
 if __name__ == "__main__":
+    import os
+
+    os.chdir(ROOT.parent)  # the READMEs name base models relative to the repository
     OUT.mkdir(parents=True, exist_ok=True)
     peft_to_kiln()
     kiln_to_peft()
+    readme_predictions()

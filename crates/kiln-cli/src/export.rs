@@ -10,6 +10,7 @@ use anyhow::Result;
 use burn::tensor::Device;
 use clap::Args;
 
+use kiln_train::head_files::{HEAD_WEIGHTS_FILE, README_FILE};
 use kiln_train::run::{export_run, merge_run};
 
 #[derive(Args)]
@@ -26,20 +27,34 @@ pub struct ExportArgs {
 }
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
-    let (run, written) = export_run(&args.run, &args.out, args.base_model.as_deref(), device)?;
+    let exported = export_run(&args.run, &args.out, args.base_model.as_deref(), device)?;
+    let written = &exported.written;
     println!(
         "peft {} adapter ({}, {} tensors{}) written to {}",
-        run.method.name(),
+        exported.config.method.name(),
         written.task_type,
         written.tensors,
         if written.with_classifier {
             ", classifier included"
         } else {
-            "; the head is not part of it: peft's classes have none like it"
+            ""
         },
         args.out.display()
     );
+    say_head(exported.head_apart, &args.out);
     Ok(())
+}
+
+/// Says plainly when the head is not in the HF format.
+fn say_head(apart: bool, out: &std::path::Path) {
+    if apart {
+        println!(
+            "the task head is not part of the HF format for this readout and head: it is in \
+             {} beside it; {} shows how to load it and reproduce kiln's logits",
+            out.join(HEAD_WEIGHTS_FILE).display(),
+            out.join(README_FILE).display()
+        );
+    }
 }
 
 #[derive(Args)]
@@ -53,7 +68,8 @@ pub struct MergeArgs {
 }
 
 pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
-    let written = merge_run(&args.run, &args.out, device)?;
+    let exported = merge_run(&args.run, &args.out, device)?;
+    let written = &exported.written;
     println!(
         "{} checkpoint ({} tensors, {} LoRA deltas merged) written to {}",
         written.architecture,
@@ -61,5 +77,6 @@ pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
         written.merged_deltas,
         args.out.display()
     );
+    say_head(exported.head_apart, &args.out);
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod compare;
 /// Errors of runs and training.
 pub mod error;
 pub mod fpt;
+pub mod head_files;
 pub mod icl;
 pub mod memory;
 pub mod merge;

@@ -39,11 +39,13 @@ pub struct MergedCheckpoint {
 }
 
 /// Writes `model` with its deltas merged to `out`, taking `config.json` and the tokenizer files
-/// from `base_dir` (the directory the model was loaded from).
+/// from `base_dir` (the directory the model was loaded from); a sequence classifier's
+/// `id2label` names the classes `labels` (`LABEL_0`, ... without).
 pub fn save_merged(
     model: &SequenceClassifier,
     base_dir: &Path,
     out: &Path,
+    labels: Option<&[String]>,
 ) -> Result<MergedCheckpoint> {
     let extra = [
         (!model.adapters.is_empty(), "adapters"),
@@ -116,13 +118,21 @@ pub fn save_merged(
     })?;
     fields.insert("architectures".into(), serde_json::json!([architecture]));
     if sequence_classifier {
-        let labels = model.head.output.weight.lazy_shape().dims::<2>()[1];
-        let names: serde_json::Map<String, serde_json::Value> = (0..labels)
-            .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+        let outputs = model.head.output.weight.lazy_shape().dims::<2>()[1];
+        let name = |i: usize| {
+            labels
+                .and_then(|l| l.get(i).cloned())
+                .unwrap_or_else(|| format!("LABEL_{i}"))
+        };
+        let names: serde_json::Map<String, serde_json::Value> = (0..outputs)
+            .map(|i| (i.to_string(), name(i).into()))
             .collect();
-        let ids: serde_json::Map<String, serde_json::Value> = (0..labels)
-            .map(|i| (format!("LABEL_{i}"), i.into()))
-            .collect();
+        let ids: serde_json::Map<String, serde_json::Value> =
+            (0..outputs).map(|i| (name(i), i.into())).collect();
+        fields.insert("num_labels".into(), outputs.into());
+        if labels.is_none() && outputs == 1 {
+            fields.insert("problem_type".into(), "regression".into());
+        }
         fields.insert("id2label".into(), names.into());
         fields.insert("label2id".into(), ids.into());
     }

@@ -40,6 +40,7 @@ use crate::adapters::{load_adapter, save_adapter};
 use crate::checkpoint::load_params;
 use crate::child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 use crate::error::{Context, Result, TrainError};
+use crate::head_files::{HeadFile, Written, write_beside};
 use crate::merge::{MergedCheckpoint, save_merged};
 use crate::metrics::Metrics;
 use crate::peft::{PeftExport, export_peft, import_peft};
@@ -906,23 +907,34 @@ pub fn evaluate_run(
     })
 }
 
+/// What [`export_run`] and [`merge_run`] wrote.
+pub struct Exported<T> {
+    /// The run's settings.
+    pub config: RunConfig,
+    /// The adapter or checkpoint written.
+    pub written: T,
+    /// The head went into `kiln_head.safetensors` because the HF format cannot hold it.
+    pub head_apart: bool,
+}
+
 /// Writes the run in `dir` as a HF peft adapter directory `out` (LoRA, prompt tuning, prefix
-/// tuning), with `base_model` as `base_model_name_or_path` (default: the run's model directory).
+/// tuning), with `base_model` as `base_model_name_or_path` (default: the run's model), the head
+/// beside it when peft's classes cannot hold it, and a README ([`crate::head_files`]).
 pub fn export_run(
     dir: &Path,
     out: &Path,
     base_model: Option<&str>,
     device: &Device,
-) -> Result<(RunConfig, PeftExport)> {
+) -> Result<Exported<PeftExport>> {
     let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
-    if config.method.method().peft_type().is_none() {
+    let Some(peft_type) = config.method.method().peft_type() else {
         return Err(TrainError::Invalid(format!(
             "{}: the run's method is `{}`; kiln export writes peft's LoRA, prompt-tuning and \
              prefix-tuning formats",
             dir.display(),
             config.method.name()
         )));
-    }
+    };
     let LoadedRun {
         config, mut model, ..
     } = rebuild_run(dir, config, device)?;
@@ -930,14 +942,51 @@ pub fn export_run(
     config.method.method().after_fit(&mut model)?;
     let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
     let written = export_peft(&model, out, &base)?;
-    Ok((config, written))
+    let described = Written::Peft {
+        peft_type: peft_type.to_string(),
+        task_type: written.task_type,
+        base_model: base,
+    };
+    // Only a prompt's virtual tokens have states in peft's outputs; prefixes have none.
+    let prompt_tokens = if peft_type == "PROMPT_TUNING" {
+        config.method.method().virtual_tokens()
+    } else {
+        0
+    };
+    let head = head_file(&config, &model, prompt_tokens);
+    let head_apart = write_beside(&model, out, &described, &head)?;
+    Ok(Exported {
+        config,
+        written,
+        head_apart,
+    })
 }
 
 /// Folds the LoRA deltas of the run in `dir` into the base weights and writes a HF checkpoint
-/// (config, weights, tokenizer files) to `out`.
-pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<MergedCheckpoint> {
+/// (config with the class names, weights, tokenizer files) to `out`, the head beside it when
+/// transformers' classes cannot hold it, and a README ([`crate::head_files`]).
+pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<Exported<MergedCheckpoint>> {
     let LoadedRun { config, model, .. } = load_run(dir, device)?;
-    save_merged(&model, &config.model, out)
+    let written = save_merged(&model, &config.model, out, config.labels.as_deref())?;
+    let described = Written::Merged {
+        architecture: written.architecture,
+    };
+    let head_apart = write_beside(&model, out, &described, &head_file(&config, &model, 0))?;
+    Ok(Exported {
+        config,
+        written,
+        head_apart,
+    })
+}
+
+fn head_file(config: &RunConfig, model: &SequenceClassifier, virtual_tokens: usize) -> HeadFile {
+    HeadFile {
+        readout: model.readout,
+        hidden_layers: model.head.hidden.len(),
+        labels: config.labels.clone(),
+        max_len: config.max_len,
+        virtual_tokens,
+    }
 }
 
 /// What [`plan_run`] predicts, with the names it was made for.

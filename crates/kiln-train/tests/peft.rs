@@ -312,11 +312,11 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
         let base = fixtures().join(fixture);
         let committed = fixtures().join("peft").join(merged);
         let dir = tempfile::tempdir().expect("dir");
-        let written = save_merged(&model, &base, dir.path()).expect("merges");
+        let written = save_merged(&model, &base, dir.path(), None).expect("merges");
         assert_eq!(written.architecture, architecture);
         assert!(written.merged_deltas > 0);
         if writing_fixtures() {
-            save_merged(&model, &base, &committed).expect("writes");
+            save_merged(&model, &base, &committed, None).expect("writes");
             continue;
         }
         assert_eq!(
@@ -337,7 +337,7 @@ fn merged_checkpoints_load_in_transformers_with_kiln_outputs() {
         .prepare(&mut model)
         .expect("adapter");
     let dir = tempfile::tempdir().expect("dir");
-    let error = save_merged(&model, &fixtures().join("bert-tiny"), dir.path())
+    let error = save_merged(&model, &fixtures().join("bert-tiny"), dir.path(), None)
         .expect_err("refused")
         .to_string();
     assert!(error.contains("adapters"), "{error}");
@@ -537,4 +537,172 @@ fn kiln_prefixes_export_to_peft_with_kiln_outputs() {
         .expect_err("refused")
         .to_string();
     assert!(error.contains("GPT-2 only"), "{error}");
+}
+
+/// Texts inside both tiny vocabularies, of different lengths (so padding matters).
+const PREDICT_TEXTS: [&str; 4] = [
+    "the fire was long",
+    "water",
+    "some clay in the kiln when it was up",
+    "sound of water and fire",
+];
+
+/// A LoRA model on `fixture` with `readout` and a head of `layers` linear layers, every trained
+/// tensor deterministic.
+fn kiln_lora_with_head(fixture: &str, readout: Readout, layers: usize) -> SequenceClassifier {
+    let device = cpu();
+    let pretrained = Pretrained::load(&fixtures().join(fixture), &device).expect("fixture");
+    let head = HeadConfig {
+        layers,
+        outputs: 2,
+        dropout: 0.1,
+    };
+    let mut model =
+        SequenceClassifier::new(pretrained.backbone, readout, head, &device).expect("model");
+    for (path, projection) in model.projections_mut() {
+        if path.ends_with("attention.query") || path.ends_with("attention.c_attn") {
+            projection.add_lora(LowRankConfig {
+                rank: 2,
+                alpha: 4.0,
+                dropout: 0.1,
+            });
+        }
+    }
+    map_params(model, &mut Deterministic(7, &[".lora.", "head."]))
+}
+
+/// `kiln predict`'s predictor on merged and exported models whose head transformers cannot hold
+/// (mean, `[CLS]` and last-token readouts, a two-layer head) and on one it can (pooler): the
+/// README's own Python function, run on the committed folder by the fixture script, gave the
+/// same labels and probabilities.
+#[test]
+fn predictions_match_the_readme_functions_in_transformers_and_peft() {
+    use kiln_data::TaskKind;
+    use kiln_models::{PaddingSide, TextInput};
+    use kiln_train::head_files::{HEAD_WEIGHTS_FILE, HeadFile, README_FILE, Written, write_beside};
+    use kiln_train::predict::{Prediction, Predictor};
+
+    let labels = vec!["fire".to_string(), "water".to_string()];
+    let kind = TaskKind::Classification {
+        labels: labels.clone(),
+    };
+    for (fixture, readout, layers, name, peft) in [
+        (
+            "bert-tiny",
+            Readout::Mean,
+            2,
+            "kiln-bert-mean-merged",
+            false,
+        ),
+        ("bert-tiny", Readout::Cls, 1, "kiln-bert-cls-lora", true),
+        (
+            "gpt2-tiny",
+            Readout::Last,
+            1,
+            "kiln-gpt2-last-merged",
+            false,
+        ),
+        (
+            "bert-tiny",
+            Readout::Pooler,
+            1,
+            "kiln-bert-pooler-merged",
+            false,
+        ),
+    ] {
+        let model = kiln_lora_with_head(fixture, readout, layers);
+        let base = fixtures().join(fixture);
+        let committed = fixtures().join("peft").join(name);
+        let dir = tempfile::tempdir().expect("dir");
+        let out = if writing_fixtures() {
+            committed.clone()
+        } else {
+            dir.path().to_path_buf()
+        };
+        let written = if peft {
+            let export =
+                export_peft(&model, &out, &format!("fixtures/{fixture}")).expect("exports");
+            Written::Peft {
+                peft_type: "LORA".into(),
+                task_type: export.task_type,
+                base_model: format!("fixtures/{fixture}"),
+            }
+        } else {
+            let merged = save_merged(&model, &base, &out, Some(&labels)).expect("merges");
+            Written::Merged {
+                architecture: merged.architecture,
+            }
+        };
+        let head = HeadFile {
+            readout,
+            hidden_layers: layers - 1,
+            labels: Some(labels.clone()),
+            max_len: 16,
+            virtual_tokens: 0,
+        };
+        let apart = write_beside(&model, &out, &written, &head).expect("head files");
+        assert_eq!(apart, readout != Readout::Pooler, "{name}");
+        assert!(out.join(README_FILE).is_file());
+        let mut tokenizer = Pretrained::load(&base, &cpu()).expect("fixture").tokenizer;
+        tokenizer.configure(16, PaddingSide::Right).expect("length");
+        let inputs: Vec<TextInput> = PREDICT_TEXTS.iter().map(|&t| t.into()).collect();
+        let valid = model.valid();
+        let predictions = Predictor {
+            model: &valid,
+            tokenizer: &tokenizer,
+            kind: &kind,
+            device: &cpu(),
+            batch_size: 3,
+        }
+        .predict(&inputs)
+        .expect("predicts");
+        if writing_fixtures() {
+            continue;
+        }
+        if apart {
+            assert_eq!(
+                tensors(&out.join(HEAD_WEIGHTS_FILE)),
+                tensors(&committed.join(HEAD_WEIGHTS_FILE)),
+                "{name}: re-run KILN_WRITE_FIXTURES=1 and the fixture script"
+            );
+        }
+        if !peft {
+            let config = read_json(&out.join("config.json"));
+            if !apart {
+                assert_eq!(config["id2label"]["1"], "water", "{name}");
+                assert_eq!(config["label2id"]["fire"], 0, "{name}");
+            }
+        }
+        let python = read_json(&committed.join("readme_predictions.json"));
+        assert_eq!(python["texts"], serde_json::json!(PREDICT_TEXTS), "{name}");
+        for (i, prediction) in predictions.iter().enumerate() {
+            let Prediction::Class {
+                label,
+                probabilities,
+            } = prediction
+            else {
+                panic!("a class");
+            };
+            assert_eq!(
+                python["labels"][i].as_str(),
+                Some(label.as_str()),
+                "{name}: text {i}"
+            );
+            let logits: Vec<f32> = python["logits"][i]
+                .as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().expect("number") as f32)
+                .collect();
+            let top = logits.iter().copied().fold(f32::MIN, f32::max);
+            let sum: f32 = logits.iter().map(|l| (l - top).exp()).sum();
+            for (p, l) in probabilities.iter().zip(&logits) {
+                let theirs = (l - top).exp() / sum;
+                assert!(
+                    (p - theirs).abs() < 1e-5,
+                    "{name}: text {i}: kiln {p} vs Python {theirs}"
+                );
+            }
+        }
+    }
 }
