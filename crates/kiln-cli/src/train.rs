@@ -163,11 +163,11 @@ pub struct TrainArgs {
     /// example (the cache turns its dropout off).
     #[arg(long)]
     no_feature_cache: bool,
-    /// Run directory.
-    #[arg(long, default_value = "runs/latest")]
-    out: PathBuf,
-    /// Continue the run in --out after its last complete epoch.
+    /// Run directory [default: a new runs/<method>-<UTC date>-<time>].
     #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out after its last complete epoch.
+    #[arg(long, requires = "out")]
     resume: bool,
 }
 
@@ -228,7 +228,18 @@ impl TrainArgs {
 }
 
 pub fn train(args: TrainArgs, device: DeviceChoice) -> Result<()> {
-    kiln_train::run::train(&args.settings(device)?, &args.out, args.resume)?;
+    let settings = args.settings(device)?;
+    let Some(out) = &args.out else {
+        let out = kiln_train::run::fresh_run_dir("runs".as_ref(), &settings.method.label())?;
+        let trained = kiln_train::run::train(&settings, &out, false);
+        if trained.is_err() {
+            // A run that failed before writing anything leaves no empty folder behind.
+            let _ = std::fs::remove_dir(&out);
+        }
+        trained?;
+        return Ok(());
+    };
+    kiln_train::run::train(&settings, out, args.resume)?;
     Ok(())
 }
 

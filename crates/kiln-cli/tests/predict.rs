@@ -161,3 +161,42 @@ fn a_split_directory_trains_on_train_and_tests_on_test() {
         "{stdout}"
     );
 }
+
+#[test]
+fn without_out_every_run_gets_a_fresh_folder() {
+    let dir = tempfile::tempdir().expect("dir");
+    let train = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(dir.path())
+            .args([
+                "train",
+                "--model",
+                path(&fixtures().join("bert-tiny")),
+                "--task",
+                path(&fixtures().join("tasks/fire-water.csv")),
+                "--method",
+                "bitfit",
+                "--epochs",
+                "1",
+                "--max-len",
+                "16",
+            ])
+            .output()
+            .expect("kiln runs")
+    };
+    for _ in 0..2 {
+        let output = train();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut runs: Vec<String> = std::fs::read_dir(dir.path().join("runs"))
+        .expect("runs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.starts_with("bitfit-20")), "{runs:?}");
+}

@@ -459,6 +459,52 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
     })
 }
 
+/// A new, empty run directory under `root` named `<label>-<UTC date>-<time>` (`lora-r8-
+/// 20261201-181502`; `-2`, `-3`, ... when that exists), created here so that two runs started in
+/// the same second do not share it.
+pub fn fresh_run_dir(root: &Path, label: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stamp = utc_stamp(seconds);
+    for attempt in 1.. {
+        let name = if attempt == 1 {
+            format!("{label}-{stamp}")
+        } else {
+            format!("{label}-{stamp}-{attempt}")
+        };
+        let dir = root.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(TrainError::io(&dir, e)),
+        }
+    }
+    unreachable!("the names to try are unbounded")
+}
+
+/// `YYYYMMDD-HHMMSS` of a Unix time, in UTC (Hinnant's days-to-civil algorithm).
+fn utc_stamp(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
 /// `max_len`, or as many tokens as the model's `positions` leave beside the method's virtual
 /// tokens when it asks for more (with a notice).
 fn fitted_max_len(
@@ -1032,4 +1078,32 @@ pub fn plan_run(
         backbone: model.backbone_name().to_string(),
         method: method.label(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_are_civil_dates() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        // 2024-02-29 23:59:59 UTC, a leap day.
+        assert_eq!(utc_stamp(1_709_251_199), "20240229-235959");
+        assert_eq!(utc_stamp(1_796_137_200), "20261201-150000");
+    }
+
+    #[test]
+    fn fresh_run_dirs_never_collide() {
+        let root = tempfile::tempdir().expect("dir");
+        let a = fresh_run_dir(root.path(), "lora-r8").expect("a");
+        let b = fresh_run_dir(root.path(), "lora-r8").expect("b");
+        assert_ne!(a, b);
+        assert!(a.is_dir() && b.is_dir());
+        assert!(
+            a.file_name()
+                .expect("name")
+                .to_string_lossy()
+                .starts_with("lora-r8-20")
+        );
+    }
 }
