@@ -41,6 +41,15 @@ pub enum ModelError {
         message: String,
     },
 
+    /// A hub model that could not be fetched or found in the cache.
+    #[error("model `{model}`: {message}")]
+    Hub {
+        /// The hub name with its revision.
+        model: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+
     /// A model directory without a weight file.
     #[error("{dir}: no weights found (looked for model.safetensors and pytorch_model.bin)")]
     NoWeights {

@@ -19,6 +19,7 @@ pub mod encode;
 pub mod error;
 pub mod fpt;
 pub mod gpt2;
+pub mod hub;
 pub mod long_conv;
 pub mod m2;
 pub mod monarch;

@@ -100,13 +100,17 @@ impl Backbone {
 }
 
 impl Pretrained {
-    /// The directory's backbone with its weights, and its tokenizer.
+    /// The directory's backbone with its weights, and its tokenizer; `dir` may also be a hub
+    /// name ([`crate::hub::resolve`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &crate::hub::resolve(dir)?;
         Self::with_backbone(dir, Backbone::load(dir, device)?)
     }
 
-    /// The directory's architecture at random initialisation, with its tokenizer.
+    /// The directory's architecture at random initialisation, with its tokenizer; `dir` may also
+    /// be a hub name.
     pub fn random(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &crate::hub::resolve(dir)?;
         Self::with_backbone(dir, Backbone::random(dir, device)?)
     }
 

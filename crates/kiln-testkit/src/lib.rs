@@ -2,6 +2,8 @@
 //! fixtures, the backend under test, the lock around Burn's process-wide RNG, reference
 //! outputs, tolerant comparison, and classifiers on the tiny fixtures.
 
+pub mod hub;
+
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 

@@ -687,11 +687,12 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
 /// the user chooses is compared: what kiln derives from the model (the default readout, a
 /// shortened `max_len`, a method's token ids) counts as asked for when it follows from it.
 pub fn settings_differences(recorded: &RunConfig, settings: &RunSettings) -> Result<Vec<String>> {
-    let kind = kiln_models::ModelKind::detect(&settings.model)
-        .context(|| format!("reading the model in {}", settings.model.display()))?;
+    let model_dir = kiln_models::hub::resolve(&settings.model)?;
+    let kind = kiln_models::ModelKind::detect(&model_dir)
+        .context(|| format!("reading the model in {}", model_dir.display()))?;
     let mut method = settings.method.clone();
     if method.method().virtual_tokens() > 0 {
-        let tokenizer = TextTokenizer::from_dir(&settings.model, kind)?;
+        let tokenizer = TextTokenizer::from_dir(&model_dir, kind)?;
         method.method_mut().tokenize(&tokenizer)?;
     }
     let asked = serde_json::json!({
@@ -1013,7 +1014,8 @@ pub fn export_run(
 /// transformers' classes cannot hold it, and a README ([`crate::head_files`]).
 pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<Exported<MergedCheckpoint>> {
     let LoadedRun { config, model, .. } = load_run(dir, device)?;
-    let written = save_merged(&model, &config.model, out, config.labels.as_deref())?;
+    let base_dir = kiln_models::hub::resolve(&config.model)?;
+    let written = save_merged(&model, &base_dir, out, config.labels.as_deref())?;
     let described = Written::Merged {
         architecture: written.architecture,
     };
