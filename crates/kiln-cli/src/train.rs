@@ -163,7 +163,7 @@ pub struct TrainArgs {
     /// example (the cache turns its dropout off).
     #[arg(long)]
     no_feature_cache: bool,
-    /// Run directory [default: a new runs/<method>-<UTC date>-<time>].
+    /// Run directory [default: a new runs/METHOD-DATE-TIME, UTC].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out after its last complete epoch.

@@ -132,7 +132,7 @@ fn bad_requests_say_what_is_wrong() {
 
     let (ok, _, stderr) = kiln(&["encode", "--model", "/nonexistent/model", "--text", "x"]);
     assert!(
-        !ok && stderr.contains("/nonexistent/model/config.json"),
+        !ok && stderr.contains("/nonexistent/model: no such model directory"),
         "{stderr}"
     );
 }

@@ -165,7 +165,7 @@ fn unknown_label_against_declared_labels() {
         .expect_err("meh is unknown")
         .to_string();
     assert!(
-        message.contains("row 3") && message.contains("unknown label `meh`"),
+        message.contains("`meh` (1 row, first at row 3)") && message.contains("neg, pos"),
         "{message}"
     );
 }
