@@ -18,6 +18,9 @@
 //!   in `target/gpu-bundle` (under 64 MiB): release `kiln`, `kiln_step` and the parity-test
 //!   binaries built with wgpu, the Vulkan loader's Debian packages, the tiny fixtures and the
 //!   anchor script.
+//! - `fuzz [--inputs N] [--seed S] [--only TARGET]`: the parsers' fuzz targets
+//!   (`kiln_testkit::fuzz`: safetensors, pytorch, config, CSV/TSV/JSONL, class folders, IDX,
+//!   CIFAR, tokenizer) for N mutated inputs each (default 10^6), in release mode.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +49,20 @@ fn main() -> Result<()> {
         Some("test") => test(!flag("--no-wgpu")),
         Some("demo") => demo(),
         Some("gpu-bundle") => gpu_bundle(),
+        Some("fuzz") => {
+            let mut command = cargo();
+            command.args([
+                "run",
+                "--release",
+                "-p",
+                "kiln-testkit",
+                "--bin",
+                "kiln-fuzz",
+                "--",
+            ]);
+            command.args(&args[1..]);
+            run(&mut command, "the fuzz targets")
+        }
         Some("bench") => {
             let filter = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
             let only = flag("--anchor-only") || flag("--plan-only");
@@ -64,7 +81,9 @@ fn main() -> Result<()> {
                  bench [--anchor | --anchor-only] [--plan | --plan-only] [--wgpu] [FILTER]\n                   \
                  criterion benchmarks and their summary in runs/bench; --anchor adds PyTorch side by side,\n                   \
                  --plan checks kiln plan's memory predictions\n  \
-                 gpu-bundle       build what scripts/gpu-check.sh runs on a GPU machine, in target/gpu-bundle"
+                 gpu-bundle       build what scripts/gpu-check.sh runs on a GPU machine, in target/gpu-bundle\n  \
+                 fuzz [--inputs N] [--seed S] [--only TARGET]\n                   \
+                 every parser's fuzz target for N mutated inputs (default 10^6)"
             );
             bail!("no command given")
         }

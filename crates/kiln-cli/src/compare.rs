@@ -32,7 +32,7 @@ pub struct CompareArgs {
     )]
     methods: Vec<String>,
     /// One peak learning rate for every method [default: each method's own].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Seeds per method: --seed, --seed + 1, ...
     #[arg(long, default_value_t = 1)]

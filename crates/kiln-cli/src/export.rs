@@ -24,10 +24,30 @@ pub struct ExportArgs {
     /// `base_model_name_or_path` in the adapter config [default: the run's model directory].
     #[arg(long)]
     base_model: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// What export and merge share: whether they may replace what is there.
+#[derive(Args)]
+pub struct OutputArgs {
+    /// Go on when the base model's files changed since the run trained.
+    #[arg(long)]
+    allow_changed_inputs: bool,
+    /// Write into a non-empty --out (files of the same names are replaced).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
-    let exported = export_run(&args.run, &args.out, args.base_model.as_deref(), device)?;
+    kiln_train::ensure_fresh_output(&args.out, args.output.force)?;
+    let exported = export_run(
+        &args.run,
+        &args.out,
+        args.base_model.as_deref(),
+        device,
+        args.output.allow_changed_inputs,
+    )?;
     let written = &exported.written;
     println!(
         "peft {} adapter ({}, {} tensors{}) written to {}",
@@ -65,10 +85,18 @@ pub struct MergeArgs {
     /// Output directory: config.json, model.safetensors and the tokenizer files.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
-    let exported = merge_run(&args.run, &args.out, device)?;
+    kiln_train::ensure_fresh_output(&args.out, args.output.force)?;
+    let exported = merge_run(
+        &args.run,
+        &args.out,
+        device,
+        args.output.allow_changed_inputs,
+    )?;
     let written = &exported.written;
     println!(
         "{} checkpoint ({} tensors, {} LoRA deltas merged) written to {}",

@@ -49,10 +49,25 @@ pub struct PredictArgs {
     /// Texts per forward pass [default: the run's evaluation batch size].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Go on when the base model's files changed since the run trained.
+    #[arg(long)]
+    allow_changed_inputs: bool,
+    /// Replace an existing --output file.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn predict(args: PredictArgs, device: &burn::tensor::Device) -> Result<()> {
-    let run = load_run(&args.run, device)?;
+    if let Some(output) = &args.output
+        && output.exists()
+        && !args.force
+    {
+        bail!(
+            "--output {}: the file exists; pass --force to replace it",
+            output.display()
+        );
+    }
+    let run = load_run(&args.run, device, args.allow_changed_inputs)?;
     let task = &run.config.task;
     let rows = match &args.input {
         Some(path) => {

@@ -108,12 +108,12 @@ pub struct TrainArgs {
     fisher: Option<PathBuf>,
     /// Layer-wise learning-rate decay: each layer below the top trains at this factor times the
     /// rate of the one above (embeddings last); the head keeps --lr.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     layer_decay: Option<f64>,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate [default: the method's; `kiln methods` lists them].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -124,15 +124,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Share of steps spent warming the learning rate up.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     warmup_ratio: f64,
     /// Decay after warm-up: linear, cosine or constant.
     #[arg(long, default_value = "linear")]
     schedule: Decay,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     weight_decay: f64,
     /// Clip the joint gradient norm (0 turns clipping off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     max_grad_norm: f64,
     /// Stop after this many epochs without a better validation metric.
     #[arg(long)]
@@ -208,7 +208,8 @@ impl TrainArgs {
         train.warmup_ratio = self.warmup_ratio;
         train.decay = self.schedule;
         train.weight_decay = self.weight_decay;
-        train.max_grad_norm = (self.max_grad_norm > 0.0).then_some(self.max_grad_norm);
+        // 0 turns clipping off; anything else, negative included, is checked as a norm.
+        train.max_grad_norm = (self.max_grad_norm != 0.0).then_some(self.max_grad_norm);
         train.patience = self.patience;
         train.seed = self.seed;
         settings.readout = self.readout;
@@ -263,6 +264,9 @@ pub struct EvalArgs {
     /// Run without adapters in this many of the lowest layers (AdapterDrop at inference).
     #[arg(long)]
     adapter_drop: Option<usize>,
+    /// Go on when the base model's or the task's files changed since the run trained.
+    #[arg(long)]
+    allow_changed_inputs: bool,
 }
 
 pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
@@ -270,7 +274,13 @@ pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
         Some(path) => EvalData::File(args.columns.spec(path.clone())),
         None => EvalData::Split(args.split.parse()?),
     };
-    let evaluation = evaluate_run(&args.run, &data, args.adapter_drop, device)?;
+    let evaluation = evaluate_run(
+        &args.run,
+        &data,
+        args.adapter_drop,
+        device,
+        args.allow_changed_inputs,
+    )?;
     let metrics = &evaluation.metrics;
     let (name, value) = metrics.primary();
     let scored = match &args.task {
@@ -287,8 +297,8 @@ pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
             "{scored} {name}: {value:.6} (loss {:.6}); {} examples in {:.2} s",
             metrics.loss, evaluation.examples, evaluation.seconds
         );
-        if let Some((epoch, recorded)) = evaluation.recorded {
-            println!("recorded at epoch {epoch}: {recorded:.6}");
+        if let Some((epoch, recorded)) = &evaluation.recorded {
+            println!("recorded at epoch {epoch}: {:.6}", recorded.primary().1);
         }
     }
     evaluation.check_reproduced()?;

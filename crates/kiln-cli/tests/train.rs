@@ -560,7 +560,8 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
 
     let bitfit = dir.path().join("bitfit");
     train("bitfit", &bitfit);
-    let (ok, _, stderr) = kiln(&["export", "--run", path(&bitfit), "--out", path(&adapter)]);
+    let elsewhere = dir.path().join("bitfit-peft");
+    let (ok, _, stderr) = kiln(&["export", "--run", path(&bitfit), "--out", path(&elsewhere)]);
     assert!(!ok && stderr.contains("bitfit"), "{stderr}");
 }
 

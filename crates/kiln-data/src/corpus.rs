@@ -22,10 +22,11 @@ impl Corpus {
     pub fn split(&self, held_out: f64, seed: u64) -> (Vec<&str>, Vec<&str>) {
         let mut order: Vec<usize> = (0..self.documents.len()).collect();
         SplitMix64::new(seed).shuffle(&mut order);
-        let held = ((self.documents.len() as f64 * held_out).round() as usize).clamp(
-            usize::from(held_out > 0.0),
-            self.documents.len().saturating_sub(1),
-        );
+        // At least one held out when asked, and at least one left to train on.
+        let most = self.documents.len().saturating_sub(1);
+        let held = ((self.documents.len() as f64 * held_out).round() as usize)
+            .max(usize::from(held_out > 0.0))
+            .min(most);
         let pick = |indices: &[usize]| {
             indices
                 .iter()

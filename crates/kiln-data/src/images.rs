@@ -219,7 +219,13 @@ fn idx_bytes(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         .chunks(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
+    if dims.contains(&0) {
+        return Err(layout(path, format!("IDX dimensions {dims:?} include a 0")));
+    }
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| layout(path, format!("IDX dimensions {dims:?} overflow")))?;
     let data = bytes[header..].to_vec();
     if data.len() != expected {
         return Err(layout(

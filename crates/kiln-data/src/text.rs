@@ -337,6 +337,20 @@ fn read_class_dirs(
             }
         }
     }
+    if known.is_none() {
+        // Training data: every class needs examples, or it is a class the model never sees.
+        for (class, name) in labels.iter().enumerate() {
+            if !examples
+                .iter()
+                .any(|e: &TextExample| e.target == Target::Class(class))
+            {
+                return Err(DataError::Layout {
+                    path: dir.join(name),
+                    message: "a class folder without usable documents".into(),
+                });
+            }
+        }
+    }
     finish(dir, TaskKind::Classification { labels }, examples, skipped)
 }
 
@@ -436,6 +450,9 @@ pub fn read_table(path: &Path, spec: &TableSpec, options: ReadOptions) -> Result
 }
 
 /// Rows of a delimited file; fields are named by the header, or `column 1`, `column 2`, ...
+/// With a header every row must have its number of fields. A row that does not (an extra
+/// field, or a quote left open that ran into the lines after it) is one bad row at its first
+/// line, and reading starts again on the next line, so it never takes later rows with it.
 fn delimited_rows(
     path: &Path,
     delimiter: u8,
@@ -444,34 +461,64 @@ fn delimited_rows(
     options: ReadOptions,
 ) -> Result<Vec<RawRow>> {
     let bytes = read_bytes(path)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .quoting(quoting)
-        .flexible(true)
-        .has_headers(has_header)
-        .from_reader(bytes.as_slice());
+    let reader = |from: usize, header: bool| {
+        csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .quoting(quoting)
+            .flexible(true)
+            .has_headers(header)
+            .from_reader(&bytes[from..])
+    };
     let header_error = |message: String| DataError::Row {
         path: path.to_path_buf(),
         row: 1,
         message,
     };
-    let headers: Vec<String> = if has_header {
-        reader
+    let (headers, mut offset) = if has_header {
+        let mut first = reader(0, true);
+        let headers: Vec<String> = first
             .byte_headers()
             .map_err(|e| header_error(e.to_string()))?
             .iter()
             .map(|h| options.decode(h).map(|h| h.trim().to_string()))
             .collect::<std::result::Result<_, _>>()
-            .map_err(header_error)?
+            .map_err(header_error)?;
+        (headers, first.position().byte() as usize)
     } else {
-        Vec::new()
+        (Vec::new(), 0)
     };
+    // The file's line number of `offset`'s line.
+    let mut base_line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
     let mut rows = Vec::new();
-    for record in reader.byte_records() {
-        let (line, fields) = match record {
-            Ok(record) => {
-                let line = record.position().map_or(0, |p| p.line() as usize);
-                let fields = record
+    'restart: while offset < bytes.len() {
+        let mut records = reader(offset, false);
+        let mut record = csv::ByteRecord::new();
+        loop {
+            let start = records.position().clone();
+            let read = records.read_byte_record(&mut record);
+            let line = base_line + start.line() as usize - 1;
+            let end_line = base_line + records.position().line() as usize - 1;
+            let spans_lines = end_line > line + 1;
+            // Too few fields on one line is a missing column, which `extract` names.
+            let miscounted = !headers.is_empty()
+                && (record.len() > headers.len() || (spans_lines && record.len() != headers.len()));
+            let fields = match read {
+                Ok(false) => break 'restart,
+                Ok(true) if miscounted => Err(format!(
+                    "{} fields where the header has {}{}",
+                    record.len(),
+                    headers.len(),
+                    if end_line > line + 1 {
+                        format!(
+                            " (a quote opened here runs on to line {}; close it or \
+                                 escape it as \"\")",
+                            end_line - 1
+                        )
+                    } else {
+                        String::new()
+                    }
+                )),
+                Ok(true) => record
                     .iter()
                     .enumerate()
                     .map(|(i, field)| {
@@ -481,15 +528,23 @@ fn delimited_rows(
                             .unwrap_or_else(|| format!("column {}", i + 1));
                         options.decode(field).map(|value| (name, value))
                     })
-                    .collect();
-                (line, fields)
+                    .collect(),
+                Err(e) => Err(e.to_string()),
+            };
+            let bad = fields.is_err();
+            rows.push(RawRow { line, fields });
+            if bad && spans_lines {
+                // Start again on the line after the bad row's first.
+                let from = offset + start.byte() as usize;
+                let next = bytes[from..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |i| from + i + 1);
+                offset = next;
+                base_line = line + 1;
+                continue 'restart;
             }
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line() as usize);
-                (line, Err(e.to_string()))
-            }
-        };
-        rows.push(RawRow { line, fields });
+        }
     }
     Ok(rows)
 }
@@ -512,6 +567,8 @@ fn jsonl_rows(path: &Path, options: ReadOptions) -> Result<Vec<RawRow>> {
                 .map(|(key, value)| {
                     let text = match value {
                         serde_json::Value::String(s) => s.clone(),
+                        // A null is no value, never the class "null".
+                        serde_json::Value::Null => String::new(),
                         other => other.to_string(),
                     };
                     (key.clone(), text)
@@ -650,6 +707,12 @@ fn extract(
     }
     let pair = spec.pair_column.as_deref().map(get).transpose()?;
     let label = get(&spec.label_column)?.trim().to_string();
+    if label.is_empty() {
+        return Err(format!(
+            "empty or null label in column `{}`",
+            spec.label_column
+        ));
+    }
     Ok((text, pair, label))
 }
 
@@ -695,6 +758,14 @@ fn rows_to_dataset(
         };
         if spec.labels.is_some() && options.on_bad_row == OnBadRow::Fail {
             refuse_unknown_labels(path, &good, &labels)?;
+        }
+        if spec.labels.is_none() && labels.len() < 2 {
+            return Err(DataError::InvalidInput(format!(
+                "{}: one class only ({}): a classifier needs at least two (for numbers, pass \
+                 --regression)",
+                path.display(),
+                labels.first().map_or("none", String::as_str)
+            )));
         }
         if spec.labels.is_none()
             && let Some(example) = looks_like_regression(&labels)

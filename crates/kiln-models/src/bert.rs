@@ -16,7 +16,7 @@ use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::backbone::{TunableBackbone, encoder_slots};
-use crate::config::{read_json, require};
+use crate::config::{read_json, require, require_sizes};
 use crate::error::Result;
 use crate::prompt::{
     PrefixEncoder, SoftPrompt, TextBounds, follow_sources, insert_virtual_tokens, layer_prefixes,
@@ -98,8 +98,22 @@ impl BertConfig {
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        require(path, self.hidden_size > 0, "hidden_size must be positive")?;
+    pub(crate) fn validate(&self, path: &Path) -> Result<()> {
+        let (h, ff) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let rows = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) as u128;
+        let per_layer = 4 * h * h + 2 * h * ff + 9 * h + ff;
+        require_sizes(
+            path,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("intermediate_size", self.intermediate_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("type_vocab_size", self.type_vocab_size),
+            ],
+            rows * h + self.num_hidden_layers as u128 * per_layer + h * h,
+        )?;
         require(
             path,
             self.num_attention_heads > 0

@@ -74,6 +74,39 @@ impl ModelKind {
 }
 
 /// Rejects a config value that cannot describe a model, naming the field.
+/// Every named size at least 1, and the weights (`params` floats) small enough for this
+/// machine's memory: checked before anything is allocated, so a broken config is an error, not
+/// an out-of-bounds panic or an allocation abort.
+pub(crate) fn require_sizes(path: &Path, sizes: &[(&str, usize)], params: u128) -> Result<()> {
+    for (name, size) in sizes {
+        require(
+            path,
+            *size > 0,
+            format!("{name} must be at least 1 (got {size})"),
+        )?;
+    }
+    let bytes = params.saturating_mul(4);
+    let limit = physical_memory_bytes().unwrap_or(1 << 40);
+    require(
+        path,
+        bytes <= limit,
+        format!(
+            "its {params} parameters would need {:.1} GiB as f32, more than this machine's {:.1} \
+             GiB of memory",
+            bytes as f64 / f64::from(1 << 30),
+            limit as f64 / f64::from(1 << 30)
+        ),
+    )
+}
+
+/// `MemTotal` from `/proc/meminfo`, where there is one.
+fn physical_memory_bytes() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub(crate) fn require(path: &Path, ok: bool, message: impl Into<String>) -> Result<()> {
     if ok {
         Ok(())

@@ -92,6 +92,21 @@ pub enum ModelError {
         dtype: String,
     },
 
+    /// A weight tensor holding NaN or infinite values.
+    #[error(
+        "{path}: tensor `{tensor}` holds {count} NaN or infinite values (first at index {first})"
+    )]
+    NonFinite {
+        /// The weight file.
+        path: PathBuf,
+        /// The HF tensor name.
+        tensor: String,
+        /// How many values are not finite.
+        count: usize,
+        /// The first such value's flat index.
+        first: usize,
+    },
+
     /// A config of a model type kiln has no backbone for.
     #[error("{path}: model_type `{model_type}` is not supported (kiln loads: bert, gpt2)")]
     UnsupportedModel {

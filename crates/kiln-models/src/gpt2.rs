@@ -19,7 +19,7 @@ use crate::activation::Activation;
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::backbone::TunableBackbone;
-use crate::config::{read_json, require};
+use crate::config::{read_json, require, require_sizes};
 use crate::error::Result;
 use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
 pub use crate::states::Gpt2Input;
@@ -125,7 +125,19 @@ impl Gpt2Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: Self = read_json(path)?;
-        require(path, config.n_embd > 0, "n_embd must be positive")?;
+        let (h, ff) = (config.n_embd as u128, config.inner_size() as u128);
+        let rows = (config.vocab_size + config.n_positions) as u128;
+        require_sizes(
+            path,
+            &[
+                ("vocab_size", config.vocab_size),
+                ("n_positions", config.n_positions),
+                ("n_embd", config.n_embd),
+                ("n_layer", config.n_layer),
+                ("n_inner", config.inner_size()),
+            ],
+            rows * h + config.n_layer as u128 * (4 * h * h + 2 * h * ff + 9 * h + ff),
+        )?;
         require(
             path,
             config.n_head > 0 && config.n_embd.is_multiple_of(config.n_head),

@@ -95,6 +95,13 @@ fn default_blocks() -> usize {
 }
 
 impl M2BertConfig {
+    /// Reads and checks a `config.json` (BERT's checks on its BERT fields).
+    pub fn from_file(path: &Path) -> crate::Result<Self> {
+        let config: Self = read_json(path)?;
+        config.bert.validate(path)?;
+        Ok(config)
+    }
+
     /// Length of the filters' position table.
     pub fn l_max(&self) -> usize {
         self.long_conv_l_max
@@ -499,8 +506,7 @@ impl M2Bert {
     /// Buffers the reference keeps in its checkpoints (`pos_emb.t`, `modulation.deltas`,
     /// `position_ids`, FlashFFTConv's) are recomputed or unused, and heads are skipped.
     pub fn from_pretrained(dir: &Path, device: &Device) -> crate::Result<(Self, M2BertConfig)> {
-        let path = dir.join("config.json");
-        let config: M2BertConfig = read_json(&path)?;
+        let config = M2BertConfig::from_file(&dir.join("config.json"))?;
         let mut weights = WeightFile::from_dir(dir)?;
         weights.strip_prefix("model.");
         weights.strip_prefix("bert.");

@@ -6,7 +6,6 @@ use burn::tensor::{Device, Tensor};
 
 use crate::bert::{Bert, BertConfig};
 use crate::config::ModelKind;
-use crate::config::read_json;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::m2::{M2Bert, M2BertConfig};
@@ -51,6 +50,15 @@ impl Backbone {
         self.kind().default_readout()
     }
 
+    /// Rows of the word-embedding table: token ids must stay below it.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Backbone::Bert(_, config) => config.vocab_size,
+            Backbone::Gpt2(_, config) => config.vocab_size,
+            Backbone::M2Bert(_, config) => config.bert.vocab_size,
+        }
+    }
+
     /// The longest input the position table allows.
     pub fn max_positions(&self) -> usize {
         match self {
@@ -92,7 +100,7 @@ impl Backbone {
                 Backbone::Gpt2(Box::new(config.init(device)), config)
             }
             ModelKind::M2Bert => {
-                let config: M2BertConfig = read_json(&path)?;
+                let config = M2BertConfig::from_file(&path)?;
                 Backbone::M2Bert(Box::new(config.init(device)?), config)
             }
         })
@@ -116,6 +124,17 @@ impl Pretrained {
 
     fn with_backbone(dir: &Path, backbone: Backbone) -> Result<Self> {
         let tokenizer = TextTokenizer::from_dir(dir, backbone.kind())?;
+        if let Some(max_id) = tokenizer.max_id()
+            && max_id as usize >= backbone.vocab_size()
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "{}: the tokenizer's ids go up to {max_id} but the model's embedding has only {} \
+                 rows (config.json vocab_size): those ids would index past the table; use the \
+                 tokenizer the model was trained with",
+                dir.display(),
+                backbone.vocab_size()
+            )));
+        }
         let mut model = Self {
             dir: dir.to_path_buf(),
             backbone,

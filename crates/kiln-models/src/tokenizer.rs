@@ -174,6 +174,12 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest token id the tokenizer can produce (its vocabulary's ids need not be
+    /// contiguous, so this can exceed [`TextTokenizer::vocab_size`]).
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
+    }
+
     /// The padding token's id.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
@@ -222,6 +228,17 @@ impl TextTokenizer {
             .inner
             .encode_batch(inputs, true)
             .map_err(|e| self.error(e))?;
+        // A text with no tokens (an empty string on GPT-2, which adds no special tokens) would
+        // give a row with no position to read out.
+        if let Some(empty) = encodings
+            .iter()
+            .position(|e| e.get_attention_mask().iter().all(|&m| m == 0))
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "text {} of the batch has no tokens (is it empty?)",
+                empty + 1
+            )));
+        }
         let batch = encodings.len();
         let seq = encodings.first().map_or(0, |e| e.get_ids().len());
         let widen = |values: &[u32]| values.iter().map(|&v| v as i64).collect::<Vec<_>>();

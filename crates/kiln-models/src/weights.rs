@@ -216,6 +216,15 @@ impl Loader<'_> {
                 "kiln parameter `{param_path}` has no entry in the key table (a kiln bug)"
             ))
         })?;
+        if self.file.non_float.contains(&hf) {
+            return Err(ModelError::UnsupportedDtype {
+                path: file.clone(),
+                tensor: hf,
+                dtype: format!(
+                    "an integer or boolean type (kiln parameter `{param_path}` is float)"
+                ),
+            });
+        }
         let raw = self
             .file
             .tensors
@@ -225,6 +234,21 @@ impl Loader<'_> {
                 tensor: hf.clone(),
                 param: param_path.to_string(),
             })?;
+        let bad: Vec<usize> = raw
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(&first) = bad.first() {
+            return Err(ModelError::NonFinite {
+                path: file.clone(),
+                tensor: hf,
+                count: bad.len(),
+                first,
+            });
+        }
         let found_as_kiln: Vec<usize> = match layout {
             Layout::Same => raw.shape.clone(),
             Layout::Transposed => raw.shape.iter().rev().copied().collect(),

@@ -2,6 +2,7 @@
 //! fixtures, the backend under test, the lock around Burn's process-wide RNG, reference
 //! outputs, tolerant comparison, and classifiers on the tiny fixtures.
 
+pub mod fuzz;
 pub mod hub;
 
 use std::path::PathBuf;

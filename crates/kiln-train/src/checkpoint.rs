@@ -18,6 +18,20 @@ use crate::error::{Result, TrainError};
 
 const PARAM_IDS_KEY: &str = "kiln.param_ids";
 
+/// An error unless `dir` is missing or empty, or `force` allows writing into it: exports and
+/// written models never replace what is there without being asked.
+pub fn ensure_fresh_output(dir: &Path, force: bool) -> Result<()> {
+    let holds_something = std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_some());
+    if holds_something && !force {
+        return Err(TrainError::Invalid(format!(
+            "--out {}: the folder is not empty; choose another, or pass --force to write into \
+             it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -245,6 +245,8 @@ pub fn compare(settings: &CompareSettings, launcher: &dyn Launcher) -> Result<Co
             "--methods and --seeds must name at least one run".into(),
         ));
     }
+    // One comparison writes a directory's report at a time; each run locks its own folder.
+    let _writer = crate::run::lock_run_dir(&settings.out)?;
     let say = settings.base.progress;
     let first_seed = settings.base.train.seed;
     let mut runs = Vec::new();

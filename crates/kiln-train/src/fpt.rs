@@ -287,6 +287,10 @@ pub struct FptSettings {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip)]
     pub resume: bool,
+    /// Start a new run in a non-empty `--out`.
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(skip)]
+    pub force: bool,
 }
 
 /// What `summary.json` of an FPT run holds.
@@ -319,6 +323,10 @@ pub struct FptSummary {
 /// Trains the Frozen Pretrained Transformer of `args` on `choice`'s device into `args.out`:
 /// `run.json`, the trainer's files and `summary.json` with the test metrics.
 pub fn train_fpt(args: &FptSettings, choice: DeviceChoice) -> Result<FptSummary> {
+    if !args.resume {
+        crate::ensure_fresh_output(&args.out, args.force)?;
+    }
+    let _writer = crate::run::lock_run_dir(&args.out)?;
     let device = &choice.device()?;
     let task = load_task(args)?;
     println!(

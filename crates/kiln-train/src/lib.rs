@@ -15,6 +15,7 @@ pub mod child_tuning;
 pub mod compare;
 /// Errors of runs and training.
 pub mod error;
+pub mod fingerprint;
 pub mod fpt;
 pub mod head_files;
 pub mod icl;
@@ -38,7 +39,8 @@ pub use adapters::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, load_adapter, save_adapter,
 };
 pub use checkpoint::{
-    load_params, load_params_as, save_params, save_params_as, save_params_hf, write_atomically,
+    ensure_fresh_output, load_params, load_params_as, save_params, save_params_as, save_params_hf,
+    write_atomically,
 };
 pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 pub use error::{Context, Result, TrainError};

@@ -197,6 +197,10 @@ pub struct PretrainSettings {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip)]
     pub resume: bool,
+    /// Start a new run in a non-empty `--out`.
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(skip)]
+    pub force: bool,
 }
 
 /// `summary.json` of a pretraining run.
@@ -237,7 +241,42 @@ pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<Pretrai
         },
         encoding: None,
     };
+    if !args.resume {
+        crate::ensure_fresh_output(&args.out, args.force)?;
+    }
+    let _writer = crate::run::lock_run_dir(&args.out)?;
+    for (flag, value) in [
+        ("--layers", args.layers),
+        ("--width", args.width),
+        ("--heads", args.heads),
+        ("--epochs", args.epochs),
+        ("--batch-size", args.batch_size),
+    ] {
+        if value == 0 {
+            return Err(TrainError::Invalid(format!("{flag} must be at least 1")));
+        }
+    }
+    if args.block_size < 2 {
+        return Err(TrainError::Invalid(format!(
+            "--block-size {}: a block needs at least 2 tokens (one to predict from)",
+            args.block_size
+        )));
+    }
+    if !(args.held_out > 0.0 && args.held_out < 1.0) {
+        return Err(TrainError::Invalid(format!(
+            "--held-out {}: the held-out share must be in (0, 1)",
+            args.held_out
+        )));
+    }
     let corpus = read_corpus(&args.corpus, options)?;
+    if corpus.documents.len() < 2 {
+        return Err(TrainError::Invalid(format!(
+            "{}: {} document(s); pretraining holds documents out for perplexity, so it needs \
+             at least 2",
+            args.corpus.display(),
+            corpus.documents.len()
+        )));
+    }
     for skipped in &corpus.skipped {
         eprintln!("skipped {}: {}", skipped.location, skipped.reason);
     }

@@ -40,6 +40,7 @@ use crate::adapters::{load_adapter, save_adapter};
 use crate::checkpoint::load_params;
 use crate::child_tuning::{ChildTuning, PathTensors, estimate_fisher};
 use crate::error::{Context, Result, TrainError};
+use crate::fingerprint::{self, Fingerprints};
 use crate::head_files::{HeadFile, Written, write_beside};
 use crate::merge::{MergedCheckpoint, save_merged};
 use crate::metrics::Metrics;
@@ -100,6 +101,10 @@ pub struct RunConfig {
     /// written before kiln recorded them, whose task is then read again).
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// SHA-256 of the model's and the task's files when the run started (`None` in runs written
+    /// before kiln recorded them).
+    #[serde(default)]
+    pub fingerprints: Option<Fingerprints>,
 }
 
 impl RunConfig {
@@ -265,10 +270,15 @@ macro_rules! say {
 /// `out` must not hold another run; with `resume`, a run there with the same settings continues
 /// after its last complete epoch.
 pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<TrainedRun> {
+    let settings = &absolute(settings);
     let say = settings.progress;
     let device = &settings.device.device()?;
-    if let Some(child_tuning) = &settings.train.child_tuning {
-        child_tuning.check()?;
+    settings.train.check()?;
+    if settings.max_len < 2 {
+        return Err(TrainError::Invalid(format!(
+            "--max-len {}: a text needs at least 2 tokens (its special tokens)",
+            settings.max_len
+        )));
     }
     let seed = settings.train.seed;
     let mut task = settings
@@ -291,6 +301,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
     let train_device = device.clone().autodiff();
     train_device.seed(seed);
     let pretrained = load_pretrained(&settings.model, settings.random_init, &train_device)?;
+    let fingerprints = Fingerprints::of(&pretrained.dir, &settings.task)?;
     let mut method = settings.method.clone();
     method.method_mut().tokenize(&pretrained.tokenizer)?;
     let head = HeadConfig {
@@ -319,6 +330,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
             TaskKind::Classification { labels } => Some(labels.clone()),
             TaskKind::Regression => None,
         },
+        fingerprints: Some(fingerprints),
     };
     let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
     let cut = run.method.method().frozen_cut(&model);
@@ -339,6 +351,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
             FEATURE_CACHE_LIMIT as f64 / f64::from(1 << 30)
         );
     }
+    let _writer = lock_run_dir(out)?;
     prepare_run_dir(out, &run, resume)?;
     say!(
         say,
@@ -658,28 +671,130 @@ fn report_task(task: &LoadedTask) {
     }
 }
 
-/// A run directory is never overwritten: a new run needs an empty one, a resumed run the same
-/// settings.
+/// A run directory's lock file: held by the one process writing the run.
+pub const LOCK_FILE: &str = "lock";
+
+/// The exclusive lock on a run directory (`RUN/lock`, holding the writer's pid), released when
+/// dropped or when the process ends, however it ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Takes `dir`'s lock (creating `dir`), or says which process holds it.
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| TrainError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Write;
+            file.set_len(0).map_err(|e| TrainError::io(&path, e))?;
+            write!(file, "{}", std::process::id()).map_err(|e| TrainError::io(&path, e))?;
+            Ok(RunLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(TrainError::Invalid(format!(
+                "{} is being written by another kiln process (pid {}); wait for it to finish or \
+                 choose another --out",
+                dir.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+    }
+}
+
+/// A run directory is never overwritten: a new run needs one without a run, a resumed run one
+/// with a run of the same settings.
 fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
     let path = dir.join(RUN_FILE);
-    if path.is_file() {
-        if !resume {
+    if !path.is_file() {
+        if resume {
             return Err(TrainError::Invalid(format!(
-                "{} already holds a run; pass --resume to continue it or choose another --out",
+                "--resume: {} holds no run to resume (no run.json); leave out --resume to \
+                 start one there",
                 dir.display()
             )));
         }
-        let recorded: RunConfig = read_json(&path)?;
-        if &recorded != run {
-            return Err(TrainError::Invalid(format!(
-                "{} holds a run with other settings; resume it with the same options (see {})",
-                dir.display(),
-                path.display()
-            )));
-        }
+        return write_json(&path, run);
+    }
+    if !resume {
+        return Err(TrainError::Invalid(format!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            dir.display()
+        )));
+    }
+    let recorded: RunConfig = read_json(&path)?;
+    if &recorded != run {
+        let mut differences = Vec::new();
+        json_differences(
+            "",
+            &serde_json::to_value(&recorded).unwrap_or_default(),
+            &serde_json::to_value(run).unwrap_or_default(),
+            &mut differences,
+        );
+        return Err(TrainError::Invalid(format!(
+            "{} holds a run with other settings or inputs ({}); resume it with the same \
+             options and files",
+            dir.display(),
+            differences.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// `settings` with the model directory (when it is one, not a hub name) and the task's paths
+/// made absolute, so that a run can be reloaded from any working directory.
+fn absolute(settings: &RunSettings) -> RunSettings {
+    let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut settings = settings.clone();
+    if settings.model.is_dir() {
+        settings.model = absolute(&settings.model);
+    }
+    let task = &mut settings.task;
+    task.path = absolute(&task.path);
+    for held_out in [&mut task.validation, &mut task.test].into_iter().flatten() {
+        *held_out = absolute(held_out);
+    }
+    if let Some(adapter) = &settings.peft_adapter {
+        settings.peft_adapter = Some(absolute(adapter));
+    }
+    settings
+}
+
+/// An error naming every input file of `config` that changed since the run started (the model's;
+/// the task's too with `task`), unless `allow` is set.
+fn verify_inputs(config: &RunConfig, model_dir: &Path, task: bool, allow: bool) -> Result<()> {
+    let Some(recorded) = &config.fingerprints else {
+        return Ok(());
+    };
+    let mut changed = fingerprint::changes(
+        "model",
+        &recorded.model,
+        &fingerprint::model_files(model_dir)?,
+    );
+    if task {
+        changed.extend(fingerprint::changes(
+            "task",
+            &recorded.task,
+            &fingerprint::task_files(&config.task)?,
+        ));
+    }
+    if changed.is_empty() || allow {
         return Ok(());
     }
-    write_json(&path, run)
+    Err(TrainError::Invalid(format!(
+        "the run's inputs changed since it trained: {}; its results would not be its own \
+         (pass --allow-changed-inputs to go on anyway)",
+        changed.join(", ")
+    )))
 }
 
 /// The settings in which the run recorded in `recorded` differs from what `settings` asks for,
@@ -687,6 +802,7 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
 /// the user chooses is compared: what kiln derives from the model (the default readout, a
 /// shortened `max_len`, a method's token ids) counts as asked for when it follows from it.
 pub fn settings_differences(recorded: &RunConfig, settings: &RunSettings) -> Result<Vec<String>> {
+    let settings = &absolute(settings);
     let model_dir = kiln_models::hub::resolve(&settings.model)?;
     let kind = kiln_models::ModelKind::detect(&model_dir)
         .context(|| format!("reading the model in {}", model_dir.display()))?;
@@ -723,6 +839,15 @@ pub fn settings_differences(recorded: &RunConfig, settings: &RunSettings) -> Res
     });
     let mut differences = Vec::new();
     json_differences("", &had, &asked, &mut differences);
+    if let Some(fingerprints) = &recorded.fingerprints {
+        let now = Fingerprints::of(&model_dir, &settings.task)?;
+        differences.extend(fingerprint::changes(
+            "model",
+            &fingerprints.model,
+            &now.model,
+        ));
+        differences.extend(fingerprint::changes("task", &fingerprints.task, &now.task));
+    }
     Ok(differences)
 }
 
@@ -785,14 +910,27 @@ impl LoadedRun {
 }
 
 /// The run in `dir` with its best weights, on `device`, as it trained (call the method's
-/// [`after_fit`](kiln_tuning::Method::after_fit) for the model a run evaluates and exports).
-pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
-    rebuild_run(dir, read_json(&dir.join(RUN_FILE))?, device)
+/// [`after_fit`](kiln_tuning::Method::after_fit) for the model a run evaluates and exports). A
+/// base model whose files changed since the run trained is refused unless
+/// `allow_changed_inputs`.
+pub fn load_run(dir: &Path, device: &Device, allow_changed_inputs: bool) -> Result<LoadedRun> {
+    let config = read_json(&dir.join(RUN_FILE))?;
+    rebuild_run(dir, config, device, false, allow_changed_inputs)
 }
 
-/// The run in `dir` whose `run.json` was read as `config`, with its best weights.
-fn rebuild_run(dir: &Path, config: RunConfig, device: &Device) -> Result<LoadedRun> {
+/// The run in `dir` whose `run.json` was read as `config`, with its best weights, after its
+/// inputs are checked (the task's too with `task`).
+fn rebuild_run(
+    dir: &Path,
+    config: RunConfig,
+    device: &Device,
+    task: bool,
+    allow_changed_inputs: bool,
+) -> Result<LoadedRun> {
     let pretrained = load_pretrained(&config.model, config.random_init, device)?;
+    if !config.random_init {
+        verify_inputs(&config, &pretrained.dir, task, allow_changed_inputs)?;
+    }
     let (model, tokenizer, _) = build(pretrained, &config, false, device)?;
     let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
     let (model, _) = load_params(model, &weights)?;
@@ -835,25 +973,43 @@ pub struct RunEvaluation {
     pub examples: usize,
     /// Wall time of the evaluation.
     pub seconds: f64,
-    /// For the validation split of the model as trained: the epoch and metric the run recorded.
-    pub recorded: Option<(usize, f64)>,
+    /// For the validation split of the model as trained: the epoch and the metrics the run
+    /// recorded.
+    pub recorded: Option<(usize, Metrics)>,
 }
 
 impl RunEvaluation {
-    /// An error unless the reloaded model reproduced the metric the run recorded (where it
-    /// recorded one for this split).
+    /// An error unless the reloaded model reproduced every metric the run recorded (where it
+    /// recorded them for this split), naming each that differs.
     pub fn check_reproduced(&self) -> Result<()> {
-        let Some((_, recorded)) = self.recorded else {
+        let Some((_, recorded)) = &self.recorded else {
             return Ok(());
         };
-        let value = self.metrics.primary().1;
         // JSON text may move a float by its last bit; anything more is a real difference.
-        if (recorded - value).abs() > 1e-12 * recorded.abs().max(1.0) {
-            return Err(TrainError::Invalid(format!(
-                "the reloaded model gives {value}, the run recorded {recorded}"
-            )));
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-12 * a.abs().max(1.0),
+            (a, b) => a == b,
+        };
+        let fields = [
+            ("loss", Some(recorded.loss), Some(self.metrics.loss)),
+            ("accuracy", recorded.accuracy, self.metrics.accuracy),
+            ("macro_f1", recorded.macro_f1, self.metrics.macro_f1),
+            ("mcc", recorded.mcc, self.metrics.mcc),
+            ("pearson", recorded.pearson, self.metrics.pearson),
+            ("spearman", recorded.spearman, self.metrics.spearman),
+        ];
+        let off: Vec<String> = fields
+            .iter()
+            .filter(|(_, a, b)| !close(*a, *b))
+            .map(|(name, a, b)| format!("{name}: recorded {a:?}, now {b:?}"))
+            .collect();
+        if off.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(TrainError::Invalid(format!(
+            "the reloaded model does not reproduce the recorded validation metrics ({})",
+            off.join("; ")
+        )))
     }
 }
 
@@ -876,6 +1032,7 @@ pub fn evaluate_run(
     data: &EvalData,
     adapter_drop: Option<usize>,
     device: &Device,
+    allow_changed_inputs: bool,
 ) -> Result<RunEvaluation> {
     let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
     let (examples, kind) = match data {
@@ -888,6 +1045,14 @@ pub fn evaluate_run(
                 Split::Validation => &task.split.validation,
                 Split::Test => &task.split.test,
             };
+            if task.kind != config.task_kind()? {
+                return Err(TrainError::Invalid(format!(
+                    "{}: the task's classes are not the ones the run trained on ({:?}); score a \
+                     file with --task instead",
+                    config.task.path.display(),
+                    config.labels
+                )));
+            }
             let examples: Vec<TextExample> = task.part(indices).into_iter().cloned().collect();
             (examples, task.kind)
         }
@@ -915,7 +1080,13 @@ pub fn evaluate_run(
         mut model,
         tokenizer,
         ..
-    } = rebuild_run(dir, config, device)?;
+    } = rebuild_run(
+        dir,
+        config,
+        device,
+        matches!(data, EvalData::Split(_)),
+        allow_changed_inputs,
+    )?;
     if let Some(layers) = adapter_drop {
         if model.adapters.is_empty() {
             return Err(TrainError::Invalid(
@@ -944,7 +1115,7 @@ pub fn evaluate_run(
     let mut recorded = None;
     if *data == EvalData::Split(Split::Validation) && adapter_drop.is_none() {
         let best: EpochRecord = read_json(&dir.join("best.json"))?;
-        recorded = Some((best.epoch, best.validation.primary().1));
+        recorded = Some((best.epoch, best.validation));
     }
     Ok(RunEvaluation {
         metrics,
@@ -972,6 +1143,7 @@ pub fn export_run(
     out: &Path,
     base_model: Option<&str>,
     device: &Device,
+    allow_changed_inputs: bool,
 ) -> Result<Exported<PeftExport>> {
     let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
     let Some(peft_type) = config.method.method().peft_type() else {
@@ -984,7 +1156,7 @@ pub fn export_run(
     };
     let LoadedRun {
         config, mut model, ..
-    } = rebuild_run(dir, config, device)?;
+    } = rebuild_run(dir, config, device, false, allow_changed_inputs)?;
     // peft's adapter holds what the method leaves after training (prefixes folded).
     config.method.method().after_fit(&mut model)?;
     let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
@@ -1012,8 +1184,13 @@ pub fn export_run(
 /// Folds the LoRA deltas of the run in `dir` into the base weights and writes a HF checkpoint
 /// (config with the class names, weights, tokenizer files) to `out`, the head beside it when
 /// transformers' classes cannot hold it, and a README ([`crate::head_files`]).
-pub fn merge_run(dir: &Path, out: &Path, device: &Device) -> Result<Exported<MergedCheckpoint>> {
-    let LoadedRun { config, model, .. } = load_run(dir, device)?;
+pub fn merge_run(
+    dir: &Path,
+    out: &Path,
+    device: &Device,
+    allow_changed_inputs: bool,
+) -> Result<Exported<MergedCheckpoint>> {
+    let LoadedRun { config, model, .. } = load_run(dir, device, allow_changed_inputs)?;
     let base_dir = kiln_models::hub::resolve(&config.model)?;
     let written = save_merged(&model, &base_dir, out, config.labels.as_deref())?;
     let described = Written::Merged {
@@ -1092,6 +1269,37 @@ mod tests {
         // 2024-02-29 23:59:59 UTC, a leap day.
         assert_eq!(utc_stamp(1_709_251_199), "20240229-235959");
         assert_eq!(utc_stamp(1_796_137_200), "20261201-150000");
+    }
+
+    #[test]
+    fn reproduction_checks_every_recorded_metric() {
+        let recorded = Metrics {
+            loss: 0.5,
+            accuracy: Some(0.9),
+            macro_f1: Some(0.8),
+            mcc: Some(0.7),
+            pearson: None,
+            spearman: None,
+        };
+        let evaluation = |metrics: Metrics| RunEvaluation {
+            metrics,
+            examples: 10,
+            seconds: 0.0,
+            recorded: Some((1, recorded.clone())),
+        };
+        assert!(evaluation(recorded.clone()).check_reproduced().is_ok());
+        let other = Metrics {
+            macro_f1: Some(0.81),
+            ..recorded.clone()
+        };
+        let message = evaluation(other)
+            .check_reproduced()
+            .expect_err("macro F1 differs")
+            .to_string();
+        assert!(
+            message.contains("macro_f1") && !message.contains("accuracy"),
+            "{message}"
+        );
     }
 
     #[test]

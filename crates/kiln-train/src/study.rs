@@ -93,6 +93,7 @@ pub fn study(settings: &StudySettings, launcher: &dyn Launcher) -> Result<Study>
             "--sizes and --seeds must name at least one run".into(),
         ));
     }
+    let _writer = crate::run::lock_run_dir(&settings.out)?;
     let first_seed = settings.base.train.seed;
     let mut runs = Vec::new();
     for &size in &settings.sizes {

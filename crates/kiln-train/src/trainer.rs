@@ -73,6 +73,63 @@ pub struct TrainConfig {
     pub layer_decay: Option<f64>,
 }
 
+impl TrainConfig {
+    /// An error naming the first setting out of range: rates finite and above 0, ratios in
+    /// range, counts at least 1, a clipping norm above 0.
+    pub fn check(&self) -> Result<()> {
+        let positive = |value: f64| value.is_finite() && value > 0.0;
+        let refuse = |message: String| Err(TrainError::Invalid(message));
+        if self.epochs == 0 {
+            return refuse("--epochs 0: a run trains for at least one epoch".into());
+        }
+        if !positive(self.lr) {
+            return refuse(format!(
+                "--lr {}: the learning rate must be above 0",
+                self.lr
+            ));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return refuse("--batch-size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return refuse(format!(
+                "--warmup-ratio {}: the share of warm-up steps must be in [0, 1)",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return refuse(format!(
+                "--weight-decay {}: must be 0 or more",
+                self.weight_decay
+            ));
+        }
+        if let Some(norm) = self.max_grad_norm
+            && !positive(norm)
+        {
+            return refuse(format!(
+                "--max-grad-norm {norm}: the clipping norm must be above 0 (0 turns clipping off)"
+            ));
+        }
+        if self.patience == Some(0) {
+            return refuse("--patience 0: wait at least one epoch".into());
+        }
+        if self.log_every == 0 {
+            return refuse("log_every must be at least 1".into());
+        }
+        if let Some(decay) = self.layer_decay
+            && !(decay > 0.0 && decay <= 1.0)
+        {
+            return refuse(format!(
+                "--layer-decay {decay}: the factor must be in (0, 1]"
+            ));
+        }
+        if let Some(child_tuning) = &self.child_tuning {
+            child_tuning.check()?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -222,36 +279,24 @@ impl Trainer {
         resume: bool,
     ) -> Result<(L, TrainSummary)> {
         let config = &self.config;
+        config.check()?;
         if data.train.is_empty() || data.validation.is_empty() {
             return Err(TrainError::Invalid(
                 "training needs at least one train and one validation example".into(),
             ));
         }
-        if config.batch_size == 0 || config.eval_batch_size == 0 {
+        if let Some(decay) = config.layer_decay
+            && model.layer_rates(config.lr, decay).is_none()
+        {
             return Err(TrainError::Invalid(
-                "--batch-size must be at least 1".into(),
+                "--layer-decay: this model has no per-layer rates".into(),
             ));
         }
-        if let Some(decay) = config.layer_decay {
-            if !(decay > 0.0 && decay <= 1.0) {
-                return Err(TrainError::Invalid(format!(
-                    "--layer-decay {decay}: the factor must be in (0, 1]"
-                )));
-            }
-            if model.layer_rates(config.lr, decay).is_none() {
-                return Err(TrainError::Invalid(
-                    "--layer-decay: this model has no per-layer rates".into(),
-                ));
-            }
-        }
-        if let Some(child_tuning) = &config.child_tuning {
-            child_tuning.check()?;
-            if matches!(child_tuning, ChildTuning::D { .. }) && self.child_mask.is_none() {
-                return Err(TrainError::Invalid(
-                    "Child-Tuning D needs its child network (estimate the Fisher information first)"
-                        .into(),
-                ));
-            }
+        if matches!(config.child_tuning, Some(ChildTuning::D { .. })) && self.child_mask.is_none() {
+            return Err(TrainError::Invalid(
+                "Child-Tuning D needs its child network (estimate the Fisher information first)"
+                    .into(),
+            ));
         }
         std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
         let mut model = model;
@@ -259,6 +304,16 @@ impl Trainer {
         let mut state = TrainState::default();
         let mut resumed_from_epoch = None;
         let state_path = self.run_dir.join(STATE_FILE);
+        let checkpoints = self.run_dir.join("checkpoints");
+        if resume && !state_path.is_file() && has_entries(&checkpoints) {
+            // Starting again would overwrite checkpoints a repaired state.json could resume.
+            return Err(TrainError::Invalid(format!(
+                "{} is missing but {} holds checkpoints: the run cannot say which epoch they \
+                 are; restore state.json, or start a new run in another folder",
+                state_path.display(),
+                checkpoints.display()
+            )));
+        }
         if resume && state_path.is_file() {
             state = read_json(&state_path)?;
             let dir = self.epoch_dir(state.completed_epochs);
@@ -277,6 +332,7 @@ impl Trainer {
         let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
         let total_steps = steps_per_epoch * config.epochs;
         let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+        self.trim_log(&state)?;
         let mut log = self.open_log()?;
         let eval_device = self.device.clone().inner();
 
@@ -308,8 +364,12 @@ impl Trainer {
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
                     return Err(TrainError::Invalid(format!(
-                        "the loss became {loss_value} at epoch {epoch} step {}; lower --lr",
-                        i + 1
+                        "the loss became {loss_value} at epoch {epoch} step {}: the usual culprit \
+                         is the learning rate (--lr {}; try a tenth), else a method's scale \
+                         (--alpha, --scale) or --weight-decay {} is too large",
+                        i + 1,
+                        config.lr,
+                        config.weight_decay
                     )));
                 }
                 let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -460,6 +520,37 @@ impl Trainer {
         self.run_dir.join("metrics.jsonl")
     }
 
+    /// Keeps the records of `metrics.jsonl` up to `state` (its last complete epoch and step), so
+    /// a resumed run repeats none; a fresh run starts an empty log.
+    fn trim_log(&self, state: &TrainState) -> Result<()> {
+        let path = self.log_path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return false;
+                };
+                match record["record"].as_str() {
+                    Some("step") => record["step"]
+                        .as_u64()
+                        .is_some_and(|s| s as usize <= state.global_step),
+                    Some("epoch") => record["data"]["epoch"]
+                        .as_u64()
+                        .is_some_and(|e| e as usize <= state.completed_epochs),
+                    _ => false,
+                }
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        if kept.len() != text.len() {
+            write_atomically(&path, kept.as_bytes())?;
+        }
+        Ok(())
+    }
+
     fn open_log(&self) -> Result<std::fs::File> {
         let path = self.log_path();
         std::fs::OpenOptions::new()
@@ -516,4 +607,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
     write_atomically(path, text.as_bytes())
+}
+
+/// Whether `dir` exists and holds anything.
+pub(crate) fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
