@@ -380,3 +380,103 @@ fn a_one_document_corpus_is_refused_before_pretraining() {
         &["1 document(s)", "at least 2"],
     );
 }
+
+#[test]
+fn every_command_names_a_broken_run_directory_or_request() {
+    let dir = tempfile::tempdir().expect("dir");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("run.json"), "{\"model\": ").expect("write");
+    let out = dir.path().join("out");
+    let run = path(&broken);
+    for args in [
+        vec!["eval", "--run", run],
+        vec!["predict", "--run", run, "--text", "x"],
+        vec!["export", "--run", run, "--out", path(&out)],
+        vec!["merge", "--run", run, "--out", path(&out)],
+    ] {
+        refused(&args, &["broken/run.json"]);
+    }
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    refused(&["eval", "--run", path(&empty)], &["empty/run.json"]);
+
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks/fire-water.csv");
+    let (model, task) = (path(&model), path(&task));
+    refused(
+        &[
+            "compare",
+            "--model",
+            model,
+            "--task",
+            task,
+            "--methods",
+            "lora:rank",
+            "--out",
+            path(&out),
+        ],
+        &["`rank` is not option=value"],
+    );
+    refused(
+        &[
+            "compare",
+            "--model",
+            model,
+            "--task",
+            task,
+            "--methods",
+            "lora:rnak=4",
+            "--out",
+            path(&out),
+        ],
+        &["rnak"],
+    );
+    refused(
+        &[
+            "study",
+            "--model",
+            model,
+            "--task",
+            task,
+            "--variants",
+            "child-x",
+            "--out",
+            path(&out),
+        ],
+        &["`child-x` is not one of vanilla, child-f, child-d"],
+    );
+    refused(
+        &["icl", "--model", model, "--task", task, "--out", path(&out)],
+        &["needs a causal language model (GPT-2)"],
+    );
+    let idx = dir.path().join("images.idx");
+    std::fs::write(
+        &idx,
+        [
+            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1,
+        ],
+    )
+    .expect("write");
+    let labels = dir.path().join("labels.idx");
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 1, 3]).expect("write");
+    let data = format!("{},{}", path(&idx), path(&labels));
+    refused(
+        &[
+            "fpt",
+            "--model",
+            model,
+            "--task",
+            "idx",
+            "--data",
+            &data,
+            "--out",
+            path(&dir.path().join("fpt")),
+        ],
+        &["images.idx", "0 data bytes, the header [4294967295, 4294967295, 1]"],
+    );
+    refused(
+        &["run-request", path(&broken.join("run.json")), "--out", path(&out)],
+        &["broken/run.json"],
+    );
+}
