@@ -473,10 +473,18 @@ fn every_command_names_a_broken_run_directory_or_request() {
             "--out",
             path(&dir.path().join("fpt")),
         ],
-        &["images.idx", "0 data bytes, the header [4294967295, 4294967295, 1]"],
+        &[
+            "images.idx",
+            "0 data bytes, the header [4294967295, 4294967295, 1]",
+        ],
     );
     refused(
-        &["run-request", path(&broken.join("run.json")), "--out", path(&out)],
+        &[
+            "run-request",
+            path(&broken.join("run.json")),
+            "--out",
+            path(&out),
+        ],
         &["broken/run.json"],
     );
 }

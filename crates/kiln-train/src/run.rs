@@ -665,7 +665,7 @@ fn report_task(task: &LoadedTask) {
     );
     if !task.skipped.is_empty() {
         println!("skipped {} bad rows:", task.skipped.len());
-        for row in task.skipped.iter().take(10) {
+        for row in &task.skipped {
             println!("  {}: {}", row.location, row.reason);
         }
     }
