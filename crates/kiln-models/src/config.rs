@@ -100,7 +100,7 @@ pub(crate) fn require_sizes(path: &Path, sizes: &[(&str, usize)], params: u128) 
 }
 
 /// `MemTotal` from `/proc/meminfo`, where there is one.
-fn physical_memory_bytes() -> Option<u128> {
+pub fn physical_memory_bytes() -> Option<u128> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;

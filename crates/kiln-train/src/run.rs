@@ -333,6 +333,11 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         fingerprints: Some(fingerprints),
     };
     let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
+    // The check is for host memory: a GPU's is its own.
+    let memory = (settings.device != DeviceChoice::Wgpu)
+        .then(kiln_models::config::physical_memory_bytes)
+        .flatten();
+    refuse_steps_beyond(&model, &report, &run, task.split.train.len(), memory)?;
     let cut = run.method.method().frozen_cut(&model);
     if settings.feature_cache
         && let Some(cut) = cut
@@ -516,6 +521,39 @@ fn utc_stamp(seconds: u64) -> String {
         rest % 3_600 / 60,
         rest % 60
     )
+}
+
+/// An error when `kiln plan`'s prediction of one training step needs more than `memory` bytes
+/// (nothing is refused without a figure, or where the planner has no prediction): better said
+/// before the first batch than as an allocation abort during it.
+fn refuse_steps_beyond(
+    model: &SequenceClassifier,
+    report: &ParamReport,
+    run: &RunConfig,
+    train_examples: usize,
+    memory: Option<u128>,
+) -> Result<()> {
+    let shape = StepShape {
+        // No batch is larger than the training set.
+        batch: run.train.batch_size.min(train_examples.max(1)),
+        seq: run.max_len,
+        virtual_tokens: run.method.method().virtual_tokens(),
+    };
+    let (Ok(planned), Some(memory)) = (plan(model, report, shape), memory) else {
+        return Ok(());
+    };
+    if planned.peak_bytes <= memory as f64 {
+        return Ok(());
+    }
+    let gib = |bytes: f64| bytes / f64::from(1 << 30);
+    Err(TrainError::Invalid(format!(
+        "a training step of batch {} x {} tokens would need about {:.2} GiB (kiln plan), more \
+         than this machine's {:.2} GiB: lower --batch-size or --max-len",
+        shape.batch,
+        shape.seq,
+        gib(planned.peak_bytes),
+        gib(memory as f64)
+    )))
 }
 
 /// `max_len`, or as many tokens as the model's `positions` leave beside the method's virtual
@@ -1300,6 +1338,46 @@ mod tests {
             message.contains("macro_f1") && !message.contains("accuracy"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_step_beyond_the_memory_is_refused_before_it_runs() {
+        let device = kiln_testkit::cpu();
+        let pretrained =
+            Pretrained::load(&kiln_testkit::fixture("bert-tiny"), &device).expect("fixture");
+        let settings = RunSettings::new(
+            kiln_testkit::fixture("bert-tiny"),
+            TaskSpec::new("unused.csv"),
+            MethodConfig::parse("full", &[]).expect("method"),
+        );
+        let run = RunConfig {
+            model: settings.model.clone(),
+            task: settings.task.clone(),
+            method: settings.method.clone(),
+            train: settings.train.clone(),
+            readout: Readout::Mean,
+            head: HeadConfig {
+                layers: 1,
+                outputs: 2,
+                dropout: 0.1,
+            },
+            max_len: 32,
+            max_len_requested: None,
+            save_full: false,
+            random_init: false,
+            train_examples: None,
+            feature_cache: false,
+            peft_adapter: None,
+            labels: None,
+            fingerprints: None,
+        };
+        let (model, _, report) = build(pretrained, &run, false, &device).expect("model");
+        let message = refuse_steps_beyond(&model, &report, &run, 64, Some(1 << 10))
+            .expect_err("1 KiB is too little")
+            .to_string();
+        assert!(message.contains("batch 16 x 32 tokens"), "{message}");
+        assert!(refuse_steps_beyond(&model, &report, &run, 64, Some(1 << 34)).is_ok());
+        assert!(refuse_steps_beyond(&model, &report, &run, 64, None).is_ok());
     }
 
     #[test]
