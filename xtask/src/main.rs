@@ -424,38 +424,40 @@ fn require_vulkan() -> Result<()> {
 fn demo() -> Result<()> {
     let assets = assets()?;
     let run_dir = workspace_root().join("runs/demo-lora");
-    // `--resume` makes the demo idempotent: a finished run only re-reports its test accuracy.
-    run(
-        cargo()
-            // Release: training is several times faster than in the dev profile.
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "kiln-cli",
-                "--",
-                "train",
-                "--model",
-            ])
-            .arg(&assets.minilm)
-            .arg("--task")
-            .arg(&assets.bbc_news)
-            // One BBC file (sport/199.txt) is not UTF-8; it is skipped and reported.
-            .args([
-                "--skip-bad-rows",
-                "--method",
-                "lora",
-                "--epochs",
-                "3",
-                "--seed",
-                "42",
-            ])
-            .arg("--out")
-            .arg(&run_dir)
-            .arg("--resume"),
-        "kiln train",
-    )
+    let mut command = cargo();
+    command
+        // Release: training is several times faster than in the dev profile.
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "kiln-cli",
+            "--",
+            "train",
+            "--model",
+        ])
+        .arg(&assets.minilm)
+        .arg("--task")
+        .arg(&assets.bbc_news)
+        // One BBC file (sport/199.txt) is not UTF-8; it is skipped and reported.
+        .args([
+            "--skip-bad-rows",
+            "--method",
+            "lora",
+            "--epochs",
+            "3",
+            "--seed",
+            "42",
+        ])
+        .arg("--out")
+        .arg(&run_dir);
+    // Resuming makes the demo idempotent: a finished run only re-reports its test accuracy.
+    // (`--resume` needs a run to resume, so a first demo starts one.)
+    if run_dir.join("run.json").is_file() {
+        command.arg("--resume");
+    }
+    run(&mut command, "kiln train")
 }
 
 /// What the anchor compares: (method, mode) of `kiln_step` and `anchor.py`.
