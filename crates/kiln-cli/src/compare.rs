@@ -6,22 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
+use crate::runs::{ProcessLauncher, SharedRunArgs};
 use kiln_models::DeviceChoice;
 use kiln_train::compare::{CompareSettings, Contender, compare as run_comparison};
 use kiln_train::icl::IclSettings;
-use kiln_train::run::RunSettings;
-use kiln_tuning::MethodConfig;
-
-use crate::runs::ProcessLauncher;
-use crate::train::TaskArgs;
 
 #[derive(Args)]
 pub struct CompareArgs {
-    /// HF model directory (BERT, GPT-2 or M2-BERT).
-    #[arg(long)]
-    model: PathBuf,
     #[command(flatten)]
-    task: TaskArgs,
+    shared: SharedRunArgs,
     /// Methods to compare, comma-separated, each with its defaults or with options as
     /// `name:option=value[:option=value]` (`lora:rank=4,lora:rank=16,pfeiffer`); `kiln methods`
     /// lists them.
@@ -37,14 +30,6 @@ pub struct CompareArgs {
     /// Seeds per method: --seed, --seed + 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: u64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
     /// Train every method on the same seeded subset of this many training examples.
     #[arg(long)]
     train_examples: Option<usize>,
@@ -72,17 +57,8 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
         .iter()
         .map(|spec| Contender::parse(spec))
         .collect::<kiln_train::Result<Vec<_>>>()?;
-    let mut base = RunSettings::new(
-        &args.model,
-        args.task.spec(),
-        MethodConfig::parse("full", &[])?,
-    );
-    base.train.seed = args.seed;
-    base.train.epochs = args.epochs;
-    base.train.batch_size = args.batch_size;
-    base.max_len = args.max_len;
+    let mut base = args.shared.base(device)?;
     base.train_examples = args.train_examples;
-    base.device = device;
     let settings = CompareSettings {
         base,
         lr: args.lr,
@@ -92,7 +68,7 @@ pub fn compare(args: CompareArgs, device: DeviceChoice) -> Result<()> {
             shots: args.icl_shots,
             calibrate: args.icl_calibrate,
             text_words: args.icl_text_words,
-            ..IclSettings::new(&args.model)
+            ..IclSettings::new(&args.shared.model)
         },
         title: args.title,
         out: args.out.clone(),

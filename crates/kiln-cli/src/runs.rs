@@ -11,8 +11,44 @@ use clap::Args;
 use kiln_models::DeviceChoice;
 use kiln_train::TrainError;
 use kiln_train::compare::{Launcher, RunRequest, run_request};
-use kiln_train::run::RunSummary;
+use kiln_train::run::{RunSettings, RunSummary};
 use kiln_train::trainer::{read_json, write_json};
+use kiln_tuning::MethodConfig;
+
+use crate::train::TaskArgs;
+
+/// What every run of a comparison or a study shares.
+#[derive(Args)]
+pub struct SharedRunArgs {
+    /// HF model directory (BERT, GPT-2 or M2-BERT) or hub name.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// The first seed: the runs of each cell use --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+}
+
+impl SharedRunArgs {
+    /// Full fine-tuning with these settings on `device`: what a comparison or study varies.
+    pub fn base(&self, device: DeviceChoice) -> Result<RunSettings> {
+        let method = MethodConfig::parse("full", &[])?;
+        let mut base = RunSettings::new(&self.model, self.task.spec(), method);
+        base.train.seed = self.seed;
+        base.train.epochs = self.epochs;
+        base.train.batch_size = self.batch_size;
+        base.max_len = self.max_len;
+        base.device = device;
+        Ok(base)
+    }
+}
 
 /// Starts `kiln run-request` processes on one device.
 pub struct ProcessLauncher {

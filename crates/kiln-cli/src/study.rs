@@ -7,62 +7,39 @@ use anyhow::Result;
 use clap::Args;
 
 use kiln_models::DeviceChoice;
-use kiln_train::run::RunSettings;
 use kiln_train::study::{StudySettings, study as run_study};
-use kiln_tuning::MethodConfig;
 
-use crate::runs::ProcessLauncher;
-use crate::train::TaskArgs;
+use crate::runs::{ProcessLauncher, SharedRunArgs};
 
 #[derive(Args)]
 pub struct StudyArgs {
-    /// HF model directory (BERT or GPT-2).
-    #[arg(long)]
-    model: PathBuf,
     #[command(flatten)]
-    task: TaskArgs,
+    shared: SharedRunArgs,
     /// Training-subset sizes.
     #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
     sizes: Vec<usize>,
     /// Seeds per size and variant: --seed, --seed + 1, ...
     #[arg(long, default_value_t = 5)]
     seeds: u64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     /// Any of vanilla, child-f, child-d.
     #[arg(long, value_delimiter = ',', default_value = "vanilla,child-f,child-d")]
     variants: Vec<String>,
     /// Child-Tuning's reserve share.
     #[arg(long, default_value_t = 0.3)]
     reserve: f64,
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
     /// Peak learning rate [default: full fine-tuning's, 5e-5].
     #[arg(long)]
     lr: Option<f64>,
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
     /// Study directory: one run directory per size, variant and seed, plus the tables.
     #[arg(long, default_value = "runs/study")]
     out: PathBuf,
 }
 
 pub fn study(args: StudyArgs, device: DeviceChoice) -> Result<()> {
-    let mut base = RunSettings::new(
-        &args.model,
-        args.task.spec(),
-        MethodConfig::parse("full", &[])?,
-    );
-    base.train.seed = args.seed;
-    base.train.epochs = args.epochs;
+    let mut base = args.shared.base(device)?;
     if let Some(lr) = args.lr {
         base.train.lr = lr;
     }
-    base.train.batch_size = args.batch_size;
-    base.max_len = args.max_len;
-    base.device = device;
     let settings = StudySettings {
         base,
         sizes: args.sizes,

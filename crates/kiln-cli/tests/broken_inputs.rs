@@ -6,12 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, kiln};
+use common::{fixtures, kiln, kiln_in, path, quick_train_args};
 use serde_json::Value;
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// A copy of the fixture `name` in `dir`, for breaking.
 fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
@@ -74,21 +70,9 @@ fn succeeds(args: &[&str]) -> String {
 }
 
 fn train_args<'a>(model: &'a str, task: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--model",
-        model,
-        "--task",
-        task,
-        "--method",
-        "bitfit",
-        "--epochs",
-        "1",
-        "--max-len",
-        "16",
-        "--out",
-        out,
-    ]
+    let mut args = quick_train_args(model, task);
+    args.extend(["--out", out]);
+    args
 }
 
 #[test]
@@ -274,16 +258,8 @@ fn runs_keep_one_writer_their_inputs_and_their_history() {
     resume.push("--resume");
     refused(&resume, &["holds no run to resume"]);
     // Trained from relative paths, the run reloads from anywhere: run.json holds absolute ones.
-    let relative = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(dir.path())
-        .args(train_args("bert-tiny", "task.csv", "run"))
-        .output()
-        .expect("kiln runs");
-    assert!(
-        relative.status.success(),
-        "{}",
-        String::from_utf8_lossy(&relative.stderr)
-    );
+    let (ok, _, stderr) = kiln_in(dir.path(), &train_args("bert-tiny", "task.csv", "run"));
+    assert!(ok, "{stderr}");
     let recorded: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
             .expect("json");
@@ -404,34 +380,25 @@ fn every_command_names_a_broken_run_directory_or_request() {
     let model = fixtures().join("bert-tiny");
     let task = fixtures().join("tasks/fire-water.csv");
     let (model, task) = (path(&model), path(&task));
-    refused(
-        &[
-            "compare",
-            "--model",
-            model,
-            "--task",
-            task,
-            "--methods",
-            "lora:rank",
-            "--out",
-            path(&out),
-        ],
-        &["`rank` is not option=value"],
-    );
-    refused(
-        &[
-            "compare",
-            "--model",
-            model,
-            "--task",
-            task,
-            "--methods",
-            "lora:rnak=4",
-            "--out",
-            path(&out),
-        ],
-        &["rnak"],
-    );
+    for (methods, needle) in [
+        ("lora:rank", "`rank` is not option=value"),
+        ("lora:rnak=4", "rnak"),
+    ] {
+        refused(
+            &[
+                "compare",
+                "--model",
+                model,
+                "--task",
+                task,
+                "--methods",
+                methods,
+                "--out",
+                path(&out),
+            ],
+            &[needle],
+        );
+    }
     refused(
         &[
             "study",

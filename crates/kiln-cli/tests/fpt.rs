@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{fixtures, kiln};
+use common::{fixtures, kiln, path};
 
 use serde_json::Value;
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn summary(dir: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");

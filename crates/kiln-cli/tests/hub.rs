@@ -2,15 +2,13 @@
 //! run downloads into `HF_HUB_CACHE`, later ones with `HF_HUB_OFFLINE=1` read the cache and
 //! make no request; unknown and uncached names fail naming the model.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-use kiln_testkit::fixtures;
+use common::{fixtures, path, read_json};
 use kiln_testkit::hub::{COMMIT, FakeHub};
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// `kiln args...` against `hub` with the cache in `cache`, nothing else of the environment's
 /// HF or proxy settings.
@@ -86,10 +84,10 @@ fn a_hub_name_downloads_once_then_runs_offline_from_the_cache() {
     }
     let downloaded = hub.requests();
     assert!(downloaded > 0);
-    let recorded: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).expect("run.json"))
-            .expect("json");
-    assert_eq!(recorded["model"], "kiln-test/bert-tiny");
+    assert_eq!(
+        read_json(&run.join("run.json"))["model"],
+        "kiln-test/bert-tiny"
+    );
 
     // Offline: eval, a second training run and an export use the cache and ask nothing.
     let output = kiln(&hub, &cache, true, &["eval", "--run", path(&run)]);
@@ -104,10 +102,7 @@ fn a_hub_name_downloads_once_then_runs_offline_from_the_cache() {
         &["export", "--run", path(&run), "--out", path(&adapter)],
     );
     assert!(output.status.success(), "{}", stderr(&output));
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config"),
-    )
-    .expect("json");
+    let config = read_json(&adapter.join("adapter_config.json"));
     assert_eq!(config["base_model_name_or_path"], "kiln-test/bert-tiny");
     assert_eq!(hub.requests(), downloaded, "offline runs made requests");
 

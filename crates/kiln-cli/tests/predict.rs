@@ -3,18 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{fixtures, kiln};
+use common::{fixtures, kiln, kiln_in, path, quick_train_args, read_json};
 use serde_json::Value;
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
-}
 
 #[test]
 fn train_on_one_file_evaluate_on_another_predict_a_third() {
@@ -140,21 +130,11 @@ fn a_split_directory_trains_on_train_and_tests_on_test() {
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(file, text).expect("write");
     }
-    let (ok, stdout, stderr) = kiln(&[
-        "train",
-        "--model",
-        path(&fixtures().join("bert-tiny")),
-        "--task",
-        path(&data),
-        "--method",
-        "bitfit",
-        "--epochs",
-        "1",
-        "--max-len",
-        "16",
-        "--out",
-        path(&dir.path().join("run")),
-    ]);
+    let model = fixtures().join("bert-tiny");
+    let out = dir.path().join("run");
+    let mut args = quick_train_args(path(&model), path(&data));
+    args.extend(["--out", path(&out)]);
+    let (ok, stdout, stderr) = kiln(&args);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("(44 train, 4 validation, 16 test)"),
@@ -165,32 +145,13 @@ fn a_split_directory_trains_on_train_and_tests_on_test() {
 #[test]
 fn without_out_every_run_gets_a_fresh_folder() {
     let dir = tempfile::tempdir().expect("dir");
-    let train = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(dir.path())
-            .args([
-                "train",
-                "--model",
-                path(&fixtures().join("bert-tiny")),
-                "--task",
-                path(&fixtures().join("tasks/fire-water.csv")),
-                "--method",
-                "bitfit",
-                "--epochs",
-                "1",
-                "--max-len",
-                "16",
-            ])
-            .output()
-            .expect("kiln runs")
-    };
+    let (model, task) = (
+        fixtures().join("bert-tiny"),
+        fixtures().join("tasks/fire-water.csv"),
+    );
     for _ in 0..2 {
-        let output = train();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let (ok, _, stderr) = kiln_in(dir.path(), &quick_train_args(path(&model), path(&task)));
+        assert!(ok, "{stderr}");
     }
     let mut runs: Vec<String> = std::fs::read_dir(dir.path().join("runs"))
         .expect("runs")

@@ -2,13 +2,9 @@
 
 mod common;
 
-use common::{fixtures, kiln};
+use common::{fixtures, kiln, path, read_json};
 
 use serde_json::Value;
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 #[test]
 fn methods_lists_every_registered_method() {
@@ -143,12 +139,6 @@ fn train_fixture(fixture: &str, out: &std::path::Path, extra: &[&str]) -> (bool,
     }
     args.extend_from_slice(extra);
     kiln(&args)
-}
-
-/// A JSON file a run wrote.
-fn read_json(file: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    serde_json::from_str(&text).expect("json")
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 use crate::split::SplitMix64;
-use crate::text::{OnBadRow, ReadOptions, SkippedRow, read_bytes, sorted_entries};
+use crate::text::{OnBadRow, ReadOptions, SkippedRow, read_bytes, read_text, sorted_entries};
 
 /// Plain-text documents for language-model pretraining.
 #[derive(Debug, Clone, Default)]
@@ -42,13 +42,7 @@ impl Corpus {
 pub fn read_corpus(path: &Path, options: ReadOptions) -> Result<Corpus> {
     let mut corpus = Corpus::default();
     if path.is_file() {
-        let text = options
-            .decode(&read_bytes(path)?)
-            .map_err(|message| DataError::Document {
-                path: path.to_path_buf(),
-                message,
-            })?;
-        corpus.documents = text
+        corpus.documents = read_text(path, options)?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())

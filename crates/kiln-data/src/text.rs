@@ -440,13 +440,27 @@ struct RawRow {
 
 /// Reads a CSV, TSV or JSONL file (format from the extension) with the columns `spec` names.
 pub fn read_table(path: &Path, spec: &TableSpec, options: ReadOptions) -> Result<TextDataset> {
-    let format = TableFormat::from_path(path)?;
-    let rows = match format {
-        TableFormat::Csv => delimited_rows(path, b',', true, true, options)?,
-        TableFormat::Tsv => delimited_rows(path, b'\t', false, true, options)?,
-        TableFormat::Jsonl => jsonl_rows(path, options)?,
-    };
+    let rows = table_rows(path, options)?;
     rows_to_dataset(path, rows, spec, options)
+}
+
+/// The raw rows of a CSV, TSV or JSONL file, the format from the extension.
+fn table_rows(path: &Path, options: ReadOptions) -> Result<Vec<RawRow>> {
+    match TableFormat::from_path(path)? {
+        TableFormat::Csv => delimited_rows(path, b',', true, true, options),
+        TableFormat::Tsv => delimited_rows(path, b'\t', false, true, options),
+        TableFormat::Jsonl => jsonl_rows(path, options),
+    }
+}
+
+/// The whole of a text file, decoded; an undecodable file is a bad document.
+pub(crate) fn read_text(path: &Path, options: ReadOptions) -> Result<String> {
+    options
+        .decode(&read_bytes(path)?)
+        .map_err(|message| DataError::Document {
+            path: path.to_path_buf(),
+            message,
+        })
 }
 
 /// Rows of a delimited file; fields are named by the header, or `column 1`, `column 2`, ...
@@ -616,14 +630,8 @@ pub fn read_inputs(
     let is_text = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
-    let rows = if is_text {
-        let text = options
-            .decode(&read_bytes(path)?)
-            .map_err(|message| DataError::Document {
-                path: path.to_path_buf(),
-                message,
-            })?;
-        let rows: Vec<InputRow> = text
+    if is_text {
+        let rows: Vec<InputRow> = read_text(path, options)?
             .lines()
             .filter(|line| !line.trim().is_empty())
             .map(|line| InputRow {
@@ -639,13 +647,8 @@ pub fn read_inputs(
             });
         }
         return Ok((rows, Vec::new()));
-    } else {
-        match TableFormat::from_path(path)? {
-            TableFormat::Csv => delimited_rows(path, b',', true, true, options)?,
-            TableFormat::Tsv => delimited_rows(path, b'\t', false, true, options)?,
-            TableFormat::Jsonl => jsonl_rows(path, options)?,
-        }
-    };
+    }
+    let rows = table_rows(path, options)?;
     let mut sink = RowSink::new(path, options);
     let mut inputs = Vec::new();
     for row in rows {

@@ -21,8 +21,7 @@ const PARAM_IDS_KEY: &str = "kiln.param_ids";
 /// An error unless `dir` is missing or empty, or `force` allows writing into it: exports and
 /// written models never replace what is there without being asked.
 pub fn ensure_fresh_output(dir: &Path, force: bool) -> Result<()> {
-    let holds_something = std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_some());
-    if holds_something && !force {
+    if has_entries(dir) && !force {
         return Err(TrainError::Invalid(format!(
             "--out {}: the folder is not empty; choose another, or pass --force to write into \
              it",
@@ -30,6 +29,11 @@ pub fn ensure_fresh_output(dir: &Path, force: bool) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether `dir` exists and holds anything.
+pub(crate) fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.

@@ -297,7 +297,7 @@ pub fn compare(settings: &CompareSettings, launcher: &dyn Launcher) -> Result<Co
             });
             finished.push(summary);
         }
-        if let Some(row) = row_of(&finished, &runs, contender) {
+        if let Some(row) = row_of(&finished) {
             rows.push((contender, row));
         }
     }
@@ -431,16 +431,11 @@ fn recorded_differences(request: &RunRequest, dir: &Path) -> Result<Vec<String>>
 }
 
 /// One contender's row: the mean and spread of its finished seeds.
-fn row_of(
-    finished: &[RunSummary],
-    runs: &[ComparedRun],
-    contender: &Contender,
-) -> Option<ComparisonRow> {
+fn row_of(finished: &[RunSummary]) -> Option<ComparisonRow> {
     let last = finished.last()?;
-    let tests: Vec<f64> = runs
+    let tests: Vec<f64> = finished
         .iter()
-        .filter(|r| r.spec == contender.spec)
-        .map(|r| r.test)
+        .filter_map(|s| s.test.as_ref().map(|t| t.primary().1))
         .collect();
     let (mean, std) = mean_std(&tests);
     let seconds: f64 = finished.iter().map(|s| s.seconds_per_epoch).sum();

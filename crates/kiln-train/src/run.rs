@@ -932,6 +932,8 @@ pub struct LoadedRun {
     pub tokenizer: TextTokenizer,
     /// What the model predicts: the run's classes, or a number.
     pub kind: TaskKind,
+    /// The base model's directory (a hub name resolved to its cached snapshot).
+    pub model_dir: PathBuf,
 }
 
 impl LoadedRun {
@@ -969,10 +971,12 @@ fn rebuild_run(
     if !config.random_init {
         verify_inputs(&config, &pretrained.dir, task, allow_changed_inputs)?;
     }
+    let model_dir = pretrained.dir.clone();
     let (model, tokenizer, _) = build(pretrained, &config, false, device)?;
     let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
     let (model, _) = load_params(model, &weights)?;
     Ok(LoadedRun {
+        model_dir,
         kind: config.task_kind()?,
         config,
         model,
@@ -1228,9 +1232,13 @@ pub fn merge_run(
     device: &Device,
     allow_changed_inputs: bool,
 ) -> Result<Exported<MergedCheckpoint>> {
-    let LoadedRun { config, model, .. } = load_run(dir, device, allow_changed_inputs)?;
-    let base_dir = kiln_models::hub::resolve(&config.model)?;
-    let written = save_merged(&model, &base_dir, out, config.labels.as_deref())?;
+    let LoadedRun {
+        config,
+        model,
+        model_dir,
+        ..
+    } = load_run(dir, device, allow_changed_inputs)?;
+    let written = save_merged(&model, &model_dir, out, config.labels.as_deref())?;
     let described = Written::Merged {
         architecture: written.architecture,
     };

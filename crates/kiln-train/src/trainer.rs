@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use kiln_data::SplitMix64;
 use kiln_tuning::set_trainable;
 
-use crate::checkpoint::{load_params, save_params, write_atomically};
+use crate::checkpoint::{has_entries, load_params, save_params, write_atomically};
 use crate::child_tuning::{
     ChildTuning, PathTensors, mask_gradients_fixed, mask_gradients_randomly,
 };
@@ -607,9 +607,4 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
     write_atomically(path, text.as_bytes())
-}
-
-/// Whether `dir` exists and holds anything.
-pub(crate) fn has_entries(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
