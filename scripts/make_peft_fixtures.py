@@ -17,6 +17,10 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-bert-prompt/ prompt tuning (3 random virtual tokens) on the same BERT
   fixtures/peft/peft-gpt2-prompt/ classifier and GPT2Model, with the same expected outputs.
   fixtures/peft/peft-gpt2-prefix/ prefix tuning (3 rows per layer, no projection) on GPT2Model.
+  fixtures/peft/peft-p-tuning/    P-tuning's PromptEncoder on its own (4 virtual tokens, token_dim
+                                  32, encoder_hidden_size 16), both reparameterisation types:
+                                  {lstm,mlp}.safetensors hold its state dict as peft names it,
+                                  expected.json the virtual tokens' embeddings it computes.
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
@@ -182,6 +186,33 @@ PREDICT_TEXTS = [
 ]
 
 
+def p_tuning_encoders() -> None:
+    """fixtures/peft/peft-p-tuning: peft's PromptEncoder of both types with random weights."""
+    from peft import PromptEncoderConfig
+    from peft.tuners.p_tuning.model import PromptEncoder
+    from safetensors.torch import save_file
+
+    directory = OUT / "peft-p-tuning"
+    directory.mkdir(parents=True, exist_ok=True)
+    recorded = {}
+    for seed, kind in [(31, "LSTM"), (32, "MLP")]:
+        torch.manual_seed(seed)
+        config = PromptEncoderConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=4,
+            token_dim=32,
+            encoder_hidden_size=16,
+            encoder_reparameterization_type=kind,
+            num_transformer_submodules=1,
+        )
+        encoder = PromptEncoder(config).eval()
+        with torch.no_grad():
+            recorded[kind.lower()] = tensor_json(encoder(torch.arange(4)))
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, directory / f"{kind.lower()}.safetensors")
+    write_json(directory / "expected.json", recorded)
+
+
 def readme_predictions() -> None:
     """Runs the Python block of each folder's README.md as written (FOLDER set to the folder) and
     records what its kiln_logits and kiln_predict give."""
@@ -211,7 +242,14 @@ if __name__ == "__main__":
     import os
 
     os.chdir(ROOT.parent)  # the READMEs name base models relative to the repository
+    import sys
+
     OUT.mkdir(parents=True, exist_ok=True)
+    # `make_peft_fixtures.py p-tuning` writes that fixture alone.
+    if sys.argv[1:] == ["p-tuning"]:
+        p_tuning_encoders()
+        sys.exit()
     peft_to_kiln()
+    p_tuning_encoders()
     kiln_to_peft()
     readme_predictions()

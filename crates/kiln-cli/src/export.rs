@@ -1,6 +1,8 @@
 //! `kiln export` and `kiln merge`: a trained run in the formats the Python ecosystem reads.
 //! `export` writes a LoRA, prompt-tuning or (GPT-2) prefix-tuning / P-tuning v2 run as a HF peft
-//! adapter directory (`PeftModel.from_pretrained`; `kiln train --peft-adapter` reads one back);
+//! adapter directory (`PeftModel.from_pretrained`; `kiln train --peft-adapter` reads one back),
+//! or with `--format adapterhub` a bottleneck-adapter, MAM or fusion run (BERT) as AdapterHub's
+//! (`model.load_adapter(dir, use_safetensors=True)`; `--peft-adapter` reads those back too);
 //! `merge` folds a run's LoRA deltas into the base weights and writes a HF checkpoint that
 //! transformers loads on its own (see `kiln_train::peft` and `kiln_train::merge`).
 
@@ -11,7 +13,7 @@ use burn::tensor::Device;
 use clap::Args;
 
 use kiln_train::head_files::{HEAD_WEIGHTS_FILE, README_FILE};
-use kiln_train::run::{export_run, merge_run};
+use kiln_train::run::{AdapterHubWritten, export_run, export_run_adapterhub, merge_run};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -24,8 +26,20 @@ pub struct ExportArgs {
     /// `base_model_name_or_path` in the adapter config [default: the run's model directory].
     #[arg(long)]
     base_model: Option<String>,
+    /// The format: HF peft's adapter directory, or AdapterHub's (the `adapters` library).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Peft)]
+    format: ExportFormat,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+/// The formats `kiln export` writes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// HF peft (`PeftModel.from_pretrained`).
+    Peft,
+    /// AdapterHub (`model.load_adapter(dir, use_safetensors=True)`).
+    Adapterhub,
 }
 
 /// What export and merge share: whether they may replace what is there.
@@ -41,6 +55,38 @@ pub struct OutputArgs {
 
 pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
     kiln_train::ensure_fresh_output(&args.out, args.output.force)?;
+    if args.format == ExportFormat::Adapterhub {
+        let (config, written) = export_run_adapterhub(
+            &args.run,
+            &args.out,
+            args.base_model.as_deref(),
+            device,
+            args.output.allow_changed_inputs,
+        )?;
+        match written {
+            AdapterHubWritten::Adapter(adapter) => println!(
+                "AdapterHub {} adapter `{}` ({} tensors{}) written to {}; load it with \
+                 model.load_adapter(\"{}\", use_safetensors=True)",
+                config.method.name(),
+                adapter.name,
+                adapter.tensors,
+                if adapter.with_head {
+                    ", head included"
+                } else {
+                    "; kiln's head reads a pooling AdapterHub has not, so it is not written"
+                },
+                args.out.display(),
+                args.out.display()
+            ),
+            AdapterHubWritten::Fusion(dirs) => {
+                println!("AdapterHub fusion written:");
+                for dir in dirs {
+                    println!("  {}", dir.display());
+                }
+            }
+        }
+        return Ok(());
+    }
     let exported = export_run(
         &args.run,
         &args.out,

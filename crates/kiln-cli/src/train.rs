@@ -154,10 +154,11 @@ pub struct TrainArgs {
     #[arg(long)]
     train_examples: Option<usize>,
     /// Start from a HF peft adapter directory (LoRA with `--method lora`, prompt tuning with
-    /// `--method prompt`, GPT-2 prefix tuning with `--method p-tuning-v2`): its settings replace
-    /// the method's options, its deltas, prompt or prefixes (and classifier, with
-    /// `--readout pooler`) the fresh ones.
-    #[arg(long)]
+    /// `--method prompt`, GPT-2 prefix tuning with `--method p-tuning-v2`) or an AdapterHub one
+    /// (BERT: `--method pfeiffer`, `houlsby`, `parallel`, `mam`, `adapter-drop`): its settings
+    /// replace the method's options, its deltas, prompt, prefixes or adapters (and classifier or
+    /// head, where the readout fits) the fresh ones.
+    #[arg(long, visible_alias = "adapterhub-adapter")]
     peft_adapter: Option<PathBuf>,
     /// Run the frozen bottom of linear-probe, mlp-k and partial-k every step instead of once per
     /// example (the cache turns its dropout off).

@@ -764,3 +764,60 @@ fn list_options_may_repeat_and_bad_values_name_the_flag() {
         "{stderr}"
     );
 }
+
+#[test]
+fn training_starts_from_an_adapterhub_adapter_and_exports_to_adapterhub() {
+    let dir = tempfile::tempdir().expect("dir");
+    let houlsby = fixtures().join("adapterhub/ah-bert-houlsby");
+    let run = dir.path().join("houlsby");
+    let options = [
+        "--method",
+        "houlsby",
+        "--adapterhub-adapter",
+        path(&houlsby),
+    ];
+    let (ok, stdout, stderr) = train_fixture("bert-tiny", &run, &options);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("started from the AdapterHub adapter"), "{stdout}");
+    // The method's options are the adapter's: reduction 8 on 32 wide, swish, its name.
+    let recorded = read_json(&run.join("run.json"));
+    assert_eq!(recorded["method"]["bottleneck"], 4);
+    assert_eq!(recorded["method"]["activation"], "silu");
+    assert_eq!(recorded["method"]["name"], "houlsby");
+    let (ok, _, stderr) = kiln(&["eval", "--run", path(&run)]);
+    assert!(ok, "{stderr}");
+    // Out to AdapterHub again.
+    let out = dir.path().join("houlsby-adapterhub");
+    let (ok, stdout, stderr) = kiln(&[
+        "export",
+        "--run",
+        path(&run),
+        "--out",
+        path(&out),
+        "--format",
+        "adapterhub",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("load_adapter"), "{stdout}");
+    let config = read_json(&out.join("adapter_config.json"));
+    assert_eq!(config["config"]["mh_adapter"], true);
+    assert_eq!(config["config"]["non_linearity"], "silu");
+    assert!(out.join("adapter.safetensors").is_file());
+
+    // A Pfeiffer adapter's 3-label head on a 2-label task is refused, naming what differs.
+    let pfeiffer = fixtures().join("adapterhub/ah-bert-pfeiffer");
+    let options = [
+        "--method",
+        "pfeiffer",
+        "--readout",
+        "cls",
+        "--adapterhub-adapter",
+        path(&pfeiffer),
+    ];
+    let (ok, _, stderr) = train_fixture("bert-tiny", &dir.path().join("pf"), &options);
+    assert!(!ok && stderr.contains("3 labels"), "{stderr}");
+    // The method must be the adapter's.
+    let options = ["--method", "parallel", "--adapterhub-adapter", path(&houlsby)];
+    let (ok, _, stderr) = train_fixture("bert-tiny", &dir.path().join("par"), &options);
+    assert!(!ok && stderr.contains("--method houlsby"), "{stderr}");
+}

@@ -5,12 +5,16 @@
 //! (Li and Liang 2021), and AdapterFusion over several adapters (Pfeiffer et al. 2021,
 //! "AdapterFusion: Non-Destructive Task Composition for Transfer Learning").
 //!
+//! Each slot follows the reference implementation, AdapterHub's `adapters` library
+//! (`methods/modeling.py`: `Adapter.pre_forward`, `forward`, `post_forward`, `ParallelAdapter`,
+//! `BertFusion`; `methods/bottleneck.py`: `compose_fuse`): see [`LayerAdapters::close_sub_layer`].
+//!
 //! A layer holds any number of adapters ([`LayerAdapters::loaded`]); at most one is active at a
 //! time, or all of them through the fusion attention. Which one is active is a plain field, so
 //! switching costs nothing and never touches the base weights.
 
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -22,8 +26,8 @@ use crate::tunable::{linear_rows, peft_kaiming_uniform};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdapterInit {
-    /// Both projections `N(0, 0.01²)`, zero biases: the adapter starts as almost the identity
-    /// (Houlsby et al. 2019).
+    /// Both projections `N(0, 0.02²)`, zero biases: the adapter starts as almost the identity
+    /// (Houlsby et al. 2019; AdapterHub's default `init_weights="bert"`).
     NearIdentity,
     /// Down-projection Kaiming-uniform, up-projection zero: the adapter starts as exactly the
     /// identity, as LoRA's deltas and He et al.'s parallel adapters do.
@@ -62,6 +66,11 @@ pub struct AdapterConfig {
     pub init: AdapterInit,
     /// Key and value rows prepended to every attention (0: none).
     pub prefix_len: usize,
+    /// The sequential adapters read the sub-layer as the plain backbone closes it, `LN(h + x)`,
+    /// not its raw output `h` (AdapterHub's `original_ln_before`: true for Pfeiffer, false for
+    /// Houlsby). Absent in adapters saved before it existed, which read `h`.
+    #[serde(default)]
+    pub original_ln_before: bool,
 }
 
 impl AdapterConfig {
@@ -76,6 +85,7 @@ impl AdapterConfig {
             scale: 1.0,
             init: AdapterInit::Lora,
             prefix_len,
+            original_ln_before: false,
         }
     }
 
@@ -96,11 +106,14 @@ impl AdapterConfig {
 
     /// One layer's share of this adapter, randomly initialised.
     pub fn init_layer(&self, width: usize, device: &Device) -> LayerAdapter {
-        let bottleneck = |on: bool| on.then(|| self.init_bottleneck(width, device));
+        let bottleneck = |on: bool, reads_closed: bool| {
+            on.then(|| self.init_bottleneck(width, reads_closed, device))
+        };
+        let sequential = self.original_ln_before;
         LayerAdapter {
-            attention: bottleneck(self.after_attention),
-            feed_forward: bottleneck(self.after_feed_forward),
-            parallel: bottleneck(self.parallel),
+            attention: bottleneck(self.after_attention, sequential),
+            feed_forward: bottleneck(self.after_feed_forward, sequential),
+            parallel: bottleneck(self.parallel, false),
             prefix: (self.prefix_len > 0).then(|| AttentionPrefix {
                 // Small, so a fresh prefix takes little attention and adds almost nothing.
                 key: prefix_init().init([self.prefix_len, width], device),
@@ -109,7 +122,12 @@ impl AdapterConfig {
         }
     }
 
-    fn init_bottleneck(&self, width: usize, device: &Device) -> BottleneckAdapter {
+    fn init_bottleneck(
+        &self,
+        width: usize,
+        original_ln_before: bool,
+        device: &Device,
+    ) -> BottleneckAdapter {
         let m = self.bottleneck;
         let (down, up) = match self.init {
             AdapterInit::NearIdentity => (small_normal(), small_normal()),
@@ -127,14 +145,16 @@ impl AdapterConfig {
             up: linear(m, width, up),
             activation: self.activation,
             scale: self.scale,
+            original_ln_before,
         }
     }
 }
 
+/// AdapterHub's `init_bert_weights`, `N(0, 0.02²)`.
 fn small_normal() -> Initializer {
     Initializer::Normal {
         mean: 0.0,
-        std: 1e-2,
+        std: 2e-2,
     }
 }
 
@@ -158,6 +178,9 @@ pub struct BottleneckAdapter {
     /// Factor on the output (`s`; 1 for a plain adapter).
     #[module(skip)]
     pub scale: f64,
+    /// Reads `LN(h + x)` rather than `h` (see [`AdapterConfig::original_ln_before`]).
+    #[module(skip)]
+    pub original_ln_before: bool,
 }
 
 impl BottleneckAdapter {
@@ -170,11 +193,6 @@ impl BottleneckAdapter {
         } else {
             out * self.scale
         }
-    }
-
-    /// The adapter with its own skip connection: `x + delta(x)`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        x.clone() + self.delta(x)
     }
 }
 
@@ -212,38 +230,56 @@ pub struct LayerAdapter {
     pub prefix: Option<AttentionPrefix>,
 }
 
-/// The per-layer fusion attention: the feed-forward output asks (query), each adapter's output
-/// answers (key, value), and the softmax over adapters mixes the values.
+/// The per-layer fusion attention over the adapters after the feed-forward, as AdapterHub's
+/// `BertFusion` with its default `DynamicAdapterFusionConfig`: the adapters' input asks (query,
+/// the post-norm stream), each adapter's output `up_i` answers (key; value `V·up_i`), and the
+/// sub-layer output is added after the mix: `h + Σ_i softmax(dropout(q·k_i)) · V·up_i`.
 #[derive(Module, Debug)]
 pub struct AdapterFusion {
-    /// Reads the feed-forward output `[h, h]`.
+    /// Reads the adapters' input `[h, h]`.
     pub query: Linear,
     /// Reads each adapter's output `[h, h]`.
     pub key: Linear,
     /// No bias; starts as the identity, so a fresh fusion averages the adapters' outputs.
     pub value: Linear,
+    /// Dropout on the scores before the softmax (the backbone's attention dropout).
+    pub score_dropout: Dropout,
+    /// Weight `λ` of the value regulariser `λ·‖I - V‖²` added to the training loss (AdapterHub:
+    /// 0.01; 0 turns it off).
+    #[module(skip)]
+    pub value_regularization: f64,
 }
 
 impl AdapterFusion {
-    /// Query and key `N(0, 0.02²)`, value the identity (as AdapterHub initialises them).
-    pub fn new(width: usize, device: &Device) -> Self {
+    /// Query and key `N(0, 0.02²)` with zero biases, value the identity with `1e-6` off the
+    /// diagonal (as AdapterHub initialises them); `score_dropout` the dropout rate on the scores,
+    /// `value_regularization` the weight of [`AdapterFusion::regularization`].
+    pub fn new(
+        width: usize,
+        score_dropout: f64,
+        value_regularization: f64,
+        device: &Device,
+    ) -> Self {
         let projection = || {
-            LinearConfig::new(width, width)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 2e-2,
-                })
-                .init(device)
+            let mut layer = LinearConfig::new(width, width)
+                .with_initializer(small_normal())
+                .init(device);
+            layer.bias = Some(Initializer::Zeros.init([width], device));
+            layer
         };
-        let mut query = projection();
-        let mut key = projection();
-        query.bias = Some(Initializer::Zeros.init([width], device));
-        key.bias = Some(Initializer::Zeros.init([width], device));
+        let off_diagonal = 1e-6;
+        let identity: Tensor<2> = Tensor::eye(width, device);
         let value = Linear {
-            weight: Param::from_tensor(Tensor::eye(width, device)),
+            weight: Param::from_tensor(identity * (1.0 - off_diagonal) + off_diagonal),
             bias: None,
         };
-        Self { query, key, value }
+        Self {
+            query: projection(),
+            key: projection(),
+            value,
+            score_dropout: DropoutConfig::new(score_dropout).init(),
+            value_regularization,
+        }
     }
 
     /// Parameters per layer: `3h² + 2h`.
@@ -251,15 +287,29 @@ impl AdapterFusion {
         3 * width * width + 2 * width
     }
 
-    /// `stream` `[b, s, h]` is what the adapters read; `outputs` their outputs, each `[b, s, h]`.
-    pub fn forward(&self, stream: Tensor<3>, outputs: Vec<Tensor<3>>) -> Tensor<3> {
-        let [batch, seq, width] = stream.dims();
+    /// `query` `[b, s, h]` is what the adapters read; `outputs` what each adds (`up_i`, `[b, s,
+    /// h]`). The mix of the values, without the residual.
+    pub fn forward(&self, query: Tensor<3>, outputs: Vec<Tensor<3>>) -> Tensor<3> {
+        let [batch, seq, width] = query.dims();
         let stacked: Tensor<4> = Tensor::stack(outputs, 2);
-        let query = linear_rows(&self.query, stream).unsqueeze_dim::<4>(2);
+        let query = linear_rows(&self.query, query).unsqueeze_dim::<4>(2);
         let key = linear_rows(&self.key, stacked.clone());
         let value = linear_rows(&self.value, stacked);
-        let weights = softmax((query * key).sum_dim(3), 2);
+        let scores = kiln_kernels::dropout(&self.score_dropout, (query * key).sum_dim(3));
+        let weights = softmax(scores, 2);
         (weights * value).sum_dim(2).reshape([batch, seq, width])
+    }
+
+    /// AdapterHub's value regulariser `λ·‖I - V‖²` (squares summed over entries), which keeps
+    /// `V` near the identity (`get_fusion_regularization_loss`); `None` when `λ` is 0.
+    pub fn regularization(&self) -> Option<Tensor<1>> {
+        if self.value_regularization == 0.0 {
+            return None;
+        }
+        let weight = self.value.weight.val();
+        let width = weight.dims()[0];
+        let identity: Tensor<2> = Tensor::eye(width, &weight.device());
+        Some((identity - weight).powi_scalar(2).sum() * self.value_regularization)
     }
 }
 
@@ -302,48 +352,110 @@ impl LayerAdapters {
         Some((prefix.key.val(), prefix.value.val()))
     }
 
-    /// Applied to the attention block's output, before its residual is added.
-    pub fn after_attention(&self, attended: Tensor<3>) -> Tensor<3> {
+    /// Whether any adapter of this layer acts at the end of `sub_layer`.
+    pub fn acts_on(&self, sub_layer: &SubLayer) -> bool {
+        if matches!(sub_layer, SubLayer::FeedForward { .. }) && self.fused().is_some() {
+            return true;
+        }
+        self.active_one().is_some_and(|a| match sub_layer {
+            SubLayer::Attention => a.attention.is_some(),
+            SubLayer::FeedForward { .. } => a.feed_forward.is_some() || a.parallel.is_some(),
+        })
+    }
+
+    fn fused(&self) -> Option<&AdapterFusion> {
+        self.fusion
+            .as_ref()
+            .filter(|_| self.active == ActiveAdapter::Fusion)
+    }
+
+    /// The end of a sub-layer with its adapters, as AdapterHub's `bottleneck_layer_forward`.
+    /// `out` is the sub-layer's output `h` (after its dropout), `residual` its input `x`, and
+    /// `close(a, b)` how the plain backbone joins them: `LN(a + b)` in a post-LN layer (BERT),
+    /// `a + b` in a pre-LN one (GPT-2). With a sequential adapter `f` reading `z` (`h`, or
+    /// `close(h, x)` when it has `original_ln_before`) and a parallel one `g` reading the
+    /// feed-forward's input `u`, the result is `close(h + f(z) + s·g(u), x)`. Under fusion the
+    /// adapters after the feed-forward all read `z` and `h + fusion(z, [f_i(z)])` takes the
+    /// place of `h + f(z)`.
+    pub fn close_sub_layer(
+        &self,
+        sub_layer: SubLayer,
+        out: Tensor<3>,
+        residual: Tensor<3>,
+        close: impl Fn(Tensor<3>, Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<3> {
+        let adapter_input = |reads_closed: bool| {
+            if reads_closed {
+                close(out.clone(), residual.clone())
+            } else {
+                out.clone()
+            }
+        };
+        let active = self.active_one();
+        let adapted = match sub_layer {
+            SubLayer::Attention => match active.and_then(|a| a.attention.as_ref()) {
+                Some(adapter) => {
+                    out.clone() + adapter.delta(adapter_input(adapter.original_ln_before))
+                }
+                None => out.clone(),
+            },
+            SubLayer::FeedForward { input } => match self.fused() {
+                Some(fusion) => {
+                    let adapters: Vec<&BottleneckAdapter> = self
+                        .loaded
+                        .iter()
+                        .filter_map(|a| a.feed_forward.as_ref())
+                        .collect();
+                    // As AdapterHub: the last fused adapter's settings decide what they read.
+                    let reads_closed = adapters.last().is_some_and(|a| a.original_ln_before);
+                    let stream = adapter_input(reads_closed);
+                    let outputs = adapters.iter().map(|a| a.delta(stream.clone())).collect();
+                    out.clone() + fusion.forward(stream, outputs)
+                }
+                None => {
+                    let mut adapted = out.clone();
+                    if let Some(adapter) = active.and_then(|a| a.feed_forward.as_ref()) {
+                        adapted =
+                            adapted + adapter.delta(adapter_input(adapter.original_ln_before));
+                    }
+                    if let Some(parallel) = active.and_then(|a| a.parallel.as_ref()) {
+                        adapted = adapted + parallel.delta(input);
+                    }
+                    adapted
+                }
+            },
+        };
+        close(adapted, residual)
+    }
+
+    /// Applied to an already closed sub-layer's output (M2-BERT's sequence mixer, which joins
+    /// its residual inside): `y + f(y)` with the active adapter's attention-slot adapter.
+    pub fn after_attention(&self, closed: Tensor<3>) -> Tensor<3> {
         match self.active_one().and_then(|a| a.attention.as_ref()) {
-            Some(adapter) => adapter.forward(attended),
-            None => attended,
+            Some(adapter) => closed.clone() + adapter.delta(closed),
+            None => closed,
         }
     }
 
-    /// Applied to the feed-forward block's output, before its residual is added.
-    pub fn after_feed_forward(&self, out: Tensor<3>) -> Tensor<3> {
-        if self.active == ActiveAdapter::Fusion
-            && let Some(fusion) = &self.fusion
-        {
-            let outputs = self
-                .loaded
-                .iter()
-                .filter_map(|a| a.feed_forward.as_ref())
-                .map(|adapter| adapter.forward(out.clone()))
-                .collect();
-            return fusion.forward(out, outputs);
-        }
-        match self.active_one().and_then(|a| a.feed_forward.as_ref()) {
-            Some(adapter) => adapter.forward(out),
-            None => out,
-        }
+    /// This layer's fusion regulariser when the fusion is active (see
+    /// [`AdapterFusion::regularization`]).
+    pub fn fusion_regularization(&self) -> Option<Tensor<1>> {
+        self.fused().and_then(AdapterFusion::regularization)
     }
+}
 
-    /// What the parallel adapter adds beside the feed-forward, from the feed-forward's input.
-    pub fn beside_feed_forward(&self, input: Tensor<3>) -> Option<Tensor<3>> {
-        let adapter = self.active_one()?.parallel.as_ref()?;
-        Some(adapter.delta(input))
-    }
-
-    /// The feed-forward block's output `out` (for `input`) with both feed-forward slots applied:
-    /// the adapter (or fusion) after it and the parallel adapter beside it.
-    pub fn around_feed_forward(&self, input: Tensor<3>, out: Tensor<3>) -> Tensor<3> {
-        let out = self.after_feed_forward(out);
-        match self.beside_feed_forward(input) {
-            Some(beside) => out + beside,
-            None => out,
-        }
-    }
+/// The sub-layer whose end an adapter slot sits at.
+// Built and consumed once per layer call: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum SubLayer {
+    /// The attention (or sequence-mixing) block.
+    Attention,
+    /// The feed-forward block; `input` is what it reads (and a parallel adapter beside it).
+    FeedForward {
+        /// The feed-forward block's input `[b, s, h]`.
+        input: Tensor<3>,
+    },
 }
 
 /// AdapterDrop (Rücklé et al. 2021): adapters of the lowest layers do not run. Set per training

@@ -66,6 +66,9 @@ pub trait TunableBackbone {
     /// How many of the lowest layers run without adapters (AdapterDrop).
     fn adapter_drop_state(&mut self) -> &mut AdapterDropState;
 
+    /// [`TunableBackbone::adapter_drop_state`], to read.
+    fn adapter_drop(&self) -> AdapterDropState;
+
     /// Every projection with its path (`layers.0.attention.query`).
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)>;
 
@@ -83,6 +86,18 @@ pub trait TunableBackbone {
     /// Whether attention prefixes (adapters with `prefix_len > 0`) can go in the layers.
     fn has_attention(&self) -> bool {
         true
+    }
+
+    /// Parameters the backbone's reference trains with their own optimiser settings; full paths
+    /// (`m2.layers.0.mixer.filter.z`). Empty for most.
+    fn optimizer_groups(&self) -> Vec<OptimizerGroup> {
+        Vec::new()
+    }
+
+    /// The dropout rate on attention probabilities (AdapterFusion uses it on its scores, as
+    /// AdapterHub does); 0 for a backbone without attention.
+    fn attention_dropout(&self) -> f64 {
+        0.0
     }
 
     /// Numbers the real tokens after an attention prefix, as HF GPT-2 does under peft's prefix
@@ -184,6 +199,10 @@ macro_rules! encoder_slots {
             &mut self.adapter_drop
         }
 
+        fn adapter_drop(&self) -> AdapterDropState {
+            self.adapter_drop
+        }
+
         fn has_pooler(&self) -> bool {
             self.pooler.is_some()
         }
@@ -194,3 +213,14 @@ macro_rules! encoder_slots {
     };
 }
 pub(crate) use encoder_slots;
+
+/// Parameters trained with their own optimiser settings (M2-BERT's long-convolution filters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerGroup {
+    /// A regular expression over full parameter paths; where groups overlap, the later wins.
+    pub pattern: String,
+    /// The group's peak learning rate; the run's schedule scales it as it scales the base rate.
+    pub lr: f64,
+    /// The group's decoupled weight decay.
+    pub weight_decay: f64,
+}

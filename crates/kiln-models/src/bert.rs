@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, LayerAdapters};
+use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
 use crate::attention::{attend, merge_heads, padding_bias, split_heads};
 use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::config::{read_json, require, require_sizes};
@@ -622,33 +622,42 @@ impl BertLayer {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
         let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
         let attended = self.attention.forward(hidden.clone(), bias, prefix);
-        let after_attention = adapters.map(|a| move |x| a.after_attention(x));
-        let hidden = self.add_norm(attended, hidden, &self.attention_norm, after_attention);
+        let hidden = self.close(
+            attended,
+            hidden,
+            &self.attention_norm,
+            adapters,
+            SubLayer::Attention,
+        );
         let inner = match self.activation {
             Activation::Gelu => self.intermediate.forward_bias_gelu(hidden.clone()),
             other => other.forward(self.intermediate.forward(hidden.clone())),
         };
         let out = self.output.forward(inner);
-        let residual = hidden.clone();
-        let around_feed_forward = adapters.map(|a| move |out| a.around_feed_forward(hidden, out));
-        self.add_norm(out, residual, &self.output_norm, around_feed_forward)
+        let feed_forward = SubLayer::FeedForward {
+            input: hidden.clone(),
+        };
+        self.close(out, hidden, &self.output_norm, adapters, feed_forward)
     }
 
-    /// `norm(adapt(dropout(out)) + residual)`, the end of a post-LN sub-layer. Without an
-    /// adapter, dropout, residual add and norm are one fused kernel.
-    fn add_norm(
+    /// `norm(dropout(out) + residual)`, the end of a post-LN sub-layer, with the layer's adapters
+    /// where they act on it. Without one, dropout, residual add and norm are one fused kernel.
+    fn close(
         &self,
         out: Tensor<3>,
         residual: Tensor<3>,
         norm: &LayerNorm,
-        adapt: Option<impl FnOnce(Tensor<3>) -> Tensor<3>>,
+        adapters: Option<&LayerAdapters>,
+        sub_layer: SubLayer,
     ) -> Tensor<3> {
         let eps = self.norm_eps;
-        match adapt {
-            Some(adapt) => {
-                let adapted = adapt(kiln_kernels::dropout(&self.dropout, out));
-                kiln_kernels::add_layer_norm(adapted, residual, norm, eps, None)
-            }
+        match adapters.filter(|a| a.acts_on(&sub_layer)) {
+            Some(adapters) => adapters.close_sub_layer(
+                sub_layer,
+                kiln_kernels::dropout(&self.dropout, out),
+                residual,
+                |a, b| kiln_kernels::add_layer_norm(a, b, norm, eps, None),
+            ),
             None => kiln_kernels::add_layer_norm(out, residual, norm, eps, Some(&self.dropout)),
         }
     }
@@ -666,6 +675,12 @@ impl BertPooler {
 impl TunableBackbone for Bert {
     fn name(&self) -> &'static str {
         "bert"
+    }
+
+    fn attention_dropout(&self) -> f64 {
+        self.layers
+            .first()
+            .map_or(0.0, |layer| layer.attention.probs_dropout.prob)
     }
 
     fn hidden_size(&self) -> usize {

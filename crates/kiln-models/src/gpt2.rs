@@ -16,7 +16,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, LayerAdapters};
+use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
 use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
 use crate::backbone::TunableBackbone;
 use crate::config::{read_json, require, require_sizes};
@@ -486,19 +486,24 @@ impl Gpt2Block {
     ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
         let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
-        let mut attended = self
+        let attended = self
             .attention
             .forward(self.ln_1.forward(hidden.clone()), bias, prefix);
-        if let Some(adapters) = adapters {
-            attended = adapters.after_attention(attended);
-        }
-        let hidden = hidden + attended;
+        // Pre-LN: the plain block joins each sub-layer's output to the stream by a sum.
+        let add = |a: Tensor<3>, b: Tensor<3>| a + b;
+        let hidden = match adapters {
+            Some(adapters) => adapters.close_sub_layer(SubLayer::Attention, attended, hidden, add),
+            None => hidden + attended,
+        };
         let normed = self.ln_2.forward(hidden.clone());
-        let mut out = self.mlp.forward(normed.clone());
-        if let Some(adapters) = adapters {
-            out = adapters.around_feed_forward(normed, out);
+        let out = self.mlp.forward(normed.clone());
+        match adapters {
+            Some(adapters) => {
+                let feed_forward = SubLayer::FeedForward { input: normed };
+                adapters.close_sub_layer(feed_forward, out, hidden, add)
+            }
+            None => hidden + out,
         }
-        hidden + out
     }
 }
 
@@ -534,6 +539,12 @@ impl Gpt2Mlp {
 impl TunableBackbone for Gpt2 {
     fn name(&self) -> &'static str {
         "gpt2"
+    }
+
+    fn attention_dropout(&self) -> f64 {
+        self.blocks
+            .first()
+            .map_or(0.0, |layer| layer.attention.probs_dropout.prob)
     }
 
     fn hidden_size(&self) -> usize {
@@ -594,6 +605,10 @@ impl TunableBackbone for Gpt2 {
 
     fn adapter_drop_state(&mut self) -> &mut AdapterDropState {
         &mut self.adapter_drop
+    }
+
+    fn adapter_drop(&self) -> AdapterDropState {
+        self.adapter_drop
     }
 
     fn projections_mut(&mut self) -> Vec<(String, &mut TunableLinear)> {

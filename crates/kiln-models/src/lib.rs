@@ -37,7 +37,7 @@ pub use adapter::{
     ActiveAdapter, AdapterConfig, AdapterDropState, AdapterFusion, AdapterInit, AttentionPrefix,
     BottleneckAdapter, LayerAdapter, LayerAdapters,
 };
-pub use backbone::TunableBackbone;
+pub use backbone::{OptimizerGroup, TunableBackbone};
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
 pub use classifier::{FrozenCut, HeadConfig, MlpHead, NamedAdapter, SequenceClassifier};
 pub use config::ModelKind;
@@ -48,7 +48,7 @@ pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
 pub use m2::{M2Bert, M2BertConfig};
 pub use monarch::{BlockDiagonal, BlockDiagonalConfig, Monarch, MonarchConfig};
 pub use pretrained::{Backbone, Pooling, Pretrained};
-pub use prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
+pub use prompt::{PrefixEncoder, PromptEncoder, PromptEncoderShape, PromptTemplate, SoftPrompt};
 pub use side::{SideConfig, SideNetwork};
 pub use states::{Readout, TokenStates, first_token, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};

@@ -24,7 +24,8 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{AdapterDropState, LayerAdapters};
+use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
+use crate::backbone::OptimizerGroup;
 use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::bert::{BertConfig, BertEmbeddings, BertPooler};
 use crate::config::read_json;
@@ -73,6 +74,25 @@ pub struct M2BertConfig {
     /// Length of the filters' position table; defaults to `max_position_embeddings`.
     #[serde(default)]
     pub long_conv_l_max: Option<usize>,
+    /// Peak learning rate of the filter MLPs (the reference's `hyena_kernel_lr`).
+    #[serde(default = "default_kernel_lr")]
+    pub long_conv_kernel_learning_rate: f64,
+    /// Peak learning rate of the filters' positional features.
+    #[serde(default = "default_pos_emb_lr")]
+    pub hyena_lr_pos_emb: f64,
+    /// Weight decay of the filter MLPs.
+    #[serde(default = "default_filter_wd")]
+    pub hyena_wd: f64,
+}
+
+fn default_kernel_lr() -> f64 {
+    1e-3
+}
+fn default_pos_emb_lr() -> f64 {
+    1e-5
+}
+fn default_filter_wd() -> f64 {
+    0.1
 }
 
 fn yes() -> bool {
@@ -164,6 +184,11 @@ impl M2BertConfig {
                 dense: TunableLinear::normal(h, h, std, device),
             }),
             adapter_drop: AdapterDropState::default(),
+            filter_optim: FilterOptim {
+                kernel_lr: self.long_conv_kernel_learning_rate,
+                pos_emb_lr: self.hyena_lr_pos_emb,
+                weight_decay: self.hyena_wd,
+            },
         })
     }
 
@@ -437,13 +462,16 @@ impl M2Mlp {
         } else {
             gelu(g)
         };
-        let mut out = self
+        let out = self
             .output
             .forward(kiln_kernels::dropout(&self.dropout, inner));
-        if let Some(adapters) = adapters {
-            out = adapters.around_feed_forward(z.clone(), out);
+        match adapters {
+            Some(adapters) => {
+                let feed_forward = SubLayer::FeedForward { input: z.clone() };
+                adapters.close_sub_layer(feed_forward, out, z, |a, b| self.norm.forward(a + b))
+            }
+            None => self.norm.forward(out + z),
         }
-        self.norm.forward(out + z)
     }
 }
 
@@ -483,6 +511,24 @@ pub struct M2Bert {
     /// AdapterDrop: how many of the lowest layers run without adapters.
     #[module(skip)]
     pub adapter_drop: AdapterDropState,
+    /// How the reference optimises the long-convolution filters.
+    #[module(skip)]
+    pub filter_optim: FilterOptim,
+}
+
+/// The M2 reference's optimiser settings of the filters (`hyena_utils.py` registers them on the
+/// parameters, `create_param_groups.py` makes the groups): the forward filter MLP and the sine
+/// frequencies at `kernel_lr` with `weight_decay`; the positional features `z` at `pos_emb_lr`
+/// without decay; everything else (the reverse MLP included, which the reference leaves
+/// unregistered) at the run's rate and decay.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FilterOptim {
+    /// Peak learning rate of the filter MLPs.
+    pub kernel_lr: f64,
+    /// Peak learning rate of the positional features.
+    pub pos_emb_lr: f64,
+    /// Weight decay of the filter MLPs.
+    pub weight_decay: f64,
 }
 
 impl M2Bert {
@@ -665,6 +711,23 @@ pub fn m2_keys() -> KeyTable {
 impl TunableBackbone for M2Bert {
     fn name(&self) -> &'static str {
         "m2"
+    }
+
+    fn optimizer_groups(&self) -> Vec<OptimizerGroup> {
+        let filters = r"^m2\.layers\.\d+\.mixer\.(filter|residual_filter)\.";
+        let optim = self.filter_optim;
+        vec![
+            OptimizerGroup {
+                pattern: format!(r"{filters}(forward\..*|freq)$"),
+                lr: optim.kernel_lr,
+                weight_decay: optim.weight_decay,
+            },
+            OptimizerGroup {
+                pattern: format!("{filters}z$"),
+                lr: optim.pos_emb_lr,
+                weight_decay: 0.0,
+            },
+        ]
     }
 
     fn hidden_size(&self) -> usize {

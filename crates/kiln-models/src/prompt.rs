@@ -39,40 +39,75 @@ impl PromptTemplate {
     }
 }
 
-/// P-tuning's prompt encoder: the virtual tokens' embeddings pass through a bidirectional LSTM
-/// and an MLP (or the MLP alone), which couples them and eases optimisation.
+/// The shape of P-tuning's prompt encoder, as peft's `PromptEncoderConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptEncoderShape {
+    /// A bidirectional LSTM before the MLP (peft's `LSTM` type), else the MLP alone (`MLP`).
+    pub lstm: bool,
+    /// `H`, the encoder's hidden width (peft's `encoder_hidden_size`; its default is `h`).
+    pub hidden: usize,
+    /// Stacked bi-LSTM layers (peft's `encoder_num_layers`, 2).
+    pub lstm_layers: usize,
+}
+
+/// P-tuning's prompt encoder, as peft's `PromptEncoder` (`tuners/p_tuning/model.py`): the
+/// virtual tokens' embeddings pass through `lstm_layers` stacked bidirectional LSTMs (hidden `H`
+/// per direction) then `Linear(2H, 2H) → ReLU → Linear(2H, h)`; or, the MLP type,
+/// `Linear(h, H) → ReLU → Linear(H, H) → ReLU → Linear(H, h)`. The encoder couples the virtual
+/// tokens, which eases optimisation.
 #[derive(Module, Debug)]
 pub struct PromptEncoder {
-    /// The bidirectional LSTM, if P-tuning uses it.
-    pub lstm: Option<BiLstm>,
-    /// `[2h or h, h]`
-    pub hidden: Linear,
-    /// `[h, h]`
-    pub output: Linear,
+    /// The stacked bi-LSTMs (none for the MLP type).
+    pub lstm: Vec<BiLstm>,
+    /// The MLP's linear layers, ReLU between each two.
+    pub mlp: Vec<Linear>,
 }
 
 impl PromptEncoder {
-    /// A bi-LSTM (hidden `h` per direction) then `2h → h → h`; or, without the LSTM, `h → h → h`.
-    pub fn new(width: usize, lstm: bool, device: &Device) -> Self {
-        let mlp_in = if lstm { 2 * width } else { width };
-        Self {
-            lstm: lstm.then(|| BiLstmConfig::new(width, width, true).init(device)),
-            hidden: LinearConfig::new(mlp_in, width).init(device),
-            output: LinearConfig::new(width, width).init(device),
-        }
+    /// A fresh encoder for tokens of width `width`, initialised as PyTorch initialises
+    /// `nn.LSTM` (uniform in `±1/√H`) and `nn.Linear`.
+    pub fn new(width: usize, shape: PromptEncoderShape, device: &Device) -> Self {
+        let hidden = shape.hidden;
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let lstm = (0..if shape.lstm { shape.lstm_layers } else { 0 })
+            .map(|layer| {
+                let input = if layer == 0 { width } else { 2 * hidden };
+                BiLstmConfig::new(input, hidden, true)
+                    .with_initializer(Initializer::Uniform {
+                        min: -bound,
+                        max: bound,
+                    })
+                    .init(device)
+            })
+            .collect();
+        let sizes = if shape.lstm {
+            vec![2 * hidden, 2 * hidden, width]
+        } else {
+            vec![width, hidden, hidden, width]
+        };
+        let mlp = sizes
+            .windows(2)
+            .map(|pair| LinearConfig::new(pair[0], pair[1]).init(device))
+            .collect();
+        Self { lstm, mlp }
     }
 
     /// `[n, h]` → `[n, h]`.
     pub fn forward(&self, embeddings: Tensor<2>) -> Tensor<2> {
-        let [n, width] = embeddings.dims();
-        let x = match &self.lstm {
-            Some(lstm) => {
-                let (states, _) = lstm.forward(embeddings.reshape([1, n, width]), None);
-                states.reshape([n, 2 * width])
+        let n = embeddings.dims()[0];
+        let mut x = embeddings.unsqueeze_dim::<3>(0);
+        for lstm in &self.lstm {
+            x = lstm.forward(x, None).0;
+        }
+        let width = x.dims()[2];
+        let mut x = x.reshape([n, width]);
+        for (i, layer) in self.mlp.iter().enumerate() {
+            if i > 0 {
+                x = relu(x);
             }
-            None => embeddings,
-        };
-        self.output.forward(relu(self.hidden.forward(x)))
+            x = layer.forward(x);
+        }
+        x
     }
 }
 

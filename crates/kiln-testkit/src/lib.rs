@@ -95,6 +95,7 @@ pub fn add_feed_forward_adapters(model: &mut SequenceClassifier, names: &[&str])
         scale: 1.0,
         init: AdapterInit::NearIdentity,
         prefix_len: 0,
+        original_ln_before: true,
     };
     for name in names {
         model.add_adapter(name, &layout).expect("adds an adapter");

@@ -6,10 +6,12 @@
 //!   of every trainable parameter; surviving entries are scaled by `1 / reserve`, so the
 //!   expected gradient is unchanged.
 //! - **D** (task-driven): before training, the diagonal Fisher information of the task loss (the
-//!   mean squared gradient over the training batches) is estimated for every backbone parameter;
-//!   the entries at or above its `(1 - reserve)` quantile form the child network, fixed for the
-//!   whole run. Other gradients of the backbone are zeroed (no rescaling, as the authors do);
-//!   the head's pass untouched.
+//!   mean over one epoch of training batches of the squared gradient, each parameter's gradient
+//!   first clipped to norm `max_grad_norm` on its own, as `calculate_fisher` in the authors'
+//!   `ChildTuningD` does) is estimated for the parameters of the encoder layers only (the
+//!   authors rank `'layer' in name`); the entries at or above its `(1 - reserve)` quantile form
+//!   the child network, fixed for the whole run. Other gradients of the encoder layers are
+//!   zeroed (no rescaling, as the authors do); embeddings, pooler and head train freely.
 //!
 //! The Fisher estimate saves to safetensors (keyed by parameter path) and loads back, so one
 //! pass serves several runs.
@@ -24,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
+use kiln_models::SequenceClassifier;
 use kiln_models::paths::{ParamVisitor, visit_params};
 
 use crate::checkpoint::{f32_bytes, f32_values, write_f32_tensors};
@@ -209,21 +212,48 @@ impl ParamVisitor for FixedMask<'_> {
     }
 }
 
+/// Path prefixes of `model`'s encoder layers (`bert.layers.3.`): what Child-Tuning D ranks.
+pub fn encoder_layer_prefixes(model: &SequenceClassifier) -> Vec<String> {
+    (0..model.num_layers())
+        .map(|i| format!("{}.", model.layer_path(i)))
+        .collect()
+}
+
+/// How [`estimate_fisher`] ranks.
+#[derive(Debug, Clone)]
+pub struct FisherSettings {
+    /// Path prefixes of the ranked parameters (the encoder layers: `bert.layers.0.`, ...).
+    pub ranked: Vec<String>,
+    /// Each parameter's gradient is clipped to this norm on its own before squaring (the
+    /// authors clip with `max_grad_norm`); `None` leaves it.
+    pub clip_each: Option<f64>,
+    /// Batch size of the pass.
+    pub batch_size: usize,
+    /// Batches used (all, one epoch, when `None`).
+    pub batches: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
 /// The diagonal Fisher information of `model`'s task loss for every trainable parameter whose
-/// path starts with `ranked` (the backbone's, `bert.`): the mean over `batches` training batches
-/// (all, when `None`) of the squared gradient. Any [`TaskModel`] works: the text classifier, FPT,
-/// the causal LM. `model` sits on an autodiff `device`; the result lives on its inner device.
-#[allow(clippy::too_many_arguments)]
+/// path starts with one of `settings.ranked`: the mean over the training batches of the squared
+/// (clipped) gradient. Any [`TaskModel`] works: the text classifier, FPT, the causal LM. `model`
+/// sits on an autodiff `device`; the result lives on its inner device.
 pub fn estimate_fisher<M: TaskModel>(
     model: &M,
     task: &M::Task,
     examples: &[&M::Example],
-    ranked: &str,
     device: &Device,
-    batch_size: usize,
-    batches: Option<usize>,
-    progress: bool,
+    settings: &FisherSettings,
 ) -> Result<PathTensors> {
+    let FisherSettings {
+        ranked,
+        clip_each,
+        batch_size,
+        batches,
+        progress,
+    } = settings;
+    let (batch_size, batches, progress) = (*batch_size, *batches, *progress);
     let chunks: Vec<&[&M::Example]> = examples
         .chunks(batch_size.max(1))
         .take(batches.unwrap_or(usize::MAX))
@@ -245,7 +275,8 @@ pub fn estimate_fisher<M: TaskModel>(
             model,
             &mut SquaredGradients {
                 grads: &grads,
-                prefix: ranked,
+                ranked,
+                clip_each: *clip_each,
                 sums: &mut sums,
             },
         );
@@ -261,18 +292,33 @@ pub fn estimate_fisher<M: TaskModel>(
 
 struct SquaredGradients<'a> {
     grads: &'a GradientsParams,
-    prefix: &'a str,
+    ranked: &'a [String],
+    clip_each: Option<f64>,
     sums: &'a mut PathTensors,
 }
 
 impl ParamVisitor for SquaredGradients<'_> {
     fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
-        if !path.starts_with(self.prefix) {
+        if !self.ranked.iter().any(|prefix| path.starts_with(prefix)) {
             return;
         }
-        let Some(grad) = self.grads.get::<D>(param.id) else {
+        let Some(mut grad) = self.grads.get::<D>(param.id) else {
             return;
         };
+        if let Some(max_norm) = self.clip_each {
+            // `torch.nn.utils.clip_grad_norm_` on this one tensor.
+            let norm = f64::from(
+                grad.clone()
+                    .powi_scalar(2)
+                    .sum()
+                    .sqrt()
+                    .into_scalar::<f32>(),
+            );
+            let factor = max_norm / (norm + 1e-6);
+            if factor < 1.0 {
+                grad = grad * factor;
+            }
+        }
         let len = grad.shape().num_elements();
         let square = grad.powi_scalar(2).reshape([len]);
         let entry = self.sums.values.entry(path.to_string());

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapterhub;
 pub mod adapters;
 pub mod checkpoint;
 pub mod child_tuning;
@@ -42,7 +43,9 @@ pub use checkpoint::{
     ensure_fresh_output, load_params, load_params_as, save_params, save_params_as, save_params_hf,
     write_atomically,
 };
-pub use child_tuning::{ChildTuning, PathTensors, estimate_fisher};
+pub use child_tuning::{
+    ChildTuning, FisherSettings, PathTensors, encoder_layer_prefixes, estimate_fisher,
+};
 pub use error::{Context, Result, TrainError};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};

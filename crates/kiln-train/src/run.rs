@@ -36,9 +36,15 @@ use kiln_models::{
 };
 use kiln_tuning::{MethodConfig, ParamReport};
 
+use crate::adapterhub::{
+    AdapterHubExport, export_adapterhub, export_adapterhub_fusion, import_adapterhub,
+    is_adapterhub_dir,
+};
 use crate::adapters::{load_adapter, save_adapter};
 use crate::checkpoint::load_params;
-use crate::child_tuning::{ChildTuning, PathTensors, estimate_fisher};
+use crate::child_tuning::{
+    ChildTuning, FisherSettings, PathTensors, encoder_layer_prefixes, estimate_fisher,
+};
 use crate::error::{Context, Result, TrainError};
 use crate::fingerprint::{self, Fingerprints};
 use crate::head_files::{HeadFile, Written, write_beside};
@@ -617,11 +623,14 @@ fn child_network_fisher(
         model,
         &text_task,
         &task.part(&task.split.train),
-        &format!("{}.", model.backbone_name()),
         device,
-        settings.train.batch_size,
-        settings.fisher.batches,
-        settings.progress,
+        &FisherSettings {
+            ranked: encoder_layer_prefixes(model),
+            clip_each: settings.train.max_grad_norm,
+            batch_size: settings.train.batch_size,
+            batches: settings.fisher.batches,
+            progress: settings.progress,
+        },
     )?;
     fisher.save(&own)?;
     say!(
@@ -682,11 +691,17 @@ pub fn build(
     let Some(adapter) = &run.peft_adapter else {
         return Ok((model, tokenizer, report));
     };
-    let (model, report) =
-        import_peft(model, adapter).context(|| format!("--peft-adapter {}", adapter.display()))?;
+    let adapterhub = is_adapterhub_dir(adapter);
+    let (model, report) = if adapterhub {
+        import_adapterhub(model, &run.method, adapter)
+    } else {
+        import_peft(model, adapter)
+    }
+    .context(|| format!("--peft-adapter {}", adapter.display()))?;
     say!(
         say,
-        "started from the peft adapter in {}",
+        "started from the {} adapter in {}",
+        if adapterhub { "AdapterHub" } else { "peft" },
         adapter.display()
     );
     Ok((model, tokenizer, report))
@@ -1221,6 +1236,46 @@ pub fn export_run(
         written,
         head_apart,
     })
+}
+
+/// What [`export_run_adapterhub`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterHubWritten {
+    /// One adapter directory (with its head where AdapterHub can hold it).
+    Adapter(AdapterHubExport),
+    /// A fusion: each fused adapter's directory and the fusion's.
+    Fusion(Vec<PathBuf>),
+}
+
+/// Writes the run in `dir` (a bottleneck-adapter or MAM run, or an AdapterFusion run) in
+/// AdapterHub's format in `out` ([`crate::adapterhub`]): what `model.load_adapter(out,
+/// use_safetensors=True)` loads, or for a fusion the adapters and `load_adapter_fusion`'s
+/// directory. `base_model` is recorded as `model_name` (default: the run's model).
+pub fn export_run_adapterhub(
+    dir: &Path,
+    out: &Path,
+    base_model: Option<&str>,
+    device: &Device,
+    allow_changed_inputs: bool,
+) -> Result<(RunConfig, AdapterHubWritten)> {
+    let LoadedRun {
+        config, mut model, ..
+    } = load_run(dir, device, allow_changed_inputs)?;
+    config.method.method().after_fit(&mut model)?;
+    let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
+    let written = if config.method.name() == "fusion" {
+        AdapterHubWritten::Fusion(export_adapterhub_fusion(&model, out, &base)?)
+    } else {
+        let name = config.method.method().adapter_name().ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "{}: the run's method `{}` trains no adapter AdapterHub can hold",
+                dir.display(),
+                config.method.name()
+            ))
+        })?;
+        AdapterHubWritten::Adapter(export_adapterhub(&model, name, out, &base)?)
+    };
+    Ok((config, written))
 }
 
 /// Folds the LoRA deltas of the run in `dir` into the base weights and writes a HF checkpoint

@@ -8,6 +8,8 @@ use burn::module::Module;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Tensor};
 
+use kiln_models::OptimizerGroup;
+
 use crate::error::Result;
 use crate::metrics::Metrics;
 
@@ -43,5 +45,11 @@ pub trait TaskModel: Module + Sized {
     /// structure to decay over.
     fn layer_rates(&self, _lr: f64, _decay: f64) -> Option<ModuleLearningRate> {
         None
+    }
+
+    /// Parameters trained with their own peak rate and weight decay (M2-BERT's filters, as its
+    /// reference trains them); empty for most models.
+    fn optimizer_groups(&self) -> Vec<OptimizerGroup> {
+        Vec::new()
     }
 }

@@ -11,7 +11,7 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use kiln_data::{Target, TaskKind, TextExample, make_batch};
-use kiln_models::{FrozenCut, SequenceClassifier, TextTokenizer, TokenStates};
+use kiln_models::{FrozenCut, OptimizerGroup, SequenceClassifier, TextTokenizer, TokenStates};
 
 use crate::error::{Result, TrainError};
 use crate::metrics::Metrics;
@@ -258,7 +258,13 @@ impl TaskModel for SequenceClassifier {
     ) -> Result<(Tensor<1>, usize)> {
         let (outputs, tokens) = task.outputs(self, examples, device)?;
         let targets: Vec<Target> = examples.iter().map(|e| e.target).collect();
-        Ok((task_loss(outputs, &targets, &task.kind, device), tokens))
+        let loss = task_loss(outputs, &targets, &task.kind, device);
+        // AdapterFusion keeps its value matrices near the identity (AdapterHub's default).
+        let loss = match self.fusion_regularization() {
+            Some(regularization) => loss + regularization,
+            None => loss,
+        };
+        Ok((loss, tokens))
     }
 
     fn evaluate(
@@ -279,6 +285,10 @@ impl TaskModel for SequenceClassifier {
 
     fn layer_rates(&self, lr: f64, decay: f64) -> Option<ModuleLearningRate> {
         Some(layer_decayed(self, lr, decay))
+    }
+
+    fn optimizer_groups(&self) -> Vec<OptimizerGroup> {
+        self.backbone().optimizer_groups()
     }
 }
 

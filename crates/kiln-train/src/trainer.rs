@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
+use burn::optim::lr_scheduler::constant::ConstantLr;
+use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +29,7 @@ use kiln_kernels::FusedAdamWConfig;
 use serde::{Deserialize, Serialize};
 
 use kiln_data::SplitMix64;
+use kiln_models::OptimizerGroup;
 use kiln_tuning::set_trainable;
 
 use crate::checkpoint::{has_entries, load_params, save_params, write_atomically};
@@ -292,6 +295,14 @@ impl Trainer {
                 "--layer-decay: this model has no per-layer rates".into(),
             ));
         }
+        let groups = model.optimizer_groups();
+        if config.layer_decay.is_some() && !groups.is_empty() {
+            return Err(TrainError::Invalid(
+                "--layer-decay: this model trains parameter groups of its own rates (M2-BERT's \
+                 filters); the two do not combine"
+                    .into(),
+            ));
+        }
         if matches!(config.child_tuning, Some(ChildTuning::D { .. })) && self.child_mask.is_none() {
             return Err(TrainError::Invalid(
                 "Child-Tuning D needs its child network (estimate the Fisher information first)"
@@ -300,7 +311,7 @@ impl Trainer {
         }
         std::fs::create_dir_all(&self.run_dir).map_err(|e| TrainError::io(&self.run_dir, e))?;
         let mut model = model;
-        let mut optim = self.optimizer();
+        let mut optim = self.optimizer(&groups);
         let mut state = TrainState::default();
         let mut resumed_from_epoch = None;
         let state_path = self.run_dir.join(STATE_FILE);
@@ -393,10 +404,11 @@ impl Trainer {
                     warmup,
                     total_steps,
                 );
-                model = match config
-                    .layer_decay
-                    .and_then(|decay| model.layer_rates(lr, decay))
-                {
+                let rates = match config.layer_decay {
+                    Some(decay) => model.layer_rates(lr, decay),
+                    None => group_rates(&groups, lr, lr / config.lr),
+                };
+                model = match rates {
                     Some(rates) => optim.step(rates, model, grads),
                     None => optim.step(lr, model, grads),
                 };
@@ -477,8 +489,15 @@ impl Trainer {
         ))
     }
 
-    fn optimizer(&self) -> ModuleOptimizer {
-        adamw(self.config.weight_decay)
+    fn optimizer(&self, groups: &[OptimizerGroup]) -> ModuleOptimizer {
+        groups
+            .iter()
+            .fold(adamw(self.config.weight_decay), |optim, group| {
+                let settings = FusedAdamWConfig::default()
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(group.weight_decay as f32);
+                optim.with_group(param_group(&group.pattern), settings.init(), None)
+            })
     }
 
     fn load_trained<M: Module>(&self, model: M, path: &Path) -> Result<M> {
@@ -589,6 +608,29 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
         adamw.with_weight_decay(0.0).init(),
         None,
     )
+}
+
+/// The groups' rates at this step: each group's peak rate scaled by `factor`, the schedule's
+/// share of the base peak now; `lr` elsewhere. `None` without groups.
+fn group_rates(groups: &[OptimizerGroup], lr: f64, factor: f64) -> Option<ModuleLearningRate> {
+    if groups.is_empty() {
+        return None;
+    }
+    let mut scheduler = groups.iter().fold(
+        ModuleLrScheduler::new(ConstantLr::from(lr)),
+        |scheduler, group| {
+            scheduler.with_group(
+                param_group(&group.pattern),
+                ConstantLr::from(group.lr * factor),
+            )
+        },
+    );
+    Some(scheduler.step())
+}
+
+fn param_group(pattern: &str) -> ParamGroup {
+    ParamGroup::from_regex(pattern)
+        .unwrap_or_else(|e| panic!("a backbone's parameter group `{pattern}` is invalid: {e:?}"))
 }
 
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {

@@ -192,3 +192,73 @@ fn m2_from_random_initialisation_lowers_the_loss() {
     let after = loss(&trained);
     assert!(after < 0.95 * before, "loss {before} -> {after}");
 }
+
+/// The largest change of any entry between two values of one parameter.
+fn moved<const D: usize>(before: Tensor<D>, after: Tensor<D>) -> f32 {
+    (after - before).abs().max().into_scalar()
+}
+
+#[test]
+fn m2_filters_train_at_the_reference_rates() {
+    // The reference (hyena_utils.py, create_param_groups.py) trains the forward filter MLP and
+    // the sine frequencies at 1e-3 with decay 0.1 and the positional features at 1e-5; the rest
+    // takes the run's rate. Adam's first step moves every entry with a gradient by about its
+    // rate, so one step shows each group's.
+    let _rng = seeded_section();
+    let dir = tempfile::tempdir().expect("dir");
+    m2_dir(dir.path(), true);
+    let device = cpu().autodiff();
+    let task = task();
+    let (model, trainable, tokenizer) = classifier(dir.path(), "full", &device).expect("applies");
+    let filter = |m: &SequenceClassifier| {
+        let f = &m.m2.as_ref().expect("m2").layers[0].mixer.filter;
+        (
+            f.forward.layers[1].weight.val().inner(),
+            f.z.val().inner(),
+            f.bias.val().inner(),
+            f.reverse.as_ref().expect("bidirectional").layers[1]
+                .weight
+                .val()
+                .inner(),
+        )
+    };
+    let before = filter(&model);
+    let run = tempfile::tempdir().expect("run");
+    let mut trainer = Trainer::new(
+        TrainConfig {
+            epochs: 1,
+            lr: 1e-4,
+            batch_size: 1000,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            seed: 9,
+            ..TrainConfig::default()
+        },
+        device.clone(),
+        run.path().to_path_buf(),
+        trainable,
+    );
+    trainer.progress = false;
+    let text = TextTask::new(tokenizer.clone(), task.kind.clone());
+    let data = TaskData {
+        task: &text,
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    let (trained, _) = trainer.fit(model, &data, false).expect("trains");
+    let after = filter(&trained);
+    let near = |got: f32, rate: f32, what: &str| {
+        assert!(
+            (got - rate).abs() <= 0.15 * rate,
+            "{what}: moved {got}, its rate is {rate}"
+        );
+    };
+    near(moved(before.0, after.0), 1e-3, "forward filter MLP");
+    near(moved(before.1, after.1), 1e-5, "positional features z");
+    near(moved(before.2, after.2), 1e-4, "the D term (run's rate)");
+    near(
+        moved(before.3, after.3),
+        1e-4,
+        "reverse filter MLP (left to the run, as the reference)",
+    );
+}

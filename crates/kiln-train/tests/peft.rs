@@ -5,49 +5,25 @@
 //! what it loaded with plain transformers. `KILN_WRITE_FIXTURES=1` rewrites kiln's side of the
 //! fixtures (then re-run the script).
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
 
-use kiln_models::paths::{ParamMapper, map_params};
+use kiln_models::paths::map_params;
+use kiln_models::weights::WeightFile;
 use kiln_models::{
-    BertInput, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, PromptTemplate, Readout,
-    SequenceClassifier,
+    BertInput, Gpt2Input, HeadConfig, LowRankConfig, Pretrained, PromptEncoder, PromptEncoderShape,
+    PromptTemplate, Readout, SequenceClassifier,
 };
 use kiln_testkit::{cpu, fixtures};
+
+mod common;
+use common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
 use kiln_train::merge::save_merged;
 use kiln_train::peft::{
     PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, export_peft, import_lora, import_peft,
     load_lora_adapter,
 };
-
-/// `KILN_WRITE_FIXTURES=1`: write kiln's side of the fixtures and skip the comparisons (the
-/// fixture script records transformers' side next).
-fn writing_fixtures() -> bool {
-    std::env::var_os("KILN_WRITE_FIXTURES").is_some()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("json")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value["values"]
-        .as_array()
-        .expect("values")
-        .iter()
-        .map(|v| v.as_f64().expect("number") as f32)
-        .collect()
-}
-
-fn ids(value: &Value, key: &str) -> Tensor<2, Int> {
-    let rows: Vec<Vec<i64>> = serde_json::from_value(value[key].clone()).expect("rows");
-    let shape = [rows.len(), rows[0].len()];
-    Tensor::from_data(TensorData::new(rows.concat(), shape), &cpu())
-}
 
 /// A classifier on a fixture: BERT with the pooler and one linear layer (HF's
 /// `BertForSequenceClassification`), GPT-2 with its last token.
@@ -90,33 +66,6 @@ fn outputs(model: &SequenceClassifier, inputs: &Value) -> Vec<f32> {
     out.into_data().try_to_vec::<f32>().expect("floats")
 }
 
-/// Compares within 1e-4; token states (`[batch, positions, width]`) only where the input's
-/// mask attends, virtual tokens in front counting as attended (GPT-2's states at padding are not
-/// comparable: HF numbers padded positions on, kiln repeats the last real one).
-fn assert_close(got: &[f32], want: &Value, inputs: &Value, what: &str) {
-    let values = floats(want);
-    assert_eq!(got.len(), values.len(), "{what}: sizes");
-    let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).expect("shape");
-    let mask: Vec<Vec<i64>> =
-        serde_json::from_value(inputs["attention_mask"].clone()).expect("mask");
-    let attended = |i: usize| match shape.as_slice() {
-        &[_, positions, width] => {
-            let (row, position) = (i / (positions * width), (i / width) % positions);
-            let virtual_tokens = positions - mask[row].len();
-            position < virtual_tokens || mask[row][position - virtual_tokens] == 1
-        }
-        _ => true,
-    };
-    for (i, (a, b)) in got.iter().zip(&values).enumerate() {
-        if attended(i) {
-            assert!(
-                (a - b).abs() < 1e-4,
-                "{what}: element {i}: kiln {a} vs peft {b}"
-            );
-        }
-    }
-}
-
 #[test]
 fn peft_lora_adapters_load_into_kiln_with_peft_outputs() {
     for (fixture, adapter, key) in [
@@ -143,30 +92,6 @@ fn peft_lora_adapters_load_into_kiln_with_peft_outputs() {
     }
 }
 
-/// Gives the parameters whose paths contain one of its patterns fixed values, so that an
-/// export is the same file every time (initialisation would draw from the backend's RNG).
-struct Deterministic(usize, &'static [&'static str]);
-
-impl ParamMapper for Deterministic {
-    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !self.1.iter().any(|p| path.contains(p)) {
-            return param;
-        }
-        let shape = param.lazy_shape();
-        let values: Vec<f32> = (0..shape.num_elements())
-            .map(|_| {
-                self.0 += 1;
-                ((self.0 as f32 * 0.618_034).fract() - 0.5) * 0.4
-            })
-            .collect();
-        let device = param.lazy_device();
-        Param::initialized(
-            param.id,
-            Tensor::from_data(TensorData::new(values, shape), &device),
-        )
-    }
-}
-
 fn kiln_lora(fixture: &str) -> SequenceClassifier {
     let mut model = classifier(fixture);
     let targets: &[&str] = if fixture.starts_with("bert") {
@@ -184,18 +109,6 @@ fn kiln_lora(fixture: &str) -> SequenceClassifier {
         }
     }
     map_params(model, &mut Deterministic(0, &[".lora.", "head."]))
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).expect("read");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut all: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
 }
 
 /// Exports `model` (built on the fixture `fixture`) and checks it against the committed
@@ -704,5 +617,95 @@ fn predictions_match_the_readme_functions_in_transformers_and_peft() {
                 );
             }
         }
+    }
+}
+
+/// The `[rows, cols]` block of rows `first..first + rows` of a PyTorch `[_, cols]` matrix, as
+/// kiln's `[cols, rows]` weight.
+fn torch_rows(raw: &kiln_models::weights::RawTensor, first: usize, rows: usize) -> Tensor<2> {
+    let cols = raw.shape[1];
+    let block = raw.values[first * cols..(first + rows) * cols].to_vec();
+    Tensor::<2>::from_data(TensorData::new(block, [rows, cols]), &cpu()).transpose()
+}
+
+fn vector(values: &[f32]) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(values.to_vec(), [values.len()]),
+        &cpu(),
+    ))
+}
+
+/// peft's `PromptEncoder` state dict loaded into kiln's encoder: PyTorch's LSTM keeps the four
+/// gates (input, forget, cell, output) stacked in `weight_ih_l{k}` / `weight_hh_l{k}` with two
+/// biases each; Burn's LSTM has a linear pair per gate.
+fn load_prompt_encoder(encoder: &mut PromptEncoder, file: &WeightFile) {
+    let get = |name: &str| file.get(name).unwrap_or_else(|| panic!("`{name}`")).clone();
+    for (layer, lstm) in encoder.lstm.iter_mut().enumerate() {
+        for (suffix, direction) in [("", &mut lstm.forward), ("_reverse", &mut lstm.reverse)] {
+            let w_ih = get(&format!("lstm_head.weight_ih_l{layer}{suffix}"));
+            let w_hh = get(&format!("lstm_head.weight_hh_l{layer}{suffix}"));
+            let b_ih = get(&format!("lstm_head.bias_ih_l{layer}{suffix}"));
+            let b_hh = get(&format!("lstm_head.bias_hh_l{layer}{suffix}"));
+            let h = w_hh.shape[1];
+            let forget = direction.forget_gate.as_mut().expect("a forget gate");
+            let gates = [
+                &mut direction.input_gate,
+                forget,
+                &mut direction.cell_gate,
+                &mut direction.output_gate,
+            ];
+            for (k, gate) in gates.into_iter().enumerate() {
+                gate.input_transform.weight = Param::from_tensor(torch_rows(&w_ih, k * h, h));
+                gate.input_transform.bias = Some(vector(&b_ih.values[k * h..(k + 1) * h]));
+                gate.hidden_transform.weight = Param::from_tensor(torch_rows(&w_hh, k * h, h));
+                gate.hidden_transform.bias = Some(vector(&b_hh.values[k * h..(k + 1) * h]));
+            }
+        }
+    }
+    for (k, linear) in encoder.mlp.iter_mut().enumerate() {
+        // peft's Sequential puts a ReLU between the linear layers: indices 0, 2, 4.
+        let weight = get(&format!("mlp_head.{}.weight", 2 * k));
+        linear.weight = Param::from_tensor(torch_rows(&weight, 0, weight.shape[0]));
+        linear.bias = Some(vector(&get(&format!("mlp_head.{}.bias", 2 * k)).values));
+    }
+}
+
+#[test]
+fn p_tuning_encoders_compute_what_pefts_compute() {
+    let dir = fixtures().join("peft").join("peft-p-tuning");
+    let expected = read_json(&dir.join("expected.json"));
+    for (kind, lstm) in [("lstm", true), ("mlp", false)] {
+        let file = WeightFile::open(&dir.join(format!("{kind}.safetensors"))).expect("weights");
+        let shape = PromptEncoderShape {
+            lstm,
+            hidden: 16,
+            lstm_layers: 2,
+        };
+        let mut encoder = PromptEncoder::new(32, shape, &cpu());
+        assert_eq!(
+            encoder.num_params(),
+            file.names()
+                .filter(|n| *n != "embedding.weight")
+                .map(|n| file.get(n).expect("listed").values.len())
+                .sum::<usize>(),
+            "{kind}: peft's encoder has exactly kiln's parameters"
+        );
+        load_prompt_encoder(&mut encoder, &file);
+        let embedding = file.get("embedding.weight").expect("embedding");
+        let tokens =
+            Tensor::<2>::from_data(TensorData::new(embedding.values.clone(), [4, 32]), &cpu());
+        let ours: Vec<f32> = encoder
+            .forward(tokens)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("floats");
+        // `[n, h]` embeddings: every element compares (no token mask applies).
+        let inputs = serde_json::json!({"attention_mask": [[1, 1, 1, 1]]});
+        assert_close(
+            &ours,
+            &expected[kind],
+            &inputs,
+            &format!("p-tuning {kind} encoder"),
+        );
     }
 }

@@ -13,8 +13,9 @@ use kiln_models::{FrozenCut, HeadConfig, PaddingSide, Pretrained, Readout, Seque
 use kiln_testkit::{cpu, fixtures, seeded_section};
 use kiln_train::child_tuning::{mask_gradients_fixed, mask_gradients_randomly};
 use kiln_train::{
-    ChildTuning, PathTensors, TaskData, TaskModel, TextTask, TrainConfig, Trainer, estimate_fisher,
-    evaluate, load_adapter, load_params, save_adapter, save_params,
+    ChildTuning, FisherSettings, PathTensors, TaskData, TaskModel, TextTask, TrainConfig, Trainer,
+    encoder_layer_prefixes, estimate_fisher, evaluate, load_adapter, load_params, save_adapter,
+    save_params,
 };
 use kiln_tuning::{MethodConfig, ParamReport, Registered};
 
@@ -146,6 +147,8 @@ fn recipe(fixture: &str, name: &str) -> (f64, usize, f64) {
         "bitfit" => (2e-2, 8, 0.95),
         "prompt" => (3e-2, 8, 0.98),
         "p-tuning-v2" => (3e-2, 8, 0.95),
+        // MAM's prefix MLP (800 wide) on the 32-wide fixture takes smaller steps.
+        "mam" => (3e-3, 8, 0.95),
         _ => (1e-2, 8, 0.95),
     }
 }
@@ -212,6 +215,7 @@ fn fusion_lowers_the_loss(fixture: &str) {
     // Stage two: a fresh model loads both and learns only the fusion and the head.
     let fusion = MethodConfig::Fusion(kiln_tuning::methods::FusionConfig {
         adapters: vec![dir.path().join("one"), dir.path().join("two")],
+        ..Default::default()
     });
     let mut base = setup(fixture, &method("linear-probe"), 22, &device);
     let mut model = base.model.clone();
@@ -242,8 +246,10 @@ fn fusion_lowers_the_loss(fixture: &str) {
         .fit(base.model.clone(), &data, false)
         .expect("fusion trains");
     let after = loss(&fused);
+    // The fusion reweighs only what the adapters add (AdapterHub's residual after V), so it has
+    // their leverage, not the whole sub-layer's: the bar is every method's 5%.
     assert!(
-        after < 0.9 * before,
+        after < 0.95 * before,
         "{fixture} fusion: loss {before:.4} -> {after:.4}"
     );
 }
@@ -587,21 +593,31 @@ fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
     // A first pass initialises the lazy parameters, so both passes below draw the same dropout.
     first_batch_gradients(&setup, &task, &device);
     device.seed(4);
+    // Each parameter's gradient clipped on its own, small enough that some clip.
+    let clip = 0.05;
+    let settings = FisherSettings {
+        ranked: encoder_layer_prefixes(&setup.model),
+        clip_each: Some(clip),
+        batch_size: 8,
+        batches: Some(2),
+        progress: false,
+    };
     let fisher = estimate_fisher(
         &setup.model,
         &text_task(&setup, &task),
         &train,
-        "bert.",
         &device,
-        8,
-        Some(2),
-        false,
+        &settings,
     )
     .expect("fisher");
+    // The authors rank the encoder layers only (`'layer' in name`): embeddings, pooler and head
+    // train freely.
     assert!(
-        fisher.values.keys().all(|p| p.starts_with("bert.")),
-        "backbone only"
+        fisher.values.keys().all(|p| p.starts_with("bert.layers.")),
+        "encoder layers only: {:?}",
+        fisher.values.keys().collect::<Vec<_>>()
     );
+    assert!(fisher.values.contains_key("bert.layers.1.output.weight"));
     device.seed(4);
     let mut by_hand: Vec<(String, Vec<f32>)> = Vec::new();
     for chunk in train.chunks(8).take(2) {
@@ -622,27 +638,34 @@ fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
             .forward(outputs, targets);
         let grads = GradientsParams::from_grads(loss.backward(), &setup.model);
         for (path, values) in flat_gradients(&setup.model, &grads) {
-            let squares: Vec<f32> = values.iter().map(|g| g * g / 2.0).collect();
+            let norm = values.iter().map(|g| g * g).sum::<f32>().sqrt();
+            let factor = (clip as f32 / (norm + 1e-6)).min(1.0);
+            let squares: Vec<f32> = values.iter().map(|g| (g * factor).powi(2) / 2.0).collect();
             match by_hand.iter_mut().find(|(p, _)| *p == path) {
                 Some((_, sum)) => sum.iter_mut().zip(squares).for_each(|(s, v)| *s += v),
                 None => by_hand.push((path, squares)),
             }
         }
     }
-    let query = "bert.layers.0.attention.query.weight";
-    let estimated = fisher.values[query]
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32");
-    let (_, expected) = by_hand
-        .iter()
-        .find(|(p, _)| p == query)
-        .expect("query gradient");
-    for (e, x) in estimated.iter().zip(expected) {
-        assert!((e - x).abs() <= 1e-6 * x.abs().max(1e-3), "{e} vs {x}");
+    let mut clipped = 0;
+    for (path, estimate) in &fisher.values {
+        let estimated = estimate
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        let (_, expected) = by_hand.iter().find(|(p, _)| p == path).expect("a gradient");
+        for (e, x) in estimated.iter().zip(expected) {
+            assert!(
+                (e - x).abs() <= 1e-5 * x.abs().max(1e-6),
+                "{path}: {e} vs {x}"
+            );
+        }
+        // Clipped in both batches, the mean of the squares sums to exactly clip².
+        clipped += usize::from(expected.iter().sum::<f32>() > 0.999 * (clip * clip) as f32);
     }
+    assert!(clipped > 0, "the clip should bite on some parameter");
 
     // The child network has the requested share and stays the same from step to step.
     let masks = fisher.top_share_mask(0.3).expect("mask");
@@ -657,7 +680,7 @@ fn child_tuning_d_estimates_the_fisher_and_fixes_its_mask() {
     let outside_child_is_zero = |grads: &GradientsParams| {
         for (path, values) in flat_gradients(&setup.model, grads) {
             let Some(mask) = masks.values.get(&path) else {
-                assert!(!path.starts_with("bert."), "{path} has no mask");
+                assert!(!path.starts_with("bert.layers."), "{path} has no mask");
                 continue;
             };
             let mask = mask
@@ -705,15 +728,19 @@ fn child_tuning_lowers_the_loss_with_full_fine_tuning() {
             None
         } else {
             config.child_tuning = Some(ChildTuning::D { reserve: 0.3 });
+            let settings = FisherSettings {
+                ranked: encoder_layer_prefixes(&setup.model),
+                clip_each: Some(1.0),
+                batch_size: 8,
+                batches: None,
+                progress: false,
+            };
             let fisher = estimate_fisher(
                 &setup.model,
                 &text_task(&setup, &task),
                 &train,
-                "bert.",
                 &device,
-                8,
-                None,
-                false,
+                &settings,
             )
             .expect("fisher");
             Some(fisher.top_share_mask(0.3).expect("mask"))

@@ -142,6 +142,7 @@ impl BottleneckOptions {
             scale,
             init: self.init,
             prefix_len,
+            original_ln_before: slots.original_ln_before,
         }
     }
 
@@ -165,4 +166,7 @@ pub struct Slots {
     pub after_feed_forward: bool,
     /// A bottleneck beside the feed-forward block (He et al.).
     pub parallel: bool,
+    /// The sequential adapters read the closed sub-layer `LN(h + x)` (Pfeiffer; AdapterHub's
+    /// `original_ln_before`), not its output `h` (Houlsby).
+    pub original_ln_before: bool,
 }

@@ -282,28 +282,71 @@ fn parallel_and_mam_train_their_slots() {
     });
     assert_eq!(report.trainable(), L * bottleneck(16) + HEAD);
 
-    let options = &[("prefix-len", "3")];
+    // MAM as AdapterHub's MAMConfig: the prefix reparameterised by an MLP (here 8 wide) while
+    // training, folded into plain rows after.
+    let options = &[("prefix-len", "3"), ("prefix-hidden", "8")];
     for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+        let backbone = if fixture_name == "bert-tiny" {
+            "bert"
+        } else {
+            "gpt2"
+        };
         let report = check(fixture_name, &method("mam", options), |p| {
             p.starts_with("head.")
                 || p.contains(".adapters.loaded.0.parallel.")
-                || p.contains(".adapters.loaded.0.prefix.")
+                || p.starts_with(&format!("{backbone}.prefix_encoder."))
         });
+        let encoder = 3 * H + (H * 8 + 8) + (8 * 2 * L * H + 2 * L * H);
         assert_eq!(
             report.trainable(),
-            L * (2 * 3 * H + bottleneck(16)) + HEAD,
+            encoder + L * bottleneck(16) + HEAD,
             "{fixture_name}"
         );
     }
+    // Without the reparameterisation the rows train directly.
+    let direct = &[("prefix-len", "3"), ("prefix-hidden", "0")];
+    let report = check("bert-tiny", &method("mam", direct), |p| {
+        p.starts_with("head.")
+            || p.contains(".adapters.loaded.0.parallel.")
+            || p.contains(".adapters.loaded.0.prefix.")
+    });
+    assert_eq!(report.trainable(), L * (2 * 3 * H + bottleneck(16)) + HEAD);
+}
+
+#[test]
+fn mam_folds_its_prefix_encoder_into_its_adapter_with_the_same_outputs() {
+    let device = cpu();
+    let mam = method("mam", &[("prefix-len", "3"), ("prefix-hidden", "8")]);
+    let (mut model, _) = mam
+        .apply(classifier("bert-tiny", &mam, &device))
+        .expect("applies");
+    let batch = one_row(&device, vec![2, 40, 41, 3, 0], vec![1, 1, 1, 1, 0]);
+    let before = model.forward(batch.clone());
+    mam.method().after_fit(&mut model).expect("folds");
+    assert!(
+        model
+            .bert
+            .as_ref()
+            .is_some_and(|b| b.prefix_encoder.is_none())
+    );
+    assert_eq!(
+        model.adapters.len(),
+        1,
+        "one adapter: the parallel one with the prefix"
+    );
+    assert_eq!(model.adapters[0].config.prefix_len, 3);
+    let diff = max_diff(before, model.forward(batch));
+    assert!(diff <= 1e-5, "folding moves outputs by {diff}");
 }
 
 #[test]
 fn side_tuning_trains_the_side_network_and_head() {
+    // By default alpha trains too: one scalar.
     let report = check("bert-tiny", &method("side", &[]), |p| {
         p.starts_with("head.") || p.starts_with("side.")
     });
-    assert_eq!(report.trainable(), 2 * H * H + H + H + HEAD);
-    let options = &[("side-width", "8")];
+    assert_eq!(report.trainable(), 2 * H * H + H + H + 1 + HEAD);
+    let options = &[("side-width", "8"), ("side-alpha", "0.5")];
     let report = check("gpt2-tiny", &method("side", options), |p| {
         p.starts_with("head.") || p.starts_with("side.")
     });
@@ -474,6 +517,98 @@ fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
 }
 
 #[test]
+fn a_trained_side_alpha_is_the_sigmoid_of_its_parameter_and_gets_a_gradient() {
+    let device = cpu().autodiff();
+    let side = method("side", &[]);
+    let (mut model, _) = side
+        .apply(classifier("bert-tiny", &side, &device))
+        .expect("applies");
+    let network = model.side.as_mut().expect("side network");
+    // sigmoid(ln 3) = 0.75: 0.75·base + 0.25·side.
+    network.alpha_logit = Some(Param::from_tensor(
+        Tensor::<1>::from_data(TensorData::from([3f32.ln()]), &device).require_grad(),
+    ));
+    let base = Tensor::<2>::ones([1, 2], &device);
+    let side_features = Tensor::<2>::zeros([1, 2], &device);
+    let blended = network.blend(base, side_features);
+    let want = Tensor::<2>::full([1, 2], 0.75, &device);
+    assert!(max_diff(blended.clone(), want) < 1e-6);
+    // d/da of sum(sigmoid(a)·1 + (1 - sigmoid(a))·0) = 2·s·(1 - s) = 0.375.
+    let grads = blended.sum().backward();
+    let logit = network.alpha_logit.as_ref().expect("trained alpha").val();
+    let grad: f32 = logit.grad(&grads).expect("a gradient").into_scalar();
+    assert!((grad - 0.375).abs() < 1e-6, "{grad}");
+    // A curriculum needs its start.
+    let err = method("side", &[("side-alpha-end", "0.2")])
+        .apply(classifier("bert-tiny", &side, &device))
+        .expect_err("no start");
+    assert!(err.to_string().contains("side-alpha-end"), "{err}");
+}
+
+#[test]
+fn fusion_follows_adapterhub_dropout_and_value_regularizer() {
+    let device = cpu();
+    let fusion = method("fusion", &[("adapters", "a,b")]);
+    let (mut model, _) = fusion
+        .apply(with_two_adapters(&device))
+        .expect("fusion applies");
+    let layers = &mut model.bert.as_mut().expect("bert").layers;
+    // The scores' dropout is the backbone's attention dropout (0.1 in the fixture).
+    let first = layers[0]
+        .adapters
+        .as_mut()
+        .expect("slots")
+        .fusion
+        .as_mut()
+        .expect("fusion");
+    assert_eq!(first.score_dropout.prob, 0.1);
+    // V starts as the identity (1e-6 off the diagonal); move layer 0's by 0.1 everywhere.
+    let v = first.value.weight.val();
+    first.value.weight = Param::from_tensor(v + 0.1);
+    let regularization: f32 = model
+        .fusion_regularization()
+        .expect("an active fusion")
+        .into_scalar();
+    // 0.01 · Σ (I - V)²: layer 0 gives H² · (0.1 + 1e-6)² off and on the diagonal (about), the
+    // fresh layer 1 almost nothing.
+    let want = 0.01 * (H * H) as f32 * 0.01;
+    assert!(
+        (regularization - want).abs() < 1e-4 * want,
+        "{regularization} vs {want}"
+    );
+    let off = method(
+        "fusion",
+        &[("adapters", "a,b"), ("value-regularization", "0")],
+    );
+    let (model, _) = off.apply(with_two_adapters(&device)).expect("applies");
+    assert!(model.fusion_regularization().is_none());
+}
+
+#[test]
+fn fresh_bottleneck_adapters_start_as_adapterhub_initialises_them() {
+    // init_weights="bert": N(0, 0.02²) on both projections, zero biases.
+    let device = cpu();
+    let pfeiffer = method("pfeiffer", &[("bottleneck", "32")]);
+    let (model, _) = pfeiffer
+        .apply(classifier("bert-tiny", &pfeiffer, &device))
+        .expect("applies");
+    let mut values = Vec::new();
+    for layer in &model.bert.as_ref().expect("bert").layers {
+        let adapter = layer.adapters.as_ref().expect("slots").loaded[0]
+            .feed_forward
+            .as_ref()
+            .expect("adapter");
+        for weight in [adapter.down.weight.val(), adapter.up.weight.val()] {
+            values.extend(weight.into_data().try_to_vec::<f32>().expect("floats"));
+        }
+        assert!(adapter.original_ln_before, "Pfeiffer reads LN(h + x)");
+    }
+    let n = values.len() as f32;
+    let std = (values.iter().map(|v| v * v).sum::<f32>() / n).sqrt();
+    assert!((std - 0.02).abs() < 0.002, "std {std} over {n} entries");
+}
+
+#[test]
 fn side_alpha_follows_its_curriculum_and_adapter_drop_samples_its_depth() {
     let device = cpu();
     let side = method("side", &[("side-alpha", "1.0"), ("side-alpha-end", "0.2")]);
@@ -533,13 +668,15 @@ fn prompt_methods_train_their_prompts_and_the_head() {
         let encoder = 3 * H + (H * 8 + 8) + (8 * 2 * L * H + 2 * L * H);
         assert_eq!(report.trainable(), encoder + HEAD, "{fixture_name}");
 
-        // P-tuning: with the bi-LSTM, 2 directions x 4 gates x (input and hidden transforms).
+        // P-tuning as peft's encoder (H = h): two stacked bi-LSTMs, 2 directions x 4 gates x
+        // (input and hidden transforms), the second reading both directions (2H); then
+        // 2H -> 2H -> h.
         let p_tuning = method("p-tuning", &[("template", "2,1")]);
         let report = check(fixture_name, &p_tuning, |p| {
             p.starts_with("head.") || (p.starts_with(backbone) && p.contains(".prompt."))
         });
-        let lstm = 2 * 4 * (2 * H * H + 2 * H);
-        let mlp = (2 * H * H + H) + (H * H + H);
+        let lstm = 2 * 4 * (H * H + H + H * H + H) + 2 * 4 * (2 * H * H + H + H * H + H);
+        let mlp = (2 * H * 2 * H + 2 * H) + (2 * H * H + H);
         assert_eq!(
             report.trainable(),
             3 * H + lstm + mlp + HEAD,
@@ -549,7 +686,17 @@ fn prompt_methods_train_their_prompts_and_the_head() {
         let report = check(fixture_name, &mlp_only, |p| {
             p.starts_with("head.") || p.contains(".prompt.")
         });
-        assert_eq!(report.trainable(), 10 * H + 2 * (H * H + H) + HEAD);
+        // h -> H -> H -> h.
+        assert_eq!(report.trainable(), 10 * H + 3 * (H * H + H) + HEAD);
+        let narrow = method(
+            "p-tuning",
+            &[("prompt-encoder", "mlp"), ("encoder-hidden", "8")],
+        );
+        let report = check(fixture_name, &narrow, |p| {
+            p.starts_with("head.") || p.contains(".prompt.")
+        });
+        let mlp = (H * 8 + 8) + (8 * 8 + 8) + (8 * H + H);
+        assert_eq!(report.trainable(), 10 * H + mlp + HEAD);
     }
     let err =
         MethodConfig::parse("p-tuning", &[("prompt-encoder", "gru")]).expect_err("no gru encoder");

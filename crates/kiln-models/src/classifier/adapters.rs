@@ -5,6 +5,7 @@ use super::{NamedAdapter, SequenceClassifier};
 use crate::adapter::{ActiveAdapter, AdapterConfig, AdapterFusion, LayerAdapters};
 use crate::backbone::no_attention;
 use crate::error::{ModelError, Result};
+use burn::tensor::Tensor;
 
 impl SequenceClassifier {
     /// Patterns of the parameters of the adapter called `name`, in every layer.
@@ -24,7 +25,8 @@ impl SequenceClassifier {
         self.adapters.iter().position(|a| a.name == name)
     }
 
-    pub(super) fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
+    /// Every layer's adapter slots, bottom to top, to change (importers fill them).
+    pub fn layer_adapters_mut(&mut self) -> Vec<&mut Option<LayerAdapters>> {
         self.backbone_mut().layer_adapters_mut()
     }
 
@@ -110,8 +112,14 @@ impl SequenceClassifier {
     }
 
     /// Adds a fusion layer over all loaded adapters to every layer (AdapterFusion) and makes it
-    /// active. Every adapter must sit after the feed-forward and nowhere else.
-    pub fn add_fusion(&mut self) -> Result<()> {
+    /// active. Every adapter must sit after the feed-forward and nowhere else. The scores' dropout
+    /// is `score_dropout`, else the backbone's attention dropout (as AdapterHub's `dropout_prob`);
+    /// `value_regularization` weighs `‖I - V‖²` in the training loss.
+    pub fn add_fusion(
+        &mut self,
+        score_dropout: Option<f64>,
+        value_regularization: f64,
+    ) -> Result<()> {
         if self.adapters.len() < 2 {
             return Err(ModelError::InvalidInput(format!(
                 "AdapterFusion needs at least two adapters; the model holds {}",
@@ -130,11 +138,28 @@ impl SequenceClassifier {
         }
         let width = self.hidden_size();
         let device = self.head.output.weight.lazy_device();
+        let score_dropout = score_dropout.unwrap_or_else(|| self.backbone().attention_dropout());
         for slots in self.layer_adapters_mut().into_iter().flatten() {
-            slots.fusion = Some(AdapterFusion::new(width, &device));
+            slots.fusion = Some(AdapterFusion::new(
+                width,
+                score_dropout,
+                value_regularization,
+                &device,
+            ));
             slots.active = ActiveAdapter::Fusion;
         }
         Ok(())
+    }
+
+    /// AdapterFusion's value regulariser summed over the layers (`None` without an active
+    /// fusion or with its weight 0): what training adds to the task loss.
+    pub fn fusion_regularization(&self) -> Option<Tensor<1>> {
+        self.backbone()
+            .layer_adapters()
+            .into_iter()
+            .flatten()
+            .filter_map(LayerAdapters::fusion_regularization)
+            .reduce(|a, b| a + b)
     }
 
     fn require_adapter(&self, name: &str) -> Result<usize> {
@@ -156,6 +181,11 @@ impl SequenceClassifier {
     pub fn set_adapter_drop(&mut self, training_max: usize, inference: usize) {
         self.adapter_drop_max = training_max;
         self.adapter_drop_state().inference = inference;
+    }
+
+    /// Layers without adapters at inference (AdapterDrop).
+    pub fn adapter_drop_inference(&self) -> usize {
+        self.backbone().adapter_drop().inference
     }
 
     pub(super) fn adapter_drop_state(&mut self) -> &mut crate::adapter::AdapterDropState {

@@ -18,6 +18,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::activation::Activation;
 use crate::adapter::AdapterConfig;
 use crate::backbone::TunableBackbone;
 use crate::bert::Bert;
@@ -64,6 +65,7 @@ impl HeadConfig {
                 .collect(),
             output: LinearConfig::new(width, self.outputs).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
+            activation: Activation::Gelu,
         })
     }
 
@@ -73,15 +75,19 @@ impl HeadConfig {
     }
 }
 
-/// `k` linear layers with dropout before each and GELU between them.
+/// `k` linear layers with dropout before each and a non-linearity (GELU; an imported
+/// AdapterHub head's own) between them.
 #[derive(Module, Debug)]
 pub struct MlpHead {
-    /// The layers before the last, each followed by GELU.
+    /// The layers before the last, each followed by the non-linearity.
     pub hidden: Vec<Linear>,
     /// The last linear layer.
     pub output: Linear,
     /// Dropout before each linear layer.
     pub dropout: Dropout,
+    /// The non-linearity after each hidden layer.
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl MlpHead {
@@ -89,7 +95,11 @@ impl MlpHead {
     pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
         let mut x = features;
         for layer in &self.hidden {
-            x = gelu(layer.forward(kiln_kernels::dropout(&self.dropout, x)));
+            let y = layer.forward(kiln_kernels::dropout(&self.dropout, x));
+            x = match self.activation {
+                Activation::Gelu => gelu(y),
+                other => other.forward(y),
+            };
         }
         self.output.forward(kiln_kernels::dropout(&self.dropout, x))
     }

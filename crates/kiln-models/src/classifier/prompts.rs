@@ -5,18 +5,18 @@ use burn::module::Param;
 use burn::tensor::Tensor;
 
 use super::SequenceClassifier;
-use crate::adapter::AdapterConfig;
+use crate::adapter::{AdapterConfig, AttentionPrefix};
 use crate::error::{ModelError, Result};
-use crate::prompt::{PrefixEncoder, PromptEncoder, PromptTemplate, SoftPrompt};
+use crate::prompt::{PrefixEncoder, PromptEncoder, PromptEncoderShape, PromptTemplate, SoftPrompt};
 
 impl SequenceClassifier {
     /// Puts virtual tokens into the input: `initial` `[n, h]` with `n` the template's length,
-    /// through a prompt encoder (P-tuning; with or without its LSTM) when `encoder` says so.
+    /// through a prompt encoder of that shape (P-tuning) when `encoder` gives one.
     pub fn add_prompt(
         &mut self,
         template: PromptTemplate,
         initial: Tensor<2>,
-        encoder: Option<bool>,
+        encoder: Option<PromptEncoderShape>,
     ) -> Result<()> {
         let [n, width] = initial.dims();
         if n != template.len() || n == 0 || width != self.hidden_size() {
@@ -30,7 +30,7 @@ impl SequenceClassifier {
         let device = initial.device();
         let prompt = SoftPrompt {
             embedding: Param::from_tensor(initial.detach()),
-            encoder: encoder.map(|lstm| PromptEncoder::new(width, lstm, &device)),
+            encoder: encoder.map(|shape| PromptEncoder::new(width, shape, &device)),
             template,
         };
         *self.backbone_mut().prompt_slot()? = Some(prompt);
@@ -45,8 +45,9 @@ impl SequenceClassifier {
         Ok(())
     }
 
-    /// Replaces the prefix encoder by the prefixes it computes, as a prefix-only adapter called
-    /// `name`: same outputs, no MLP left, saved and loaded like any adapter.
+    /// Replaces the prefix encoder by the prefixes it computes, as the prefix of the adapter
+    /// called `name` (MAM's), or of a new prefix-only adapter of that name: same outputs, no MLP
+    /// left, saved and loaded like any adapter.
     pub fn fold_prefix_encoder(&mut self, name: &str) -> Result<()> {
         let encoder = self
             .backbone_mut()
@@ -56,12 +57,22 @@ impl SequenceClassifier {
             .ok_or_else(|| ModelError::InvalidInput("the model has no prefix encoder".into()))?;
         let prefixes = encoder.prefixes();
         let len = prefixes.first().map_or(0, |(key, _)| key.dims()[0]);
-        self.add_adapter(name, &AdapterConfig::prefix_only(len))?;
-        let index = self.adapters.len() - 1;
+        let index = match self.adapter_index(name) {
+            Some(index) => {
+                self.adapters[index].config.prefix_len = len;
+                index
+            }
+            None => {
+                self.add_adapter(name, &AdapterConfig::prefix_only(len))?;
+                self.adapters.len() - 1
+            }
+        };
         for (slots, (key, value)) in self.layer_adapters_mut().into_iter().zip(prefixes) {
-            if let Some(prefix) = slots.as_mut().and_then(|s| s.loaded[index].prefix.as_mut()) {
-                prefix.key = Param::from_tensor(key.detach());
-                prefix.value = Param::from_tensor(value.detach());
+            if let Some(adapter) = slots.as_mut().map(|s| &mut s.loaded[index]) {
+                adapter.prefix = Some(AttentionPrefix {
+                    key: Param::from_tensor(key.detach()),
+                    value: Param::from_tensor(value.detach()),
+                });
             }
         }
         Ok(())

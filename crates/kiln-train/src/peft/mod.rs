@@ -153,7 +153,12 @@ pub fn import_peft(
 /// and dropout; the number of virtual tokens), for a run that starts from the adapter. The
 /// method must be the adapter's: LoRA from LORA, prompt from PROMPT_TUNING, p-tuning-v2 (GPT-2)
 /// from PREFIX_TUNING.
+///
+/// An AdapterHub adapter directory is read as such ([`crate::adapterhub`]).
 pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
+    if crate::adapterhub::is_adapterhub_dir(dir) {
+        return crate::adapterhub::method_from_adapterhub(method, dir);
+    }
     let (config, path) = read_peft_config::<serde_json::Value>(dir)?;
     let count = |field: &str| config[field].as_u64().map(|n| n.to_string());
     let options: Vec<(&str, String)> = match (method, config["peft_type"].as_str()) {

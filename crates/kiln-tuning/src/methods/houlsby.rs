@@ -57,6 +57,7 @@ impl Method for HoulsbyConfig {
             after_attention: true,
             after_feed_forward: true,
             parallel: false,
+            original_ln_before: false,
         };
         let layout = self.adapter.layout(model, slots, 1.0, 0);
         Ok(model.add_adapter(&self.adapter.name, &layout)?)

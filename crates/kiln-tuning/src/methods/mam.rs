@@ -3,10 +3,18 @@
 //! query may attend to) plus a scaled parallel adapter beside every feed-forward block. The
 //! backbone is frozen; prefixes, adapters and the head train.
 //!
-//! Defaults from the paper (l = 30, bottleneck 512 with s = 4 on a 1024-wide model), scaled to
-//! the model's width: `l = 30`, `m = h/2`, `s = 4`, ReLU, LoRA-style initialisation. The
-//! prefixes are trained directly, without the paper's MLP reparameterisation (the prefix-tuning
-//! method adds that). Trainable parameters: `L·(2·l·h + 2hm + m + h) + h·c + c`.
+//! Defaults as AdapterHub's `MAMConfig` (`configuration/adapter_config.py`: a `PrefixTuningConfig`
+//! with `bottleneck_size=800` and a `ParBnConfig`): `l = 30` prefix rows reparameterised while
+//! training as `l` embeddings through `h → 800 → L·2·h` (tanh between; folded into plain rows
+//! after training, as prefix tuning does), and a parallel adapter `m = h/2`, `s = 4`, ReLU,
+//! LoRA-style initialisation (`init_weights="mam_adapter"`). These defaults are large on a small
+//! model (the MLP alone is `~800·2Lh`); a smaller MAM takes `--prefix-len`, `--prefix-hidden`,
+//! `--reduction-factor` or `--bottleneck`. `--prefix-hidden 0` trains the rows directly
+//! (kiln's earlier variant, no reparameterisation).
+//!
+//! Trainable parameters while training: `l·h + (h·mid + mid) + (mid·2Lh + 2Lh)` for the
+//! prefix encoder (`2·L·l·h` without one) `+ L·(2hm + m + h) + h·c + c`; after folding the
+//! prefixes are `2·L·l·h`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +37,13 @@ pub struct MamConfig {
     pub scale: f64,
     /// `l`, prefix rows per attention.
     pub prefix_len: usize,
+    /// `mid`, the prefix reparameterisation's hidden width (0: prefixes train directly).
+    #[serde(default = "default_prefix_hidden")]
+    pub prefix_hidden: usize,
+}
+
+fn default_prefix_hidden() -> usize {
+    800
 }
 
 impl Default for MamConfig {
@@ -39,6 +54,7 @@ impl Default for MamConfig {
             adapter,
             scale: 4.0,
             prefix_len: 30,
+            prefix_hidden: default_prefix_hidden(),
         }
     }
 }
@@ -51,6 +67,13 @@ impl Registered for MamConfig {
         let mut options = vec![
             prefix_len_option(|c: &Self| c.prefix_len, |c| &mut c.prefix_len),
             scale_option(|c: &Self| c.scale, |c| &mut c.scale),
+            MethodOption::new(
+                "prefix-hidden",
+                "H",
+                "hidden width of the prefix reparameterisation MLP (0: none)",
+                |c: &Self| c.prefix_hidden.to_string(),
+                |c, v| c.prefix_hidden = v,
+            ),
         ];
         options.extend(BottleneckOptions::options(
             |c: &Self| &c.adapter,
@@ -77,13 +100,30 @@ impl Method for MamConfig {
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
-        let layout = self
-            .adapter
-            .layout(model, PARALLEL_SLOTS, self.scale, self.prefix_len);
-        Ok(model.add_adapter(&self.adapter.name, &layout)?)
+        if self.prefix_hidden == 0 {
+            let layout = self
+                .adapter
+                .layout(model, PARALLEL_SLOTS, self.scale, self.prefix_len);
+            return Ok(model.add_adapter(&self.adapter.name, &layout)?);
+        }
+        let layout = self.adapter.layout(model, PARALLEL_SLOTS, self.scale, 0);
+        model.add_adapter(&self.adapter.name, &layout)?;
+        Ok(model.add_prefix_encoder(self.prefix_len, self.prefix_hidden)?)
     }
 
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {
-        self.adapter.trainable_patterns(model)
+        let mut patterns = self.adapter.trainable_patterns(model);
+        if self.prefix_hidden > 0 {
+            patterns.push(format!("{}.prefix_encoder.*", model.backbone_name()));
+        }
+        patterns
+    }
+
+    fn after_fit(&self, model: &mut SequenceClassifier) -> Result<()> {
+        // The encoder's prefixes join the parallel adapter: one adapter saves, loads, exports.
+        if self.prefix_hidden > 0 {
+            model.fold_prefix_encoder(&self.adapter.name)?;
+        }
+        Ok(())
     }
 }

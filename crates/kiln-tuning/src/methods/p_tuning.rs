@@ -1,23 +1,25 @@
 //! P-tuning (Liu et al. 2021, "GPT Understands, Too"): virtual tokens placed by a template among
 //! the real ones (`before` in front of the text, `after` behind it; for GPT-2 the classifier then
 //! reads the last virtual token, the position that has seen the whole prompted text), whose
-//! embeddings come from a prompt encoder: a bidirectional LSTM and a two-layer MLP (ReLU) over
-//! trained input embeddings, or the MLP alone. The encoder couples the virtual tokens, which the
-//! paper found trains more stably than free embeddings. The backbone is frozen.
+//! embeddings come from a prompt encoder over trained input embeddings, peft's `PromptEncoder`
+//! (`tuners/p_tuning/model.py`): two stacked bidirectional LSTMs (hidden `H` per direction) and
+//! `Linear(2H, 2H) → ReLU → Linear(2H, h)`, or (the MLP type, peft's default) `h → H → H → h`
+//! with ReLU between. The encoder couples the virtual tokens, which the paper found trains more
+//! stably than free embeddings. The backbone is frozen.
 //!
-//! Defaults: template 5 before and 5 after, LSTM encoder (one bi-LSTM layer, hidden `h` per
-//! direction; peft stacks two). Trainable parameters, `n = before + after`: with the LSTM,
-//! `n·h + 2·4·(2h² + 2h) [bi-LSTM] + (2h·h + h) + (h² + h) + h·c + c`; with the MLP alone,
-//! `n·h + 2(h² + h) + h·c + c`.
+//! Defaults: template 5 before and 5 after, the LSTM encoder (the paper's), `H = h`, 2 LSTM
+//! layers (peft's). Trainable parameters, `n = before + after`: with the LSTM,
+//! `n·h + 2·4·(hH + H² + 2H) + 2·4·(2H·H + H² + 2H) [bi-LSTMs] + (2H·2H + 2H) + (2H·h + h) +
+//! h·c + c`; with the MLP, `n·h + (hH + H) + (H² + H) + (Hh + h) + h·c + c`.
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{PromptTemplate, SequenceClassifier, TextTokenizer};
+use kiln_models::{PromptEncoderShape, PromptTemplate, SequenceClassifier, TextTokenizer};
 
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::methods::prompt::check_len;
-use crate::options::{MethodOption, parse_list};
+use crate::options::{MethodOption, parse_list, show_or};
 use crate::prompts::{PromptInit, init_text_option};
 
 /// P-tuning's settings.
@@ -27,6 +29,12 @@ pub struct PTuningConfig {
     pub template: PromptTemplate,
     /// The prompt encoder has the bi-LSTM (else the MLP only).
     pub lstm: bool,
+    /// `H`, the encoder's hidden width; `None` takes the model's width (peft's default).
+    #[serde(default)]
+    pub encoder_hidden: Option<usize>,
+    /// Stacked bi-LSTM layers.
+    #[serde(default = "default_lstm_layers")]
+    pub lstm_layers: usize,
     /// How the virtual tokens start.
     pub init: PromptInit,
 }
@@ -40,9 +48,15 @@ impl Default for PTuningConfig {
                 at_start: false,
             },
             lstm: true,
+            encoder_hidden: None,
+            lstm_layers: default_lstm_layers(),
             init: PromptInit::default(),
         }
     }
+}
+
+fn default_lstm_layers() -> usize {
+    2
 }
 
 impl Registered for PTuningConfig {
@@ -88,6 +102,20 @@ impl Registered for PTuningConfig {
                     Ok(())
                 },
             ),
+            MethodOption::new(
+                "encoder-hidden",
+                "H",
+                "p-tuning: the prompt encoder's hidden width",
+                |c: &Self| show_or(&c.encoder_hidden, "the model's width"),
+                |c, v| c.encoder_hidden = Some(v),
+            ),
+            MethodOption::new(
+                "lstm-layers",
+                "N",
+                "p-tuning: stacked bi-LSTM layers of the lstm encoder",
+                |c: &Self| c.lstm_layers.to_string(),
+                |c, v| c.lstm_layers = v,
+            ),
             init_text_option(|c: &Self| &c.init, |c| &mut c.init),
         ]
     }
@@ -107,12 +135,30 @@ impl Method for PTuningConfig {
     }
 
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
+        if self.encoder_hidden == Some(0) {
+            return Err(TuningError::Option {
+                option: "encoder-hidden",
+                message: "the prompt encoder needs a width of at least 1".into(),
+            });
+        }
+        if self.lstm && self.lstm_layers == 0 {
+            return Err(TuningError::Option {
+                option: "lstm-layers",
+                message: "the lstm encoder needs at least one layer (or --prompt-encoder mlp)"
+                    .into(),
+            });
+        }
         check_len("template", self.template.len())
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
         let initial = self.init.embeddings(model, self.template.len())?;
-        Ok(model.add_prompt(self.template, initial, Some(self.lstm))?)
+        let shape = PromptEncoderShape {
+            lstm: self.lstm,
+            hidden: self.encoder_hidden.unwrap_or(model.hidden_size()),
+            lstm_layers: self.lstm_layers,
+        };
+        Ok(model.add_prompt(self.template, initial, Some(shape))?)
     }
 
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {

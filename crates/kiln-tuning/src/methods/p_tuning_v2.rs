@@ -1,8 +1,8 @@
 //! P-tuning v2 (Liu et al. 2022, "P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning
 //! Universally Across Scales and Tasks"): deep prompts, trained key and value rows in every
 //! layer's attention, trained directly (no reparameterisation, the paper's default). The
-//! backbone is frozen. This is also VPT-deep (Jia et al. 2022, "Visual Prompt Tuning"): nothing
-//! in it is specific to text, so it applies unchanged to any sequence of patch embeddings.
+//! backbone is frozen. (Not VPT-deep, Jia et al. 2022, which replaces every layer's prompt tokens
+//! on image patches; VPT comes with a ViT backbone.)
 //!
 //! The prompts are a prefix-only adapter (see `kiln_models::adapter`), saved on its own like any
 //! adapter. Default `l = 20`. `--prefix-positions` (GPT-2) lets the prefix take the first
@@ -44,7 +44,7 @@ impl Default for PTuningV2Config {
 impl Registered for PTuningV2Config {
     const NAME: &'static str = "p-tuning-v2";
     const SUMMARY: &'static str =
-        "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022; VPT-deep)";
+        "P-tuning v2: deep prompts in every layer's attention (Liu et al. 2022)";
 
     fn options() -> Vec<MethodOption<Self>> {
         vec![

@@ -71,6 +71,7 @@ pub(crate) const PARALLEL_SLOTS: Slots = Slots {
     after_attention: false,
     after_feed_forward: false,
     parallel: true,
+    original_ln_before: false,
 };
 
 pub(crate) fn check_scale(scale: f64) -> Result<()> {

@@ -47,6 +47,7 @@ pub(crate) const PFEIFFER_SLOTS: Slots = Slots {
     after_attention: false,
     after_feed_forward: true,
     parallel: false,
+    original_ln_before: true,
 };
 
 impl Method for PfeifferConfig {

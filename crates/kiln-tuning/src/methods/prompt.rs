@@ -1,9 +1,8 @@
 //! Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt
 //! Tuning"): `n` virtual tokens, trained embeddings in the input layer, go in front of the text
 //! (after `[CLS]` for BERT, so the classifier still reads `[CLS]` there); the attention mask grows
-//! by `n`. The backbone is frozen. This is also VPT-shallow (Jia et al. 2022, "Visual Prompt
-//! Tuning"): nothing in it is specific to text, so it applies unchanged to any sequence of patch
-//! embeddings.
+//! by `n`. The backbone is frozen. (Not VPT, Jia et al. 2022: no path feeds image patches to
+//! it; VPT comes with a ViT backbone.)
 //!
 //! Initialisation from the embeddings of given words (`--prompt-init-text`, repeated to fill
 //! `n`) or of randomly sampled vocabulary tokens. Default `n = 20`. `--prompt-at-start` puts the

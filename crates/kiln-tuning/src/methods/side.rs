@@ -1,12 +1,14 @@
 //! Side-tuning (Zhang et al. 2020, "Side-Tuning: A Baseline for Network Adaptation via Additive
 //! Side Networks"): the backbone stays frozen and untouched; a small side network learns beside
-//! it, and the head reads the blend `alpha·base + (1 - alpha)·side` of their features. `alpha`
-//! is fixed, or follows a linear curriculum from `--side-alpha` to `--side-alpha-end` over
+//! it, and the head reads the blend `alpha·base + (1 - alpha)·side` of their features. By
+//! default `alpha = sigmoid(a)` is trained (`a` from 0), as the authors' `Alpha` merge does;
+//! `--side-alpha` fixes it instead, or starts a linear curriculum to `--side-alpha-end` over
 //! training (the end value is used at inference).
 //!
-//! The side network is a two-layer MLP `h → w → h` on the mean of the backbone's (frozen) token
-//! embeddings (see `kiln_models::side`). Defaults: `w = h`, `alpha = 0.5` fixed. Trainable
-//! parameters: `2hw + w + h + h·c + c`.
+//! The side network is kiln's lightweight variant, a two-layer MLP `h → w → h` on the mean of the
+//! input's (frozen) token embeddings (see `kiln_models::side`), not the paper's whole smaller
+//! network. Defaults: `w = h`, trained `alpha`. Trainable parameters:
+//! `2hw + w + h [+ 1 trained alpha] + h·c + c`.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,26 +18,18 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, show_or};
 
-/// Side-tuning's settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Side-tuning's settings (default: `w = h`, a trained alpha).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct SideTuningConfig {
     /// Hidden width `w` of the side MLP; `None` is the backbone's width.
     pub width: Option<usize>,
-    /// Weight of the backbone's features in the blend (at the start of training).
-    pub alpha: f64,
+    /// Weight of the backbone's features in the blend (at the start of training); `None`
+    /// trains it.
+    pub alpha: Option<f64>,
     /// Final `alpha` of the curriculum; `None` keeps `alpha` fixed.
     pub alpha_end: Option<f64>,
 }
 
-impl Default for SideTuningConfig {
-    fn default() -> Self {
-        Self {
-            width: None,
-            alpha: 0.5,
-            alpha_end: None,
-        }
-    }
-}
 
 impl Registered for SideTuningConfig {
     const NAME: &'static str = "side";
@@ -54,9 +48,9 @@ impl Registered for SideTuningConfig {
             MethodOption::new(
                 "side-alpha",
                 "A",
-                "side: weight of the backbone's features (at the start of training)",
-                |c: &Self| c.alpha.to_string(),
-                |c, a| c.alpha = a,
+                "side: fixed weight of the backbone's features (at the start of training)",
+                |c: &Self| show_or(&c.alpha, "trained, sigmoid(a) from a = 0"),
+                |c, a| c.alpha = Some(a),
             ),
             MethodOption::new(
                 "side-alpha-end",
@@ -75,7 +69,7 @@ impl SideTuningConfig {
         SideConfig {
             width: self.width.unwrap_or(model.hidden_size()),
             alpha: self.alpha,
-            alpha_end: self.alpha_end.unwrap_or(self.alpha),
+            alpha_end: self.alpha_end.or(self.alpha).unwrap_or(0.5),
         }
     }
 }
@@ -94,8 +88,16 @@ impl Method for SideTuningConfig {
                 message: "the side network needs a hidden layer at least 1 wide".into(),
             });
         }
+        if self.alpha_end.is_some() && self.alpha.is_none() {
+            return Err(TuningError::Option {
+                option: "side-alpha-end",
+                message: "a curriculum needs its start, --side-alpha, too (a trained alpha has \
+                          no schedule)"
+                    .into(),
+            });
+        }
         for (option, alpha) in [
-            ("side-alpha", Some(self.alpha)),
+            ("side-alpha", self.alpha),
             ("side-alpha-end", self.alpha_end),
         ] {
             if let Some(alpha) = alpha
