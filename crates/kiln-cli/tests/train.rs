@@ -778,7 +778,10 @@ fn training_starts_from_an_adapterhub_adapter_and_exports_to_adapterhub() {
     ];
     let (ok, stdout, stderr) = train_fixture("bert-tiny", &run, &options);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("started from the AdapterHub adapter"), "{stdout}");
+    assert!(
+        stdout.contains("started from the AdapterHub adapter"),
+        "{stdout}"
+    );
     // The method's options are the adapter's: reduction 8 on 32 wide, swish, its name.
     let recorded = read_json(&run.join("run.json"));
     assert_eq!(recorded["method"]["bottleneck"], 4);
@@ -804,6 +807,23 @@ fn training_starts_from_an_adapterhub_adapter_and_exports_to_adapterhub() {
     assert_eq!(config["config"]["non_linearity"], "silu");
     assert!(out.join("adapter.safetensors").is_file());
 
+    // A run that trained the layer norms (Houlsby's default in kiln) cannot be an AdapterHub
+    // adapter: it is refused, naming the option.
+    let with_norms = dir.path().join("houlsby-norms");
+    let (ok, _, stderr) = train_fixture("bert-tiny", &with_norms, &["--method", "houlsby"]);
+    assert!(ok, "{stderr}");
+    let out = dir.path().join("houlsby-norms-adapterhub");
+    let (ok, _, stderr) = kiln(&[
+        "export",
+        "--run",
+        path(&with_norms),
+        "--out",
+        path(&out),
+        "--format",
+        "adapterhub",
+    ]);
+    assert!(!ok && stderr.contains("--train-norms false"), "{stderr}");
+
     // A Pfeiffer adapter's 3-label head on a 2-label task is refused, naming what differs.
     let pfeiffer = fixtures().join("adapterhub/ah-bert-pfeiffer");
     let options = [
@@ -817,7 +837,12 @@ fn training_starts_from_an_adapterhub_adapter_and_exports_to_adapterhub() {
     let (ok, _, stderr) = train_fixture("bert-tiny", &dir.path().join("pf"), &options);
     assert!(!ok && stderr.contains("3 labels"), "{stderr}");
     // The method must be the adapter's.
-    let options = ["--method", "parallel", "--adapterhub-adapter", path(&houlsby)];
+    let options = [
+        "--method",
+        "parallel",
+        "--adapterhub-adapter",
+        path(&houlsby),
+    ];
     let (ok, _, stderr) = train_fixture("bert-tiny", &dir.path().join("par"), &options);
     assert!(!ok && stderr.contains("--method houlsby"), "{stderr}");
 }

@@ -1146,6 +1146,8 @@ pub fn method_from_adapterhub(method: &str, dir: &Path) -> Result<MethodConfig> 
         ("bottleneck", layout.bottleneck.to_string()),
         ("adapter-activation", activation_name(layout.activation)),
         ("adapter-name", adapter.name.clone()),
+        // AdapterHub trains no layer norm with its adapters.
+        ("train-norms", "false".to_string()),
     ];
     let dropped = adapter.leave_out.len();
     let contiguous = adapter.leave_out.iter().enumerate().all(|(i, &l)| i == l);

@@ -1262,6 +1262,15 @@ pub fn export_run_adapterhub(
         config, mut model, ..
     } = load_run(dir, device, allow_changed_inputs)?;
     config.method.method().after_fit(&mut model)?;
+    let method = serde_json::to_value(&config.method).unwrap_or_default();
+    if method["train_norms"] == true {
+        return Err(TrainError::Invalid(format!(
+            "{}: the run trained the backbone's layer norms with its adapter (--train-norms true, \
+             Houlsby's default here); an AdapterHub adapter holds no layer norms, so it would not \
+             give this run's outputs. Train with --train-norms false for AdapterHub",
+            dir.display()
+        )));
+    }
     let base = base_model.map_or_else(|| config.model.display().to_string(), str::to_string);
     let written = if config.method.name() == "fusion" {
         AdapterHubWritten::Fusion(export_adapterhub_fusion(&model, out, &base)?)
