@@ -424,7 +424,7 @@ pub fn load_adapterhub_fusion(model: &mut SequenceClassifier, dir: &Path) -> Res
 }
 
 /// Loads the AdapterHub adapter in `dir` into the adapter `method` put in `model` (see
-/// [`method_from_adapterhub`]), its head too where it has one, and makes what the method trains
+/// [`method_from_adapterhub`](super::method_from_adapterhub)), its head too where it has one, and makes what the method trains
 /// trainable again.
 pub fn import_adapterhub(
     model: SequenceClassifier,
