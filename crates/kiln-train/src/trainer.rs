@@ -493,9 +493,7 @@ impl Trainer {
         groups
             .iter()
             .fold(adamw(self.config.weight_decay), |optim, group| {
-                let settings = FusedAdamWConfig::default()
-                    .with_epsilon(1e-8)
-                    .with_weight_decay(group.weight_decay as f32);
+                let settings = adamw_settings(group.weight_decay);
                 optim.with_group(param_group(&group.pattern), settings.init(), None)
             })
     }
@@ -598,9 +596,7 @@ impl Trainer {
 /// and layer norms. kiln-kernels' fused update on the CPU, Burn's `AdamW` elsewhere; the state
 /// is Burn's `AdamWState` either way, so checkpoints move between them.
 pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    let adamw = FusedAdamWConfig::default()
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32);
+    let adamw = adamw_settings(weight_decay);
     let no_decay =
         ParamGroup::from_regex(r"(bias|beta|gamma)$").expect("a fixed, valid regular expression");
     ModuleOptimizer::from(adamw.init()).with_group(
@@ -608,6 +604,13 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
         adamw.with_weight_decay(0.0).init(),
         None,
     )
+}
+
+/// The trainer's AdamW settings (HF's epsilon) with `weight_decay`.
+fn adamw_settings(weight_decay: f64) -> FusedAdamWConfig {
+    FusedAdamWConfig::default()
+        .with_epsilon(1e-8)
+        .with_weight_decay(weight_decay as f32)
 }
 
 /// The groups' rates at this step: each group's peak rate scaled by `factor`, the schedule's

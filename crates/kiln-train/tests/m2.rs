@@ -152,6 +152,28 @@ fn methods_that_make_sense_on_m2_train_the_right_parts() {
     }
 }
 
+/// `model` trained on `task` with `config`, only `trainable` tracking gradients, in a temporary
+/// run directory.
+fn fit(
+    model: SequenceClassifier,
+    trainable: Vec<String>,
+    tokenizer: &TextTokenizer,
+    task: &LoadedTask,
+    config: TrainConfig,
+    device: &Device,
+) -> SequenceClassifier {
+    let run = tempfile::tempdir().expect("run");
+    let mut trainer = Trainer::new(config, device.clone(), run.path().to_path_buf(), trainable);
+    trainer.progress = false;
+    let text = TextTask::new(tokenizer.clone(), task.kind.clone());
+    let data = TaskData {
+        task: &text,
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    trainer.fit(model, &data, false).expect("trains").0
+}
+
 #[test]
 fn m2_from_random_initialisation_lowers_the_loss() {
     let _rng = seeded_section();
@@ -167,28 +189,15 @@ fn m2_from_random_initialisation_lowers_the_loss() {
             .loss
     };
     let before = loss(&model);
-    let run = tempfile::tempdir().expect("run");
-    let mut trainer = Trainer::new(
-        TrainConfig {
-            epochs: 4,
-            lr: 3e-3,
-            batch_size: 8,
-            warmup_ratio: 0.0,
-            seed: 9,
-            ..TrainConfig::default()
-        },
-        device.clone(),
-        run.path().to_path_buf(),
-        trainable,
-    );
-    trainer.progress = false;
-    let text = TextTask::new(tokenizer.clone(), task.kind.clone());
-    let data = TaskData {
-        task: &text,
-        train: train.clone(),
-        validation: task.part(&task.split.validation),
+    let config = TrainConfig {
+        epochs: 4,
+        lr: 3e-3,
+        batch_size: 8,
+        warmup_ratio: 0.0,
+        seed: 9,
+        ..TrainConfig::default()
     };
-    let (trained, _) = trainer.fit(model, &data, false).expect("trains");
+    let trained = fit(model, trainable, &tokenizer, &task, config, &device);
     let after = loss(&trained);
     assert!(after < 0.95 * before, "loss {before} -> {after}");
 }
@@ -223,29 +232,16 @@ fn m2_filters_train_at_the_reference_rates() {
         )
     };
     let before = filter(&model);
-    let run = tempfile::tempdir().expect("run");
-    let mut trainer = Trainer::new(
-        TrainConfig {
-            epochs: 1,
-            lr: 1e-4,
-            batch_size: 1000,
-            warmup_ratio: 0.0,
-            weight_decay: 0.0,
-            seed: 9,
-            ..TrainConfig::default()
-        },
-        device.clone(),
-        run.path().to_path_buf(),
-        trainable,
-    );
-    trainer.progress = false;
-    let text = TextTask::new(tokenizer.clone(), task.kind.clone());
-    let data = TaskData {
-        task: &text,
-        train: task.part(&task.split.train),
-        validation: task.part(&task.split.validation),
+    let config = TrainConfig {
+        epochs: 1,
+        lr: 1e-4,
+        batch_size: 1000,
+        warmup_ratio: 0.0,
+        weight_decay: 0.0,
+        seed: 9,
+        ..TrainConfig::default()
     };
-    let (trained, _) = trainer.fit(model, &data, false).expect("trains");
+    let trained = fit(model, trainable, &tokenizer, &task, config, &device);
     let after = filter(&trained);
     let near = |got: f32, rate: f32, what: &str| {
         assert!(
