@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: runs on a bare x86-64 machine with one NVIDIA GPU, its driver, CUDA and PyTorch,
 # but no Rust toolchain and no network, from the folder `cargo xtask gpu-bundle` made here
-# (target/gpu-bundle: release `kiln`, `kiln_step` and parity-test binaries built with wgpu, the
-# Vulkan loader packages, the tiny fixtures, the anchor script).
+# (target/gpu-bundle: release `kiln`, `kiln_step` and the kiln-models test binary, whose parity
+# and loading tests run here, built with wgpu; the Vulkan loader packages, the tiny fixtures, the
+# anchor script).
 #
 #   scripts/gpu-check.sh OUT_DIR [BUNDLE_DIR | BUNDLE.tar.xz]
 #
@@ -64,7 +65,7 @@ parity_status=0
 for test in parity loading; do
   echo "gpu-check: $test tests on wgpu"
   KILN_TEST_DEVICE=wgpu KILN_FIXTURES="$bundle/fixtures" timeout 150 \
-    "$bundle/bin/$test" --test-threads 1 > "$out/$test.log" 2>&1 || parity_status=1
+    "$bundle/bin/models" --test-threads 1 "$test::" > "$out/$test.log" 2>&1 || parity_status=1
   tail -n 3 "$out/$test.log"
 done
 

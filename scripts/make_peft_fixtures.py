@@ -159,7 +159,7 @@ def kiln_to_peft() -> None:
         base, run, key, _ = BASES[backbone]
         directory = OUT / name
         if not (directory / "adapter_config.json").is_file():
-            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test outputs peft::")
             continue
         model = PeftModel.from_pretrained(base(), directory).eval()
         expected(directory / "transformers.json", key, run(model))
@@ -170,7 +170,7 @@ def kiln_to_peft() -> None:
     ]:
         directory = OUT / name
         if not (directory / "model.safetensors").is_file():
-            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test outputs peft::")
             continue
         model = load.from_pretrained(directory).eval()
         expected(directory / "transformers.json", key, run(model))
@@ -220,7 +220,7 @@ def readme_predictions() -> None:
         directory = OUT / name
         readme = directory / "README.md"
         if not readme.is_file():
-            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test peft")
+            print(f"{directory} missing: run KILN_WRITE_FIXTURES=1 cargo test -p kiln-train --test outputs peft::")
             continue
         code = re.search(r"```python\n(.*?)```", readme.read_text(), re.S).group(1)
         code = code.replace('FOLDER = "."', f"FOLDER = {str(directory)!r}", 1)

@@ -15,8 +15,8 @@
 //!   in one run, with the kiln / PyTorch ratios in `runs/bench/anchor.{md,json}`; with `--plan`
 //!   `kiln plan`'s predicted peak memory against the measured one for every method.
 //! - `gpu-bundle`: what `scripts/gpu-check.sh` needs on a GPU machine without Rust or network,
-//!   in `target/gpu-bundle` (under 64 MiB): release `kiln`, `kiln_step` and the parity-test
-//!   binaries built with wgpu, the Vulkan loader's Debian packages, the tiny fixtures and the
+//!   in `target/gpu-bundle` (under 64 MiB): release `kiln`, `kiln_step` and the kiln-models
+//!   test binary (parity and loading tests) built with wgpu, the Vulkan loader's Debian packages, the tiny fixtures and the
 //!   anchor script.
 //! - `fuzz [--inputs N] [--seed S] [--only TARGET]`: the parsers' fuzz targets
 //!   (`kiln_testkit::fuzz`: safetensors, pytorch, config, CSV/TSV/JSONL, class folders, IDX,
@@ -370,7 +370,14 @@ fn test(with_wgpu: bool) -> Result<()> {
             cargo()
                 .args(["test", "--workspace"])
                 .args(features)
-                .args(["--test", "parity", "--test", "minilm", "--test", "loading"])
+                .args([
+                    "--test",
+                    "models",
+                    "--",
+                    "parity::",
+                    "minilm::",
+                    "loading::",
+                ])
                 .env("KILN_TEST_DEVICE", device),
             &format!("cargo test on {device}"),
         )?;
@@ -964,7 +971,7 @@ fn gpu_bundle() -> Result<()> {
         .args(["test", "--release", "--no-run", "--message-format=json"])
         .args(["-p", "kiln-cli", "-p", "kiln-benches", "-p", "kiln-models"])
         .args(features)
-        .args(["--test", "parity", "--test", "loading"])
+        .args(["--test", "models"])
         .output()
         .context("cannot start cargo test --no-run")?;
     if !output.status.success() {
@@ -987,8 +994,8 @@ fn gpu_bundle() -> Result<()> {
         copy_stripped(Path::new(executable), &bundle.join("bin").join(name))?;
         found += 1;
     }
-    if found != 2 {
-        bail!("expected the parity and loading test binaries, found {found}");
+    if found != 1 {
+        bail!("expected the kiln-models test binary (parity and loading tests), found {found}");
     }
     require_tool("apt-get", "download the Vulkan loader package")?;
     run(

@@ -17,8 +17,7 @@ use kiln_models::{
 };
 use kiln_testkit::{cpu, fixtures};
 
-mod common;
-use common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
+use crate::common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
 use kiln_train::merge::save_merged;
 use kiln_train::peft::{
     PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, export_peft, import_lora, import_peft,

@@ -1,9 +1,7 @@
 //! The real all-MiniLM-L6-v2 (fetched by `cargo xtask assets`): kiln's mean-pooled sentence
 //! embeddings against the ones `transformers` gave for the same sentences.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_models::{PaddingSide, Pooling, Pretrained, TextInput, mean_pool};
 use serde::Deserialize;
 

@@ -1,9 +1,7 @@
 //! `kiln encode` end to end on the committed fixtures: the JSON it prints agrees with the
 //! `transformers` reference outputs, and bad requests fail with a clear message.
 
-mod common;
-
-use common::{fixtures, kiln};
+use crate::common::{fixtures, kiln};
 
 use serde_json::Value;
 

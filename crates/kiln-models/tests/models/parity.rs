@@ -1,9 +1,7 @@
 //! kiln's BERT and GPT-2 against HF `transformers` on the committed tiny checkpoints, in both
 //! weight formats, on the backend named by `KILN_TEST_DEVICE`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kiln_models::{Bert, BertInput, Gpt2, Gpt2Input, M2Bert};
 use serde::Deserialize;
 

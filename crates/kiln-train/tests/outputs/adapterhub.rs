@@ -21,8 +21,7 @@ use kiln_train::adapterhub::{
 };
 use kiln_tuning::MethodConfig;
 
-mod common;
-use common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
+use crate::common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
 
 fn fixture_dir(name: &str) -> PathBuf {
     fixtures().join("adapterhub").join(name)

@@ -2,11 +2,9 @@
 //! case asserts the exact outcome (an error naming the fault, or the right reading), and no case
 //! may panic or abort.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, kiln, kiln_in, path, quick_train_args};
+use crate::common::{fixtures, kiln, kiln_in, path, quick_train_args};
 use serde_json::Value;
 
 /// A copy of the fixture `name` in `dir`, for breaking.

@@ -2,12 +2,10 @@
 //! run downloads into `HF_HUB_CACHE`, later ones with `HF_HUB_OFFLINE=1` read the cache and
 //! make no request; unknown and uncached names fail naming the model.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixtures, path, read_json};
+use crate::common::{fixtures, path, read_json};
 use kiln_testkit::hub::{COMMIT, FakeHub};
 
 /// `kiln args...` against `hub` with the cache in `cache`, nothing else of the environment's

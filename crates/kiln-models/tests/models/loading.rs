@@ -2,12 +2,10 @@
 //! tensor at fault; the layouts real checkpoints come in (task-class prefixes, legacy buffers and
 //! names) load.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use kiln_models::{Bert, Gpt2, ModelError};
 
 /// Copies a fixture directory into a fresh temporary one that the test may damage.

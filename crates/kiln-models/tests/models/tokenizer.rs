@@ -1,10 +1,8 @@
 //! Tokenization against HF tokenizers' ids, padding and truncation, and the real GPT-2 vocabulary.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use kiln_models::{ModelKind, PaddingSide, TextInput, TextTokenizer};
 use serde::Deserialize;
 

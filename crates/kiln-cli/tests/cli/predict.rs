@@ -1,9 +1,7 @@
 //! Train on one file, evaluate on another, predict a third: `kiln train --test-task`,
 //! `kiln eval --task`, `kiln predict`, end to end on the tiny fixtures.
 
-mod common;
-
-use common::{fixtures, kiln, kiln_in, path, quick_train_args, read_json};
+use crate::common::{fixtures, kiln, kiln_in, path, quick_train_args, read_json};
 use serde_json::Value;
 
 #[test]

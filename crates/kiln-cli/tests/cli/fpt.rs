@@ -1,9 +1,7 @@
 //! `kiln pretrain` then `kiln fpt` end to end on the tiny fixtures: the pretrained directory is
 //! one kiln loads, and FPT runs on it, on BERT, and at random initialisation.
 
-mod common;
-
-use common::{fixtures, kiln, path};
+use crate::common::{fixtures, kiln, path};
 
 use serde_json::Value;
 

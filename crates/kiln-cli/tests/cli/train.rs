@@ -1,8 +1,6 @@
 //! `kiln train`, `kiln eval` and `kiln methods` end to end on the tiny fixtures.
 
-mod common;
-
-use common::{fixtures, kiln, path, read_json};
+use crate::common::{fixtures, kiln, path, read_json};
 
 use serde_json::Value;
 

@@ -1,0 +1,5 @@
+//! kiln-tuning's integration tests, one binary: every test binary links Burn, so one per crate
+//! keeps the build's link time and disk use down. Each module is one area.
+
+mod methods;
+mod registry;
