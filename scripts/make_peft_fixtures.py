@@ -21,11 +21,22 @@ peft to kiln, written here with a fixed seed:
                                   32, encoder_hidden_size 16), both reparameterisation types:
                                   {lstm,mlp}.safetensors hold its state dict as peft names it,
                                   expected.json the virtual tokens' embeddings it computes.
+  fixtures/peft/peft-bert-rslora/ the LoRA family (`lora-family` writes these alone): rsLoRA and
+  fixtures/peft/peft-*-dora/      DoRA (random A, B and magnitude) on both backbones' LoRA
+  fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), each
+                                  with expected.json as above;
+  fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
+                                  value (r 4, alpha 8): start.safetensors holds, per module, the
+                                  residual base weight and lora_A / lora_B as peft made them.
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
   fixtures/peft/kiln-*-prompt/    state (GPT-2) they give on the same inputs;
   fixtures/peft/kiln-gpt2-prefix/
+  fixtures/peft/kiln-bert-rslora/ (the LoRA family: rsLoRA, DoRA, IA3, and a PiSSA-trained
+  fixtures/peft/kiln-*-dora/      delta converted to a rank-2r LoRA of the original base)
+  fixtures/peft/kiln-*-ia3/
+  fixtures/peft/kiln-bert-pissa/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -40,7 +51,15 @@ import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
 from transformers import AutoModel, AutoModelForSequenceClassification, BertForSequenceClassification, GPT2Model
 
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
@@ -148,14 +167,68 @@ def peft_to_kiln() -> None:
     peft_fixture("peft-gpt2-prefix", "gpt2", 15, prefix)
 
 
-def kiln_to_peft() -> None:
-    for name, backbone in [
-        ("kiln-bert-lora", "bert"),
-        ("kiln-gpt2-lora", "gpt2"),
-        ("kiln-bert-prompt", "bert"),
-        ("kiln-gpt2-prompt", "gpt2"),
-        ("kiln-gpt2-prefix", "gpt2"),
-    ]:
+def lora_family() -> None:
+    """The LoRA variants and IA3, peft to kiln: random factors, so that every term counts."""
+    for backbone, seed, extra in [("bert", 21, {}), ("gpt2", 22, {"fan_in_fan_out": True})]:
+        task = TaskType.SEQ_CLS if backbone == "bert" else TaskType.FEATURE_EXTRACTION
+        targets = ["query", "value"] if backbone == "bert" else ["c_attn"]
+        common = dict(task_type=task, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                      init_lora_weights=False, **extra)
+        if backbone == "bert":
+            peft_fixture("peft-bert-rslora", backbone, seed, LoraConfig(use_rslora=True, **common))
+        base, run, key, fixture = BASES[backbone]
+        torch.manual_seed(seed)
+        model = get_peft_model(base(), LoraConfig(use_dora=True, **common)).eval()
+        with torch.no_grad():  # a magnitude away from the norms it starts at
+            for name, param in model.named_parameters():
+                if "lora_magnitude_vector" in name:
+                    param.mul_(torch.empty_like(param).uniform_(0.5, 1.5))
+        directory = OUT / f"peft-{backbone}-dora"
+        save(model, directory, fixture)
+        expected(directory / "expected.json", key, run(model))
+        # IA3 with peft's default targets for the architecture, vectors random.
+        peft_fixture(f"peft-{backbone}-ia3", backbone, seed + 10, IA3Config(task_type=task, init_ia3_weights=False))
+    # PiSSA and OLoRA: what the start is (the residual weight and the factors).
+    from safetensors.torch import save_file
+
+    for init in ["pissa", "olora"]:
+        torch.manual_seed(23)
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
+                            target_modules=["query", "value"], init_lora_weights=init)
+        model = get_peft_model(bert_base(), config).eval()
+        start = {}
+        for name, module in model.named_modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                prefix = name.removeprefix("base_model.model.")
+                start[f"{prefix}.residual"] = module.base_layer.weight.detach().clone()
+                start[f"{prefix}.lora_A"] = module.lora_A["default"].weight.detach().clone()
+                start[f"{prefix}.lora_B"] = module.lora_B["default"].weight.detach().clone()
+        directory = OUT / f"peft-bert-{init}-init"
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in start.items()}, directory / "start.safetensors")
+        expected(directory / "expected.json", "logits", bert_logits(model))
+        print(f"{directory}: {init} start recorded")
+
+
+KILN_TO_PEFT = [
+    ("kiln-bert-lora", "bert"),
+    ("kiln-gpt2-lora", "gpt2"),
+    ("kiln-bert-prompt", "bert"),
+    ("kiln-gpt2-prompt", "gpt2"),
+    ("kiln-gpt2-prefix", "gpt2"),
+    ("kiln-bert-rslora", "bert"),
+    ("kiln-bert-dora", "bert"),
+    ("kiln-gpt2-dora", "gpt2"),
+    ("kiln-bert-ia3", "bert"),
+    ("kiln-gpt2-ia3", "gpt2"),
+    ("kiln-bert-pissa", "bert"),
+]
+
+
+def kiln_to_peft(names=None) -> None:
+    for name, backbone in KILN_TO_PEFT:
+        if names is not None and name not in names:
+            continue
         base, run, key, _ = BASES[backbone]
         directory = OUT / name
         if not (directory / "adapter_config.json").is_file():
@@ -164,6 +237,8 @@ def kiln_to_peft() -> None:
         model = PeftModel.from_pretrained(base(), directory).eval()
         expected(directory / "transformers.json", key, run(model))
         print(f"{directory}: loaded by peft, {key} recorded")
+    if names is not None:
+        return
     for name, load, run, key in [
         ("kiln-bert-merged", AutoModelForSequenceClassification, bert_logits, "logits"),
         ("kiln-gpt2-merged", AutoModel, gpt2_hidden, "last_hidden_state"),
@@ -245,11 +320,17 @@ if __name__ == "__main__":
     import sys
 
     OUT.mkdir(parents=True, exist_ok=True)
-    # `make_peft_fixtures.py p-tuning` writes that fixture alone.
+    # `make_peft_fixtures.py p-tuning` writes that fixture alone; `lora-family` the LoRA
+    # variants' and IA3's, both ways.
     if sys.argv[1:] == ["p-tuning"]:
         p_tuning_encoders()
         sys.exit()
+    if sys.argv[1:] == ["lora-family"]:
+        lora_family()
+        kiln_to_peft([name for name, _ in KILN_TO_PEFT[5:]])
+        sys.exit()
     peft_to_kiln()
     p_tuning_encoders()
+    lora_family()
     kiln_to_peft()
     readme_predictions()

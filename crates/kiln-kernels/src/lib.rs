@@ -158,7 +158,7 @@ pub fn unfused<R>(body: impl FnOnce() -> R) -> R {
 
 /// Whether a dropout layer is active for `x`, by Burn's rule: the layer is training (not frozen
 /// or switched to validation), `x` is on an autodiff device, and the probability is positive.
-fn dropout_active<const D: usize>(layer: &Dropout, x: &Tensor<D>) -> bool {
+pub fn dropout_active<const D: usize>(layer: &Dropout, x: &Tensor<D>) -> bool {
     layer.training.is_enabled() && x.device().is_autodiff() && layer.prob > 0.0
 }
 

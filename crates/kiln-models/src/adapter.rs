@@ -20,7 +20,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::tunable::{linear_rows, peft_kaiming_uniform};
+use crate::low_rank::peft_kaiming_uniform;
+use crate::tunable::linear_rows;
 
 /// How a fresh adapter's weights start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,10 @@ pub trait TunableBackbone {
     /// The projections LoRA targets unless told otherwise (peft's defaults).
     fn default_lora_targets(&self) -> Vec<String>;
 
+    /// The projections IA3 scales unless told otherwise, and those of them it scales on the
+    /// input (the feed-forward's second projection, whose input is the inner activation).
+    fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>);
+
     /// The token embedding table.
     fn word_embedding(&self) -> &Embedding;
 

@@ -693,6 +693,16 @@ impl TunableBackbone for Bert {
         vec!["query".into(), "value".into()]
     }
 
+    fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>) {
+        // The paper's keys, values and feed-forward activation. (peft's default, `output.dense`,
+        // also matches the attention output by suffix.)
+        let feed_forward = "layers.*.output".to_string();
+        (
+            vec!["key".into(), "value".into(), feed_forward.clone()],
+            vec![feed_forward],
+        )
+    }
+
     fn attention_patterns(&self, i: usize) -> Vec<String> {
         vec![format!("layers.{i}.attention.*")]
     }

@@ -571,6 +571,14 @@ impl TunableBackbone for Gpt2 {
         vec!["c_attn".into()]
     }
 
+    fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>) {
+        // peft's: the fused query/key/value projection, and the feed-forward's second half.
+        (
+            vec!["c_attn".into(), "mlp.c_proj".into()],
+            vec!["mlp.c_proj".into()],
+        )
+    }
+
     fn position_patterns(&self) -> Vec<String> {
         vec!["wpe.*".into()]
     }

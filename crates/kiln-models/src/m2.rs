@@ -741,6 +741,15 @@ impl TunableBackbone for M2Bert {
         vec!["in_linear".into(), "out_linear".into()]
     }
 
+    fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>) {
+        // No attention: the mixer's input projection (its value and gate branches) on its
+        // output, and its output projection on its input.
+        (
+            vec!["in_linear".into(), "out_linear".into()],
+            vec!["out_linear".into()],
+        )
+    }
+
     fn attention_patterns(&self, i: usize) -> Vec<String> {
         vec![format!("layers.{i}.mixer.*")]
     }

@@ -1,17 +1,19 @@
-//! The projection every backbone uses: a base weight and bias, plus a slot for a low-rank delta
-//! (LoRA, Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models").
+//! The projection every backbone uses: a base weight and bias, plus the slots the weight-side
+//! methods fill: a delta of the LoRA family (see [`crate::low_rank`]) and IA3's scaling vector.
 //!
-//! With the slot filled the layer computes `x·W + b + dropout(x)·A·B·(alpha/r)`. `A` is
-//! `[d_in, r]` and starts random, `B` is `[r, d_out]` and starts at zero, so a fresh delta leaves
-//! the model's outputs unchanged. Merging folds `A·B·(alpha/r)` into `W` for inference at the
-//! base model's cost; unmerging subtracts it again. Trainable parameters per filled slot:
-//! `r·(d_in + d_out)`.
+//! With a LoRA delta the layer computes `x·W + b + dropout(x)·A·B·s`; `B` starts at zero (or
+//! PiSSA/OLoRA move part of `W` into the delta), so a fresh delta leaves the model's outputs
+//! unchanged. IA3 (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and
+//! Cheaper than In-Context Learning") multiplies the output `(x·W + b) ⊙ l` or, on a feed-forward
+//! layer, the input `(x ⊙ l)·W + b`, with `l` starting at ones. Both merge into `W` (and `b`) for
+//! inference at the base model's cost and unmerge again. Trainable parameters per filled slot:
+//! LoRA `r·(d_in + d_out)` (DoRA `+ d_out`), IA3 `d_out` (on the input: `d_in`).
 
 use burn::module::{Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
-};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
+
+use crate::low_rank::{LowRankConfig, LowRankDelta};
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
 /// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`; deltas served
@@ -22,8 +24,10 @@ pub struct TunableLinear {
     pub weight: Param<Tensor<2>>,
     /// Bias `[d_out]`.
     pub bias: Option<Param<Tensor<1>>>,
-    /// The trained LoRA delta, if any.
+    /// The trained delta of the LoRA family, if any.
     pub lora: Option<LowRankDelta>,
+    /// IA3's trained scaling vector, if any.
+    pub ia3: Option<ScalingVector>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
     pub served: Vec<Option<LowRankDelta>>,
@@ -44,39 +48,15 @@ pub enum LoraRouting {
     PerExample(Vec<Option<usize>>),
 }
 
-/// peft's `kaiming_uniform_(A, a=sqrt(5))`, uniform in ±1/sqrt(fan_in): torch's gain for
-/// `a = sqrt(5)` is sqrt(2 / (1 + 5)) = 1/sqrt(3), and Burn's bound is gain * sqrt(3 / fan_in).
-pub fn peft_kaiming_uniform() -> Initializer {
-    Initializer::KaimingUniform {
-        gain: 1.0 / 3f64.sqrt(),
-        fan_out_only: false,
-    }
-}
-
-/// Settings of one LoRA delta.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LowRankConfig {
-    /// Rank `r`.
-    pub rank: usize,
-    /// The delta is scaled by `alpha / r`.
-    pub alpha: f64,
-    /// Dropout on the delta's input only (peft's `lora_dropout`).
-    pub dropout: f64,
-}
-
-/// `dropout(x)·A·B·scale` with `scale = alpha / rank`.
+/// IA3's learned vector `l` on one projection.
 #[derive(Module, Debug)]
-pub struct LowRankDelta {
-    /// `[d_in, r]`
-    pub a: Param<Tensor<2>>,
-    /// `[r, d_out]`
-    pub b: Param<Tensor<2>>,
-    /// Dropout on the delta's input.
-    pub dropout: Dropout,
-    /// `alpha / r`.
+pub struct ScalingVector {
+    /// `[d_out]`, or `[d_in]` on the input; starts at ones.
+    pub scale: Param<Tensor<1>>,
+    /// Scales the projection's input (peft's feed-forward modules) rather than its output.
     #[module(skip)]
-    pub scale: f64,
-    /// True while `A·B·scale` sits inside the base weight; the delta then adds nothing.
+    pub on_input: bool,
+    /// True while `l` sits inside the base weight (and bias); it then scales nothing.
     #[module(skip)]
     pub merged: bool,
 }
@@ -120,10 +100,19 @@ impl TunableLinear {
     }
 
     /// Exact GELU of the projection, its bias added inside the fused kernel (kiln-kernels): the
-    /// feed-forward's first half in one pass over its output instead of two.
+    /// feed-forward's first half in one pass over its output instead of two. (IA3 on this
+    /// output scales after the bias, so that case takes the plain path.)
     pub fn forward_bias_gelu<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        if self.output_scale().is_some() {
+            return kiln_kernels::bias_gelu(self.forward(input), None);
+        }
         let out = self.forward_with(input, None);
         kiln_kernels::bias_gelu(out, self.bias.as_ref().map(Param::val))
+    }
+
+    /// IA3's vector when it scales this projection's output and is not merged.
+    fn output_scale(&self) -> Option<&ScalingVector> {
+        self.ia3.as_ref().filter(|v| !v.merged && !v.on_input)
     }
 
     /// The projection with `bias` (the layer's own, or none).
@@ -133,13 +122,25 @@ impl TunableLinear {
         bias: Option<&Param<Tensor<1>>>,
     ) -> Tensor<D> {
         let mut dims = input.dims();
-        let rows = as_rows(input);
-        let mut out = affine_rows(rows.clone(), &self.weight, bias);
-        if let Some(delta) = self.lora.as_ref().filter(|d| !d.merged) {
-            out = out + delta.forward_rows(rows.clone());
+        let mut rows = as_rows(input);
+        if let Some(vector) = self.ia3.as_ref().filter(|v| !v.merged && v.on_input) {
+            rows = rows * vector.scale.val().unsqueeze_dim(0);
         }
+        // kiln-kernels' product: on the CPU its output is written once, never zero-filled first.
+        let plain = kiln_kernels::matmul(rows.clone(), self.weight.val());
+        let mut out = match self.lora.as_ref().filter(|d| !d.merged) {
+            Some(delta) if delta.magnitude.is_some() => {
+                let dora = delta.dora_rows(rows.clone(), plain.clone(), &self.weight.val());
+                with_bias(plain, bias) + dora
+            }
+            Some(delta) => with_bias(plain, bias) + delta.forward_rows(rows.clone()),
+            None => with_bias(plain, bias),
+        };
         if self.routing != LoraRouting::Off {
             out = out + self.served_delta(rows, dims[0]);
+        }
+        if let Some(vector) = self.output_scale() {
+            out = out * vector.scale.val().unsqueeze_dim(0);
         }
         dims[D - 1] = self.d_out();
         out.reshape(dims)
@@ -177,46 +178,74 @@ impl TunableLinear {
         }
     }
 
-    /// Fills the low-rank slot with a fresh delta (`A` uniform in ±1/sqrt(d_in) as peft's
-    /// Kaiming-uniform, `B` zero).
+    /// Fills the low-rank slot with a fresh delta (see [`LowRankDelta::init`]); PiSSA and
+    /// OLoRA take their start out of the base weight.
     pub fn add_lora(&mut self, config: LowRankConfig) {
-        let device = self.weight.lazy_device();
-        let (d_in, d_out) = (self.d_in(), self.d_out());
-        let a = peft_kaiming_uniform().init_with([d_in, config.rank], Some(d_in), None, &device);
-        let b = Initializer::Zeros.init([config.rank, d_out], &device);
-        self.lora = Some(LowRankDelta {
-            a,
-            b,
-            dropout: DropoutConfig::new(config.dropout).init(),
-            scale: config.alpha / config.rank as f64,
-            merged: false,
-        });
+        let (delta, residual) = LowRankDelta::init(self.weight.val(), config);
+        if let Some(residual) = residual {
+            self.weight = self.weight.clone().map(|_| residual);
+        }
+        self.lora = Some(delta);
     }
 
     /// Adds the delta into the base weight; outputs stay the same, the delta's cost is gone.
     pub fn merge_lora(&mut self) {
-        let Some(delta) = self.lora.as_mut() else {
+        let Some(delta) = self.lora.as_mut().filter(|d| !d.merged) else {
             return;
         };
-        if delta.merged {
-            return;
-        }
-        let update = delta.product().detach();
-        self.weight = self.weight.clone().map(|w| w + update);
+        let merged = delta.merge_into(self.weight.val().detach());
+        self.weight = self.weight.clone().map(|_| merged);
         delta.merged = true;
     }
 
     /// Takes a merged delta back out of the base weight.
     pub fn unmerge_lora(&mut self) {
-        let Some(delta) = self.lora.as_mut() else {
+        let Some(delta) = self.lora.as_mut().filter(|d| d.merged) else {
             return;
         };
-        if !delta.merged {
-            return;
-        }
-        let update = delta.product().detach();
-        self.weight = self.weight.clone().map(|w| w - update);
+        let unmerged = delta.unmerge_from(self.weight.val().detach());
+        self.weight = self.weight.clone().map(|_| unmerged);
         delta.merged = false;
+    }
+
+    /// Fills IA3's slot with a vector of ones, on the input (`on_input`) or the output.
+    pub fn add_ia3(&mut self, on_input: bool) {
+        let width = if on_input { self.d_in() } else { self.d_out() };
+        let device = self.weight.lazy_device();
+        self.ia3 = Some(ScalingVector {
+            scale: Param::from_tensor(Tensor::ones([width], &device)),
+            on_input,
+            merged: false,
+        });
+    }
+
+    /// Folds IA3's vector into the weight: its rows (input) or its columns and the bias (output).
+    pub fn merge_ia3(&mut self) {
+        self.rescale_by_ia3(false);
+    }
+
+    /// Divides a merged IA3 vector back out.
+    pub fn unmerge_ia3(&mut self) {
+        self.rescale_by_ia3(true);
+    }
+
+    fn rescale_by_ia3(&mut self, unmerge: bool) {
+        let Some(vector) = self.ia3.as_mut().filter(|v| v.merged == unmerge) else {
+            return;
+        };
+        let mut scale = vector.scale.val().detach();
+        if unmerge {
+            scale = scale.recip();
+        }
+        if vector.on_input {
+            let rows = scale.unsqueeze_dim(1);
+            self.weight = self.weight.clone().map(|w| w * rows);
+        } else {
+            let columns = scale.clone().unsqueeze_dim(0);
+            self.weight = self.weight.clone().map(|w| w * columns);
+            self.bias = self.bias.take().map(|b| b.map(|b| b * scale));
+        }
+        vector.merged = !unmerge;
     }
 }
 
@@ -226,38 +255,10 @@ impl From<Linear> for TunableLinear {
             weight: linear.weight,
             bias: linear.bias,
             lora: None,
+            ia3: None,
             served: Vec::new(),
             routing: LoraRouting::Off,
         }
-    }
-}
-
-impl LowRankDelta {
-    /// A delta with given matrices `a` `[d_in, r]`, `b` `[r, d_out]` (an adapter read from a file).
-    pub fn from_matrices(a: Tensor<2>, b: Tensor<2>, config: LowRankConfig) -> Self {
-        Self {
-            a: Param::from_tensor(a),
-            b: Param::from_tensor(b),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            scale: config.alpha / config.rank as f64,
-            merged: false,
-        }
-    }
-
-    /// Rank `r`.
-    pub fn rank(&self) -> usize {
-        self.a.lazy_shape().dims::<2>()[1]
-    }
-
-    /// `A·B·scale`, `[d_in, d_out]`: what merging adds to the base weight.
-    pub fn product(&self) -> Tensor<2> {
-        self.a.val().matmul(self.b.val()) * self.scale
-    }
-
-    /// `[rows, d_in] -> [rows, d_out]`.
-    pub fn forward_rows(&self, rows: Tensor<2>) -> Tensor<2> {
-        let down = kiln_kernels::matmul(kiln_kernels::dropout(&self.dropout, rows), self.a.val());
-        kiln_kernels::matmul(down, self.b.val()) * self.scale
     }
 }
 
@@ -277,8 +278,11 @@ fn affine_rows(
     weight: &Param<Tensor<2>>,
     bias: Option<&Param<Tensor<1>>>,
 ) -> Tensor<2> {
-    // kiln-kernels' product: on the CPU its output is written once, never zero-filled first.
-    let out = kiln_kernels::matmul(rows, weight.val());
+    with_bias(kiln_kernels::matmul(rows, weight.val()), bias)
+}
+
+/// `out + b`, the bias broadcast over rows.
+fn with_bias(out: Tensor<2>, bias: Option<&Param<Tensor<1>>>) -> Tensor<2> {
     match bias {
         Some(bias) => out + bias.val().unsqueeze_dim(0),
         None => out,
@@ -301,11 +305,7 @@ mod tests {
     fn lora_a_is_uniform_within_peft_bound() {
         let device = Device::flex();
         let mut layer = TunableLinear::new(768, 64, &device);
-        layer.add_lora(LowRankConfig {
-            rank: 8,
-            alpha: 8.0,
-            dropout: 0.0,
-        });
+        layer.add_lora(LowRankConfig::new(8, 8.0, 0.0));
         let a = layer.lora.as_ref().expect("a delta").a.val();
         let values = a
             .into_data()

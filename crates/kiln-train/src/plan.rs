@@ -368,6 +368,19 @@ fn layer_cost(
             cost.forward += 2.0 * tokens * rank * (d_in + d_out);
             cost.backward += 4.0 * tokens * rank * (d_in + d_out);
             tracked = true;
+            if params.trains(&format!("{prefix}{name}.lora.magnitude")) {
+                // DoRA: under dropout a second product of the dropped input with `W` (forward
+                // and its input gradient), and both outputs kept for the magnitude's gradient.
+                cost.forward += flops;
+                cost.backward += flops;
+                cost.saved += 2.0 * tokens * d_out;
+            }
+        }
+        let ia3 = format!("{prefix}{name}.ia3.scale");
+        if params.trains(&ia3) {
+            // IA3 keeps what it scales (the input or the output) for its vector's gradient.
+            cost.saved += tokens * params.numel(&ia3).unwrap_or(0) as f64;
+            tracked = true;
         }
         tracked
     };

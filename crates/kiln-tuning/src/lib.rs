@@ -11,6 +11,7 @@ pub mod method;
 pub mod methods;
 pub mod options;
 pub mod prompts;
+pub mod targets;
 pub mod trainable;
 
 pub use adapters::{BottleneckOptions, Slots};

@@ -3,7 +3,8 @@
 
 use super::SequenceClassifier;
 use crate::error::{ModelError, Result};
-use crate::tunable::{LoraRouting, LowRankDelta, TunableLinear};
+use crate::low_rank::LowRankDelta;
+use crate::tunable::{LoraRouting, TunableLinear};
 
 impl SequenceClassifier {
     /// Every backbone projection with its full path (`bert.layers.0.attention.query`).
@@ -29,29 +30,39 @@ impl SequenceClassifier {
                 "a LoRA adapter called `{name}` is loaded already"
             )));
         }
-        for (path, projection) in self.projections_mut() {
-            let delta = deltas
-                .iter()
-                .position(|(p, _)| *p == path)
-                .map(|i| deltas.swap_remove(i).1);
-            if let Some(delta) = &delta
-                && (delta.a.lazy_shape().dims::<2>()[0] != projection.d_in()
-                    || delta.b.lazy_shape().dims::<2>()[1] != projection.d_out())
+        // Checked whole before anything is served: the adapter is all or nothing.
+        let shapes: Vec<(String, usize, usize)> = self
+            .projections_mut()
+            .into_iter()
+            .map(|(path, p)| (path, p.d_in(), p.d_out()))
+            .collect();
+        for (path, delta) in &deltas {
+            let Some((_, d_in, d_out)) = shapes.iter().find(|(p, _, _)| p == path) else {
+                return Err(ModelError::InvalidInput(format!(
+                    "LoRA adapter `{name}` changes `{path}`, which this model does not have"
+                )));
+            };
+            if delta.a.lazy_shape().dims::<2>()[0] != *d_in
+                || delta.b.lazy_shape().dims::<2>()[1] != *d_out
             {
                 return Err(ModelError::InvalidInput(format!(
                     "LoRA adapter `{name}`: its delta for `{path}` does not fit the projection"
                 )));
             }
-            projection.served.push(delta);
-        }
-        if let Some((path, _)) = deltas.first() {
-            // Undo: the adapter is all or nothing.
-            for (_, projection) in self.projections_mut() {
-                projection.served.pop();
+            if delta.magnitude.is_some() {
+                // A served delta is added to the shared base's output; DoRA rescales it.
+                return Err(ModelError::InvalidInput(format!(
+                    "LoRA adapter `{name}` is a DoRA adapter, which rescales the base weight: \
+                     it cannot be served beside others on one base (import it on its own)"
+                )));
             }
-            return Err(ModelError::InvalidInput(format!(
-                "LoRA adapter `{name}` changes `{path}`, which this model does not have"
-            )));
+        }
+        for (path, projection) in self.projections_mut() {
+            let delta = deltas
+                .iter()
+                .position(|(p, _)| *p == path)
+                .map(|i| deltas.swap_remove(i).1);
+            projection.served.push(delta);
         }
         self.lora_adapters.push(name.to_string());
         Ok(())
@@ -129,6 +140,20 @@ impl SequenceClassifier {
     pub fn unmerge_lora(&mut self) {
         for (_, projection) in self.projections_mut() {
             projection.unmerge_lora();
+        }
+    }
+
+    /// Folds every IA3 vector into its projection's weight (and bias).
+    pub fn merge_ia3(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.merge_ia3();
+        }
+    }
+
+    /// Divides merged IA3 vectors back out of the weights.
+    pub fn unmerge_ia3(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.unmerge_ia3();
         }
     }
 }

@@ -1,23 +1,31 @@
 //! peft's LoRA format.
 //!
 //! - Tensors: `base_model.model.<module>.lora_A.weight` `[r, d_in]` and `lora_B.weight`
-//!   `[d_out, r]`, the transposes of kiln's `lora.a` `[d_in, r]` and `lora.b` `[r, d_out]`;
-//!   `<module>` is the HF module path (`bert.encoder.layer.0.attention.self.query` under
+//!   `[d_out, r]`, the transposes of kiln's `lora.a` `[d_in, r]` and `lora.b` `[r, d_out]`, and
+//!   DoRA's `lora_magnitude_vector` `[d_out]` (kiln's `lora.magnitude`); `<module>` is the HF
+//!   module path (`bert.encoder.layer.0.attention.self.query` under
 //!   `BertForSequenceClassification`, `h.0.attn.c_attn` under `GPT2Model`).
+//! - rsLoRA and DoRA are `use_rslora` and `use_dora`. A delta that PiSSA or OLoRA started took
+//!   part of the base weight with it; it exports as peft's `save_pretrained(...,
+//!   path_initial_model_for_weight_conversion=...)` writes it, a rank-`2r` LoRA of the original
+//!   base (`[A, A0]`, `[B; -B0]`, alpha doubled, or times sqrt(2) with rsLoRA).
 //! - `target_modules` lists the HF module paths without the task prefix: peft matches them as
 //!   suffixes, so they name exactly the projections that carry deltas, under either base class.
 //!
 //! Importing reads the same files into any kiln model of the same backbone: a delta for each
-//! `lora_A`/`lora_B` pair (rank, `lora_alpha`, `lora_dropout` from the config; rsLoRA's
-//! `alpha/sqrt(r)` scale kept), and the classifier when there is one; into the model's LoRA
-//! slots (`import_lora`) or served by name beside other adapters (`load_lora_adapter`).
+//! `lora_A`/`lora_B` pair (rank, `lora_alpha`, `lora_dropout`, `use_rslora`, `use_dora` from the
+//! config), and the classifier when there is one; into the model's LoRA slots (`import_lora`)
+//! or served by name beside other adapters (`load_lora_adapter`, plain LoRA only). An adapter
+//! saved unconverted from a PiSSA/OLoRA start (`init_lora_weights` names it) is relative to
+//! residual base weights the directory does not hold, and is refused.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use burn::tensor::Tensor;
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
 
 use kiln_models::weights::{KeyTable, Layout, RawTensor, hf_name_for, kiln_name_for};
 use kiln_models::{LowRankConfig, LowRankDelta, SequenceClassifier, WeightFile};
@@ -62,9 +70,13 @@ pub struct PeftLoraConfig {
     /// rsLoRA scaling, `alpha / sqrt(r)`.
     #[serde(default)]
     pub use_rslora: bool,
-    /// DoRA (refused on import: kiln has no DoRA).
+    /// DoRA: a magnitude per output over the normalised weight.
     #[serde(default)]
     pub use_dora: bool,
+    /// How the adapter started: `true` (peft's default), `false`, `gaussian`, or a start that
+    /// moved part of the base (`pissa`, `olora`, ...), which kiln refuses on import.
+    #[serde(default = "default_init")]
+    pub init_lora_weights: serde_json::Value,
     /// Per-module ranks (refused on import unless empty).
     #[serde(default)]
     pub rank_pattern: serde_json::Map<String, serde_json::Value>,
@@ -80,8 +92,12 @@ fn no_bias() -> String {
     "none".into()
 }
 
+fn default_init() -> serde_json::Value {
+    serde_json::Value::Bool(true)
+}
+
 /// The backbone's key table and the prefix its HF task class puts before module paths.
-fn backbone_names(model: &SequenceClassifier) -> Result<(KeyTable, &'static str)> {
+pub(super) fn backbone_names(model: &SequenceClassifier) -> Result<(KeyTable, &'static str)> {
     match (&model.bert, &model.gpt2) {
         (Some(_), _) => Ok((BERT_KEYS, "bert.")),
         (_, Some(_)) => Ok((GPT2_KEYS, "transformer.")),
@@ -92,18 +108,22 @@ fn backbone_names(model: &SequenceClassifier) -> Result<(KeyTable, &'static str)
     }
 }
 
-/// `bert.layers.0.attention.query.lora.a` → (`layers.0.attention.query`, `lora_A`).
-fn split_lora_path<'a>(path: &'a str, backbone: &str) -> Option<(&'a str, &'static str)> {
+/// `bert.layers.0.attention.query.lora.a` → (`layers.0.attention.query`, `lora_A.weight`), with
+/// the layout peft stores the tensor in.
+fn split_lora_path<'a>(path: &'a str, backbone: &str) -> Option<(&'a str, &'static str, Layout)> {
     let rest = path.strip_prefix(backbone)?.strip_prefix('.')?;
-    if let Some(projection) = rest.strip_suffix(".lora.a") {
-        return Some((projection, "lora_A"));
-    }
-    rest.strip_suffix(".lora.b").map(|p| (p, "lora_B"))
+    [
+        (".lora.a", "lora_A.weight", Layout::Transposed),
+        (".lora.b", "lora_B.weight", Layout::Transposed),
+        (".lora.magnitude", "lora_magnitude_vector", Layout::Same),
+    ]
+    .into_iter()
+    .find_map(|(kiln, peft, layout)| rest.strip_suffix(kiln).map(|p| (p, peft, layout)))
 }
 
 /// The HF module path of a kiln projection path (`layers.0.attention.query` →
 /// `encoder.layer.0.attention.self.query`).
-fn hf_module(table: KeyTable, projection: &str) -> Option<String> {
+pub(super) fn hf_module(table: KeyTable, projection: &str) -> Option<String> {
     let (weight, _) = hf_name_for(table, &format!("{projection}.weight"))?;
     weight.strip_suffix(".weight").map(str::to_string)
 }
@@ -114,37 +134,55 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
     let (table, task_prefix) = backbone_names(model)?;
     let backbone = model.backbone_name();
     let mut model = model.clone();
+    // What peft's one config must say of every delta: rank, alpha, rsLoRA, DoRA, dropout.
     let mut deltas = Vec::new();
     for (path, projection) in model.projections_mut() {
-        if let Some(delta) = projection.lora.as_ref() {
-            if delta.merged {
-                return Err(TrainError::Invalid(format!(
-                    "{path}: the delta is merged into the weight; unmerge before exporting"
-                )));
-            }
-            deltas.push((path, delta.rank(), delta.scale));
+        let Some(delta) = projection.lora.as_mut() else {
+            continue;
+        };
+        if delta.merged {
+            return Err(TrainError::Invalid(format!(
+                "{path}: the delta is merged into the weight; unmerge before exporting"
+            )));
         }
+        if delta.start.is_some() && delta.magnitude.is_some() {
+            return Err(TrainError::Invalid(format!(
+                "{path}: a DoRA delta started by PiSSA/OLoRA has no form relative to the \
+                 original base weight (peft cannot convert it either); export it with `kiln \
+                 merge` instead"
+            )));
+        }
+        if let Some(converted) = delta.relative_to_original_base() {
+            *delta = converted;
+        }
+        deltas.push((
+            path,
+            delta.rank(),
+            delta.alpha(),
+            delta.rank_stabilized,
+            delta.magnitude.is_some(),
+            delta.dropout.prob,
+        ));
     }
-    let Some(&(_, rank, scale)) = deltas.first() else {
+    let Some(&(_, rank, alpha, rslora, dora, dropout)) = deltas.first() else {
         return Err(TrainError::Invalid(
             "the model has no LoRA delta to export".into(),
         ));
     };
-    if deltas.iter().any(|&(_, r, s)| r != rank || s != scale) {
-        return Err(TrainError::Invalid(
-            "peft's config holds one rank and alpha; this model's deltas differ".into(),
-        ));
+    if let Some((path, ..)) = deltas
+        .iter()
+        .find(|&&(_, r, a, rs, d, p)| (r, a, rs, d, p) != (rank, alpha, rslora, dora, dropout))
+    {
+        return Err(TrainError::Invalid(format!(
+            "{path}: peft's config holds one rank, alpha, dropout, rsLoRA and DoRA setting, and \
+             this delta's differ from the first one's"
+        )));
     }
-    let dropout = model
-        .projections_mut()
-        .into_iter()
-        .find_map(|(_, p)| p.lora.as_ref().map(|d| d.dropout.prob))
-        .unwrap_or(0.0);
     let with_classifier = is_bert_sequence_classifier(&model);
     // Under BertModel / GPT2Model the module paths have no task prefix.
     let prefix = if with_classifier { task_prefix } else { "" };
     let mut target_modules = BTreeSet::new();
-    for (path, _, _) in &deltas {
+    for (path, ..) in &deltas {
         let projection = path
             .strip_prefix(backbone)
             .and_then(|p| p.strip_prefix('.'))
@@ -158,11 +196,11 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let tensors = save_params_laid_out(&model, &out.join(PEFT_WEIGHTS_FILE), |path| {
-        if let Some((projection, matrix)) = split_lora_path(path, backbone) {
+        if let Some((projection, tensor, layout)) = split_lora_path(path, backbone) {
             let module = hf_module(table, projection)?;
             return Some((
-                format!("base_model.model.{prefix}{module}.{matrix}.weight"),
-                Layout::Transposed,
+                format!("base_model.model.{prefix}{module}.{tensor}"),
+                layout,
             ));
         }
         if !with_classifier {
@@ -187,7 +225,7 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         peft_type: "LORA".into(),
         task_type: Some(task_type.into()),
         r: rank,
-        lora_alpha: scale * rank as f64,
+        lora_alpha: alpha,
         lora_dropout: dropout,
         target_modules: serde_json::json!(target_modules),
         // HF GPT-2's Conv1D stores `[in, out]`: peft must be told.
@@ -195,8 +233,9 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         bias: no_bias(),
         modules_to_save: with_classifier.then(|| vec!["classifier".into()]),
         base_model_name_or_path: Some(base_model.into()),
-        use_rslora: false,
-        use_dora: false,
+        use_rslora: rslora,
+        use_dora: dora,
+        init_lora_weights: default_init(),
         rank_pattern: Default::default(),
         alpha_pattern: Default::default(),
         inference_mode: true,
@@ -225,8 +264,17 @@ pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
             &format!("is {}; kiln imports LORA adapters", config.peft_type),
         );
     }
-    if config.use_dora {
-        return refuse("use_dora", "is true; kiln has no DoRA");
+    if let Some(init) = config.init_lora_weights.as_str()
+        && init != "gaussian"
+    {
+        return refuse(
+            "init_lora_weights",
+            &format!(
+                "is `{init}`: the adapter is relative to residual base weights its directory \
+                 does not hold; save it from peft with `path_initial_model_for_weight_conversion` \
+                 for a LoRA of the original base"
+            ),
+        );
     }
     if !config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty() {
         return refuse(
@@ -258,16 +306,10 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
     let file = WeightFile::open(&weights_path)?;
     let device = model.head.output.weight.lazy_device();
     let bad = |message: String| TrainError::checkpoint(&weights_path, message);
-    // rsLoRA scales by alpha/sqrt(r); kiln's deltas scale by alpha/r.
-    let alpha = if config.use_rslora {
-        config.lora_alpha * (config.r as f64).sqrt()
-    } else {
-        config.lora_alpha
-    };
     let delta_config = LowRankConfig {
-        rank: config.r,
-        alpha,
-        dropout: config.lora_dropout,
+        rank_stabilized: config.use_rslora,
+        dora: config.use_dora,
+        ..LowRankConfig::new(config.r, config.lora_alpha, config.lora_dropout)
     };
     let matrix = |name: &str, rows: usize| -> Result<Tensor<2>> {
         let raw = file
@@ -301,7 +343,7 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
             continue;
         }
         let Some(module) = rest.strip_suffix(".lora_A.weight") else {
-            if rest.ends_with(".lora_B.weight") {
+            if rest.ends_with(".lora_B.weight") || rest.ends_with(".lora_magnitude_vector") {
                 continue;
             }
             return Err(bad(format!("`{name}`: not a LoRA matrix")));
@@ -324,10 +366,25 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
                 config.r
             )));
         }
-        deltas.push((
-            format!("{backbone}.{projection}"),
-            LowRankDelta::from_matrices(a, b, delta_config),
-        ));
+        let d_out = b.dims()[1];
+        let mut delta = LowRankDelta::from_matrices(a, b, delta_config);
+        if config.use_dora {
+            let name = format!("base_model.model.{module}.lora_magnitude_vector");
+            let raw = file
+                .get(&name)
+                .ok_or_else(|| bad(format!("`{name}` is missing (`use_dora` is true)")))?;
+            if raw.shape != [d_out] {
+                return Err(bad(format!(
+                    "`{name}` is {:?}, not the projection's {d_out} outputs",
+                    raw.shape
+                )));
+            }
+            delta.magnitude = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(raw.values.clone(), [d_out]),
+                &device,
+            )));
+        }
+        deltas.push((format!("{backbone}.{projection}"), delta));
     }
     if deltas.is_empty() {
         return Err(bad("it holds no LoRA matrices".into()));
@@ -352,6 +409,16 @@ pub fn import_lora(
         ));
     }
     let mut model = model;
+    if let Some((path, _)) = model
+        .projections_mut()
+        .into_iter()
+        .find(|(_, p)| p.lora.as_ref().is_some_and(|d| d.start.is_some()))
+    {
+        return Err(TrainError::Invalid(format!(
+            "{path}: a PiSSA/OLoRA start moved part of the base weight into the delta the \
+             adapter would replace; start from the adapter with the default `--lora-init`"
+        )));
+    }
     let mut deltas = deltas;
     // The model's LoRA slots become the adapter's: a delta where it has one, none elsewhere.
     for (path, projection) in model.projections_mut() {

@@ -1,6 +1,7 @@
 //! HF peft's adapter directories, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
-//! for LoRA (`peft/lora.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! for LoRA with its rsLoRA, DoRA, PiSSA and OLoRA variants (`peft/lora.rs`), IA3 (`ia3.rs`),
+//! prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
 //! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
 //! method trained. What kiln cannot represent is refused naming the field at fault.
 //!
@@ -10,10 +11,12 @@
 //! `BertModel` / `GPT2Model`); kiln's head then has no peft counterpart (GPT-2's sequence
 //! classifier has no bias, kiln's head does) and is not written.
 
+mod ia3;
 mod lora;
 mod prefix;
 mod prompt;
 
+pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
 pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
 pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
@@ -131,8 +134,8 @@ fn write_peft_weights(out: &Path, named: &[(String, Vec<usize>, Vec<f32>)]) -> R
     )
 }
 
-/// Imports a peft directory of any type kiln reads (LoRA, prompt tuning, prefix tuning), by its
-/// `peft_type`.
+/// Imports a peft directory of any type kiln reads (LoRA, IA3, prompt tuning, prefix tuning), by
+/// its `peft_type`.
 pub fn import_peft(
     model: SequenceClassifier,
     dir: &Path,
@@ -140,19 +143,20 @@ pub fn import_peft(
     let (header, path) = read_peft_config::<serde_json::Value>(dir)?;
     match header["peft_type"].as_str() {
         Some("LORA") => import_lora(model, dir),
+        Some("IA3") => import_ia3(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),
         Some("PREFIX_TUNING") => import_prefix(model, dir),
         other => Err(TrainError::Invalid(format!(
-            "{}: `peft_type` {other:?}; kiln imports LORA, PROMPT_TUNING and PREFIX_TUNING",
+            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, PROMPT_TUNING and PREFIX_TUNING",
             path.display()
         ))),
     }
 }
 
-/// The kiln method `method` with the settings a peft adapter's config gives (LoRA's rank, alpha
-/// and dropout; the number of virtual tokens), for a run that starts from the adapter. The
-/// method must be the adapter's: LoRA from LORA, prompt from PROMPT_TUNING, p-tuning-v2 (GPT-2)
-/// from PREFIX_TUNING.
+/// The kiln method `method` with the settings a peft adapter's config gives (LoRA's rank, alpha,
+/// dropout, rsLoRA and DoRA; the number of virtual tokens), for a run that starts from the
+/// adapter. The method must be the adapter's: LoRA from LORA, IA3 from IA3, prompt from
+/// PROMPT_TUNING, p-tuning-v2 (GPT-2) from PREFIX_TUNING.
 ///
 /// An AdapterHub adapter directory is read as such ([`crate::adapterhub`]).
 pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
@@ -164,18 +168,20 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
     let options: Vec<(&str, String)> = match (method, config["peft_type"].as_str()) {
         ("lora", Some("LORA")) => {
             let lora = read_lora_config(dir)?;
-            // rsLoRA scales by alpha / sqrt(r): the same delta as kiln's alpha / r with this alpha.
-            let alpha = if lora.use_rslora {
-                lora.lora_alpha * (lora.r as f64).sqrt()
-            } else {
-                lora.lora_alpha
-            };
-            vec![
+            let mut options = vec![
                 ("rank", lora.r.to_string()),
-                ("alpha", alpha.to_string()),
+                ("alpha", lora.lora_alpha.to_string()),
                 ("lora-dropout", lora.lora_dropout.to_string()),
-            ]
+            ];
+            for (on, switch) in [(lora.use_rslora, "rslora"), (lora.use_dora, "dora")] {
+                if on {
+                    options.push((switch, "true".into()));
+                }
+            }
+            options
         }
+        // The vectors go where the adapter has them whatever the targets say.
+        ("ia3", Some("IA3")) => Vec::new(),
         ("prompt", Some("PROMPT_TUNING")) => count("num_virtual_tokens")
             .map(|n| ("prompt-len", n))
             .into_iter()
@@ -192,8 +198,8 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         (method, peft_type) => {
             return Err(TrainError::Invalid(format!(
                 "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
-                 `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from \
-                 PREFIX_TUNING (got --method {method})",
+                 `--method ia3` from IA3, `--method prompt` from PROMPT_TUNING and `--method \
+                 p-tuning-v2` from PREFIX_TUNING (got --method {method})",
                 path.display(),
                 peft_type.unwrap_or("unknown")
             )));
@@ -203,13 +209,20 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
     Ok(MethodConfig::parse(method, &options)?)
 }
 
-/// Exports what the model's method trained (LoRA deltas, a prompt, or attention prefixes) in
-/// peft's format.
+/// Exports what the model's method trained (LoRA deltas, IA3 vectors, a prompt, or attention
+/// prefixes) in peft's format.
 pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> Result<PeftExport> {
+    let has_ia3 = model
+        .clone()
+        .projections_mut()
+        .iter()
+        .any(|(_, p)| p.ia3.is_some());
     if prompt::plain_prompt(model).is_some() {
         export_prompt(model, out, base_model)
     } else if model.gpt2.as_ref().is_some_and(|g| g.prefix_rows() > 0) {
         export_prefix(model, out, base_model)
+    } else if has_ia3 {
+        export_ia3(model, out, base_model)
     } else {
         export_lora(model, out, base_model)
     }

@@ -191,6 +191,28 @@ macro_rules! loss_tests {
 
 kiln_tuning::for_each_method!(loss_tests);
 
+/// LoRA's variants train too (the registry's loss tests above run LoRA with its defaults).
+#[test]
+fn lora_variants_lower_the_loss() {
+    let _rng = seeded_section();
+    for fixture in ["bert-tiny", "gpt2-tiny"] {
+        let (lr, epochs, bar) = recipe(fixture, "lora");
+        for option in [
+            ("dora", "true"),
+            ("rslora", "true"),
+            ("lora-init", "pissa"),
+            ("lora-init", "olora"),
+        ] {
+            let lora = MethodConfig::parse("lora", &[option]).expect("method");
+            let (before, after) = loss_before_after(fixture, &lora, lr, epochs);
+            assert!(
+                after < bar * before,
+                "{fixture} lora {option:?}: loss {before:.4} -> {after:.4}"
+            );
+        }
+    }
+}
+
 /// AdapterFusion in its two stages on `fixture`: two Pfeiffer adapters trained and saved on
 /// their own, then a fresh model that loads both and learns only the fusion and the head.
 fn fusion_lowers_the_loss(fixture: &str) {

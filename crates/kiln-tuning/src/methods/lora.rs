@@ -1,24 +1,31 @@
 //! LoRA (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"): each targeted
-//! projection `W` gains a delta `A·B·(alpha/r)` with `A: [d_in, r]`, `B: [r, d_out]`; only the
-//! deltas and the head train. After training the deltas merge into `W` (see
-//! `kiln_models::tunable`), so inference costs what the base model costs.
+//! projection `W` gains a delta `A·B·s` with `A: [d_in, r]`, `B: [r, d_out]`, `s = alpha/r`; only
+//! the deltas and the head train. After training the deltas merge into `W` (see
+//! `kiln_models::low_rank`), so inference costs what the base model costs.
 //!
-//! Targets are projection names matched as peft matches `target_modules`: a projection path
-//! equal to a target or ending in `.target` (`query`, `value`, `attention.output`, `c_attn`).
+//! The variants are peft's `LoraConfig` switches, on the same deltas: `--rslora` scales by
+//! `alpha/sqrt(r)` (rsLoRA, Kalajdzievski 2023); `--dora` adds DoRA's trained magnitude over the
+//! column-normalised weight (Liu et al. 2024); `--lora-init` starts `A` and `B` as peft's
+//! `kaiming` default, `gaussian`, `pissa` (the top-`r` singular part of `W`, Meng et al. 2024) or
+//! `olora` (`W`'s QR decomposition, Büyükakyüz 2024), the last two taking their start out of `W`.
+//!
+//! Targets are projection names matched as peft matches `target_modules` (see
+//! [`crate::targets`]): `query`, `value`, `attention.output`, `layers.*.output`, `c_attn`.
 //! Default targets are peft's: `query`, `value` for BERT, `c_attn` for GPT-2 (M2-BERT: its mixer's
-//! `in_linear`, `out_linear`). Trainable
-//! parameters: `Σ_targets r·(d_in + d_out) + h·c + c`; for BERT with query and value,
-//! `L·2·r·2h = 4·L·r·h`.
+//! `in_linear`, `out_linear`). Trainable parameters: `Σ_targets r·(d_in + d_out) + h·c + c`, plus
+//! `Σ_targets d_out` with DoRA; for BERT with query and value, `L·2·r·2h = 4·L·r·h`.
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{LowRankConfig, SequenceClassifier};
+use kiln_models::{LoraInit, LowRankConfig, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
-use crate::options::{MethodOption, parse_list};
+use crate::options::{MethodOption, parse_list, show_name};
+use crate::targets::projections_named;
 
-/// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`, `target_modules`).
+/// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`,
+/// `target_modules`, `use_rslora`, `use_dora`, `init_lora_weights`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     /// `r`, the rank of each delta.
@@ -29,6 +36,15 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projection names; `None` picks the backbone's default.
     pub targets: Option<Vec<String>>,
+    /// rsLoRA: scale by `alpha / sqrt(r)`.
+    #[serde(default)]
+    pub rslora: bool,
+    /// DoRA: a trained magnitude per output over the normalised weight.
+    #[serde(default)]
+    pub dora: bool,
+    /// How the deltas start.
+    #[serde(default)]
+    pub init: LoraInit,
 }
 
 impl Default for LoraConfig {
@@ -38,11 +54,26 @@ impl Default for LoraConfig {
             alpha: 16.0,
             dropout: 0.1,
             targets: None,
+            rslora: false,
+            dora: false,
+            init: LoraInit::Kaiming,
         }
     }
 }
 
 impl LoraConfig {
+    /// The settings of each delta.
+    pub fn delta_config(&self) -> LowRankConfig {
+        LowRankConfig {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            rank_stabilized: self.rslora,
+            dora: self.dora,
+            init: self.init,
+        }
+    }
+
     /// The projection names the deltas go on in `model`: the given ones, or the backbone's defaults.
     pub fn targets_for(&self, model: &SequenceClassifier) -> Vec<String> {
         match &self.targets {
@@ -50,10 +81,6 @@ impl LoraConfig {
             None => model.backbone().default_lora_targets(),
         }
     }
-}
-
-fn is_target(path: &str, target: &str) -> bool {
-    path == target || path.ends_with(&format!(".{target}"))
 }
 
 impl Registered for LoraConfig {
@@ -94,20 +121,53 @@ impl Registered for LoraConfig {
                     Ok(())
                 },
             ),
+            MethodOption::switch(
+                "rslora",
+                "rsLoRA: scale the delta by alpha / sqrt(rank) (peft's use_rslora)",
+                |c: &Self| c.rslora,
+                |c, on| c.rslora = on,
+            ),
+            MethodOption::switch(
+                "dora",
+                "DoRA: train a magnitude per output over the normalised weight (peft's use_dora)",
+                |c: &Self| c.dora,
+                |c, on| c.dora = on,
+            ),
+            MethodOption::parsed(
+                "lora-init",
+                "kaiming|gaussian|pissa|olora",
+                "how A and B start (peft's init_lora_weights); pissa and olora move part of W into them",
+                |c: &Self| show_name(&c.init),
+                |c, text| {
+                    c.init = parse_init(text)?;
+                    Ok(())
+                },
+            ),
         ]
     }
 }
 
 impl Method for LoraConfig {
     fn label(&self) -> Option<String> {
-        Some(format!("lora-r{}", self.rank))
+        let mut label = format!("lora-r{}", self.rank);
+        if self.dora {
+            label.push_str("-dora");
+        }
+        if self.rslora {
+            label.push_str("-rs");
+        }
+        if self.init != LoraInit::Kaiming {
+            label.push('-');
+            label.push_str(&show_name(&self.init));
+        }
+        Some(label)
     }
 
     fn peft_type(&self) -> Option<&'static str> {
         Some("LORA")
     }
 
-    fn check(&self, _model: &SequenceClassifier) -> Result<()> {
+    fn check(&self, model: &SequenceClassifier) -> Result<()> {
         if self.rank == 0 {
             return Err(TuningError::Option {
                 option: "rank",
@@ -120,35 +180,35 @@ impl Method for LoraConfig {
                 message: format!("{} is not a probability in [0, 1)", self.dropout),
             });
         }
+        if self.init.mutates_base() {
+            let targets = self.targets_for(model);
+            let mut model = model.clone();
+            let paths = projections_named(&mut model, &targets, "targets")?;
+            for (path, projection) in model.projections_mut() {
+                let smaller = projection.d_in().min(projection.d_out());
+                if paths.contains(&path) && self.rank > smaller {
+                    return Err(TuningError::Option {
+                        option: "rank",
+                        message: format!(
+                            "{}: rank {} is above `{path}`'s {} x {} weight's rank bound {smaller}",
+                            show_name(&self.init),
+                            self.rank,
+                            projection.d_in(),
+                            projection.d_out()
+                        ),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
         let targets = self.targets_for(model);
-        let delta = LowRankConfig {
-            rank: self.rank,
-            alpha: self.alpha,
-            dropout: self.dropout,
-        };
-        let mut projections = model.projections_mut();
-        for target in &targets {
-            if !projections.iter().any(|(path, _)| is_target(path, target)) {
-                let names: Vec<String> = projections
-                    .iter()
-                    .filter(|(path, _)| path.contains(".0."))
-                    .map(|(path, _)| path.clone())
-                    .collect();
-                return Err(TuningError::Option {
-                    option: "targets",
-                    message: format!(
-                        "`{target}` names no projection of this model; layer 0 has {}",
-                        names.join(", ")
-                    ),
-                });
-            }
-        }
-        for (path, projection) in projections.iter_mut() {
-            if targets.iter().any(|t| is_target(path, t)) {
+        let paths = projections_named(model, &targets, "targets")?;
+        let delta = self.delta_config();
+        for (path, projection) in model.projections_mut() {
+            if paths.contains(&path) {
                 projection.add_lora(delta);
             }
         }
@@ -157,5 +217,19 @@ impl Method for LoraConfig {
 
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
         vec!["*.lora.*".into(), "head.*".into()]
+    }
+}
+
+/// `--lora-init`'s value.
+fn parse_init(text: &str) -> Result<LoraInit> {
+    match text {
+        "kaiming" => Ok(LoraInit::Kaiming),
+        "gaussian" => Ok(LoraInit::Gaussian),
+        "pissa" => Ok(LoraInit::Pissa),
+        "olora" => Ok(LoraInit::Olora),
+        other => Err(TuningError::Option {
+            option: "lora-init",
+            message: format!("`{other}` is not one of kaiming, gaussian, pissa, olora"),
+        }),
     }
 }

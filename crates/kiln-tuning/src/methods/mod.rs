@@ -312,6 +312,7 @@ macro_rules! for_each_method {
             MlpK => mlp::MlpConfig,
             Bitfit => bitfit::BitFitConfig,
             Lora => lora::LoraConfig,
+            Ia3 => ia3::Ia3Config,
             Houlsby => houlsby::HoulsbyConfig,
             Pfeiffer => pfeiffer::PfeifferConfig,
             Parallel => parallel::ParallelConfig,

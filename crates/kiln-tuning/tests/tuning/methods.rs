@@ -135,6 +135,73 @@ fn lora_trains_deltas_on_its_targets() {
 }
 
 #[test]
+fn lora_variants_train_their_deltas_and_doras_magnitude() {
+    // DoRA adds a magnitude per output of each target: r·(d_in + d_out) + d_out.
+    let options = &[("rank", "4"), ("dora", "true")];
+    let report = check("bert-tiny", &method("lora", options), |p| {
+        p.starts_with("head.")
+            || (p.contains(".lora.") && (p.contains(".query.") || p.contains(".value.")))
+    });
+    assert_eq!(report.trainable(), L * 2 * (4 * (H + H) + H) + HEAD);
+    // rsLoRA, PiSSA and OLoRA change the scale and the start, not what trains.
+    for extra in [
+        ("rslora", "true"),
+        ("lora-init", "pissa"),
+        ("lora-init", "olora"),
+    ] {
+        let options = &[("rank", "4"), extra];
+        let report = check("bert-tiny", &method("lora", options), |p| {
+            p.starts_with("head.")
+                || (p.contains(".lora.") && (p.contains(".query.") || p.contains(".value.")))
+        });
+        assert_eq!(report.trainable(), L * 2 * 4 * (H + H) + HEAD, "{extra:?}");
+    }
+    // A PiSSA rank above the weight's is refused, naming the flag.
+    let too_high = method("lora", &[("rank", "64"), ("lora-init", "pissa")]);
+    let device = cpu();
+    let error = too_high
+        .apply(classifier("bert-tiny", &too_high, &device))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--rank") && error.contains("32"), "{error}");
+}
+
+#[test]
+fn ia3_trains_vectors_on_keys_values_and_the_feed_forward_input() {
+    // BERT: key and value outputs (h each) and the feed-forward output's input (f) per layer.
+    let report = check("bert-tiny", &method("ia3", &[]), |p| {
+        p.starts_with("head.")
+            || [
+                ".attention.key.ia3.",
+                ".attention.value.ia3.",
+                ".output.ia3.",
+            ]
+            .iter()
+            .any(|s| p.contains(s))
+                && !p.contains(".attention.output.")
+    });
+    assert_eq!(report.trainable(), L * (H + H + F) + HEAD);
+    // GPT-2: the fused c_attn's 3h outputs and mlp.c_proj's 4h inputs.
+    let report = check("gpt2-tiny", &method("ia3", &[]), |p| {
+        p.starts_with("head.") || p.contains(".c_attn.ia3.") || p.contains(".mlp.c_proj.ia3.")
+    });
+    assert_eq!(report.trainable(), L * (3 * H + 4 * H) + HEAD);
+    // Feed-forward names outside the targets are refused, as peft refuses them.
+    let stray = method(
+        "ia3",
+        &[("targets", "key,value"), ("feedforward", "intermediate")],
+    );
+    let device = cpu();
+    let error = stray
+        .apply(classifier("bert-tiny", &stray, &device))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--feedforward"), "{error}");
+}
+
+#[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
     let unknown = &[("targets", "qkv")];
@@ -193,12 +260,27 @@ fn input(device: &Device) -> BertInput {
 
 #[test]
 fn merged_lora_gives_the_unmerged_outputs() {
+    for options in [
+        &[("rank", "4"), ("targets", "query,value,output")][..],
+        &[
+            ("rank", "4"),
+            ("targets", "query,value,output"),
+            ("dora", "true"),
+        ][..],
+        &[("rank", "4"), ("lora-init", "pissa")][..],
+    ] {
+        merged_gives_the_unmerged_outputs(&method("lora", options));
+    }
+    merged_gives_the_unmerged_outputs(&method("ia3", &[]));
+}
+
+/// `lora`'s deltas (B, DoRA magnitudes and IA3 vectors made random, so that merging has
+/// something to fold in) merge to the unmerged outputs and unmerge to the base weights.
+fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
     let device = cpu();
-    let lora = method("lora", &[("rank", "4"), ("targets", "query,value,output")]);
     let (mut model, _) = lora
-        .apply(classifier("bert-tiny", &lora, &device))
+        .apply(classifier("bert-tiny", lora, &device))
         .expect("applies");
-    // A fresh delta is zero (B = 0); give B values so merging has something to fold in.
     let mut before_weights = Vec::new();
     for (_, projection) in model.projections_mut() {
         before_weights.push(projection.weight.val());
@@ -209,15 +291,34 @@ fn merged_lora_gives_the_unmerged_outputs() {
                 Distribution::Normal(0.0, 0.5),
                 &device,
             ));
+            if let Some(m) = delta.magnitude.as_mut() {
+                let noise =
+                    Tensor::random(m.val().dims(), Distribution::Uniform(0.5, 1.5), &device);
+                *m = Param::from_tensor(m.val() * noise);
+            }
+        }
+        if let Some(vector) = projection.ia3.as_mut() {
+            let noise = Tensor::random(
+                vector.scale.val().dims(),
+                Distribution::Uniform(0.5, 1.5),
+                &device,
+            );
+            vector.scale = Param::from_tensor(noise);
         }
     }
     let plain = model.forward(input(&device));
     model.merge_lora();
+    model.merge_ia3();
     let merged = model.forward(input(&device));
     let diff = (plain.clone() - merged).abs().max().into_scalar::<f32>();
-    assert!(diff <= 1e-5, "merged outputs differ by {diff}");
+    assert!(
+        diff <= 1e-5,
+        "{}: merged outputs differ by {diff}",
+        lora.label()
+    );
 
     model.unmerge_lora();
+    model.unmerge_ia3();
     let unmerged = model.forward(input(&device));
     let diff = (plain - unmerged).abs().max().into_scalar::<f32>();
     assert!(diff <= 1e-5, "unmerged outputs differ by {diff}");
