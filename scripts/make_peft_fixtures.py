@@ -23,8 +23,8 @@ peft to kiln, written here with a fixed seed:
                                   expected.json the virtual tokens' embeddings it computes.
   fixtures/peft/peft-bert-rslora/ the LoRA family (`lora-family` writes these alone): rsLoRA and
   fixtures/peft/peft-*-dora/      DoRA (random A, B and magnitude) on both backbones' LoRA
-  fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), each
-                                  with expected.json as above;
+  fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), LoHa and
+  fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), each with expected.json;
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
@@ -37,6 +37,7 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-*-dora/      delta converted to a rank-2r LoRA of the original base)
   fixtures/peft/kiln-*-ia3/
   fixtures/peft/kiln-bert-pissa/
+  fixtures/peft/kiln-bert-lo{ha,kr}/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -53,6 +54,8 @@ from pathlib import Path
 import torch
 from peft import (
     IA3Config,
+    LoHaConfig,
+    LoKrConfig,
     LoraConfig,
     PeftModel,
     PrefixTuningConfig,
@@ -188,6 +191,13 @@ def lora_family() -> None:
         expected(directory / "expected.json", key, run(model))
         # IA3 with peft's default targets for the architecture, vectors random.
         peft_fixture(f"peft-{backbone}-ia3", backbone, seed + 10, IA3Config(task_type=task, init_ia3_weights=False))
+    # LoHa and LoKr on BERT (peft has them for nn.Linear only, not GPT-2's Conv1D), every
+    # factor random; LoKr at r 2 so that W2 is factored (r < max(n, k)/2 for 32 = 4 x 8).
+    peft_fixture("peft-bert-loha", "bert", 25, LoHaConfig(
+        task_type=TaskType.SEQ_CLS, r=4, alpha=8, target_modules=["query", "value"], init_weights=False))
+    peft_fixture("peft-bert-lokr", "bert", 26, LoKrConfig(
+        task_type=TaskType.SEQ_CLS, r=2, alpha=4, target_modules=["query", "value", "output.dense"],
+        init_weights=False))
     # PiSSA and OLoRA: what the start is (the residual weight and the factors).
     from safetensors.torch import save_file
 
@@ -222,6 +232,8 @@ KILN_TO_PEFT = [
     ("kiln-bert-ia3", "bert"),
     ("kiln-gpt2-ia3", "gpt2"),
     ("kiln-bert-pissa", "bert"),
+    ("kiln-bert-loha", "bert"),
+    ("kiln-bert-lokr", "bert"),
 ]
 
 

@@ -1,5 +1,6 @@
 //! The projection every backbone uses: a base weight and bias, plus the slots the weight-side
-//! methods fill: a delta of the LoRA family (see [`crate::low_rank`]) and IA3's scaling vector.
+//! methods fill: a delta of the LoRA family (see [`crate::low_rank`]), IA3's scaling vector, and
+//! LoHa's and LoKr's full-rank updates (see [`crate::lycoris`]).
 //!
 //! With a LoRA delta the layer computes `x·W + b + dropout(x)·A·B·s`; `B` starts at zero (or
 //! PiSSA/OLoRA move part of `W` into the delta), so a fresh delta leaves the model's outputs
@@ -14,6 +15,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::low_rank::{LowRankConfig, LowRankDelta};
+use crate::lycoris::{HadamardDelta, KroneckerDelta};
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
 /// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`; deltas served
@@ -28,6 +30,10 @@ pub struct TunableLinear {
     pub lora: Option<LowRankDelta>,
     /// IA3's trained scaling vector, if any.
     pub ia3: Option<ScalingVector>,
+    /// LoHa's update, if any.
+    pub loha: Option<HadamardDelta>,
+    /// LoKr's update, if any.
+    pub lokr: Option<KroneckerDelta>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
     pub served: Vec<Option<LowRankDelta>>,
@@ -127,7 +133,7 @@ impl TunableLinear {
             rows = rows * vector.scale.val().unsqueeze_dim(0);
         }
         // kiln-kernels' product: on the CPU its output is written once, never zero-filled first.
-        let plain = kiln_kernels::matmul(rows.clone(), self.weight.val());
+        let plain = kiln_kernels::matmul(rows.clone(), self.weight_with_update());
         let mut out = match self.lora.as_ref().filter(|d| !d.merged) {
             Some(delta) if delta.magnitude.is_some() => {
                 let dora = delta.dora_rows(rows.clone(), plain.clone(), &self.weight.val());
@@ -208,6 +214,46 @@ impl TunableLinear {
         delta.merged = false;
     }
 
+    /// The base weight plus an unmerged LoHa or LoKr update: one product with the input
+    /// instead of two.
+    fn weight_with_update(&self) -> Tensor<2> {
+        let weight = self.weight.val();
+        match (
+            self.loha.as_ref().filter(|d| !d.merged),
+            self.lokr.as_ref().filter(|d| !d.merged),
+        ) {
+            (Some(loha), _) => weight + loha.weight(),
+            (_, Some(lokr)) => weight + lokr.weight(),
+            _ => weight,
+        }
+    }
+
+    /// Folds a LoHa or LoKr update into the base weight.
+    pub fn merge_update(&mut self) {
+        self.fold_update(false);
+    }
+
+    /// Takes a merged LoHa or LoKr update back out of the base weight.
+    pub fn unmerge_update(&mut self) {
+        self.fold_update(true);
+    }
+
+    fn fold_update(&mut self, unmerge: bool) {
+        let update = match (self.loha.as_mut(), self.lokr.as_mut()) {
+            (Some(loha), _) if loha.merged == unmerge => {
+                loha.merged = !unmerge;
+                loha.weight().detach()
+            }
+            (_, Some(lokr)) if lokr.merged == unmerge => {
+                lokr.merged = !unmerge;
+                lokr.weight().detach()
+            }
+            _ => return,
+        };
+        let sign = if unmerge { -1.0 } else { 1.0 };
+        self.weight = self.weight.clone().map(|w| w + update * sign);
+    }
+
     /// Fills IA3's slot with a vector of ones, on the input (`on_input`) or the output.
     pub fn add_ia3(&mut self, on_input: bool) {
         let width = if on_input { self.d_in() } else { self.d_out() };
@@ -256,6 +302,8 @@ impl From<Linear> for TunableLinear {
             bias: linear.bias,
             lora: None,
             ia3: None,
+            loha: None,
+            lokr: None,
             served: Vec::new(),
             routing: LoraRouting::Off,
         }

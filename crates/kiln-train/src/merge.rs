@@ -1,5 +1,5 @@
-//! A trained model written back as a HF checkpoint with its LoRA-family deltas and IA3 vectors
-//! folded into the base weights (`kiln merge`): `config.json`, `model.safetensors` under HF's names and layouts, and
+//! A trained model written back as a HF checkpoint with its LoRA-family deltas, IA3 vectors and
+//! LoHa/LoKr updates folded into the base weights (`kiln merge`): `config.json`, `model.safetensors` under HF's names and layouts, and
 //! the base directory's tokenizer files, which transformers loads with no kiln or peft code.
 //!
 //! A BERT classifier that reads the pooler through one linear layer is written as
@@ -34,7 +34,7 @@ pub struct MergedCheckpoint {
     pub architecture: &'static str,
     /// Tensors written.
     pub tensors: usize,
-    /// LoRA deltas and IA3 vectors folded in.
+    /// LoRA deltas, IA3 vectors and LoHa/LoKr updates folded in.
     pub merged_deltas: usize,
 }
 
@@ -65,7 +65,7 @@ pub fn save_merged(
     if let Some((_, what)) = extra.iter().find(|(present, _)| *present) {
         return Err(TrainError::Invalid(format!(
             "the model holds {what}, which no transformers class has: kiln merge folds LoRA \
-             deltas and IA3 vectors into a plain checkpoint"
+             deltas, IA3 vectors and LoHa/LoKr updates into a plain checkpoint"
         )));
     }
     let mut merged = model.clone();
@@ -77,8 +77,14 @@ pub fn save_merged(
         if projection.ia3.as_ref().is_some_and(|v| !v.merged) {
             merged_deltas += 1;
         }
+        if projection.loha.as_ref().is_some_and(|d| !d.merged)
+            || projection.lokr.as_ref().is_some_and(|d| !d.merged)
+        {
+            merged_deltas += 1;
+        }
         projection.merge_lora();
         projection.merge_ia3();
+        projection.merge_update();
     }
     let sequence_classifier = crate::peft::is_bert_sequence_classifier(model);
     let (table, backbone, architecture, prefix) = match (&model.bert, &model.gpt2) {

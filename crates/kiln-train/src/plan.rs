@@ -376,6 +376,15 @@ fn layer_cost(
                 cost.saved += 2.0 * tokens * d_out;
             }
         }
+        if !trains
+            && (params.trains(&format!("{prefix}{name}.loha.u1"))
+                || params.trains(&format!("{prefix}{name}.lokr.w1")))
+        {
+            // LoHa and LoKr add their update to the weight: its gradient is the weight's.
+            cost.backward += flops;
+            cost.saved += tokens * d_in;
+            tracked = true;
+        }
         let ia3 = format!("{prefix}{name}.ia3.scale");
         if params.trains(&ia3) {
             // IA3 keeps what it scales (the input or the output) for its vector's gradient.

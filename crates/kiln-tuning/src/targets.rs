@@ -3,7 +3,7 @@
 //! names (`query`, `attention.output`, `c_attn`), and a `*` name matches any one name, so that
 //! `layers.*.output` picks BERT's feed-forward output in every layer but not `attention.output`.
 
-use kiln_models::SequenceClassifier;
+use kiln_models::{SequenceClassifier, TunableLinear};
 
 use crate::error::{Result, TuningError};
 
@@ -51,6 +51,23 @@ pub fn projections_named(
         .into_iter()
         .filter(|p| targets.iter().any(|t| is_target(p, t)))
         .collect())
+}
+
+/// Calls `fill` on every projection of `model` one of `targets` names (see
+/// [`projections_named`] for the error when one names none).
+pub fn fill_targets(
+    model: &mut SequenceClassifier,
+    targets: &[String],
+    option: &'static str,
+    mut fill: impl FnMut(&mut TunableLinear),
+) -> Result<()> {
+    let paths = projections_named(model, targets, option)?;
+    for (path, projection) in model.projections_mut() {
+        if paths.contains(&path) {
+            fill(projection);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -143,6 +143,20 @@ impl SequenceClassifier {
         }
     }
 
+    /// Folds every LoHa and LoKr update into its projection's weight.
+    pub fn merge_updates(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.merge_update();
+        }
+    }
+
+    /// Takes merged LoHa and LoKr updates back out of the weights.
+    pub fn unmerge_updates(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.unmerge_update();
+        }
+    }
+
     /// Folds every IA3 vector into its projection's weight (and bias).
     pub fn merge_ia3(&mut self) {
         for (_, projection) in self.projections_mut() {

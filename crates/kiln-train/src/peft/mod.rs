@@ -1,7 +1,7 @@
 //! HF peft's adapter directories, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
 //! for LoRA with its rsLoRA, DoRA, PiSSA and OLoRA variants (`peft/lora.rs`), IA3 (`ia3.rs`),
-//! prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! LoHa and LoKr (`lycoris.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
 //! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
 //! method trained. What kiln cannot represent is refused naming the field at fault.
 //!
@@ -13,11 +13,13 @@
 
 mod ia3;
 mod lora;
+mod lycoris;
 mod prefix;
 mod prompt;
 
 pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
+pub use lycoris::{PeftLycorisConfig, export_lycoris, import_lycoris};
 pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
 pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
 
@@ -144,10 +146,12 @@ pub fn import_peft(
     match header["peft_type"].as_str() {
         Some("LORA") => import_lora(model, dir),
         Some("IA3") => import_ia3(model, dir),
+        Some("LOHA" | "LOKR") => import_lycoris(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),
         Some("PREFIX_TUNING") => import_prefix(model, dir),
         other => Err(TrainError::Invalid(format!(
-            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, PROMPT_TUNING and PREFIX_TUNING",
+            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, PROMPT_TUNING and \
+             PREFIX_TUNING",
             path.display()
         ))),
     }
@@ -182,6 +186,17 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         }
         // The vectors go where the adapter has them whatever the targets say.
         ("ia3", Some("IA3")) => Vec::new(),
+        ("loha", Some("LOHA")) | ("lokr", Some("LOKR")) => {
+            let (lycoris, _) = read_peft_config::<PeftLycorisConfig>(dir)?;
+            let mut options = vec![
+                ("rank", lycoris.r.to_string()),
+                ("alpha", lycoris.alpha.to_string()),
+            ];
+            if let Some(factor) = lycoris.decompose_factor {
+                options.push(("decompose-factor", factor.to_string()));
+            }
+            options
+        }
         ("prompt", Some("PROMPT_TUNING")) => count("num_virtual_tokens")
             .map(|n| ("prompt-len", n))
             .into_iter()
@@ -198,8 +213,9 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         (method, peft_type) => {
             return Err(TrainError::Invalid(format!(
                 "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
-                 `--method ia3` from IA3, `--method prompt` from PROMPT_TUNING and `--method \
-                 p-tuning-v2` from PREFIX_TUNING (got --method {method})",
+                 `--method ia3` from IA3, `--method loha` / `lokr` from LOHA / LOKR, `--method \
+                 prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
+                 --method {method})",
                 path.display(),
                 peft_type.unwrap_or("unknown")
             )));
@@ -223,6 +239,8 @@ pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         export_prefix(model, out, base_model)
     } else if has_ia3 {
         export_ia3(model, out, base_model)
+    } else if lycoris::has_lycoris(model) {
+        export_lycoris(model, out, base_model)
     } else {
         export_lora(model, out, base_model)
     }

@@ -1,8 +1,8 @@
-//! The LoRA variants (rsLoRA, DoRA, PiSSA, OLoRA) and IA3 in peft's format, both ways, against
-//! the fixtures `scripts/make_peft_fixtures.py lora-family` wrote with peft 0.21: peft's adapters
-//! (random factors, magnitudes and vectors) load into kiln with peft's outputs; kiln's exports
-//! are what the script loaded with `PeftModel.from_pretrained` and recorded outputs for; and
-//! kiln's PiSSA and OLoRA starts are peft's.
+//! The LoRA variants (rsLoRA, DoRA, PiSSA, OLoRA), IA3, LoHa and LoKr in peft's format, both
+//! ways, against the fixtures `scripts/make_peft_fixtures.py lora-family` wrote with peft 0.21:
+//! peft's adapters (random factors, magnitudes and vectors) load into kiln with peft's outputs;
+//! kiln's exports are what the script loaded with `PeftModel.from_pretrained` and recorded
+//! outputs for; and kiln's PiSSA and OLoRA starts are peft's.
 
 use kiln_models::SequenceClassifier;
 use kiln_models::paths::map_params;
@@ -37,6 +37,15 @@ fn peft_lora_variants_and_ia3_load_into_kiln_with_peft_outputs() {
         ("bert-tiny", "peft-bert-ia3", 2 * (32 + 32 + 32 + 64) + 66),
         // c_attn's 96 outputs and mlp.c_proj's 128 inputs in 2 layers.
         ("gpt2-tiny", "peft-gpt2-ia3", 2 * (96 + 128) + 66),
+        // r 4 on query and value: 2 layers x 2 x 2 x 4 x (32 + 32).
+        ("bert-tiny", "peft-bert-loha", 2048 + 66),
+        // r 2 on query, value (32 = 4 x 8: W1 4 x 4, W2 2 x (8 + 8)), the attention output (the
+        // same) and the feed-forward output (64 -> 32: W1 8 x 4, W2 2 x (8 + 8)).
+        (
+            "bert-tiny",
+            "peft-bert-lokr",
+            2 * (3 * (16 + 32) + (32 + 32)) + 66,
+        ),
     ] {
         let dir = fixtures().join("peft").join(adapter);
         let expected = read_json(&dir.join("expected.json"));
@@ -56,7 +65,10 @@ fn peft_lora_variants_and_ia3_load_into_kiln_with_peft_outputs() {
 fn kiln_method(fixture: &str, name: &str, options: &[(&str, &str)]) -> SequenceClassifier {
     let method = MethodConfig::parse(name, options).expect("method");
     let (model, _) = method.apply(classifier(fixture)).expect("applies");
-    map_params(model, &mut Deterministic(0, &[".lora.", ".ia3.", "head."]))
+    map_params(
+        model,
+        &mut Deterministic(0, &[".lora.", ".ia3.", ".loha.", ".lokr.", "head."]),
+    )
 }
 
 #[test]
@@ -96,6 +108,13 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
             "lora",
             with(("lora-init", "pissa")),
         ),
+        ("bert-tiny", "kiln-bert-loha", "loha", lora.to_vec()),
+        (
+            "bert-tiny",
+            "kiln-bert-lokr",
+            "lokr",
+            vec![("rank", "2"), ("alpha", "4")],
+        ),
     ];
     for (fixture, adapter, method, options) in cases {
         let model = kiln_method(fixture, method, &options);
@@ -111,6 +130,20 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
             "kiln-bert-pissa" => {
                 assert_eq!(config["r"], 8);
                 assert_eq!(config["lora_alpha"], 16.0);
+            }
+            "kiln-bert-loha" => {
+                assert_eq!(config["peft_type"], "LOHA");
+                assert_eq!(
+                    (config["r"].clone(), config["alpha"].clone()),
+                    (4.into(), 8.0.into())
+                );
+            }
+            "kiln-bert-lokr" => {
+                assert_eq!(config["peft_type"], "LOKR");
+                assert_eq!(
+                    (config["r"].clone(), config["alpha"].clone()),
+                    (2.into(), 4.0.into())
+                );
             }
             _ => {
                 assert_eq!(config["peft_type"], "IA3");

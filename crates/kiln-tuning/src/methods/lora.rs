@@ -22,7 +22,7 @@ use kiln_models::{LoraInit, LowRankConfig, SequenceClassifier};
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, parse_list, show_name};
-use crate::targets::projections_named;
+use crate::targets::{fill_targets, projections_named};
 
 /// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`,
 /// `target_modules`, `use_rslora`, `use_dora`, `init_lora_weights`).
@@ -168,12 +168,7 @@ impl Method for LoraConfig {
     }
 
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
-        if self.rank == 0 {
-            return Err(TuningError::Option {
-                option: "rank",
-                message: "LoRA rank must be at least 1".into(),
-            });
-        }
+        check_rank(self.rank, "LoRA")?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(TuningError::Option {
                 option: "lora-dropout",
@@ -204,15 +199,10 @@ impl Method for LoraConfig {
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
-        let targets = self.targets_for(model);
-        let paths = projections_named(model, &targets, "targets")?;
         let delta = self.delta_config();
-        for (path, projection) in model.projections_mut() {
-            if paths.contains(&path) {
-                projection.add_lora(delta);
-            }
-        }
-        Ok(())
+        fill_targets(model, &self.targets_for(model), "targets", |p| {
+            p.add_lora(delta)
+        })
     }
 
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {
@@ -232,4 +222,15 @@ fn parse_init(text: &str) -> Result<LoraInit> {
             message: format!("`{other}` is not one of kaiming, gaussian, pissa, olora"),
         }),
     }
+}
+
+/// A rank of at least 1, or an error naming `--rank`.
+pub(crate) fn check_rank(rank: usize, method: &str) -> Result<()> {
+    if rank == 0 {
+        return Err(TuningError::Option {
+            option: "rank",
+            message: format!("{method} rank must be at least 1"),
+        });
+    }
+    Ok(())
 }

@@ -237,22 +237,29 @@ pub fn nearest_method(name: &str) -> Option<&'static str> {
         .map(|(_, n)| n)
 }
 
-/// Levenshtein distance between `a` and `b`.
+/// Edit distance between `a` and `b` counting a swap of neighbours as one edit (optimal string
+/// alignment), the commonest typo: `lroa` is one edit from `lora`, two from `loha`.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != cb));
-            diagonal = above;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 /// A config with its method's name in front, as serde's internally tagged enums write it.
@@ -313,6 +320,8 @@ macro_rules! for_each_method {
             Bitfit => bitfit::BitFitConfig,
             Lora => lora::LoraConfig,
             Ia3 => ia3::Ia3Config,
+            Loha => loha::LohaConfig,
+            Lokr => lokr::LokrConfig,
             Houlsby => houlsby::HoulsbyConfig,
             Pfeiffer => pfeiffer::PfeifferConfig,
             Parallel => parallel::ParallelConfig,

@@ -202,6 +202,25 @@ fn ia3_trains_vectors_on_keys_values_and_the_feed_forward_input() {
 }
 
 #[test]
+fn loha_and_lokr_train_their_factors() {
+    // LoHa: two factor pairs per target, 2·r·(d_in + d_out).
+    let report = check("bert-tiny", &method("loha", &[("rank", "4")]), |p| {
+        p.starts_with("head.")
+            || (p.contains(".loha.") && (p.contains(".query.") || p.contains(".value.")))
+    });
+    assert_eq!(report.trainable(), L * 2 * 2 * 4 * (H + H) + HEAD);
+    // LoKr on the 32 x 32 query and value: 32 = 4 x 8, so W1 is 4 x 4 and W2 8 x 8; at r 2
+    // (< 8/2) W2 is factored, 2·(8 + 8), at r 4 it is whole.
+    for (rank, w2) in [("2", 2 * (8 + 8)), ("4", 8 * 8)] {
+        let report = check("bert-tiny", &method("lokr", &[("rank", rank)]), |p| {
+            p.starts_with("head.")
+                || (p.contains(".lokr.") && (p.contains(".query.") || p.contains(".value.")))
+        });
+        assert_eq!(report.trainable(), L * 2 * (4 * 4 + w2) + HEAD, "r {rank}");
+    }
+}
+
+#[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
     let unknown = &[("targets", "qkv")];
@@ -272,6 +291,8 @@ fn merged_lora_gives_the_unmerged_outputs() {
         merged_gives_the_unmerged_outputs(&method("lora", options));
     }
     merged_gives_the_unmerged_outputs(&method("ia3", &[]));
+    merged_gives_the_unmerged_outputs(&method("loha", &[("rank", "4")]));
+    merged_gives_the_unmerged_outputs(&method("lokr", &[("rank", "2")]));
 }
 
 /// `lora`'s deltas (B, DoRA magnitudes and IA3 vectors made random, so that merging has
@@ -297,6 +318,19 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
                 *m = Param::from_tensor(m.val() * noise);
             }
         }
+        let random = |p: &Param<Tensor<2>>| {
+            Param::from_tensor(Tensor::random(
+                p.val().dims(),
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ))
+        };
+        if let Some(loha) = projection.loha.as_mut() {
+            loha.u2 = random(&loha.u2);
+        }
+        if let Some(lokr) = projection.lokr.as_mut() {
+            lokr.w1 = random(&lokr.w1);
+        }
         if let Some(vector) = projection.ia3.as_mut() {
             let noise = Tensor::random(
                 vector.scale.val().dims(),
@@ -309,6 +343,7 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
     let plain = model.forward(input(&device));
     model.merge_lora();
     model.merge_ia3();
+    model.merge_updates();
     let merged = model.forward(input(&device));
     let diff = (plain.clone() - merged).abs().max().into_scalar::<f32>();
     assert!(
@@ -319,6 +354,7 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
 
     model.unmerge_lora();
     model.unmerge_ia3();
+    model.unmerge_updates();
     let unmerged = model.forward(input(&device));
     let diff = (plain - unmerged).abs().max().into_scalar::<f32>();
     assert!(diff <= 1e-5, "unmerged outputs differ by {diff}");
