@@ -24,7 +24,8 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-bert-rslora/ the LoRA family (`lora-family` writes these alone): rsLoRA and
   fixtures/peft/peft-*-dora/      DoRA (random A, B and magnitude) on both backbones' LoRA
   fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), LoHa and
-  fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), each with expected.json;
+  fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), and LoRA on the token
+  fixtures/peft/peft-bert-lora-embedding/ embedding beside the query, each with expected.json;
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
@@ -38,6 +39,7 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-*-ia3/
   fixtures/peft/kiln-bert-pissa/
   fixtures/peft/kiln-bert-lo{ha,kr}/
+  fixtures/peft/kiln-bert-lora-embedding/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -191,6 +193,10 @@ def lora_family() -> None:
         expected(directory / "expected.json", key, run(model))
         # IA3 with peft's default targets for the architecture, vectors random.
         peft_fixture(f"peft-{backbone}-ia3", backbone, seed + 10, IA3Config(task_type=task, init_ia3_weights=False))
+    # LoRA on the token embedding (peft's lora_embedding_A/B) beside a projection.
+    peft_fixture("peft-bert-lora-embedding", "bert", 27, LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
+        target_modules=["word_embeddings", "query"], init_lora_weights=False))
     # LoHa and LoKr on BERT (peft has them for nn.Linear only, not GPT-2's Conv1D), every
     # factor random; LoKr at r 2 so that W2 is factored (r < max(n, k)/2 for 32 = 4 x 8).
     peft_fixture("peft-bert-loha", "bert", 25, LoHaConfig(
@@ -234,6 +240,7 @@ KILN_TO_PEFT = [
     ("kiln-bert-pissa", "bert"),
     ("kiln-bert-loha", "bert"),
     ("kiln-bert-lokr", "bert"),
+    ("kiln-bert-lora-embedding", "bert"),
 ]
 
 

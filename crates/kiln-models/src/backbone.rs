@@ -6,14 +6,13 @@
 
 use std::ops::Range;
 
-use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
 
 use crate::adapter::{AdapterDropState, LayerAdapters};
 use crate::error::{ModelError, Result};
 use crate::prompt::{PrefixEncoder, SoftPrompt};
 use crate::states::{BertInput, Readout, TokenStates};
-use crate::tunable::TunableLinear;
+use crate::tunable::{TunableEmbedding, TunableLinear};
 
 /// A backbone with tuning slots. Paths it returns are relative to the backbone (`layers.3`);
 /// the classifier puts [`TunableBackbone::name`] in front.
@@ -59,7 +58,10 @@ pub trait TunableBackbone {
     fn default_ia3_targets(&self) -> (Vec<String>, Vec<String>);
 
     /// The token embedding table.
-    fn word_embedding(&self) -> &Embedding;
+    fn word_embedding(&self) -> &TunableEmbedding;
+
+    /// The token embedding table, to change, with its path (`embeddings.word`, `wte`).
+    fn word_embedding_mut(&mut self) -> (&'static str, &mut TunableEmbedding);
 
     /// Every layer's adapter slots, bottom to top.
     fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>>;
@@ -187,8 +189,12 @@ macro_rules! encoder_slots {
             self.pooler.iter().map(|_| "pooler".to_string()).collect()
         }
 
-        fn word_embedding(&self) -> &Embedding {
+        fn word_embedding(&self) -> &TunableEmbedding {
             &self.embeddings.word
+        }
+
+        fn word_embedding_mut(&mut self) -> (&'static str, &mut TunableEmbedding) {
+            ("embeddings.word", &mut self.embeddings.word)
         }
 
         fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {

@@ -23,7 +23,7 @@ use crate::prompt::{
 };
 pub use crate::states::BertInput;
 use crate::states::{Readout, TokenStates, first_token, mean_pool};
-use crate::tunable::{TunableLinear, normal_embedding};
+use crate::tunable::{TunableEmbedding, TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF BERT `config.json` that shape the model.
@@ -153,7 +153,7 @@ impl BertConfig {
         let embedding = |rows, width| normal_embedding(rows, width, self.initializer_range, device);
         let h = self.hidden_size;
         BertEmbeddings {
-            word: embedding(self.vocab_size, h),
+            word: TunableEmbedding::from(embedding(self.vocab_size, h)),
             position: embedding(self.max_position_embeddings, h),
             token_type: embedding(self.type_vocab_size, h),
             norm: LayerNormConfig::new(h)
@@ -350,7 +350,7 @@ pub struct Bert {
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
     /// Word embeddings `[vocab, h]`.
-    pub word: Embedding,
+    pub word: TunableEmbedding,
     /// Position embeddings `[positions, h]`.
     pub position: Embedding,
     /// Token-type embeddings `[types, h]`.

@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::prompt::{PrefixEncoder, SoftPrompt, TextBounds, insert_virtual_tokens, layer_prefixes};
 pub use crate::states::Gpt2Input;
 use crate::states::{BertInput, Readout, TokenStates, last_token_pool, mean_pool};
-use crate::tunable::{TunableLinear, normal_embedding};
+use crate::tunable::{TunableEmbedding, TunableLinear, normal_embedding};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// The fields of a HF GPT-2 `config.json` that shape the model.
@@ -181,7 +181,7 @@ impl Gpt2Config {
         let embedding = |rows, width| normal_embedding(rows, width, std, device);
         let head_dim = (h / self.n_head) as f64;
         Gpt2 {
-            wte: embedding(self.vocab_size, h),
+            wte: TunableEmbedding::from(embedding(self.vocab_size, h)),
             wpe: embedding(self.n_positions, h),
             dropout: DropoutConfig::new(self.embd_pdrop).init(),
             blocks: (0..self.n_layer)
@@ -262,7 +262,7 @@ const fn row(kiln: &'static str, hf: &'static str) -> KeyMapping {
 #[derive(Module, Debug)]
 pub struct Gpt2 {
     /// Token embedding, also the LM head (tied, as in HF).
-    pub wte: Embedding,
+    pub wte: TunableEmbedding,
     /// Position embeddings `[positions, h]`.
     pub wpe: Embedding,
     /// Dropout on the embeddings.
@@ -599,8 +599,12 @@ impl TunableBackbone for Gpt2 {
         Ok(Gpt2::forward_vectors(self, vectors, attention_mask))
     }
 
-    fn word_embedding(&self) -> &Embedding {
+    fn word_embedding(&self) -> &TunableEmbedding {
         &self.wte
+    }
+
+    fn word_embedding_mut(&mut self) -> (&'static str, &mut TunableEmbedding) {
+        ("wte", &mut self.wte)
     }
 
     fn layer_adapters(&self) -> Vec<&Option<LayerAdapters>> {

@@ -56,5 +56,5 @@ pub use prompt::{PrefixEncoder, PromptEncoder, PromptEncoderShape, PromptTemplat
 pub use side::{SideConfig, SideNetwork};
 pub use states::{Readout, TokenStates, first_token, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
-pub use tunable::{LoraRouting, ScalingVector, TunableLinear};
+pub use tunable::{LoraRouting, ScalingVector, TunableEmbedding, TunableLinear};
 pub use weights::WeightFile;

@@ -17,8 +17,7 @@ use std::sync::OnceLock;
 
 use burn::module::{Module, Param};
 use burn::nn::{
-    Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -32,7 +31,7 @@ use crate::config::read_json;
 use crate::long_conv::long_conv;
 use crate::monarch::{BlockDiagonal, BlockDiagonalConfig};
 use crate::states::{BertInput, Readout, TokenStates, first_token, mean_pool};
-use crate::tunable::TunableLinear;
+use crate::tunable::{TunableEmbedding, TunableLinear};
 use crate::weights::{KeyMapping, KeyTable, Layout, WeightFile};
 
 /// A HF M2-BERT `config.json`: BERT's fields and the Monarch Mixer ones.

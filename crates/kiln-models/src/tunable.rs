@@ -12,7 +12,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::low_rank::{LowRankConfig, LowRankDelta};
 use crate::lycoris::{HadamardDelta, KroneckerDelta};
@@ -65,6 +65,83 @@ pub struct ScalingVector {
     /// True while `l` sits inside the base weight (and bias); it then scales nothing.
     #[module(skip)]
     pub merged: bool,
+}
+
+/// A token embedding table with a slot for a LoRA delta (peft's LoRA `Embedding`): the looked-up
+/// rows of `A` (`[vocab, r]`) times `B` (`[r, h]`) times `s` are added to the looked-up rows of
+/// the table. peft starts `A` at zero and `B` standard normal, and applies no dropout. The table
+/// keeps Burn's `Embedding` path (`weight`), so checkpoints load unchanged; the delta is `lora.a`,
+/// `lora.b`. Trainable per filled slot: `r·(vocab + h)`.
+#[derive(Module, Debug)]
+pub struct TunableEmbedding {
+    /// `[vocab, h]`
+    pub weight: Param<Tensor<2>>,
+    /// The trained LoRA delta, if any.
+    pub lora: Option<LowRankDelta>,
+}
+
+impl From<Embedding> for TunableEmbedding {
+    fn from(embedding: Embedding) -> Self {
+        Self {
+            weight: embedding.weight,
+            lora: None,
+        }
+    }
+}
+
+impl TunableEmbedding {
+    /// `[batch, seq] -> [batch, seq, h]`.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let words = burn::tensor::module::embedding(self.weight.val(), ids.clone());
+        match self.lora.as_ref().filter(|d| !d.merged) {
+            None => words,
+            Some(delta) => {
+                let down = burn::tensor::module::embedding(delta.a.val(), ids);
+                let [batch, seq, rank] = down.dims();
+                let up = kiln_kernels::matmul(down.reshape([batch * seq, rank]), delta.b.val());
+                let width = up.dims()[1];
+                words + up.reshape([batch, seq, width]) * delta.scale
+            }
+        }
+    }
+
+    /// Rows `[vocab]`.
+    pub fn vocab(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    /// Fills the slot with peft's fresh embedding delta: `A` zero, `B` standard normal.
+    pub fn add_lora(&mut self, config: LowRankConfig) {
+        let device = self.weight.lazy_device();
+        let [vocab, width] = self.weight.lazy_shape().dims::<2>();
+        let a = Tensor::zeros([vocab, config.rank], &device);
+        let b = Tensor::random(
+            [config.rank, width],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        self.lora = Some(LowRankDelta::from_matrices(a, b, config));
+    }
+
+    /// Adds the delta into the table.
+    pub fn merge_lora(&mut self) {
+        let Some(delta) = self.lora.as_mut().filter(|d| !d.merged) else {
+            return;
+        };
+        let update = delta.product().detach();
+        self.weight = self.weight.clone().map(|w| w + update);
+        delta.merged = true;
+    }
+
+    /// Takes a merged delta back out of the table.
+    pub fn unmerge_lora(&mut self) {
+        let Some(delta) = self.lora.as_mut().filter(|d| d.merged) else {
+            return;
+        };
+        let update = delta.product().detach();
+        self.weight = self.weight.clone().map(|w| w - update);
+        delta.merged = false;
+    }
 }
 
 /// HF's initialisation of a fresh embedding table: `N(0, std²)`.

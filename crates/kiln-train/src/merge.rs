@@ -86,6 +86,11 @@ pub fn save_merged(
         projection.merge_ia3();
         projection.merge_update();
     }
+    let (_, embedding) = merged.word_embedding_mut();
+    if embedding.lora.as_ref().is_some_and(|d| !d.merged) {
+        merged_deltas += 1;
+    }
+    embedding.merge_lora();
     let sequence_classifier = crate::peft::is_bert_sequence_classifier(model);
     let (table, backbone, architecture, prefix) = match (&model.bert, &model.gpt2) {
         (Some(_), _) if sequence_classifier => {

@@ -4,7 +4,7 @@
 use super::SequenceClassifier;
 use crate::error::{ModelError, Result};
 use crate::low_rank::LowRankDelta;
-use crate::tunable::{LoraRouting, TunableLinear};
+use crate::tunable::{LoraRouting, TunableEmbedding, TunableLinear};
 
 impl SequenceClassifier {
     /// Every backbone projection with its full path (`bert.layers.0.attention.query`).
@@ -15,6 +15,14 @@ impl SequenceClassifier {
             .into_iter()
             .map(|(path, projection)| (format!("{prefix}.{path}"), projection))
             .collect()
+    }
+
+    /// The backbone's token embedding table with its full path (`bert.embeddings.word`,
+    /// `gpt2.wte`): LoRA's other slot.
+    pub fn word_embedding_mut(&mut self) -> (String, &mut TunableEmbedding) {
+        let prefix = self.backbone_name();
+        let (path, table) = self.backbone_mut().word_embedding_mut();
+        (format!("{prefix}.{path}"), table)
     }
 
     /// Serves the LoRA adapter `name` on this base beside the others: `deltas` gives, by full
@@ -129,11 +137,13 @@ impl SequenceClassifier {
         Ok(())
     }
 
-    /// Folds every LoRA delta into its base weight (outputs unchanged, delta cost gone).
+    /// Folds every LoRA delta (the token embedding's too) into its base weight (outputs
+    /// unchanged, delta cost gone).
     pub fn merge_lora(&mut self) {
         for (_, projection) in self.projections_mut() {
             projection.merge_lora();
         }
+        self.word_embedding_mut().1.merge_lora();
     }
 
     /// Takes merged LoRA deltas back out of the base weights.
@@ -141,6 +151,7 @@ impl SequenceClassifier {
         for (_, projection) in self.projections_mut() {
             projection.unmerge_lora();
         }
+        self.word_embedding_mut().1.unmerge_lora();
     }
 
     /// Folds every LoHa and LoKr update into its projection's weight.

@@ -13,7 +13,7 @@ mod lora;
 mod prompts;
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use crate::m2::M2Bert;
 use crate::pretrained::Backbone;
 use crate::side::{SideConfig, SideNetwork};
 use crate::states::{BertInput, Readout, TokenStates, mean_pool};
+use crate::tunable::TunableEmbedding;
 
 /// Where the frozen bottom of a model ends, for methods that train only above it: everything
 /// below the head (linear probe, MLP head), or the layers below `BeforeLayer(k)` (partial-k).
@@ -293,7 +294,7 @@ impl SequenceClassifier {
         self.word_embedding().weight.val()
     }
 
-    fn word_embedding(&self) -> &Embedding {
+    fn word_embedding(&self) -> &TunableEmbedding {
         self.backbone().word_embedding()
     }
 

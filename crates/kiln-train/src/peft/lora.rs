@@ -164,6 +164,29 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
             delta.dropout.prob,
         ));
     }
+    let (embedding_path, embedding) = model.word_embedding_mut();
+    if let Some(delta) = embedding.lora.as_ref() {
+        if delta.merged {
+            return Err(TrainError::Invalid(format!(
+                "{embedding_path}: the delta is merged into the table; unmerge before exporting"
+            )));
+        }
+        // peft's embedding delta has no dropout; the config's is the projections'.
+        let dropout = deltas.first().map_or(0.0, |d| d.5);
+        deltas.push((
+            embedding_path.clone(),
+            delta.rank(),
+            delta.alpha(),
+            delta.rank_stabilized,
+            false,
+            dropout,
+        ));
+    }
+    let embedding_local = embedding_path
+        .strip_prefix(backbone)
+        .and_then(|p| p.strip_prefix('.'))
+        .unwrap_or(&embedding_path)
+        .to_string();
     let Some(&(_, rank, alpha, rslora, dora, dropout)) = deltas.first() else {
         return Err(TrainError::Invalid(
             "the model has no LoRA delta to export".into(),
@@ -198,6 +221,12 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
     let tensors = save_params_laid_out(&model, &out.join(PEFT_WEIGHTS_FILE), |path| {
         if let Some((projection, tensor, layout)) = split_lora_path(path, backbone) {
             let module = hf_module(table, projection)?;
+            // peft's embedding delta: `lora_embedding_A` `[r, vocab]`, `lora_embedding_B` `[h, r]`.
+            let tensor = match (projection == embedding_local, tensor) {
+                (true, "lora_A.weight") => "lora_embedding_A",
+                (true, "lora_B.weight") => "lora_embedding_B",
+                _ => tensor,
+            };
             return Some((
                 format!("base_model.model.{prefix}{module}.{tensor}"),
                 layout,
@@ -295,6 +324,8 @@ pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
 /// classifier (`[c, h]` weight, bias) when the adapter has one.
 struct ReadAdapter {
     deltas: Vec<(String, LowRankDelta)>,
+    /// The token embedding's delta (peft's `lora_embedding_A`/`B`).
+    embedding: Option<LowRankDelta>,
     classifier: Option<(RawTensor, RawTensor)>,
 }
 
@@ -326,6 +357,7 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
         }
     };
     let mut deltas = Vec::new();
+    let mut embedding = None;
     let mut classifier = None;
     for name in file.names() {
         let rest = name
@@ -342,8 +374,31 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
         if rest == "classifier.bias" {
             continue;
         }
+        if let Some(module) = rest.strip_suffix(".lora_embedding_A") {
+            let b_name = format!("base_model.model.{module}.lora_embedding_B");
+            let a = matrix(name, config.r)?;
+            let b = matrix(&b_name, config.r)?;
+            if a.dims()[1] != config.r || b.dims()[0] != config.r {
+                return Err(bad(format!(
+                    "`{module}`: its embedding matrices are not of rank {}",
+                    config.r
+                )));
+            }
+            embedding = Some(LowRankDelta::from_matrices(
+                a,
+                b,
+                LowRankConfig {
+                    dora: false,
+                    ..delta_config
+                },
+            ));
+            continue;
+        }
         let Some(module) = rest.strip_suffix(".lora_A.weight") else {
-            if rest.ends_with(".lora_B.weight") || rest.ends_with(".lora_magnitude_vector") {
+            if rest.ends_with(".lora_B.weight")
+                || rest.ends_with(".lora_magnitude_vector")
+                || rest.ends_with(".lora_embedding_B")
+            {
                 continue;
             }
             return Err(bad(format!("`{name}`: not a LoRA matrix")));
@@ -386,10 +441,14 @@ fn read_adapter(model: &SequenceClassifier, dir: &Path) -> Result<ReadAdapter> {
         }
         deltas.push((format!("{backbone}.{projection}"), delta));
     }
-    if deltas.is_empty() {
+    if deltas.is_empty() && embedding.is_none() {
         return Err(bad("it holds no LoRA matrices".into()));
     }
-    Ok(ReadAdapter { deltas, classifier })
+    Ok(ReadAdapter {
+        deltas,
+        embedding,
+        classifier,
+    })
 }
 
 /// Puts the deltas of the peft LoRA directory `dir` in `model`'s LoRA slots (replacing any
@@ -400,7 +459,11 @@ pub fn import_lora(
     model: SequenceClassifier,
     dir: &Path,
 ) -> Result<(SequenceClassifier, ParamReport)> {
-    let ReadAdapter { deltas, classifier } = read_adapter(&model, dir)?;
+    let ReadAdapter {
+        deltas,
+        embedding,
+        classifier,
+    } = read_adapter(&model, dir)?;
     if classifier.is_some() && !is_bert_sequence_classifier(&model) {
         return Err(TrainError::checkpoint(
             dir.join(PEFT_WEIGHTS_FILE),
@@ -433,6 +496,7 @@ pub fn import_lora(
             format!("it changes `{path}`, which this model does not have"),
         ));
     }
+    model.word_embedding_mut().1.lora = embedding;
     if let Some((weight, bias)) = classifier {
         set_head(&mut model, weight, bias, &dir.join(PEFT_WEIGHTS_FILE))?;
     }
@@ -447,7 +511,18 @@ pub fn import_lora(
 /// share the model's head: a classifier in the adapter is not loaded (the returned flag says
 /// whether there was one).
 pub fn load_lora_adapter(model: &mut SequenceClassifier, name: &str, dir: &Path) -> Result<bool> {
-    let ReadAdapter { deltas, classifier } = read_adapter(model, dir)?;
+    let ReadAdapter {
+        deltas,
+        embedding,
+        classifier,
+    } = read_adapter(model, dir)?;
+    if embedding.is_some() {
+        return Err(TrainError::checkpoint(
+            dir.join(PEFT_WEIGHTS_FILE),
+            "it changes the token embedding, which served adapters leave to the base; import \
+             it on its own",
+        ));
+    }
     model.add_lora_adapter(name, deltas)?;
     Ok(classifier.is_some())
 }

@@ -111,6 +111,12 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
         ("bert-tiny", "kiln-bert-loha", "loha", lora.to_vec()),
         (
             "bert-tiny",
+            "kiln-bert-lora-embedding",
+            "lora",
+            with(("targets", "embeddings.word,query")),
+        ),
+        (
+            "bert-tiny",
             "kiln-bert-lokr",
             "lokr",
             vec![("rank", "2"), ("alpha", "4")],
@@ -131,6 +137,13 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
                 assert_eq!(config["r"], 8);
                 assert_eq!(config["lora_alpha"], 16.0);
             }
+            "kiln-bert-lora-embedding" => assert!(
+                export
+                    .target_modules
+                    .contains(&"embeddings.word_embeddings".to_string()),
+                "{:?}",
+                export.target_modules
+            ),
             "kiln-bert-loha" => {
                 assert_eq!(config["peft_type"], "LOHA");
                 assert_eq!(

@@ -10,7 +10,9 @@
 //! `olora` (`W`'s QR decomposition, Büyükakyüz 2024), the last two taking their start out of `W`.
 //!
 //! Targets are projection names matched as peft matches `target_modules` (see
-//! [`crate::targets`]): `query`, `value`, `attention.output`, `layers.*.output`, `c_attn`.
+//! [`crate::targets`]): `query`, `value`, `attention.output`, `layers.*.output`, `c_attn`; and
+//! the token embedding, `embeddings.word` (BERT, M2-BERT) or `wte` (GPT-2), which takes peft's
+//! embedding delta (`A: [vocab, r]` zero, `B: [r, h]` normal, `r·(vocab + h)` parameters).
 //! Default targets are peft's: `query`, `value` for BERT, `c_attn` for GPT-2 (M2-BERT: its mixer's
 //! `in_linear`, `out_linear`). Trainable parameters: `Σ_targets r·(d_in + d_out) + h·c + c`, plus
 //! `Σ_targets d_out` with DoRA; for BERT with query and value, `L·2·r·2h = 4·L·r·h`.
@@ -22,7 +24,7 @@ use kiln_models::{LoraInit, LowRankConfig, SequenceClassifier};
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::options::{MethodOption, parse_list, show_name};
-use crate::targets::{fill_targets, projections_named};
+use crate::targets::{fill_targets, is_target, projections_named};
 
 /// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`,
 /// `target_modules`, `use_rslora`, `use_dora`, `init_lora_weights`).
@@ -72,6 +74,27 @@ impl LoraConfig {
             dora: self.dora,
             init: self.init,
         }
+    }
+
+    /// Whether a target names the token embedding (`embeddings.word`, `wte`), and the targets
+    /// that name projections. The embedding takes plain LoRA, as peft's LoRA `Embedding` does.
+    fn split_targets(&self, model: &SequenceClassifier) -> Result<(bool, Vec<String>)> {
+        let (embedding, _) = model.clone().word_embedding_mut();
+        let (on_embedding, on_projections): (Vec<String>, Vec<String>) = self
+            .targets_for(model)
+            .into_iter()
+            .partition(|t| is_target(&embedding, t));
+        if !on_embedding.is_empty() && (self.dora || self.init.mutates_base()) {
+            return Err(TuningError::Option {
+                option: "targets",
+                message: format!(
+                    "`{}` is the token embedding, which takes plain LoRA (and rsLoRA): DoRA and \
+                     the PiSSA/OLoRA starts are for projections",
+                    on_embedding[0]
+                ),
+            });
+        }
+        Ok((!on_embedding.is_empty(), on_projections))
     }
 
     /// The projection names the deltas go on in `model`: the given ones, or the backbone's defaults.
@@ -175,8 +198,8 @@ impl Method for LoraConfig {
                 message: format!("{} is not a probability in [0, 1)", self.dropout),
             });
         }
+        let (_, targets) = self.split_targets(model)?;
         if self.init.mutates_base() {
-            let targets = self.targets_for(model);
             let mut model = model.clone();
             let paths = projections_named(&mut model, &targets, "targets")?;
             for (path, projection) in model.projections_mut() {
@@ -200,9 +223,11 @@ impl Method for LoraConfig {
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
         let delta = self.delta_config();
-        fill_targets(model, &self.targets_for(model), "targets", |p| {
-            p.add_lora(delta)
-        })
+        let (on_embedding, on_projections) = self.split_targets(model)?;
+        if on_embedding {
+            model.word_embedding_mut().1.add_lora(delta);
+        }
+        fill_targets(model, &on_projections, "targets", |p| p.add_lora(delta))
     }
 
     fn trainable_patterns(&self, _model: &SequenceClassifier) -> Vec<String> {

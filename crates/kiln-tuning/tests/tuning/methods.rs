@@ -156,9 +156,32 @@ fn lora_variants_train_their_deltas_and_doras_magnitude() {
         });
         assert_eq!(report.trainable(), L * 2 * 4 * (H + H) + HEAD, "{extra:?}");
     }
+    // The token embedding takes peft's embedding delta, r·(vocab + h); BERT's fixture has 167
+    // tokens. DoRA there is refused.
+    let options = &[("rank", "4"), ("targets", "embeddings.word,query")];
+    let report = check("bert-tiny", &method("lora", options), |p| {
+        p.starts_with("head.") || p.contains(".word.lora.") || p.contains(".query.lora.")
+    });
+    assert_eq!(report.trainable(), 4 * (167 + H) + L * 4 * (H + H) + HEAD);
+    let report = check(
+        "gpt2-tiny",
+        &method("lora", &[("rank", "4"), ("targets", "wte")]),
+        |p| p.starts_with("head.") || p.contains(".wte.lora."),
+    );
+    assert!(report.trainable() > HEAD);
+    let dora_embedding = method("lora", &[("targets", "embeddings.word"), ("dora", "true")]);
+    let device = cpu();
+    let error = dora_embedding
+        .apply(classifier("bert-tiny", &dora_embedding, &device))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("--targets") && error.contains("token embedding"),
+        "{error}"
+    );
     // A PiSSA rank above the weight's is refused, naming the flag.
     let too_high = method("lora", &[("rank", "64"), ("lora-init", "pissa")]);
-    let device = cpu();
     let error = too_high
         .apply(classifier("bert-tiny", &too_high, &device))
         .map(|_| ())
@@ -287,6 +310,7 @@ fn merged_lora_gives_the_unmerged_outputs() {
             ("dora", "true"),
         ][..],
         &[("rank", "4"), ("lora-init", "pissa")][..],
+        &[("rank", "4"), ("targets", "embeddings.word,value")][..],
     ] {
         merged_gives_the_unmerged_outputs(&method("lora", options));
     }
@@ -339,6 +363,15 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
             );
             vector.scale = Param::from_tensor(noise);
         }
+    }
+    // The token embedding's delta starts with A at zero.
+    if let Some(delta) = model.word_embedding_mut().1.lora.as_mut() {
+        let shape = delta.a.val().dims();
+        delta.a = Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
     }
     let plain = model.forward(input(&device));
     model.merge_lora();
