@@ -25,7 +25,8 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-*-dora/      DoRA (random A, B and magnitude) on both backbones' LoRA
   fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), LoHa and
   fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), and LoRA on the token
-  fixtures/peft/peft-bert-lora-embedding/ embedding beside the query, each with expected.json;
+  fixtures/peft/peft-bert-lora-embedding/ embedding beside the query, VeRA (random vectors, its
+  fixtures/peft/peft-bert-vera/   shared matrices in the file), each with expected.json;
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
@@ -40,6 +41,7 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-bert-pissa/
   fixtures/peft/kiln-bert-lo{ha,kr}/
   fixtures/peft/kiln-bert-lora-embedding/
+  fixtures/peft/kiln-bert-vera/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -55,6 +57,7 @@ from pathlib import Path
 
 import torch
 from peft import (
+    VeraConfig,
     IA3Config,
     LoHaConfig,
     LoKrConfig,
@@ -197,6 +200,10 @@ def lora_family() -> None:
     peft_fixture("peft-bert-lora-embedding", "bert", 27, LoraConfig(
         task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0,
         target_modules=["word_embeddings", "query"], init_lora_weights=False))
+    # VeRA: random vectors (init_weights=False), shared matrices saved with the adapter.
+    peft_fixture("peft-bert-vera", "bert", 28, VeraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value", "intermediate.dense"],
+        init_weights=False, vera_dropout=0.0))
     # LoHa and LoKr on BERT (peft has them for nn.Linear only, not GPT-2's Conv1D), every
     # factor random; LoKr at r 2 so that W2 is factored (r < max(n, k)/2 for 32 = 4 x 8).
     peft_fixture("peft-bert-loha", "bert", 25, LoHaConfig(
@@ -241,6 +248,7 @@ KILN_TO_PEFT = [
     ("kiln-bert-loha", "bert"),
     ("kiln-bert-lokr", "bert"),
     ("kiln-bert-lora-embedding", "bert"),
+    ("kiln-bert-vera", "bert"),
 ]
 
 

@@ -32,6 +32,7 @@ pub mod side;
 pub mod states;
 pub mod tokenizer;
 pub mod tunable;
+pub mod vera;
 pub mod weights;
 
 pub use activation::Activation;
@@ -57,4 +58,5 @@ pub use side::{SideConfig, SideNetwork};
 pub use states::{Readout, TokenStates, first_token, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};
 pub use tunable::{LoraRouting, ScalingVector, TunableEmbedding, TunableLinear};
+pub use vera::{VeraDelta, VeraProjections};
 pub use weights::WeightFile;

@@ -1,6 +1,7 @@
 //! The projection every backbone uses: a base weight and bias, plus the slots the weight-side
 //! methods fill: a delta of the LoRA family (see [`crate::low_rank`]), IA3's scaling vector, and
-//! LoHa's and LoKr's full-rank updates (see [`crate::lycoris`]).
+//! LoHa's and LoKr's full-rank updates (see [`crate::lycoris`]), and VeRA's scaled shared
+//! projections (see [`crate::vera`]).
 //!
 //! With a LoRA delta the layer computes `x·W + b + dropout(x)·A·B·s`; `B` starts at zero (or
 //! PiSSA/OLoRA move part of `W` into the delta), so a fresh delta leaves the model's outputs
@@ -16,6 +17,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::low_rank::{LowRankConfig, LowRankDelta};
 use crate::lycoris::{HadamardDelta, KroneckerDelta};
+use crate::vera::VeraDelta;
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
 /// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`; deltas served
@@ -34,6 +36,8 @@ pub struct TunableLinear {
     pub loha: Option<HadamardDelta>,
     /// LoKr's update, if any.
     pub lokr: Option<KroneckerDelta>,
+    /// VeRA's delta, if any.
+    pub vera: Option<VeraDelta>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
     pub served: Vec<Option<LowRankDelta>>,
@@ -219,6 +223,9 @@ impl TunableLinear {
             Some(delta) => with_bias(plain, bias) + delta.forward_rows(rows.clone()),
             None => with_bias(plain, bias),
         };
+        if let Some(vera) = self.vera.as_ref().filter(|v| !v.merged) {
+            out = out + vera.forward_rows(rows.clone());
+        }
         if self.routing != LoraRouting::Off {
             out = out + self.served_delta(rows, dims[0]);
         }
@@ -305,25 +312,29 @@ impl TunableLinear {
         }
     }
 
-    /// Folds a LoHa or LoKr update into the base weight.
+    /// Folds a LoHa, LoKr or VeRA update into the base weight.
     pub fn merge_update(&mut self) {
         self.fold_update(false);
     }
 
-    /// Takes a merged LoHa or LoKr update back out of the base weight.
+    /// Takes a merged LoHa, LoKr or VeRA update back out of the base weight.
     pub fn unmerge_update(&mut self) {
         self.fold_update(true);
     }
 
     fn fold_update(&mut self, unmerge: bool) {
-        let update = match (self.loha.as_mut(), self.lokr.as_mut()) {
-            (Some(loha), _) if loha.merged == unmerge => {
+        let update = match (self.loha.as_mut(), self.lokr.as_mut(), self.vera.as_mut()) {
+            (Some(loha), _, _) if loha.merged == unmerge => {
                 loha.merged = !unmerge;
                 loha.weight().detach()
             }
-            (_, Some(lokr)) if lokr.merged == unmerge => {
+            (_, Some(lokr), _) if lokr.merged == unmerge => {
                 lokr.merged = !unmerge;
                 lokr.weight().detach()
+            }
+            (_, _, Some(vera)) if vera.merged == unmerge => {
+                vera.merged = !unmerge;
+                vera.product().detach()
             }
             _ => return,
         };
@@ -381,6 +392,7 @@ impl From<Linear> for TunableLinear {
             ia3: None,
             loha: None,
             lokr: None,
+            vera: None,
             served: Vec::new(),
             routing: LoraRouting::Off,
         }

@@ -1,6 +1,7 @@
 //! A trained model written back as a HF checkpoint with its LoRA-family deltas, IA3 vectors and
-//! LoHa/LoKr updates folded into the base weights (`kiln merge`): `config.json`, `model.safetensors` under HF's names and layouts, and
-//! the base directory's tokenizer files, which transformers loads with no kiln or peft code.
+//! LoHa/LoKr/VeRA updates folded into the base weights (`kiln merge`): `config.json`,
+//! `model.safetensors` under HF's names and layouts, and the base directory's tokenizer files,
+//! which transformers loads with no kiln or peft code.
 //!
 //! A BERT classifier that reads the pooler through one linear layer is written as
 //! `BertForSequenceClassification` (its head as `classifier`); anything else as the base model
@@ -34,7 +35,7 @@ pub struct MergedCheckpoint {
     pub architecture: &'static str,
     /// Tensors written.
     pub tensors: usize,
-    /// LoRA deltas, IA3 vectors and LoHa/LoKr updates folded in.
+    /// LoRA deltas, IA3 vectors and LoHa/LoKr/VeRA updates folded in.
     pub merged_deltas: usize,
 }
 
@@ -65,7 +66,7 @@ pub fn save_merged(
     if let Some((_, what)) = extra.iter().find(|(present, _)| *present) {
         return Err(TrainError::Invalid(format!(
             "the model holds {what}, which no transformers class has: kiln merge folds LoRA \
-             deltas, IA3 vectors and LoHa/LoKr updates into a plain checkpoint"
+             deltas, IA3 vectors and LoHa/LoKr/VeRA updates into a plain checkpoint"
         )));
     }
     let mut merged = model.clone();
@@ -79,6 +80,7 @@ pub fn save_merged(
         }
         if projection.loha.as_ref().is_some_and(|d| !d.merged)
             || projection.lokr.as_ref().is_some_and(|d| !d.merged)
+            || projection.vera.as_ref().is_some_and(|d| !d.merged)
         {
             merged_deltas += 1;
         }

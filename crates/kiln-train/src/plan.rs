@@ -385,6 +385,15 @@ fn layer_cost(
             cost.saved += tokens * d_in;
             tracked = true;
         }
+        let vera = format!("{prefix}{name}.vera.lambda_d");
+        if params.trains(&vera) {
+            // VeRA runs LoRA's low-rank path through its frozen shared pair.
+            let rank = params.numel(&vera).unwrap_or(0) as f64;
+            cost.saved += 2.0 * tokens * d_in + 2.0 * tokens * rank;
+            cost.forward += 2.0 * tokens * rank * (d_in + d_out);
+            cost.backward += 2.0 * tokens * rank * (d_in + d_out);
+            tracked = true;
+        }
         let ia3 = format!("{prefix}{name}.ia3.scale");
         if params.trains(&ia3) {
             // IA3 keeps what it scales (the input or the output) for its vector's gradient.

@@ -154,14 +154,14 @@ impl SequenceClassifier {
         self.word_embedding_mut().1.unmerge_lora();
     }
 
-    /// Folds every LoHa and LoKr update into its projection's weight.
+    /// Folds every LoHa, LoKr and VeRA update into its projection's weight.
     pub fn merge_updates(&mut self) {
         for (_, projection) in self.projections_mut() {
             projection.merge_update();
         }
     }
 
-    /// Takes merged LoHa and LoKr updates back out of the weights.
+    /// Takes merged LoHa, LoKr and VeRA updates back out of the weights.
     pub fn unmerge_updates(&mut self) {
         for (_, projection) in self.projections_mut() {
             projection.unmerge_update();

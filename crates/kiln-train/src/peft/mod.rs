@@ -1,7 +1,7 @@
 //! HF peft's adapter directories, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
 //! for LoRA with its rsLoRA, DoRA, PiSSA and OLoRA variants (`peft/lora.rs`), IA3 (`ia3.rs`),
-//! LoHa and LoKr (`lycoris.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! LoHa and LoKr (`lycoris.rs`), VeRA (`vera.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
 //! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
 //! method trained. What kiln cannot represent is refused naming the field at fault.
 //!
@@ -16,12 +16,14 @@ mod lora;
 mod lycoris;
 mod prefix;
 mod prompt;
+mod vera;
 
 pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
 pub use lycoris::{PeftLycorisConfig, export_lycoris, import_lycoris};
 pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
 pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
+pub use vera::{PeftVeraConfig, export_vera, import_vera};
 
 use std::path::{Path, PathBuf};
 
@@ -147,11 +149,12 @@ pub fn import_peft(
         Some("LORA") => import_lora(model, dir),
         Some("IA3") => import_ia3(model, dir),
         Some("LOHA" | "LOKR") => import_lycoris(model, dir),
+        Some("VERA") => import_vera(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),
         Some("PREFIX_TUNING") => import_prefix(model, dir),
         other => Err(TrainError::Invalid(format!(
-            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, PROMPT_TUNING and \
-             PREFIX_TUNING",
+            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, VERA, PROMPT_TUNING \
+             and PREFIX_TUNING",
             path.display()
         ))),
     }
@@ -197,6 +200,15 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
             }
             options
         }
+        ("vera", Some("VERA")) => {
+            let (vera, _) = read_peft_config::<PeftVeraConfig>(dir)?;
+            vec![
+                ("rank", vera.r.to_string()),
+                ("d-initial", vera.d_initial.to_string()),
+                ("projection-seed", vera.projection_prng_key.to_string()),
+                ("vera-dropout", vera.vera_dropout.to_string()),
+            ]
+        }
         ("prompt", Some("PROMPT_TUNING")) => count("num_virtual_tokens")
             .map(|n| ("prompt-len", n))
             .into_iter()
@@ -213,8 +225,8 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         (method, peft_type) => {
             return Err(TrainError::Invalid(format!(
                 "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
-                 `--method ia3` from IA3, `--method loha` / `lokr` from LOHA / LOKR, `--method \
-                 prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
+                 `--method ia3` from IA3, `--method loha` / `lokr` / `vera` from LOHA / LOKR / \
+                 VERA, `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
                  --method {method})",
                 path.display(),
                 peft_type.unwrap_or("unknown")
@@ -241,6 +253,13 @@ pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         export_ia3(model, out, base_model)
     } else if lycoris::has_lycoris(model) {
         export_lycoris(model, out, base_model)
+    } else if model
+        .clone()
+        .projections_mut()
+        .iter()
+        .any(|(_, p)| p.vera.is_some())
+    {
+        export_vera(model, out, base_model)
     } else {
         export_lora(model, out, base_model)
     }

@@ -67,7 +67,17 @@ fn kiln_method(fixture: &str, name: &str, options: &[(&str, &str)]) -> SequenceC
     let (model, _) = method.apply(classifier(fixture)).expect("applies");
     map_params(
         model,
-        &mut Deterministic(0, &[".lora.", ".ia3.", ".loha.", ".lokr.", "head."]),
+        &mut Deterministic(
+            0,
+            &[
+                ".lora.",
+                ".ia3.",
+                ".loha.",
+                ".lokr.",
+                ".vera.lambda",
+                "head.",
+            ],
+        ),
     )
 }
 
@@ -111,6 +121,12 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
         ("bert-tiny", "kiln-bert-loha", "loha", lora.to_vec()),
         (
             "bert-tiny",
+            "kiln-bert-vera",
+            "vera",
+            vec![("rank", "4"), ("targets", "query,value,intermediate")],
+        ),
+        (
+            "bert-tiny",
             "kiln-bert-lora-embedding",
             "lora",
             with(("targets", "embeddings.word,query")),
@@ -144,6 +160,10 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
                 "{:?}",
                 export.target_modules
             ),
+            "kiln-bert-vera" => {
+                assert_eq!(config["peft_type"], "VERA");
+                assert_eq!(config["save_projection"], true);
+            }
             "kiln-bert-loha" => {
                 assert_eq!(config["peft_type"], "LOHA");
                 assert_eq!(

@@ -322,6 +322,7 @@ macro_rules! for_each_method {
             Ia3 => ia3::Ia3Config,
             Loha => loha::LohaConfig,
             Lokr => lokr::LokrConfig,
+            Vera => vera::VeraConfig,
             Houlsby => houlsby::HoulsbyConfig,
             Pfeiffer => pfeiffer::PfeifferConfig,
             Parallel => parallel::ParallelConfig,

@@ -244,6 +244,17 @@ fn loha_and_lokr_train_their_factors() {
 }
 
 #[test]
+fn vera_trains_two_vectors_per_target() {
+    // λ_d (r) and λ_b (d_out) on query and value; the shared pair is frozen.
+    let report = check("bert-tiny", &method("vera", &[("rank", "16")]), |p| {
+        p.starts_with("head.")
+            || ((p.ends_with(".vera.lambda_d") || p.ends_with(".vera.lambda_b"))
+                && (p.contains(".query.") || p.contains(".value.")))
+    });
+    assert_eq!(report.trainable(), L * 2 * (16 + H) + HEAD);
+}
+
+#[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
     let unknown = &[("targets", "qkv")];
@@ -317,6 +328,7 @@ fn merged_lora_gives_the_unmerged_outputs() {
     merged_gives_the_unmerged_outputs(&method("ia3", &[]));
     merged_gives_the_unmerged_outputs(&method("loha", &[("rank", "4")]));
     merged_gives_the_unmerged_outputs(&method("lokr", &[("rank", "2")]));
+    merged_gives_the_unmerged_outputs(&method("vera", &[("rank", "8")]));
 }
 
 /// `lora`'s deltas (B, DoRA magnitudes and IA3 vectors made random, so that merging has
@@ -354,6 +366,14 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
         }
         if let Some(lokr) = projection.lokr.as_mut() {
             lokr.w1 = random(&lokr.w1);
+        }
+        if let Some(vera) = projection.vera.as_mut() {
+            let shape = vera.lambda_b.val().dims();
+            vera.lambda_b = Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ));
         }
         if let Some(vector) = projection.ia3.as_mut() {
             let noise = Tensor::random(
