@@ -26,7 +26,8 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-*-ia3/       targets, IA3 (random vectors, peft's default targets), LoHa and
   fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), and LoRA on the token
   fixtures/peft/peft-bert-lora-embedding/ embedding beside the query, VeRA (random vectors, its
-  fixtures/peft/peft-bert-vera/   shared matrices in the file), each with expected.json;
+  fixtures/peft/peft-bert-vera/   shared matrices in the file), OFT (blocks of 8, random), each
+  fixtures/peft/peft-bert-oft/    with expected.json;
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
@@ -42,6 +43,7 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-bert-lo{ha,kr}/
   fixtures/peft/kiln-bert-lora-embedding/
   fixtures/peft/kiln-bert-vera/
+  fixtures/peft/kiln-bert-oft/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -57,6 +59,7 @@ from pathlib import Path
 
 import torch
 from peft import (
+    OFTConfig,
     VeraConfig,
     IA3Config,
     LoHaConfig,
@@ -204,6 +207,10 @@ def lora_family() -> None:
     peft_fixture("peft-bert-vera", "bert", 28, VeraConfig(
         task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value", "intermediate.dense"],
         init_weights=False, vera_dropout=0.0))
+    # OFT: blocks of 8, random skew entries (init_weights=False), the Neumann series.
+    peft_fixture("peft-bert-oft", "bert", 29, OFTConfig(
+        task_type=TaskType.SEQ_CLS, r=0, oft_block_size=8, target_modules=["query", "value", "output.dense"],
+        init_weights=False))
     # LoHa and LoKr on BERT (peft has them for nn.Linear only, not GPT-2's Conv1D), every
     # factor random; LoKr at r 2 so that W2 is factored (r < max(n, k)/2 for 32 = 4 x 8).
     peft_fixture("peft-bert-loha", "bert", 25, LoHaConfig(
@@ -249,6 +256,7 @@ KILN_TO_PEFT = [
     ("kiln-bert-lokr", "bert"),
     ("kiln-bert-lora-embedding", "bert"),
     ("kiln-bert-vera", "bert"),
+    ("kiln-bert-oft", "bert"),
 ]
 
 

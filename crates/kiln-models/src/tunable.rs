@@ -1,7 +1,7 @@
 //! The projection every backbone uses: a base weight and bias, plus the slots the weight-side
 //! methods fill: a delta of the LoRA family (see [`crate::low_rank`]), IA3's scaling vector, and
-//! LoHa's and LoKr's full-rank updates (see [`crate::lycoris`]), and VeRA's scaled shared
-//! projections (see [`crate::vera`]).
+//! LoHa's and LoKr's full-rank updates (see [`crate::lycoris`]), VeRA's scaled shared
+//! projections (see [`crate::vera`]) and OFT's rotation of the input (see [`crate::oft`]).
 //!
 //! With a LoRA delta the layer computes `x·W + b + dropout(x)·A·B·s`; `B` starts at zero (or
 //! PiSSA/OLoRA move part of `W` into the delta), so a fresh delta leaves the model's outputs
@@ -17,6 +17,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::low_rank::{LowRankConfig, LowRankDelta};
 use crate::lycoris::{HadamardDelta, KroneckerDelta};
+use crate::oft::OrthogonalRotation;
 use crate::vera::VeraDelta;
 
 /// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
@@ -38,6 +39,8 @@ pub struct TunableLinear {
     pub lokr: Option<KroneckerDelta>,
     /// VeRA's delta, if any.
     pub vera: Option<VeraDelta>,
+    /// OFT's rotation of the input, if any.
+    pub oft: Option<OrthogonalRotation>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
     pub served: Vec<Option<LowRankDelta>>,
@@ -213,6 +216,9 @@ impl TunableLinear {
         if let Some(vector) = self.ia3.as_ref().filter(|v| !v.merged && v.on_input) {
             rows = rows * vector.scale.val().unsqueeze_dim(0);
         }
+        if let Some(rotation) = self.oft.as_ref().filter(|r| !r.merged()) {
+            rows = rotation.rotate(rows);
+        }
         // kiln-kernels' product: on the CPU its output is written once, never zero-filled first.
         let plain = kiln_kernels::matmul(rows.clone(), self.weight_with_update());
         let mut out = match self.lora.as_ref().filter(|d| !d.merged) {
@@ -342,6 +348,25 @@ impl TunableLinear {
         self.weight = self.weight.clone().map(|w| w + update * sign);
     }
 
+    /// Folds OFT's rotation into the weight, `R·W`, keeping `W` to unmerge exactly.
+    pub fn merge_rotation(&mut self) {
+        let Some(rotation) = self.oft.as_mut().filter(|r| !r.merged()) else {
+            return;
+        };
+        let weight = self.weight.val().detach();
+        let rotated = rotation.rotate_weight(weight.clone()).detach();
+        rotation.unmerged_weight = Some(weight);
+        self.weight = self.weight.clone().map(|_| rotated);
+    }
+
+    /// Puts back the weight a merged rotation replaced.
+    pub fn unmerge_rotation(&mut self) {
+        let Some(weight) = self.oft.as_mut().and_then(|r| r.unmerged_weight.take()) else {
+            return;
+        };
+        self.weight = self.weight.clone().map(|_| weight);
+    }
+
     /// Fills IA3's slot with a vector of ones, on the input (`on_input`) or the output.
     pub fn add_ia3(&mut self, on_input: bool) {
         let width = if on_input { self.d_in() } else { self.d_out() };
@@ -393,6 +418,7 @@ impl From<Linear> for TunableLinear {
             loha: None,
             lokr: None,
             vera: None,
+            oft: None,
             served: Vec::new(),
             routing: LoraRouting::Off,
         }

@@ -1,7 +1,7 @@
-//! A trained model written back as a HF checkpoint with its LoRA-family deltas, IA3 vectors and
-//! LoHa/LoKr/VeRA updates folded into the base weights (`kiln merge`): `config.json`,
-//! `model.safetensors` under HF's names and layouts, and the base directory's tokenizer files,
-//! which transformers loads with no kiln or peft code.
+//! A trained model written back as a HF checkpoint with its weight-side methods folded into the
+//! base weights (`kiln merge`: LoRA-family deltas, IA3 vectors, LoHa/LoKr/VeRA updates, OFT
+//! rotations): `config.json`, `model.safetensors` under HF's names and layouts, and the base
+//! directory's tokenizer files, which transformers loads with no kiln or peft code.
 //!
 //! A BERT classifier that reads the pooler through one linear layer is written as
 //! `BertForSequenceClassification` (its head as `classifier`); anything else as the base model
@@ -35,7 +35,7 @@ pub struct MergedCheckpoint {
     pub architecture: &'static str,
     /// Tensors written.
     pub tensors: usize,
-    /// LoRA deltas, IA3 vectors and LoHa/LoKr/VeRA updates folded in.
+    /// LoRA deltas, IA3 vectors, LoHa/LoKr/VeRA updates and OFT rotations folded in.
     pub merged_deltas: usize,
 }
 
@@ -84,9 +84,13 @@ pub fn save_merged(
         {
             merged_deltas += 1;
         }
+        if projection.oft.as_ref().is_some_and(|r| !r.merged()) {
+            merged_deltas += 1;
+        }
         projection.merge_lora();
         projection.merge_ia3();
         projection.merge_update();
+        projection.merge_rotation();
     }
     let (_, embedding) = merged.word_embedding_mut();
     if embedding.lora.as_ref().is_some_and(|d| !d.merged) {

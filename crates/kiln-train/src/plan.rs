@@ -385,6 +385,19 @@ fn layer_cost(
             cost.saved += tokens * d_in;
             tracked = true;
         }
+        if params.trains(&format!("{prefix}{name}.oft.weight")) {
+            // OFT rotates the input in blocks: the rotated input is kept for the rotation's
+            // gradient, and the rotation's products are `tokens·d_in·b` each way.
+            let b = params
+                .numel(&format!("{prefix}{name}.oft.weight"))
+                .unwrap_or(0) as f64
+                / (d_in / 2.0).max(1.0)
+                + 1.0;
+            cost.saved += 2.0 * tokens * d_in;
+            cost.forward += 2.0 * tokens * d_in * b;
+            cost.backward += 4.0 * tokens * d_in * b;
+            tracked = true;
+        }
         let vera = format!("{prefix}{name}.vera.lambda_d");
         if params.trains(&vera) {
             // VeRA runs LoRA's low-rank path through its frozen shared pair.

@@ -168,6 +168,20 @@ impl SequenceClassifier {
         }
     }
 
+    /// Folds every OFT rotation into its projection's weight.
+    pub fn merge_rotations(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.merge_rotation();
+        }
+    }
+
+    /// Puts back the weights merged rotations replaced.
+    pub fn unmerge_rotations(&mut self) {
+        for (_, projection) in self.projections_mut() {
+            projection.unmerge_rotation();
+        }
+    }
+
     /// Folds every IA3 vector into its projection's weight (and bias).
     pub fn merge_ia3(&mut self) {
         for (_, projection) in self.projections_mut() {

@@ -1,7 +1,7 @@
 //! HF peft's adapter directories, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
 //! for LoRA with its rsLoRA, DoRA, PiSSA and OLoRA variants (`peft/lora.rs`), IA3 (`ia3.rs`),
-//! LoHa and LoKr (`lycoris.rs`), VeRA (`vera.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! LoHa and LoKr (`lycoris.rs`), VeRA (`vera.rs`), OFT (`oft.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
 //! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
 //! method trained. What kiln cannot represent is refused naming the field at fault.
 //!
@@ -14,6 +14,7 @@
 mod ia3;
 mod lora;
 mod lycoris;
+mod oft;
 mod prefix;
 mod prompt;
 mod vera;
@@ -21,6 +22,7 @@ mod vera;
 pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
 pub use lycoris::{PeftLycorisConfig, export_lycoris, import_lycoris};
+pub use oft::{PeftOftConfig, export_oft, import_oft};
 pub use prefix::{PEFT_PREFIX_ADAPTER, PeftPrefixConfig, export_prefix, import_prefix};
 pub use prompt::{PeftPromptConfig, export_prompt, import_prompt};
 pub use vera::{PeftVeraConfig, export_vera, import_vera};
@@ -150,11 +152,12 @@ pub fn import_peft(
         Some("IA3") => import_ia3(model, dir),
         Some("LOHA" | "LOKR") => import_lycoris(model, dir),
         Some("VERA") => import_vera(model, dir),
+        Some("OFT") => import_oft(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),
         Some("PREFIX_TUNING") => import_prefix(model, dir),
         other => Err(TrainError::Invalid(format!(
-            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, VERA, PROMPT_TUNING \
-             and PREFIX_TUNING",
+            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, VERA, OFT, \
+             PROMPT_TUNING and PREFIX_TUNING",
             path.display()
         ))),
     }
@@ -200,6 +203,14 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
             }
             options
         }
+        ("oft", Some("OFT")) => {
+            let (oft, _) = read_peft_config::<PeftOftConfig>(dir)?;
+            let mut options = vec![("neumann-terms", oft.num_cayley_neumann_terms.to_string())];
+            if oft.oft_block_size > 0 {
+                options.push(("block-size", oft.oft_block_size.to_string()));
+            }
+            options
+        }
         ("vera", Some("VERA")) => {
             let (vera, _) = read_peft_config::<PeftVeraConfig>(dir)?;
             vec![
@@ -225,8 +236,8 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         (method, peft_type) => {
             return Err(TrainError::Invalid(format!(
                 "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
-                 `--method ia3` from IA3, `--method loha` / `lokr` / `vera` from LOHA / LOKR / \
-                 VERA, `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
+                 `--method ia3` from IA3, `--method loha` / `lokr` / `vera` / `oft` from LOHA / \
+                 LOKR / VERA / OFT, `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
                  --method {method})",
                 path.display(),
                 peft_type.unwrap_or("unknown")
@@ -260,6 +271,13 @@ pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         .any(|(_, p)| p.vera.is_some())
     {
         export_vera(model, out, base_model)
+    } else if model
+        .clone()
+        .projections_mut()
+        .iter()
+        .any(|(_, p)| p.oft.is_some())
+    {
+        export_oft(model, out, base_model)
     } else {
         export_lora(model, out, base_model)
     }

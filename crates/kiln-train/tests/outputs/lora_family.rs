@@ -121,6 +121,15 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
         ("bert-tiny", "kiln-bert-loha", "loha", lora.to_vec()),
         (
             "bert-tiny",
+            "kiln-bert-oft",
+            "oft",
+            vec![
+                ("block-size", "8"),
+                ("targets", "query,value,layers.*.output"),
+            ],
+        ),
+        (
+            "bert-tiny",
             "kiln-bert-vera",
             "vera",
             vec![("rank", "4"), ("targets", "query,value,intermediate")],
@@ -160,6 +169,10 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
                 "{:?}",
                 export.target_modules
             ),
+            "kiln-bert-oft" => {
+                assert_eq!(config["peft_type"], "OFT");
+                assert_eq!(config["oft_block_size"], 8);
+            }
             "kiln-bert-vera" => {
                 assert_eq!(config["peft_type"], "VERA");
                 assert_eq!(config["save_projection"], true);

@@ -323,6 +323,7 @@ macro_rules! for_each_method {
             Loha => loha::LohaConfig,
             Lokr => lokr::LokrConfig,
             Vera => vera::VeraConfig,
+            Oft => oft::OftConfig,
             Houlsby => houlsby::HoulsbyConfig,
             Pfeiffer => pfeiffer::PfeifferConfig,
             Parallel => parallel::ParallelConfig,

@@ -255,6 +255,25 @@ fn vera_trains_two_vectors_per_target() {
 }
 
 #[test]
+fn oft_trains_a_skew_triangle_per_block() {
+    // Blocks of 8 on the 32-wide query and value: 4 blocks of 8·7/2 entries each.
+    let report = check("bert-tiny", &method("oft", &[("block-size", "8")]), |p| {
+        p.starts_with("head.")
+            || (p.contains(".oft.") && (p.contains(".query.") || p.contains(".value.")))
+    });
+    assert_eq!(report.trainable(), L * 2 * 4 * 28 + HEAD);
+    // A block size that does not divide a target's inputs is refused naming the flag.
+    let odd = method("oft", &[("block-size", "5")]);
+    let device = cpu();
+    let error = odd
+        .apply(classifier("bert-tiny", &odd, &device))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--block-size"), "{error}");
+}
+
+#[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
     let unknown = &[("targets", "qkv")];
@@ -329,6 +348,7 @@ fn merged_lora_gives_the_unmerged_outputs() {
     merged_gives_the_unmerged_outputs(&method("loha", &[("rank", "4")]));
     merged_gives_the_unmerged_outputs(&method("lokr", &[("rank", "2")]));
     merged_gives_the_unmerged_outputs(&method("vera", &[("rank", "8")]));
+    merged_gives_the_unmerged_outputs(&method("oft", &[("block-size", "8")]));
 }
 
 /// `lora`'s deltas (B, DoRA magnitudes and IA3 vectors made random, so that merging has
@@ -367,6 +387,9 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
         if let Some(lokr) = projection.lokr.as_mut() {
             lokr.w1 = random(&lokr.w1);
         }
+        if let Some(oft) = projection.oft.as_mut() {
+            oft.weight = random(&oft.weight);
+        }
         if let Some(vera) = projection.vera.as_mut() {
             let shape = vera.lambda_b.val().dims();
             vera.lambda_b = Param::from_tensor(Tensor::random(
@@ -397,6 +420,7 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
     model.merge_lora();
     model.merge_ia3();
     model.merge_updates();
+    model.merge_rotations();
     let merged = model.forward(input(&device));
     let diff = (plain.clone() - merged).abs().max().into_scalar::<f32>();
     assert!(
@@ -408,6 +432,7 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
     model.unmerge_lora();
     model.unmerge_ia3();
     model.unmerge_updates();
+    model.unmerge_rotations();
     let unmerged = model.forward(input(&device));
     let diff = (plain - unmerged).abs().max().into_scalar::<f32>();
     assert!(diff <= 1e-5, "unmerged outputs differ by {diff}");
