@@ -239,7 +239,7 @@ pub fn import_oft(
             return Err(bad(format!("`{name}` is {:?}, not a matrix", raw.shape)));
         };
         // entries = b(b − 1)/2.
-        let block_size = (1 + (1 + 8 * entries).isqrt()) / 2;
+        let block_size = (1 + 8 * entries).isqrt().div_ceil(2);
         if block_size * (block_size - 1) / 2 != entries {
             return Err(bad(format!(
                 "`{name}` has {entries} entries per block, not b(b-1)/2 for any b"
