@@ -31,6 +31,8 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
+  fixtures/peft/peft-arith/       two LoRA adapters and what add_weighted_adapter makes of them
+                                  (linear, cat, svd, ties, magnitude_prune; `lora-arithmetic`).
 kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_FIXTURES=1
   fixtures/peft/kiln-bert-lora/   are loaded with `PeftModel.from_pretrained(base, dir)`, and
   fixtures/peft/kiln-gpt2-lora/   transformers.json records the logits (BERT) or last hidden
@@ -323,6 +325,47 @@ def p_tuning_encoders() -> None:
     write_json(directory / "expected.json", recorded)
 
 
+COMBINATIONS = ["linear", "cat", "svd", "ties", "magnitude_prune"]
+
+
+def lora_arithmetic() -> None:
+    """fixtures/peft/peft-arith: two LoRA adapters on BertModel (a: r 4, alpha 8, query and value;
+    b: r 4, alpha 4, query and key; random A and B), saved as a/ and b/, and combined.safetensors
+    with what `add_weighted_adapter(["a", "b"], [0.7, -0.4], ...)` gives for each combination
+    (density 0.5, svd_rank 4): `{combination}.{tensor}` in peft's names."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(30)
+    # On BertModel: peft refuses to combine adapters that save a classifier (modules_to_save).
+    common = dict(task_type=TaskType.FEATURE_EXTRACTION, r=4, lora_dropout=0.0, init_lora_weights=False)
+    model = get_peft_model(AutoModel.from_pretrained(ROOT / "bert-tiny"), LoraConfig(lora_alpha=8, target_modules=["query", "value"], **common), adapter_name="a")
+    model.add_adapter("b", LoraConfig(lora_alpha=4, target_modules=["query", "key"], **common))
+    directory = OUT / "peft-arith"
+    for name in ["a", "b"]:
+        model.save_pretrained(directory / "tmp", selected_adapters=[name])
+        saved = directory / "tmp" / name
+        target = directory / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in ["adapter_config.json", "adapter_model.safetensors"]:
+            (saved / file).replace(target / file)
+        config = json.loads((target / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "fixtures/bert-tiny"
+        (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    import shutil
+    shutil.rmtree(directory / "tmp")
+    combined = {}
+    for combination in COMBINATIONS:
+        name = f"c_{combination}"
+        model.add_weighted_adapter(["a", "b"], [0.7, -0.4], adapter_name=name, combination_type=combination,
+                                   density=0.5, svd_rank=4)
+        for module_name, module in model.named_modules():
+            if hasattr(module, "lora_A") and name in module.lora_A:
+                combined[f"{combination}.{module_name}.lora_A.weight"] = module.lora_A[name].weight.detach().clone()
+                combined[f"{combination}.{module_name}.lora_B.weight"] = module.lora_B[name].weight.detach().clone()
+    save_file({k: v.contiguous() for k, v in combined.items()}, directory / "combined.safetensors")
+    print(f"{directory}: {len(COMBINATIONS)} combinations recorded")
+
+
 def readme_predictions() -> None:
     """Runs the Python block of each folder's README.md as written (FOLDER set to the folder) and
     records what its kiln_logits and kiln_predict give."""
@@ -360,6 +403,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["p-tuning"]:
         p_tuning_encoders()
         sys.exit()
+    if sys.argv[1:] == ["lora-arithmetic"]:
+        lora_arithmetic()
+        sys.exit()
     if sys.argv[1:] == ["lora-family"]:
         lora_family()
         kiln_to_peft([name for name, _ in KILN_TO_PEFT[5:]])
@@ -367,5 +413,6 @@ if __name__ == "__main__":
     peft_to_kiln()
     p_tuning_encoders()
     lora_family()
+    lora_arithmetic()
     kiln_to_peft()
     readme_predictions()

@@ -154,3 +154,68 @@ pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
     say_head(exported.head_apart, &args.out);
     Ok(())
 }
+
+/// `kiln combine`: peft LoRA adapters combined into one, as peft's `add_weighted_adapter`.
+#[derive(Args)]
+pub struct CombineArgs {
+    /// A peft LoRA adapter directory and its weight, `DIR` (weight 1) or `DIR:WEIGHT`; repeat.
+    #[arg(long = "adapter", required = true, value_parser = parse_weighted)]
+    adapters: Vec<(PathBuf, f64)>,
+    /// How: linear, cat, svd, ties, dare_linear, dare_ties or magnitude_prune (peft's
+    /// combination_type).
+    #[arg(long, default_value = "svd")]
+    combination: kiln_train::lora_arithmetic::Combination,
+    /// The share of entries ties, dare_* and magnitude_prune keep, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    density: f64,
+    /// svd's rank [default: the largest input rank].
+    #[arg(long)]
+    svd_rank: Option<usize>,
+    /// TIES' sign election: total (the sign of the sum) or frequency (the commoner sign).
+    #[arg(long, default_value = "total", value_parser = ["total", "frequency"])]
+    majority_sign: String,
+    /// Seed of DARE's random drops.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (a peft LoRA adapter).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write into a non-empty --out (files of the same names are replaced).
+    #[arg(long)]
+    force: bool,
+}
+
+/// `DIR` or `DIR:WEIGHT` (the last colon splits, so that paths may hold colons).
+fn parse_weighted(text: &str) -> Result<(PathBuf, f64), String> {
+    match text.rsplit_once(':') {
+        Some((dir, weight)) if weight.parse::<f64>().is_ok() => {
+            Ok((PathBuf::from(dir), weight.parse().expect("checked")))
+        }
+        _ => Ok((PathBuf::from(text), 1.0)),
+    }
+}
+
+pub fn combine(args: CombineArgs) -> Result<()> {
+    use kiln_train::lora_arithmetic::{CombineSettings, MajoritySign, combine_lora_adapters};
+    kiln_train::ensure_fresh_output(&args.out, args.force)?;
+    let settings = CombineSettings {
+        adapters: args.adapters,
+        combination: args.combination,
+        density: args.density,
+        svd_rank: args.svd_rank,
+        majority_sign: if args.majority_sign == "frequency" {
+            MajoritySign::Frequency
+        } else {
+            MajoritySign::Total
+        },
+        seed: args.seed,
+    };
+    let combined = combine_lora_adapters(&settings, &args.out)?;
+    println!(
+        "combined LoRA (rank {}, {} modules) written to {}",
+        combined.rank,
+        combined.modules,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -51,6 +51,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Fold a run's LoRA deltas into the base weights and write a HF checkpoint.
     Merge(export::MergeArgs),
+    /// Combine peft LoRA adapters into one (peft's add_weighted_adapter: linear, cat, svd, ties,
+    /// dare).
+    Combine(export::CombineArgs),
     /// Several methods on one model and task: table, plot and HTML report.
     Compare(Box<compare::CompareArgs>),
     /// Predict a training step's memory and FLOPs before training.
@@ -87,6 +90,7 @@ fn main() -> Result<()> {
         Command::Export(args) => export::export(args, &device),
         Command::Icl(args) => icl::icl(*args, cli.device),
         Command::Merge(args) => export::merge(args, &device),
+        Command::Combine(args) => export::combine(args),
         Command::Fpt(args) => fpt::fpt(*args, cli.device),
         Command::Pretrain(args) => pretrain::pretrain(*args, cli.device),
         Command::RunRequest(args) => runs::run(args, cli.device),

@@ -20,6 +20,7 @@ pub mod fingerprint;
 pub mod fpt;
 pub mod head_files;
 pub mod icl;
+pub mod lora_arithmetic;
 pub mod memory;
 pub mod merge;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! keeps the build's link time and disk use down. Each module is one area.
 
 mod broken_inputs;
+mod combine;
 mod common;
 mod encode;
 mod fpt;

@@ -280,19 +280,22 @@ pub fn export_lora(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
 
 /// Reads a peft LoRA directory's config, refusing what kiln cannot represent.
 pub fn read_lora_config(dir: &Path) -> Result<PeftLoraConfig> {
-    let (config, path) = read_peft_config::<PeftLoraConfig>(dir)?;
+    // The type first: another type's config lacks LoRA's fields, and that is the news.
+    let (header, path) = read_peft_config::<serde_json::Value>(dir)?;
     let refuse = |field: &str, why: &str| {
         Err(TrainError::Invalid(format!(
             "{}: `{field}` {why}",
             path.display()
         )))
     };
-    if config.peft_type != "LORA" {
+    let peft_type = header["peft_type"].as_str().unwrap_or("missing");
+    if peft_type != "LORA" {
         return refuse(
             "peft_type",
-            &format!("is {}; kiln imports LORA adapters", config.peft_type),
+            &format!("is {peft_type}; this needs a LORA adapter"),
         );
     }
+    let (config, _) = read_peft_config::<PeftLoraConfig>(dir)?;
     if let Some(init) = config.init_lora_weights.as_str()
         && init != "gaussian"
     {
@@ -525,4 +528,39 @@ pub fn load_lora_adapter(model: &mut SequenceClassifier, name: &str, dir: &Path)
     }
     model.add_lora_adapter(name, deltas)?;
     Ok(classifier.is_some())
+}
+
+/// Writes a combined LoRA (`crate::lora_arithmetic`) as a peft directory: `first`'s config with
+/// rank `rank`, `lora_alpha = rank` (scale 1), the union of the modules as targets, no head.
+pub(crate) fn write_combined(
+    out: &Path,
+    first: &PeftLoraConfig,
+    rank: usize,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
+    let modules: BTreeSet<String> = tensors
+        .iter()
+        .filter_map(|(name, _, _)| name.strip_suffix(".lora_A.weight"))
+        .map(|m| {
+            let m = m.strip_prefix("base_model.model.").unwrap_or(m);
+            m.strip_prefix("bert.")
+                .or_else(|| m.strip_prefix("transformer."))
+                .unwrap_or(m)
+                .to_string()
+        })
+        .collect();
+    let config = PeftLoraConfig {
+        r: rank,
+        lora_alpha: rank as f64,
+        target_modules: serde_json::json!(modules.into_iter().collect::<Vec<_>>()),
+        modules_to_save: None,
+        use_rslora: false,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        init_lora_weights: default_init(),
+        inference_mode: true,
+        ..first.clone()
+    };
+    super::write_peft_weights(out, tensors)?;
+    write_peft_config(out, &config)
 }

@@ -20,6 +20,7 @@ mod prompt;
 mod vera;
 
 pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
+pub(crate) use lora::write_combined;
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
 pub use lycoris::{PeftLycorisConfig, export_lycoris, import_lycoris};
 pub use oft::{PeftOftConfig, export_oft, import_oft};

@@ -1,12 +1,13 @@
 //! kiln-train's tests of what models compute, one binary: the peft and AdapterHub formats (the
-//! LoRA family and IA3 among them), ICL, and plans. None of them seeds or trains; those tests are
-//! in the `training` binary, kept apart so that this binary's random initialisations cannot land
-//! inside a seeded run. (Every test binary links Burn: fewer binaries keep the build's link time
-//! and disk use down.)
+//! LoRA family and IA3 among them), LoRA arithmetic, ICL, and plans. None of them seeds or
+//! trains; those tests are in the `training` binary, kept apart so that this binary's random
+//! initialisations cannot land inside a seeded run. (Every test binary links Burn: fewer binaries
+//! keep the build's link time and disk use down.)
 
 mod adapterhub;
 mod common;
 mod icl;
+mod lora_arithmetic;
 mod lora_family;
 mod peft;
 mod plan;
