@@ -145,7 +145,7 @@ pub fn merge(args: MergeArgs, device: &Device) -> Result<()> {
     )?;
     let written = &exported.written;
     println!(
-        "{} checkpoint ({} tensors, {} LoRA deltas merged) written to {}",
+        "{} checkpoint ({} tensors, {} weight-side deltas merged) written to {}",
         written.architecture,
         written.tensors,
         written.merged_deltas,

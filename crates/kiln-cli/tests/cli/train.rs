@@ -533,7 +533,7 @@ fn a_lora_run_exports_to_peft_and_merges_into_a_hf_checkpoint() {
     let merged = dir.path().join("merged");
     let (ok, stdout, stderr) = kiln(&["merge", "--run", path(&run), "--out", path(&merged)]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("4 LoRA deltas merged"), "{stdout}");
+    assert!(stdout.contains("4 weight-side deltas merged"), "{stdout}");
     let config = read_json(&merged.join("config.json"));
     assert_eq!(
         config["architectures"],

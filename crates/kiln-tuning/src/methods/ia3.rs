@@ -49,7 +49,7 @@ impl Registered for Ia3Config {
             MethodOption::parsed(
                 "targets",
                 "a,b",
-                "IA3 target projections, comma-separated (key,value,layers.*.output; c_attn,mlp.c_proj)",
+                "Target projections, comma-separated, matched as peft matches target_modules (query,value; c_attn; attention.output; layers.*.output)",
                 |_: &Self| "key,value,layers.*.output | c_attn,mlp.c_proj".into(),
                 |c, text| {
                     c.targets = Some(parse_list("targets", text)?);

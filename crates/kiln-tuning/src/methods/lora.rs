@@ -137,7 +137,7 @@ impl Registered for LoraConfig {
             MethodOption::parsed(
                 "targets",
                 "a,b",
-                "LoRA target projections, comma-separated (query,value; c_attn; attention.output)",
+                "Target projections, comma-separated, matched as peft matches target_modules (query,value; c_attn; attention.output; layers.*.output; the token embedding: embeddings.word, wte)",
                 |_: &Self| "query,value | c_attn | in_linear,out_linear".into(),
                 |c, text| {
                     c.targets = Some(parse_list("targets", text)?);

@@ -65,7 +65,7 @@ impl Registered for OftConfig {
             MethodOption::parsed(
                 "targets",
                 "a,b",
-                "OFT target projections, comma-separated",
+                "Target projections, comma-separated, matched as peft matches target_modules (query,value; c_attn; attention.output; layers.*.output)",
                 |_: &Self| "query,value | c_attn | in_linear,out_linear".into(),
                 |c, text| {
                     c.targets = Some(parse_list("targets", text)?);
