@@ -27,7 +27,8 @@ peft to kiln, written here with a fixed seed:
   fixtures/peft/peft-bert-lo{ha,kr}/ LoKr (random factors, BERT only), and LoRA on the token
   fixtures/peft/peft-bert-lora-embedding/ embedding beside the query, VeRA (random vectors, its
   fixtures/peft/peft-bert-vera/   shared matrices in the file), OFT (blocks of 8, random), each
-  fixtures/peft/peft-bert-oft/    with expected.json;
+  fixtures/peft/peft-bert-oft/    with expected.json; AdaLoRA (random, a rank pattern keeping 2 of
+  fixtures/peft/peft-bert-adalora/ 4 triplets per module);
   fixtures/peft/peft-bert-{pissa,olora}-init/ the start PiSSA and OLoRA give on BERT's query and
                                   value (r 4, alpha 8): start.safetensors holds, per module, the
                                   residual base weight and lora_A / lora_B as peft made them.
@@ -46,6 +47,7 @@ kiln to peft, checked here: the directories kiln's test writes with KILN_WRITE_F
   fixtures/peft/kiln-bert-lora-embedding/
   fixtures/peft/kiln-bert-vera/
   fixtures/peft/kiln-bert-oft/
+  fixtures/peft/kiln-bert-adalora/
   fixtures/peft/kiln-bert-merged/ are loaded by plain transformers (`kiln merge`'s checkpoints,
   fixtures/peft/kiln-gpt2-merged/ no peft), with transformers.json as above.
   fixtures/peft/kiln-*-merged/    (mean, last and pooler readouts) and kiln-bert-cls-lora/ hold
@@ -61,6 +63,7 @@ from pathlib import Path
 
 import torch
 from peft import (
+    AdaLoraConfig,
     OFTConfig,
     VeraConfig,
     IA3Config,
@@ -213,6 +216,24 @@ def lora_family() -> None:
     peft_fixture("peft-bert-oft", "bert", 29, OFTConfig(
         task_type=TaskType.SEQ_CLS, r=0, oft_block_size=8, target_modules=["query", "value", "output.dense"],
         init_weights=False))
+    # AdaLoRA with random factors and a rank pattern as the allocator leaves one: the saved
+    # tensors keep the first and third triplet of each module, the scale stays alpha / init_r.
+    torch.manual_seed(41)
+    model = get_peft_model(bert_base(), AdaLoraConfig(
+        task_type=TaskType.SEQ_CLS, init_r=4, target_r=2, lora_alpha=8, lora_dropout=0.0,
+        target_modules=["query", "value"], total_step=10)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.3)
+    pattern = {n.replace(".default", ""): [True, False, True, False]
+               for n, _ in model.base_model.model.named_parameters() if "lora_E.default" in n}
+    model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, pattern)
+    model.peft_config["default"].rank_pattern = pattern
+    directory = OUT / "peft-bert-adalora"
+    logits = bert_logits(model)
+    save(model, directory, "bert-tiny")
+    expected(directory / "expected.json", "logits", logits)
     # LoHa and LoKr on BERT (peft has them for nn.Linear only, not GPT-2's Conv1D), every
     # factor random; LoKr at r 2 so that W2 is factored (r < max(n, k)/2 for 32 = 4 x 8).
     peft_fixture("peft-bert-loha", "bert", 25, LoHaConfig(
@@ -259,6 +280,7 @@ KILN_TO_PEFT = [
     ("kiln-bert-lora-embedding", "bert"),
     ("kiln-bert-vera", "bert"),
     ("kiln-bert-oft", "bert"),
+    ("kiln-bert-adalora", "bert"),
 ]
 
 

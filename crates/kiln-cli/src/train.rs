@@ -154,8 +154,9 @@ pub struct TrainArgs {
     #[arg(long)]
     train_examples: Option<usize>,
     /// Start from a HF peft adapter directory (LoRA and its variants with `--method lora`, IA3,
-    /// VeRA, OFT, LoHa, LoKr with `--method ia3|vera|oft|loha|lokr`, prompt tuning with `--method
-    /// prompt`, GPT-2 prefix tuning with `--method p-tuning-v2`) or an AdapterHub one
+    /// VeRA, OFT, LoHa, LoKr, AdaLoRA with `--method ia3|vera|oft|loha|lokr|adalora`, prompt
+    /// tuning with `--method prompt`, GPT-2 prefix tuning with `--method p-tuning-v2`) or an
+    /// AdapterHub one
     /// (BERT: `--method pfeiffer`, `houlsby`, `parallel`, `mam`, `adapter-drop`): its settings
     /// replace the method's options, its deltas, prompt, prefixes or adapters (and classifier or
     /// head, where the readout fits) the fresh ones.

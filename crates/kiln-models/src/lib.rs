@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod adalora;
 pub mod adapter;
 pub mod attention;
 pub mod backbone;
@@ -37,6 +38,7 @@ pub mod vera;
 pub mod weights;
 
 pub use activation::Activation;
+pub use adalora::{RankAllocation, SvdDelta};
 pub use adapter::{
     ActiveAdapter, AdapterConfig, AdapterDropState, AdapterFusion, AdapterInit, AttentionPrefix,
     BottleneckAdapter, LayerAdapter, LayerAdapters,

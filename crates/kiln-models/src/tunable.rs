@@ -8,21 +8,24 @@
 //! unchanged. IA3 (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and
 //! Cheaper than In-Context Learning") multiplies the output `(x·W + b) ⊙ l` or, on a feed-forward
 //! layer, the input `(x ⊙ l)·W + b`, with `l` starting at ones. Both merge into `W` (and `b`) for
-//! inference at the base model's cost and unmerge again. Trainable parameters per filled slot:
-//! LoRA `r·(d_in + d_out)` (DoRA `+ d_out`), IA3 `d_out` (on the input: `d_in`).
+//! inference at the base model's cost and unmerge again, as the other slots do. Trainable
+//! parameters per filled slot: LoRA `r·(d_in + d_out)` (DoRA `+ d_out`), IA3 `d_out` (on the
+//! input: `d_in`); the other slots' modules give theirs.
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
+use crate::adalora::SvdDelta;
 use crate::low_rank::{LowRankConfig, LowRankDelta};
 use crate::lycoris::{HadamardDelta, KroneckerDelta};
 use crate::oft::OrthogonalRotation;
 use crate::vera::VeraDelta;
 
-/// A linear projection with an optional low-rank delta. Parameter paths are `weight`, `bias`
-/// (as Burn's `Linear`, so checkpoints load unchanged) and `lora.a`, `lora.b`; deltas served
-/// by name beside the base are `served.{k}.a`, `served.{k}.b`.
+/// A linear projection with a slot per weight-side method. Parameter paths are `weight`, `bias`
+/// (as Burn's `Linear`, so checkpoints load unchanged), then the slot's: `lora.a`, `lora.b`,
+/// `lora.magnitude`, `ia3.scale`, `loha.*`, `lokr.*`, `vera.*`, `oft.weight`, `adalora.*`; LoRA deltas served
+/// by name beside the base are `served.{k}.a`, `served.{k}.b`. One run fills one kind of slot.
 #[derive(Module, Debug)]
 pub struct TunableLinear {
     /// `[d_in, d_out]`: Burn's layout, the transpose of PyTorch's `nn.Linear`.
@@ -41,6 +44,8 @@ pub struct TunableLinear {
     pub vera: Option<VeraDelta>,
     /// OFT's rotation of the input, if any.
     pub oft: Option<OrthogonalRotation>,
+    /// AdaLoRA's update in SVD form, if any.
+    pub adalora: Option<SvdDelta>,
     /// Named LoRA adapters served on one base (index `k` is the classifier's
     /// `lora_adapters[k]`); `None` where adapter `k` leaves this projection alone.
     pub served: Vec<Option<LowRankDelta>>,
@@ -110,11 +115,6 @@ impl TunableEmbedding {
                 words + up.reshape([batch, seq, width]) * delta.scale
             }
         }
-    }
-
-    /// Rows `[vocab]`.
-    pub fn vocab(&self) -> usize {
-        self.weight.lazy_shape().dims::<2>()[0]
     }
 
     /// Fills the slot with peft's fresh embedding delta: `A` zero, `B` standard normal.
@@ -232,6 +232,9 @@ impl TunableLinear {
         if let Some(vera) = self.vera.as_ref().filter(|v| !v.merged) {
             out = out + vera.forward_rows(rows.clone());
         }
+        if let Some(adalora) = self.adalora.as_ref().filter(|d| !d.merged) {
+            out = out + adalora.forward_rows(rows.clone());
+        }
         if self.routing != LoraRouting::Off {
             out = out + self.served_delta(rows, dims[0]);
         }
@@ -318,12 +321,12 @@ impl TunableLinear {
         }
     }
 
-    /// Folds a LoHa, LoKr or VeRA update into the base weight.
+    /// Folds a LoHa, LoKr, VeRA or AdaLoRA update into the base weight.
     pub fn merge_update(&mut self) {
         self.fold_update(false);
     }
 
-    /// Takes a merged LoHa, LoKr or VeRA update back out of the base weight.
+    /// Takes a merged LoHa, LoKr, VeRA or AdaLoRA update back out of the base weight.
     pub fn unmerge_update(&mut self) {
         self.fold_update(true);
     }
@@ -342,7 +345,13 @@ impl TunableLinear {
                 vera.merged = !unmerge;
                 vera.product().detach()
             }
-            _ => return,
+            _ => match self.adalora.as_mut() {
+                Some(adalora) if adalora.merged == unmerge => {
+                    adalora.merged = !unmerge;
+                    adalora.product().detach()
+                }
+                _ => return,
+            },
         };
         let sign = if unmerge { -1.0 } else { 1.0 };
         self.weight = self.weight.clone().map(|w| w + update * sign);
@@ -419,6 +428,7 @@ impl From<Linear> for TunableLinear {
             lokr: None,
             vera: None,
             oft: None,
+            adalora: None,
             served: Vec::new(),
             routing: LoraRouting::Off,
         }

@@ -1,6 +1,6 @@
 //! A trained model written back as a HF checkpoint with its weight-side methods folded into the
-//! base weights (`kiln merge`: LoRA-family deltas, IA3 vectors, LoHa/LoKr/VeRA updates, OFT
-//! rotations): `config.json`, `model.safetensors` under HF's names and layouts, and the base
+//! base weights (`kiln merge`: LoRA-family deltas, IA3 vectors, LoHa/LoKr/VeRA/AdaLoRA updates,
+//! OFT rotations): `config.json`, `model.safetensors` under HF's names and layouts, and the base
 //! directory's tokenizer files, which transformers loads with no kiln or peft code.
 //!
 //! A BERT classifier that reads the pooler through one linear layer is written as
@@ -81,6 +81,7 @@ pub fn save_merged(
         if projection.loha.as_ref().is_some_and(|d| !d.merged)
             || projection.lokr.as_ref().is_some_and(|d| !d.merged)
             || projection.vera.as_ref().is_some_and(|d| !d.merged)
+            || projection.adalora.as_ref().is_some_and(|d| !d.merged)
         {
             merged_deltas += 1;
         }

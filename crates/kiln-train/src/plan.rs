@@ -398,6 +398,15 @@ fn layer_cost(
             cost.backward += 4.0 * tokens * d_in * b;
             tracked = true;
         }
+        let adalora = format!("{prefix}{name}.adalora.p");
+        if params.trains(&adalora) {
+            // AdaLoRA runs LoRA's low-rank path (its singular values are an elementwise scale).
+            let rank = params.numel(&adalora).unwrap_or(0) as f64 / d_in;
+            cost.saved += 2.0 * tokens * d_in + 2.0 * tokens * rank;
+            cost.forward += 2.0 * tokens * rank * (d_in + d_out);
+            cost.backward += 4.0 * tokens * rank * (d_in + d_out);
+            tracked = true;
+        }
         let vera = format!("{prefix}{name}.vera.lambda_d");
         if params.trains(&vera) {
             // VeRA runs LoRA's low-rank path through its frozen shared pair.

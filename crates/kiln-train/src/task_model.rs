@@ -1,10 +1,11 @@
 //! [`TaskModel`]: what the training loop asks of a model: the loss of a batch of its examples,
-//! an evaluation, and two optional hooks. The text classifier ([`crate::text_task`]), the Frozen
+//! an evaluation, and optional hooks. The text classifier ([`crate::text_task`]), the Frozen
 //! Pretrained Transformer and the causal language model each implement it, so one loop
 //! (schedule, clipping, Child-Tuning, checkpoints, resume, logs) trains them all. (Burn's own
 //! `Learner` is a different thing: its training loop's state.)
 
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Tensor};
 
@@ -40,6 +41,12 @@ pub trait TaskModel: Module + Sized {
     /// Per-step state of the methods that have one (AdapterDrop's depth, side-tuning's alpha),
     /// from the share of training done and a draw fixed by the step number.
     fn begin_train_step(&mut self, _progress: f64, _draw: u64) {}
+
+    /// Sees a step's gradients before the optimizer consumes them (AdaLoRA keeps its factors').
+    fn observe_gradients(&mut self, _grads: &GradientsParams) {}
+
+    /// After the optimizer's step `step` (0-based) of `total_steps` (AdaLoRA allocates ranks).
+    fn end_train_step(&mut self, _step: usize, _total_steps: usize) {}
 
     /// Per-parameter learning rates for layer-wise decay; `None` where the model has no layer
     /// structure to decay over.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -259,12 +260,19 @@ impl TaskModel for SequenceClassifier {
         let (outputs, tokens) = task.outputs(self, examples, device)?;
         let targets: Vec<Target> = examples.iter().map(|e| e.target).collect();
         let loss = task_loss(outputs, &targets, &task.kind, device);
-        // AdapterFusion keeps its value matrices near the identity (AdapterHub's default).
-        let loss = match self.fusion_regularization() {
-            Some(regularization) => loss + regularization,
-            None => loss,
-        };
+        // AdapterFusion keeps its value matrices near the identity (AdapterHub's default),
+        // AdaLoRA its factors near orthogonal (peft's).
+        let regularizers = [self.fusion_regularization(), self.adalora_regularization()];
+        let loss = regularizers.into_iter().flatten().fold(loss, |l, r| l + r);
         Ok((loss, tokens))
+    }
+
+    fn observe_gradients(&mut self, grads: &GradientsParams) {
+        self.keep_adalora_gradients(grads);
+    }
+
+    fn end_train_step(&mut self, step: usize, total_steps: usize) {
+        self.allocate_ranks(step, total_steps);
     }
 
     fn evaluate(

@@ -408,10 +408,12 @@ impl Trainer {
                     Some(decay) => model.layer_rates(lr, decay),
                     None => group_rates(&groups, lr, lr / config.lr),
                 };
+                model.observe_gradients(&grads);
                 model = match rates {
                     Some(rates) => optim.step(rates, model, grads),
                     None => optim.step(lr, model, grads),
                 };
+                model.end_train_step(state.global_step, total_steps);
                 state.global_step += 1;
                 loss_sum += loss_value * examples.len() as f64;
                 let tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@
 //! the adapter registry in `adapters.rs`, LoRA serving and merging in `lora.rs`, prompts and
 //! prefixes in `prompts.rs`; this file keeps the backbone, the readout and the head.
 
+mod adalora;
 mod adapters;
 mod lora;
 mod prompts;

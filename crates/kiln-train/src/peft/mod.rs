@@ -1,7 +1,8 @@
 //! HF peft's adapter directories, both ways: `adapter_config.json` and
 //! `adapter_model.safetensors`, which `PeftModel.from_pretrained(base, dir)` loads in Python,
 //! for LoRA with its rsLoRA, DoRA, PiSSA and OLoRA variants (`peft/lora.rs`), IA3 (`ia3.rs`),
-//! LoHa and LoKr (`lycoris.rs`), VeRA (`vera.rs`), OFT (`oft.rs`), prompt tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
+//! AdaLoRA (`adalora.rs`), LoHa and LoKr (`lycoris.rs`), VeRA (`vera.rs`), OFT (`oft.rs`), prompt
+//! tuning (`prompt.rs`) and prefix tuning (`prefix.rs`).
 //! [`import_peft`] reads any of them by its `peft_type`; [`export_peft`] writes what a model's
 //! method trained. What kiln cannot represent is refused naming the field at fault.
 //!
@@ -11,6 +12,7 @@
 //! `BertModel` / `GPT2Model`); kiln's head then has no peft counterpart (GPT-2's sequence
 //! classifier has no bias, kiln's head does) and is not written.
 
+mod adalora;
 mod ia3;
 mod lora;
 mod lycoris;
@@ -19,6 +21,7 @@ mod prefix;
 mod prompt;
 mod vera;
 
+pub use adalora::{PeftAdaLoraConfig, export_adalora, import_adalora};
 pub use ia3::{PeftIa3Config, export_ia3, import_ia3};
 pub(crate) use lora::write_combined;
 pub use lora::{PeftLoraConfig, export_lora, import_lora, load_lora_adapter, read_lora_config};
@@ -154,11 +157,12 @@ pub fn import_peft(
         Some("LOHA" | "LOKR") => import_lycoris(model, dir),
         Some("VERA") => import_vera(model, dir),
         Some("OFT") => import_oft(model, dir),
+        Some("ADALORA") => import_adalora(model, dir),
         Some("PROMPT_TUNING") => import_prompt(model, dir),
         Some("PREFIX_TUNING") => import_prefix(model, dir),
         other => Err(TrainError::Invalid(format!(
-            "{}: `peft_type` {other:?}; kiln imports LORA, IA3, LOHA, LOKR, VERA, OFT, \
-             PROMPT_TUNING and PREFIX_TUNING",
+            "{}: `peft_type` {other:?}; kiln imports LORA, ADALORA, IA3, LOHA, LOKR, VERA, \
+             OFT, PROMPT_TUNING and PREFIX_TUNING",
             path.display()
         ))),
     }
@@ -204,6 +208,21 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
             }
             options
         }
+        ("adalora", Some("ADALORA")) => {
+            let (ada, _) = read_peft_config::<PeftAdaLoraConfig>(dir)?;
+            vec![
+                ("init-r", ada.init_r.to_string()),
+                ("target-r", ada.target_r.to_string()),
+                ("alpha", ada.lora_alpha.to_string()),
+                ("lora-dropout", ada.lora_dropout.to_string()),
+                ("tinit", ada.tinit.to_string()),
+                ("tfinal", ada.tfinal.to_string()),
+                ("delta-t", ada.delta_t.to_string()),
+                ("beta1", ada.beta1.to_string()),
+                ("beta2", ada.beta2.to_string()),
+                ("orth-reg-weight", ada.orth_reg_weight.to_string()),
+            ]
+        }
         ("oft", Some("OFT")) => {
             let (oft, _) = read_peft_config::<PeftOftConfig>(dir)?;
             let mut options = vec![("neumann-terms", oft.num_cayley_neumann_terms.to_string())];
@@ -237,8 +256,8 @@ pub fn method_from_adapter(method: &str, dir: &Path) -> Result<MethodConfig> {
         (method, peft_type) => {
             return Err(TrainError::Invalid(format!(
                 "--peft-adapter: {} holds a {} adapter; kiln starts `--method lora` from LORA, \
-                 `--method ia3` from IA3, `--method loha` / `lokr` / `vera` / `oft` from LOHA / \
-                 LOKR / VERA / OFT, `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
+                 `--method ia3` from IA3, `--method loha` / `lokr` / `vera` / `oft` / `adalora` \
+                 from LOHA / LOKR / VERA / OFT / ADALORA, `--method prompt` from PROMPT_TUNING and `--method p-tuning-v2` from PREFIX_TUNING (got \
                  --method {method})",
                 path.display(),
                 peft_type.unwrap_or("unknown")
@@ -279,6 +298,13 @@ pub fn export_peft(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         .any(|(_, p)| p.oft.is_some())
     {
         export_oft(model, out, base_model)
+    } else if model
+        .clone()
+        .projections_mut()
+        .iter()
+        .any(|(_, p)| p.adalora.is_some())
+    {
+        export_adalora(model, out, base_model)
     } else {
         export_lora(model, out, base_model)
     }

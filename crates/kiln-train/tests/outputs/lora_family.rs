@@ -75,6 +75,8 @@ fn kiln_method(fixture: &str, name: &str, options: &[(&str, &str)]) -> SequenceC
                 ".loha.",
                 ".lokr.",
                 ".vera.lambda",
+                ".oft.",
+                ".adalora.",
                 "head.",
             ],
         ),
@@ -121,6 +123,12 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
         ("bert-tiny", "kiln-bert-loha", "loha", lora.to_vec()),
         (
             "bert-tiny",
+            "kiln-bert-adalora",
+            "adalora",
+            vec![("init-r", "4"), ("target-r", "2")],
+        ),
+        (
+            "bert-tiny",
             "kiln-bert-oft",
             "oft",
             vec![
@@ -148,7 +156,15 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
         ),
     ];
     for (fixture, adapter, method, options) in cases {
-        let model = kiln_method(fixture, method, &options);
+        let mut model = kiln_method(fixture, method, &options);
+        // AdaLoRA as its allocator leaves it once final: the second and fourth triplet pruned.
+        for (_, projection) in model.projections_mut() {
+            if let Some(delta) = projection.adalora.as_mut() {
+                let keep = vec![true, false, true, false];
+                delta.mask(&keep);
+                delta.final_keep = Some(keep);
+            }
+        }
         let (export, config) = check_export(&model, fixture, adapter, key(fixture));
         match adapter {
             "kiln-bert-rslora" => {
@@ -169,6 +185,11 @@ fn kiln_lora_variants_and_ia3_export_to_peft_with_kiln_outputs() {
                 "{:?}",
                 export.target_modules
             ),
+            "kiln-bert-adalora" => {
+                assert_eq!(config["peft_type"], "ADALORA");
+                let pattern = config["rank_pattern"].as_object().expect("a rank pattern");
+                assert_eq!(pattern.len(), 4, "{pattern:?}");
+            }
             "kiln-bert-oft" => {
                 assert_eq!(config["peft_type"], "OFT");
                 assert_eq!(config["oft_block_size"], 8);

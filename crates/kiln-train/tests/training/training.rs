@@ -216,6 +216,57 @@ fn lora_variants_lower_the_loss() {
     }
 }
 
+/// AdaLoRA's allocator, through the trainer: with `tfinal` steps at the end, the final pattern
+/// keeps exactly `target_r` triplets per target on average, and every later step holds the pruned
+/// `λ`s at zero. (The trainer returns the best epoch's parameters, which may predate the final
+/// pattern; the step after it masks them as training would.)
+#[test]
+fn adalora_prunes_its_ranks_to_the_budget() {
+    let _rng = seeded_section();
+    let device = cpu().autodiff();
+    let task = task();
+    let options = [("init-r", "4"), ("target-r", "2"), ("tfinal", "2")];
+    let method = MethodConfig::parse("adalora", &options).expect("method");
+    let setup = setup("bert-tiny", &method, 3, &device);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = TaskData {
+        task: &text_task(&setup, &task),
+        train: task.part(&task.split.train),
+        validation: task.part(&task.split.validation),
+    };
+    let (mut model, _) = trainer(&setup, config(4, 1e-2, 3), dir.path(), &device)
+        .fit(setup.model.clone(), &data, false)
+        .expect("trains");
+    let total = model
+        .projections_mut()
+        .iter()
+        .find_map(|(_, p)| p.adalora.as_ref().map(|d| d.total_steps))
+        .expect("AdaLoRA");
+    model.allocate_ranks(total - 1, total);
+    let (mut zeros, mut kept, mut targets) = (0, 0, 0);
+    for (path, projection) in model.projections_mut() {
+        let Some(delta) = projection.adalora.as_ref() else {
+            continue;
+        };
+        targets += 1;
+        let keep = delta
+            .final_keep
+            .clone()
+            .expect("the trainer fixed a pattern");
+        let lambda = kiln_models::adalora::host(delta.lambda.val());
+        for (value, keep) in lambda.iter().zip(&keep) {
+            if *keep {
+                kept += 1;
+            } else {
+                assert_eq!(*value, 0.0, "{path}: a pruned singular value survived");
+                zeros += 1;
+            }
+        }
+    }
+    // query and value in 2 layers: 16 triplets, 8 kept.
+    assert_eq!((targets, kept, zeros), (4, 8, 8));
+}
+
 /// AdapterFusion in its two stages on `fixture`: two Pfeiffer adapters trained and saved on
 /// their own, then a fresh model that loads both and learns only the fusion and the head.
 fn fusion_lowers_the_loss(fixture: &str) {

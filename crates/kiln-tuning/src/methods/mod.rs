@@ -324,6 +324,7 @@ macro_rules! for_each_method {
             Lokr => lokr::LokrConfig,
             Vera => vera::VeraConfig,
             Oft => oft::OftConfig,
+            AdaLora => adalora::AdaLoraConfig,
             Houlsby => houlsby::HoulsbyConfig,
             Pfeiffer => pfeiffer::PfeifferConfig,
             Parallel => parallel::ParallelConfig,

@@ -274,6 +274,28 @@ fn oft_trains_a_skew_triangle_per_block() {
 }
 
 #[test]
+fn adalora_trains_its_svd_factors() {
+    // r·(d_in + d_out + 1) per target at the starting rank.
+    let report = check(
+        "bert-tiny",
+        &method("adalora", &[("init-r", "4"), ("target-r", "2")]),
+        |p| {
+            p.starts_with("head.")
+                || (p.contains(".adalora.") && (p.contains(".query.") || p.contains(".value.")))
+        },
+    );
+    assert_eq!(report.trainable(), L * 2 * 4 * (H + H + 1) + HEAD);
+    let above = method("adalora", &[("init-r", "4"), ("target-r", "6")]);
+    let device = cpu();
+    let error = above
+        .apply(classifier("bert-tiny", &above, &device))
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("--target-r"), "{error}");
+}
+
+#[test]
 fn bad_options_name_the_flag() {
     let device = cpu();
     let unknown = &[("targets", "qkv")];
@@ -349,6 +371,7 @@ fn merged_lora_gives_the_unmerged_outputs() {
     merged_gives_the_unmerged_outputs(&method("lokr", &[("rank", "2")]));
     merged_gives_the_unmerged_outputs(&method("vera", &[("rank", "8")]));
     merged_gives_the_unmerged_outputs(&method("oft", &[("block-size", "8")]));
+    merged_gives_the_unmerged_outputs(&method("adalora", &[("init-r", "4"), ("target-r", "2")]));
 }
 
 /// `lora`'s deltas (B, DoRA magnitudes and IA3 vectors made random, so that merging has
@@ -386,6 +409,14 @@ fn merged_gives_the_unmerged_outputs(lora: &MethodConfig) {
         }
         if let Some(lokr) = projection.lokr.as_mut() {
             lokr.w1 = random(&lokr.w1);
+        }
+        if let Some(adalora) = projection.adalora.as_mut() {
+            let shape = adalora.lambda.val().dims();
+            adalora.lambda = Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            ));
         }
         if let Some(oft) = projection.oft.as_mut() {
             oft.weight = random(&oft.weight);
