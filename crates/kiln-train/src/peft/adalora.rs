@@ -22,10 +22,14 @@ use kiln_models::weights::kiln_name_for;
 use kiln_models::{RankAllocation, SequenceClassifier, SvdDelta, WeightFile};
 use kiln_tuning::{ParamReport, set_trainable};
 
-use super::lora::{backbone_names, hf_module};
+use super::lora::backbone_names;
 use super::{
-    PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_floats, read_peft_config,
-    set_head, transposed, write_peft_config, write_peft_weights, yes,
+    PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_peft_config, transposed,
+    write_peft_config, write_peft_weights, yes,
+};
+use super::{
+    classifier_tensors, hf_module_of, is_classifier_tensor, load_classifier, read_classifier,
+    task_type,
 };
 use crate::error::{Result, TrainError};
 
@@ -135,15 +139,7 @@ pub fn export_adalora(
             delta.allocation,
             delta.orth_weight,
         ));
-        let local = path
-            .strip_prefix(backbone)
-            .and_then(|p| p.strip_prefix('.'))
-            .unwrap_or(&path);
-        let module = hf_module(table, local).ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{path}: no HF module corresponds to this projection"
-            ))
-        })?;
+        let module = hf_module_of(table, backbone, &path)?;
         let (p, lambda, q) = (
             host(delta.p.val()),
             host(delta.lambda.val()),
@@ -185,29 +181,10 @@ pub fn export_adalora(
         ));
     };
     if with_classifier {
-        let head = &model.head.output;
-        let [width, outputs] = head.weight.lazy_shape().dims::<2>();
-        let bias = match &head.bias {
-            Some(bias) => read_floats(bias.val())?,
-            None => vec![0.0; outputs],
-        };
-        tensors.push((
-            "base_model.model.classifier.weight".into(),
-            vec![outputs, width],
-            read_floats(head.weight.val().transpose())?,
-        ));
-        tensors.push((
-            "base_model.model.classifier.bias".into(),
-            vec![outputs],
-            bias,
-        ));
+        tensors.extend(classifier_tensors(model)?);
     }
     write_peft_weights(out, &tensors)?;
-    let task_type = if with_classifier {
-        "SEQ_CLS"
-    } else {
-        "FEATURE_EXTRACTION"
-    };
+    let task_type = task_type(with_classifier);
     let target_modules: Vec<String> = targets.into_iter().collect();
     write_peft_config(
         out,
@@ -270,21 +247,13 @@ pub fn import_adalora(
         beta2: config.beta2,
     };
     let mut modules = Vec::new();
-    let mut classifier = None;
+    let classifier = read_classifier(&file, &weights_path)?;
     for name in file.names() {
         let rest = name
             .strip_prefix("base_model.model.")
             .ok_or_else(|| bad(format!("`{name}` is not a peft AdaLoRA tensor")))?;
-        match rest {
-            "classifier.weight" => {
-                let bias = file
-                    .get("base_model.model.classifier.bias")
-                    .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
-                classifier = Some((file.get(name).cloned().expect("listed"), bias.clone()));
-                continue;
-            }
-            "classifier.bias" => continue,
-            _ => {}
+        if is_classifier_tensor(rest) {
+            continue;
         }
         let Some(module) = rest.strip_suffix(".lora_A") else {
             if rest.ends_with(".lora_B") || rest.ends_with(".lora_E") {
@@ -324,13 +293,6 @@ pub fn import_adalora(
     if modules.is_empty() {
         return Err(bad("it holds no AdaLoRA updates".into()));
     }
-    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
-        return Err(bad(
-            "it holds a BertForSequenceClassification classifier: build the model with \
-             `--readout pooler` and a one-layer head to load it"
-                .into(),
-        ));
-    }
     let mut model = model;
     for (path, projection) in model.projections_mut() {
         projection.adalora = None;
@@ -369,9 +331,7 @@ pub fn import_adalora(
             "it changes `{path}`, which this model does not have"
         )));
     }
-    if let Some((weight, bias)) = classifier {
-        set_head(&mut model, weight, bias, &weights_path)?;
-    }
+    load_classifier(&mut model, classifier, &weights_path)?;
     Ok(set_trainable(
         model,
         &["*.adalora.*".to_string(), "head.*".to_string()],

@@ -22,10 +22,14 @@ use kiln_models::weights::kiln_name_for;
 use kiln_models::{ScalingVector, SequenceClassifier, WeightFile};
 use kiln_tuning::{ParamReport, set_trainable};
 
-use super::lora::{backbone_names, hf_module};
+use super::lora::backbone_names;
 use super::{
     PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_floats, read_peft_config,
-    set_head, write_peft_config, write_peft_weights, yes,
+    write_peft_config, write_peft_weights, yes,
+};
+use super::{
+    classifier_tensors, hf_module_of, is_classifier_tensor, load_classifier, read_classifier,
+    task_type,
 };
 use crate::error::{Result, TrainError};
 
@@ -76,15 +80,7 @@ pub fn export_ia3(model: &SequenceClassifier, out: &Path, base_model: &str) -> R
                 "{path}: the IA3 vector is merged into the weight; unmerge before exporting"
             )));
         }
-        let local = path
-            .strip_prefix(backbone)
-            .and_then(|p| p.strip_prefix('.'))
-            .unwrap_or(&path);
-        let module = hf_module(table, local).ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{path}: no HF module corresponds to this projection"
-            ))
-        })?;
+        let module = hf_module_of(table, backbone, &path)?;
         let values = read_floats(vector.scale.val())?;
         let shape = if vector.on_input {
             feedforward.insert(module.clone());
@@ -105,30 +101,10 @@ pub fn export_ia3(model: &SequenceClassifier, out: &Path, base_model: &str) -> R
         ));
     }
     if with_classifier {
-        let head = &model.head.output;
-        let [width, outputs] = head.weight.lazy_shape().dims::<2>();
-        let weight = read_floats(head.weight.val().transpose())?;
-        let bias = match &head.bias {
-            Some(bias) => read_floats(bias.val())?,
-            None => vec![0.0; outputs],
-        };
-        tensors.push((
-            "base_model.model.classifier.weight".into(),
-            vec![outputs, width],
-            weight,
-        ));
-        tensors.push((
-            "base_model.model.classifier.bias".into(),
-            vec![outputs],
-            bias,
-        ));
+        tensors.extend(classifier_tensors(&model)?);
     }
     write_peft_weights(out, &tensors)?;
-    let task_type = if with_classifier {
-        "SEQ_CLS"
-    } else {
-        "FEATURE_EXTRACTION"
-    };
+    let task_type = task_type(with_classifier);
     let target_modules: Vec<String> = targets.into_iter().collect();
     write_peft_config(
         out,
@@ -173,22 +149,13 @@ pub fn import_ia3(
     let file = WeightFile::open(&weights_path)?;
     let bad = |message: String| TrainError::checkpoint(&weights_path, message);
     let mut vectors = Vec::new();
-    let mut classifier = None;
+    let classifier = read_classifier(&file, &weights_path)?;
     for name in file.names() {
         let rest = name
             .strip_prefix("base_model.model.")
             .ok_or_else(|| bad(format!("`{name}` is not a peft IA3 tensor")))?;
-        match rest {
-            "classifier.weight" => {
-                let bias = file
-                    .get("base_model.model.classifier.bias")
-                    .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
-                let weight = file.get(name).cloned().expect("listed by the file");
-                classifier = Some((weight, bias.clone()));
-                continue;
-            }
-            "classifier.bias" => continue,
-            _ => {}
+        if is_classifier_tensor(rest) {
+            continue;
         }
         let module = rest
             .strip_suffix(".ia3_l")
@@ -218,13 +185,6 @@ pub fn import_ia3(
     }
     if vectors.is_empty() {
         return Err(bad("it holds no IA3 vectors".into()));
-    }
-    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
-        return Err(bad(
-            "it holds a BertForSequenceClassification classifier: build the model with \
-             `--readout pooler` and a one-layer head to load it"
-                .into(),
-        ));
     }
     let mut model = model;
     let device = model.head.output.weight.lazy_device();
@@ -257,9 +217,7 @@ pub fn import_ia3(
             "it changes `{path}`, which this model does not have"
         )));
     }
-    if let Some((weight, bias)) = classifier {
-        set_head(&mut model, weight, bias, &weights_path)?;
-    }
+    load_classifier(&mut model, classifier, &weights_path)?;
     Ok(set_trainable(
         model,
         &["*.ia3.*".to_string(), "head.*".to_string()],

@@ -23,9 +23,10 @@ use kiln_tuning::{ParamReport, set_trainable};
 
 use super::lora::{backbone_names, hf_module};
 use super::{
-    PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_peft_config, set_head,
-    transposed, write_peft_config, yes,
+    PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_peft_config, transposed,
+    write_peft_config, yes,
 };
+use super::{hf_module_of, is_classifier_tensor, load_classifier, read_classifier, task_type};
 use crate::checkpoint::save_params_laid_out;
 use crate::error::{Result, TrainError};
 
@@ -140,15 +141,7 @@ pub fn export_lycoris(
         }
         // f64 has no order: the scale goes in as its bits.
         settings.insert((kind, rank, scale.to_bits(), factor));
-        let local = path
-            .strip_prefix(backbone)
-            .and_then(|p| p.strip_prefix('.'))
-            .unwrap_or(&path);
-        let module = hf_module(table, local).ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{path}: no HF module corresponds to this projection"
-            ))
-        })?;
+        let module = hf_module_of(table, backbone, &path)?;
         target_modules.insert(module);
     }
     let Some(&(kind, rank, scale, decompose_factor)) = settings.first() else {
@@ -194,11 +187,7 @@ pub fn export_lycoris(
             _ => None,
         }
     })?;
-    let task_type = if with_classifier {
-        "SEQ_CLS"
-    } else {
-        "FEATURE_EXTRACTION"
-    };
+    let task_type = task_type(with_classifier);
     let target_modules: Vec<String> = target_modules.into_iter().collect();
     write_peft_config(
         out,
@@ -274,21 +263,13 @@ pub fn import_lycoris(
     let names: &[(&str, &str)] = if loha { &LOHA_NAMES } else { &LOKR_NAMES };
     // Each module's tensors, by kiln's parameter name, in kiln's layout.
     let mut modules: Vec<(String, Vec<(&str, Tensor<2>)>)> = Vec::new();
-    let mut classifier = None;
+    let classifier = read_classifier(&file, &weights_path)?;
     for name in file.names() {
         let rest = name
             .strip_prefix("base_model.model.")
             .ok_or_else(|| bad(format!("`{name}` is not a peft tensor")))?;
-        match rest {
-            "classifier.weight" => {
-                let bias = file
-                    .get("base_model.model.classifier.bias")
-                    .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
-                classifier = Some((file.get(name).cloned().expect("listed"), bias.clone()));
-                continue;
-            }
-            "classifier.bias" => continue,
-            _ => {}
+        if is_classifier_tensor(rest) {
+            continue;
         }
         let Some((module, kiln_param)) = names.iter().find_map(|(kiln, peft)| {
             rest.strip_suffix(&format!(".{peft}"))
@@ -318,13 +299,6 @@ pub fn import_lycoris(
     }
     if modules.is_empty() {
         return Err(bad(format!("it holds no {} tensors", config.peft_type)));
-    }
-    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
-        return Err(bad(
-            "it holds a BertForSequenceClassification classifier: build the model with \
-             `--readout pooler` and a one-layer head to load it"
-                .into(),
-        ));
     }
     let mut model = model;
     for (path, projection) in model.projections_mut() {
@@ -396,9 +370,7 @@ pub fn import_lycoris(
             "it changes `{path}`, which this model does not have"
         )));
     }
-    if let Some((weight, bias)) = classifier {
-        set_head(&mut model, weight, bias, &weights_path)?;
-    }
+    load_classifier(&mut model, classifier, &weights_path)?;
     let pattern = if loha { "*.loha.*" } else { "*.lokr.*" };
     Ok(set_trainable(
         model,

@@ -39,7 +39,8 @@ use serde::de::DeserializeOwned;
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use kiln_models::weights::RawTensor;
+use kiln_models::WeightFile;
+use kiln_models::weights::{KeyTable, RawTensor};
 use kiln_models::{Readout, SequenceClassifier};
 use kiln_tuning::{MethodConfig, ParamReport};
 
@@ -113,6 +114,92 @@ fn set_head(
     Ok(())
 }
 
+/// A tensor to write: its name, shape and values.
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// peft's task type for a model whose head is (`SEQ_CLS`) or is not (`FEATURE_EXTRACTION`)
+/// peft's classifier.
+fn task_type(with_classifier: bool) -> &'static str {
+    if with_classifier {
+        "SEQ_CLS"
+    } else {
+        "FEATURE_EXTRACTION"
+    }
+}
+
+/// The one-layer head as peft's `classifier` tensors (weight `[c, h]`, bias `[c]`), as the
+/// named tensors `write_peft_weights` takes.
+fn classifier_tensors(model: &SequenceClassifier) -> Result<Vec<NamedTensor>> {
+    let head = &model.head.output;
+    let [width, outputs] = head.weight.lazy_shape().dims::<2>();
+    let bias = match &head.bias {
+        Some(bias) => read_floats(bias.val())?,
+        None => vec![0.0; outputs],
+    };
+    Ok(vec![
+        (
+            "base_model.model.classifier.weight".into(),
+            vec![outputs, width],
+            read_floats(head.weight.val().transpose())?,
+        ),
+        (
+            "base_model.model.classifier.bias".into(),
+            vec![outputs],
+            bias,
+        ),
+    ])
+}
+
+/// The HF module path of the projection at full kiln path `path` (`bert.layers.0.attention.query`
+/// → `encoder.layer.0.attention.self.query`), or an error naming it.
+fn hf_module_of(table: KeyTable, backbone: &str, path: &str) -> Result<String> {
+    let local = path
+        .strip_prefix(backbone)
+        .and_then(|p| p.strip_prefix('.'))
+        .unwrap_or(path);
+    lora::hf_module(table, local).ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{path}: no HF module corresponds to this projection"
+        ))
+    })
+}
+
+/// Whether `rest` (a tensor name after `base_model.model.`) is the classifier's.
+fn is_classifier_tensor(rest: &str) -> bool {
+    rest == "classifier.weight" || rest == "classifier.bias"
+}
+
+/// The classifier a peft weights file holds (weight, bias), if it holds one.
+fn read_classifier(file: &WeightFile, path: &Path) -> Result<Option<(RawTensor, RawTensor)>> {
+    let Some(weight) = file.get("base_model.model.classifier.weight") else {
+        return Ok(None);
+    };
+    let bias = file
+        .get("base_model.model.classifier.bias")
+        .ok_or_else(|| TrainError::checkpoint(path, "`classifier.bias` is missing"))?;
+    Ok(Some((weight.clone(), bias.clone())))
+}
+
+/// Loads a classifier read from the peft file at `path` into the model's one-layer head; the
+/// model must be HF's `BertForSequenceClassification`.
+fn load_classifier(
+    model: &mut SequenceClassifier,
+    classifier: Option<(RawTensor, RawTensor)>,
+    path: &Path,
+) -> Result<()> {
+    let Some((weight, bias)) = classifier else {
+        return Ok(());
+    };
+    if !is_bert_sequence_classifier(model) {
+        return Err(TrainError::checkpoint(
+            path,
+            "it holds a BertForSequenceClassification classifier: build the model with \
+             `--readout pooler` and a one-layer head to load it",
+        ));
+    }
+    set_head(model, weight, bias, path)
+}
+
 /// `dir`'s `adapter_config.json` read as `T`, with the file's path for error messages.
 pub fn read_peft_config<T: DeserializeOwned>(dir: &Path) -> Result<(T, PathBuf)> {
     let path = dir.join(PEFT_CONFIG_FILE);
@@ -131,7 +218,7 @@ fn write_peft_config(out: &Path, config: &impl Serialize) -> Result<()> {
 
 /// Writes named f32 tensors (name, shape, values) as `out`'s `adapter_model.safetensors`,
 /// with the `format: pt` metadata peft's loader expects; creates `out`.
-fn write_peft_weights(out: &Path, named: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+fn write_peft_weights(out: &Path, named: &[NamedTensor]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let bytes: Vec<Vec<u8>> = named.iter().map(|(_, _, v)| f32_bytes(v)).collect();
     write_f32_tensors(

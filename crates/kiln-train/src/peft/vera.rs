@@ -21,10 +21,14 @@ use kiln_models::weights::kiln_name_for;
 use kiln_models::{SequenceClassifier, VeraDelta, WeightFile};
 use kiln_tuning::{ParamReport, set_trainable};
 
-use super::lora::{backbone_names, hf_module};
+use super::lora::backbone_names;
 use super::{
     PEFT_WEIGHTS_FILE, PeftExport, is_bert_sequence_classifier, read_floats, read_peft_config,
-    set_head, transposed, write_peft_config, write_peft_weights, yes,
+    transposed, write_peft_config, write_peft_weights, yes,
+};
+use super::{
+    classifier_tensors, hf_module_of, is_classifier_tensor, load_classifier, read_classifier,
+    task_type,
 };
 use crate::error::{Result, TrainError};
 
@@ -91,15 +95,7 @@ pub fn export_vera(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
                 "{path}: the VeRA update is merged into the weight; unmerge before exporting"
             )));
         }
-        let local = path
-            .strip_prefix(backbone)
-            .and_then(|p| p.strip_prefix('.'))
-            .unwrap_or(&path);
-        let module = hf_module(table, local).ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{path}: no HF module corresponds to this projection"
-            ))
-        })?;
+        let module = hf_module_of(table, backbone, &path)?;
         for (name, vector) in [
             ("vera_lambda_b", vera.lambda_b.val()),
             ("vera_lambda_d", vera.lambda_d.val()),
@@ -139,29 +135,10 @@ pub fn export_vera(model: &SequenceClassifier, out: &Path, base_model: &str) -> 
         read_floats(b.transpose())?,
     ));
     if with_classifier {
-        let head = &model.head.output;
-        let [width, outputs] = head.weight.lazy_shape().dims::<2>();
-        let bias = match &head.bias {
-            Some(bias) => read_floats(bias.val())?,
-            None => vec![0.0; outputs],
-        };
-        tensors.push((
-            "base_model.model.classifier.weight".into(),
-            vec![outputs, width],
-            read_floats(head.weight.val().transpose())?,
-        ));
-        tensors.push((
-            "base_model.model.classifier.bias".into(),
-            vec![outputs],
-            bias,
-        ));
+        tensors.extend(classifier_tensors(model)?);
     }
     write_peft_weights(out, &tensors)?;
-    let task_type = if with_classifier {
-        "SEQ_CLS"
-    } else {
-        "FEATURE_EXTRACTION"
-    };
+    let task_type = task_type(with_classifier);
     let target_modules: Vec<String> = targets.into_iter().collect();
     write_peft_config(
         out,
@@ -236,7 +213,7 @@ pub fn import_vera(
     // Per projection path: `λ_b` and `λ_d` as the file gives them.
     type Vectors = (String, Option<Vec<f32>>, Option<Vec<f32>>);
     let mut vectors: Vec<Vectors> = Vec::new();
-    let mut classifier = None;
+    let classifier = read_classifier(&file, &weights_path)?;
     for name in file.names() {
         if name == "base_model.vera_A" || name == "base_model.vera_B" {
             continue;
@@ -244,16 +221,8 @@ pub fn import_vera(
         let rest = name
             .strip_prefix("base_model.model.")
             .ok_or_else(|| bad(format!("`{name}` is not a peft VeRA tensor")))?;
-        match rest {
-            "classifier.weight" => {
-                let bias = file
-                    .get("base_model.model.classifier.bias")
-                    .ok_or_else(|| bad("`classifier.bias` is missing".into()))?;
-                classifier = Some((file.get(name).cloned().expect("listed"), bias.clone()));
-                continue;
-            }
-            "classifier.bias" => continue,
-            _ => {}
+        if is_classifier_tensor(rest) {
+            continue;
         }
         let (module, is_b) = match (
             rest.strip_suffix(".vera_lambda_b"),
@@ -289,13 +258,6 @@ pub fn import_vera(
     }
     if vectors.is_empty() {
         return Err(bad("it holds no VeRA vectors".into()));
-    }
-    if classifier.is_some() && !is_bert_sequence_classifier(&model) {
-        return Err(bad(
-            "it holds a BertForSequenceClassification classifier: build the model with \
-             `--readout pooler` and a one-layer head to load it"
-                .into(),
-        ));
     }
     let [d_in_max, rank] = a.dims();
     let d_out_max = b.dims()[1];
@@ -338,9 +300,7 @@ pub fn import_vera(
             "it changes `{path}`, which this model does not have"
         )));
     }
-    if let Some((weight, bias)) = classifier {
-        set_head(&mut model, weight, bias, &weights_path)?;
-    }
+    load_classifier(&mut model, classifier, &weights_path)?;
     Ok(set_trainable(
         model,
         &[
