@@ -23,6 +23,19 @@ up-projection would test nothing), each directory as `model.save_adapter` writes
                                          tensors cannot go in safetensors);
   fixtures/adapterhub/ah-bert-fusion/    two SeqBn adapters a/ and b/ and their fusion in
                                          fusion/ (save_adapter_fusion, DynamicAdapterFusionConfig).
+  fixtures/adapterhub/ah-bert-compacter++/  CompacterPlusPlusConfig (reduction 4, phm_rank 2);
+  fixtures/adapterhub/ah-bert-compacter/    CompacterConfig (reduction 4), in pytorch_adapter.bin;
+  fixtures/adapterhub/ah-bert-loreft/       LoReftConfig (prefix 2, suffix 2, r 2) in eval mode;
+  fixtures/adapterhub/ah-bert-loreft-tied/  the same with tied_weights;
+  fixtures/adapterhub/ah-bert-unipelt/      UniPELTConfig() (gated LoRA r 8 on q and v, gated
+                                            prefix of 10 rows through its 512-wide MLP, gated
+                                            SeqBn adapter), in `pytorch_adapter.bin`;
+  fixtures/adapterhub/ah-bert-compose/      SeqBn adapters a/ and b/ with 3-label heads, and in
+                                            compositions.json the last hidden state under
+                                            Stack(a, b), Parallel(a, b),
+                                            BatchSplit(a, b, batch_sizes=[1, 1]) and
+                                            Average(a, b) with weights [1, 3], and the heads'
+                                            logits under Stack and Parallel.
 Each has expected.json: the inputs, the last hidden state of the base model under the active
 adapter (or Fuse), and the head's logits where there is a head.
 
@@ -37,13 +50,18 @@ from pathlib import Path
 import torch
 from adapters import (
     BertAdapterModel,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
     DoubleSeqBnConfig,
     Fuse,
+    LoReftConfig,
     MAMConfig,
+    UniPELTConfig,
     ParBnConfig,
     PrefixTuningConfig,
     SeqBnConfig,
 )
+from adapters.composition import Average, BatchSplit, Parallel, Stack
 
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
 OUT = ROOT / "adapterhub"
@@ -87,13 +105,17 @@ def expected(directory: Path, model, with_head: bool) -> None:
 
 def randomise(model, names) -> None:
     """Every parameter of the named adapters, fusions and heads drawn from N(0, 0.1²); a fusion's
-    value matrix around the identity, as trained ones stay."""
+    value matrix around the identity, as trained ones stay; Compacter's shared rules too (they
+    start at 1e-4). LoReFT's `original` keeps its -I diagonal (torch truncates it to the
+    reflections' signs), so only the entries that define the reflections are random."""
     with torch.no_grad():
         for path, param in model.named_parameters():
             if any(f".{name}." in path or path.startswith(f"heads.{name}.") for name in names):
                 param.normal_(0.0, 0.1)
                 if path.endswith("value.weight"):
                     param += torch.eye(param.shape[0])
+                if path.endswith("weight.original"):
+                    param.diagonal().fill_(-1.0)
 
 
 def clean(directory: Path) -> None:
@@ -136,6 +158,40 @@ def fusion(seed: int) -> None:
     expected(directory, model, False)
 
 
+def compositions(seed: int) -> None:
+    """Two SeqBn adapters with heads, and what each composition block computes with them."""
+    torch.manual_seed(seed)
+    model = base()
+    for name in ["a", "b"]:
+        model.add_adapter(name, config=SeqBnConfig(reduction_factor=8))
+        model.add_classification_head(name, num_labels=3)
+    randomise(model, ["a", "b"])
+    model.eval()
+    directory = OUT / "ah-bert-compose"
+    for name in ["a", "b"]:
+        clean(directory / name)
+        model.save_adapter(directory / name, name, with_head=True, use_safetensors=True)
+    ids, mask = torch.tensor(INPUT_IDS), torch.tensor(ATTENTION_MASK)
+    recorded = {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK}
+    for key, setup in [
+        ("stack", Stack("a", "b")),
+        ("parallel", Parallel("a", "b")),
+        ("batch_split", BatchSplit("a", "b", batch_sizes=[1, 1])),
+        ("average", Average("a", "b", weights=[1.0, 3.0])),
+    ]:
+        model.set_active_adapters(setup)
+        with torch.no_grad():
+            hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            recorded[key] = {"last_hidden_state": tensor_json(hidden)}
+            # Stack's head is its last adapter's; Parallel's heads run one per copy of the batch
+            # (rows i·B.. of `logits` are head i's). The other blocks keep whichever head was
+            # active, so their logits say nothing.
+            if key in ("stack", "parallel"):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                recorded[key]["logits"] = tensor_json(logits)
+    write_json(directory / "compositions.json", recorded)
+
+
 def adapterhub_to_kiln() -> None:
     single("pfeiffer", SeqBnConfig(reduction_factor=8), 21, head=True)
     single("houlsby", DoubleSeqBnConfig(reduction_factor=8), 22)
@@ -146,6 +202,13 @@ def adapterhub_to_kiln() -> None:
     )
     single("mam", mam, 25, safetensors=False)
     fusion(26)
+    single("compacter++", CompacterPlusPlusConfig(reduction_factor=4, phm_rank=2), 27)
+    single("compacter", CompacterConfig(reduction_factor=4), 28, safetensors=False)
+    single("loreft", LoReftConfig(prefix_positions=2, suffix_positions=2, r=2), 29)
+    reft = LoReftConfig(prefix_positions=2, suffix_positions=2, r=2, tied_weights=True)
+    single("loreft-tied", reft, 30)
+    single("unipelt", UniPELTConfig(), 32, safetensors=False)
+    compositions(31)
 
 
 def kiln_to_adapterhub() -> None:

@@ -14,7 +14,7 @@ use kiln_models::attention::padding_bias;
 use kiln_models::bert::BertConfig;
 use kiln_models::m2::M2BertConfig;
 use kiln_models::monarch::MonarchConfig;
-use kiln_models::{Bert, DeviceChoice, M2Bert};
+use kiln_models::{AdapterContext, Bert, DeviceChoice, M2Bert};
 
 /// Median wall time of `runs` calls after one warm-up, in milliseconds.
 fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -123,7 +123,9 @@ fn main() {
             let _ = out.into_data();
         });
         let b = time_ms(runs, || {
-            let _ = mlp.forward(x.clone(), None).into_data();
+            let _ = mlp
+                .forward(x.clone(), None, &AdapterContext::default())
+                .into_data();
         });
         println!("| {width} | {d:.1} | {b:.1} |");
         dense_points.push((width as f64, d));

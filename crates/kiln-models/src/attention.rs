@@ -20,6 +20,30 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
+/// Key and value rows `[l, h]` every query of a layer may attend to before the real ones
+/// (prefix tuning, MAM, UniPELT), scaled per text by UniPELT's gate `[batch, 1, 1]` when there is
+/// one (AdapterHub multiplies the prefix's keys and values by it).
+#[derive(Debug, Clone)]
+pub struct Prefix {
+    /// Key rows `[l, h]`.
+    pub key: Tensor<2>,
+    /// Value rows `[l, h]`.
+    pub value: Tensor<2>,
+    /// The gate per text, if gated.
+    pub gate: Option<Tensor<3>>,
+}
+
+impl Prefix {
+    /// Ungated rows.
+    pub fn new((key, value): (Tensor<2>, Tensor<2>)) -> Self {
+        Self {
+            key,
+            value,
+            gate: None,
+        }
+    }
+}
+
 /// `softmax(q kᵀ · scale + bias) v`, with dropout on the attention probabilities; a `prefix`'s
 /// key and value rows go in front of the real ones.
 pub fn attend(
@@ -29,7 +53,7 @@ pub fn attend(
     bias: &Tensor<4>,
     scale: f64,
     dropout: &Dropout,
-    prefix: Option<(Tensor<2>, Tensor<2>)>,
+    prefix: Option<Prefix>,
 ) -> Tensor<4> {
     if let Some(prefix) = prefix {
         let (key, value, bias) = with_prefix(key, value, bias, prefix);
@@ -44,21 +68,37 @@ fn with_prefix(
     key: Tensor<4>,
     value: Tensor<4>,
     bias: &Tensor<4>,
-    (prefix_key, prefix_value): (Tensor<2>, Tensor<2>),
+    prefix: Prefix,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [batch, heads, _, head_dim] = key.dims();
-    let rows = prefix_key.dims()[0];
+    let rows = prefix.key.dims()[0];
+    let gate = prefix.gate.map(|g| g.reshape([batch, 1, 1, 1]));
     let expand = |rows_param: Tensor<2>| {
-        rows_param
+        let expanded = rows_param
             .reshape([1, rows, heads, head_dim])
             .swap_dims(1, 2)
-            .expand([batch, heads, rows, head_dim])
+            .expand([batch, heads, rows, head_dim]);
+        match &gate {
+            Some(gate) => expanded * gate.clone(),
+            None => expanded,
+        }
     };
-    let key = Tensor::cat(vec![expand(prefix_key), key], 2);
-    let value = Tensor::cat(vec![expand(prefix_value), value], 2);
+    let key = Tensor::cat(vec![expand(prefix.key), key], 2);
+    let value = Tensor::cat(vec![expand(prefix.value), value], 2);
     let [b, one, queries, _] = bias.dims();
     let open = Tensor::zeros([b, one, queries, rows], &bias.device());
     (key, value, Tensor::cat(vec![open, bias.clone()], 3))
+}
+
+/// `bias` `[batch, ..]` repeated whole batch after whole batch up to `rows` rows: the mask of a
+/// batch that a Parallel adapter composition has repeated (rows `i·batch + b` are text `b`).
+pub fn repeated_to(bias: Tensor<4>, rows: usize) -> Tensor<4> {
+    let batch = bias.dims()[0];
+    if rows == batch || batch == 0 {
+        bias
+    } else {
+        Tensor::cat(vec![bias; rows / batch], 0)
+    }
 }
 
 /// Key-side padding mask `[batch, 1, 1, seq]` from a `[batch, seq]` mask of 1 (token) / 0 (pad).

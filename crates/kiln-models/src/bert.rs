@@ -13,8 +13,8 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
-use crate::attention::{attend, merge_heads, padding_bias, split_heads};
+use crate::adapter::{AdapterContext, AdapterDropState, LayerAdapters, SubLayer};
+use crate::attention::{Prefix, attend, merge_heads, padding_bias, repeated_to, split_heads};
 use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::config::{read_json, require, require_sizes};
 use crate::error::Result;
@@ -558,11 +558,15 @@ impl Bert {
         attention_mask: &Tensor<2, Int>,
         layers: Range<usize>,
     ) -> Tensor<3> {
-        let bias = padding_bias(attention_mask);
+        let mut bias = padding_bias(attention_mask);
         let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref()).skip(layers.start);
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        let first = self.layers.first().and_then(|l| l.adapters.as_ref());
+        let context = AdapterContext::new(first, attention_mask);
         for i in layers {
-            hidden = self.layers[i].forward(hidden, &bias, i >= skipped, prefixes.next());
+            bias = repeated_to(bias, hidden.dims()[0]);
+            let adapters_on = i >= skipped;
+            hidden = self.layers[i].forward(hidden, &bias, adapters_on, prefixes.next(), &context);
         }
         hidden
     }
@@ -597,7 +601,7 @@ impl BertSelfAttention {
         &self,
         hidden: Tensor<3>,
         bias: &Tensor<4>,
-        prefix: Option<(Tensor<2>, Tensor<2>)>,
+        prefix: Option<Prefix>,
     ) -> Tensor<3> {
         let q = split_heads(self.query.forward(hidden.clone()), self.heads);
         let k = split_heads(self.key.forward(hidden.clone()), self.heads);
@@ -618,15 +622,16 @@ impl BertLayer {
         bias: &Tensor<4>,
         adapters_on: bool,
         prefix: Option<(Tensor<2>, Tensor<2>)>,
+        context: &AdapterContext,
     ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
-        let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
+        let prefix = LayerAdapters::gated_prefix(adapters, prefix, &hidden);
         let attended = self.attention.forward(hidden.clone(), bias, prefix);
         let hidden = self.close(
             attended,
             hidden,
             &self.attention_norm,
-            adapters,
+            (adapters, context),
             SubLayer::Attention,
         );
         let inner = match self.activation {
@@ -637,7 +642,17 @@ impl BertLayer {
         let feed_forward = SubLayer::FeedForward {
             input: hidden.clone(),
         };
-        self.close(out, hidden, &self.output_norm, adapters, feed_forward)
+        let out = self.close(
+            out,
+            hidden,
+            &self.output_norm,
+            (adapters, context),
+            feed_forward,
+        );
+        match adapters {
+            Some(adapters) => adapters.after_layer(out, context),
+            None => out,
+        }
     }
 
     /// `norm(dropout(out) + residual)`, the end of a post-LN sub-layer, with the layer's adapters
@@ -647,7 +662,7 @@ impl BertLayer {
         out: Tensor<3>,
         residual: Tensor<3>,
         norm: &LayerNorm,
-        adapters: Option<&LayerAdapters>,
+        (adapters, context): (Option<&LayerAdapters>, &AdapterContext),
         sub_layer: SubLayer,
     ) -> Tensor<3> {
         let eps = self.norm_eps;
@@ -657,6 +672,7 @@ impl BertLayer {
                 kiln_kernels::dropout(&self.dropout, out),
                 residual,
                 |a, b| kiln_kernels::add_layer_norm(a, b, norm, eps, None),
+                context,
             ),
             None => kiln_kernels::add_layer_norm(out, residual, norm, eps, Some(&self.dropout)),
         }

@@ -16,8 +16,10 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Activation;
-use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
-use crate::attention::{attend, causal_padding_bias, merge_heads, split_heads};
+use crate::adapter::{AdapterContext, AdapterDropState, LayerAdapters, SubLayer};
+use crate::attention::{
+    Prefix, attend, causal_padding_bias, merge_heads, repeated_to, split_heads,
+};
 use crate::backbone::TunableBackbone;
 use crate::config::{read_json, require, require_sizes};
 use crate::error::Result;
@@ -452,12 +454,16 @@ impl Gpt2 {
 
     /// The blocks `blocks` (a range of indices) over `states`, without the final layer norm.
     pub fn run_blocks(&self, states: TokenStates, blocks: Range<usize>) -> TokenStates {
-        let bias = causal_padding_bias(&states.attention_mask);
+        let mut bias = causal_padding_bias(&states.attention_mask);
         let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref()).skip(blocks.start);
         let skipped = self.adapter_drop.skipped_layers(&states.hidden.device());
+        let first = self.blocks.first().and_then(|b| b.adapters.as_ref());
+        let context = AdapterContext::new(first, &states.attention_mask);
         let mut hidden = states.hidden;
         for i in blocks {
-            hidden = self.blocks[i].forward(hidden, &bias, i >= skipped, prefixes.next());
+            bias = repeated_to(bias, hidden.dims()[0]);
+            let adapters_on = i >= skipped;
+            hidden = self.blocks[i].forward(hidden, &bias, adapters_on, prefixes.next(), &context);
         }
         TokenStates { hidden, ..states }
     }
@@ -483,16 +489,18 @@ impl Gpt2Block {
         bias: &Tensor<4>,
         adapters_on: bool,
         prefix: Option<(Tensor<2>, Tensor<2>)>,
+        context: &AdapterContext,
     ) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
-        let prefix = prefix.or_else(|| adapters.and_then(LayerAdapters::prefix));
-        let attended = self
-            .attention
-            .forward(self.ln_1.forward(hidden.clone()), bias, prefix);
+        let normed = self.ln_1.forward(hidden.clone());
+        let prefix = LayerAdapters::gated_prefix(adapters, prefix, &normed);
+        let attended = self.attention.forward(normed, bias, prefix);
         // Pre-LN: the plain block joins each sub-layer's output to the stream by a sum.
         let add = |a: Tensor<3>, b: Tensor<3>| a + b;
         let hidden = match adapters {
-            Some(adapters) => adapters.close_sub_layer(SubLayer::Attention, attended, hidden, add),
+            Some(adapters) => {
+                adapters.close_sub_layer(SubLayer::Attention, attended, hidden, add, context)
+            }
             None => hidden + attended,
         };
         let normed = self.ln_2.forward(hidden.clone());
@@ -500,7 +508,8 @@ impl Gpt2Block {
         match adapters {
             Some(adapters) => {
                 let feed_forward = SubLayer::FeedForward { input: normed };
-                adapters.close_sub_layer(feed_forward, out, hidden, add)
+                let out = adapters.close_sub_layer(feed_forward, out, hidden, add, context);
+                adapters.after_layer(out, context)
             }
             None => hidden + out,
         }
@@ -513,7 +522,7 @@ impl Gpt2Attention {
         &self,
         hidden: Tensor<3>,
         bias: &Tensor<4>,
-        prefix: Option<(Tensor<2>, Tensor<2>)>,
+        prefix: Option<Prefix>,
     ) -> Tensor<3> {
         let width = hidden.dims()[2];
         let qkv = self.c_attn.forward(hidden);

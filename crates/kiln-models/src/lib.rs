@@ -28,8 +28,10 @@ pub mod m2;
 pub mod monarch;
 pub mod oft;
 pub mod paths;
+pub mod phm;
 pub mod pretrained;
 pub mod prompt;
+pub mod reft;
 pub mod side;
 pub mod states;
 pub mod tokenizer;
@@ -40,8 +42,9 @@ pub mod weights;
 pub use activation::Activation;
 pub use adalora::{RankAllocation, SvdDelta};
 pub use adapter::{
-    ActiveAdapter, AdapterConfig, AdapterDropState, AdapterFusion, AdapterInit, AttentionPrefix,
-    BottleneckAdapter, LayerAdapter, LayerAdapters,
+    ActiveAdapter, AdapterConfig, AdapterContext, AdapterDropState, AdapterFusion, AdapterInit,
+    AdapterProjection, AttentionPrefix, BottleneckAdapter, Composition, GateBias, LayerAdapter,
+    LayerAdapters, gate,
 };
 pub use backbone::{OptimizerGroup, TunableBackbone};
 pub use bert::{Bert, BertConfig, BertInput, BertOutput};
@@ -56,8 +59,10 @@ pub use lycoris::{HadamardDelta, KroneckerDelta};
 pub use m2::{M2Bert, M2BertConfig};
 pub use monarch::{BlockDiagonal, BlockDiagonalConfig, Monarch, MonarchConfig};
 pub use oft::OrthogonalRotation;
+pub use phm::{PhmConfig, PhmWeight};
 pub use pretrained::{Backbone, Pooling, Pretrained};
 pub use prompt::{PrefixEncoder, PromptEncoder, PromptEncoderShape, PromptTemplate, SoftPrompt};
+pub use reft::{ReftConfig, ReftIntervention, ReftPositions, ReftUnit};
 pub use side::{SideConfig, SideNetwork};
 pub use states::{Readout, TokenStates, first_token, last_token_pool, mean_pool};
 pub use tokenizer::{EncodedBatch, PaddingSide, TextInput, TextTokenizer};

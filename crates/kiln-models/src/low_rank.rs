@@ -15,9 +15,12 @@
 //!   subspace instead of a random one.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::tunable::linear_rows;
 
 /// How a fresh delta starts (peft's `init_lora_weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -108,6 +111,10 @@ pub struct LowRankDelta {
     /// export to a base that still holds it writes `[A, A0]`, `[B; -B0]` (peft's conversion).
     #[module(skip)]
     pub start: Option<(Tensor<2>, Tensor<2>)>,
+    /// UniPELT's gate `[d_in, 1]`: the delta is scaled per text by `mean_t σ(g·x_t + c)`, which
+    /// takes the place of `alpha / r` as in AdapterHub (give `alpha = r`). A gated delta depends
+    /// on the input and cannot merge.
+    pub gate: Option<Linear>,
 }
 
 /// peft's `kaiming_uniform_(A, a=sqrt(5))`, uniform in ±1/sqrt(fan_in): torch's gain for
@@ -179,6 +186,7 @@ impl LowRankDelta {
             merged: false,
             merged_norm: None,
             start: None,
+            gate: None,
         }
     }
 
@@ -249,6 +257,25 @@ impl LowRankDelta {
             (rows, plain)
         };
         plain * factor.clone().sub_scalar(1.0) + self.low_rank(input) * factor
+    }
+
+    /// The delta over `rows` `[batch·seq, d_in]` of `batch` texts, times the gate when it has
+    /// one (see [`LowRankDelta::gate`]).
+    pub fn forward_gated(&self, rows: Tensor<2>, batch: usize) -> Tensor<2> {
+        let delta = self.forward_rows(rows.clone());
+        match &self.gate {
+            None => delta,
+            Some(gate) => {
+                let [count, _] = rows.dims();
+                let per_text = count / batch.max(1);
+                let gate = sigmoid(linear_rows(gate, rows))
+                    .reshape([batch, per_text])
+                    .mean_dim(1)
+                    .expand([batch, per_text])
+                    .reshape([count, 1]);
+                delta * gate
+            }
+        }
     }
 
     /// The base weight with this delta folded in: `W + A·B·s`, or DoRA's `f ⊙ (W + A·B·s)`

@@ -20,10 +20,10 @@ use burn::nn::{
     Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{AdapterDropState, LayerAdapters, SubLayer};
+use crate::adapter::{AdapterContext, AdapterDropState, LayerAdapters, SubLayer};
 use crate::backbone::OptimizerGroup;
 use crate::backbone::{TunableBackbone, encoder_slots};
 use crate::bert::{BertConfig, BertEmbeddings, BertPooler};
@@ -453,7 +453,12 @@ pub struct M2Mlp {
 
 impl M2Mlp {
     /// The dimension mixer over `z`, with the layer's adapters.
-    pub fn forward(&self, z: Tensor<3>, adapters: Option<&LayerAdapters>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        z: Tensor<3>,
+        adapters: Option<&LayerAdapters>,
+        context: &AdapterContext,
+    ) -> Tensor<3> {
         let g = self.gated.forward(z.clone());
         let inner = if self.glu {
             let half = g.dims()[2] / 2;
@@ -467,7 +472,8 @@ impl M2Mlp {
         match adapters {
             Some(adapters) => {
                 let feed_forward = SubLayer::FeedForward { input: z.clone() };
-                adapters.close_sub_layer(feed_forward, out, z, |a, b| self.norm.forward(a + b))
+                let close = |a: Tensor<3>, b: Tensor<3>| self.norm.forward(a + b);
+                adapters.close_sub_layer(feed_forward, out, z, close, context)
             }
             None => self.norm.forward(out + z),
         }
@@ -488,13 +494,17 @@ pub struct M2Layer {
 
 impl M2Layer {
     /// With `adapters_on` false the layer runs as the plain backbone (AdapterDrop).
-    pub fn forward(&self, x: Tensor<3>, adapters_on: bool) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, adapters_on: bool, context: &AdapterContext) -> Tensor<3> {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
         let mut mixed = self.mixer.forward(x);
         if let Some(adapters) = adapters {
-            mixed = adapters.after_attention(mixed);
+            mixed = adapters.after_attention(mixed, context);
         }
-        self.mlp.forward(mixed, adapters)
+        let out = self.mlp.forward(mixed, adapters, context);
+        match adapters {
+            Some(adapters) => adapters.after_layer(out, context),
+            None => out,
+        }
     }
 }
 
@@ -531,12 +541,17 @@ pub struct FilterOptim {
 }
 
 impl M2Bert {
-    /// Last hidden state `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
-        let mut hidden = self.embeddings.forward(input_ids, token_type_ids);
+    /// Last hidden state `[batch, seq, hidden]`. The mixers read every position; the attention
+    /// mask only tells LoReFT which tokens are real.
+    pub fn forward(&self, input: BertInput) -> Tensor<3> {
+        let mut hidden = self
+            .embeddings
+            .forward(input.input_ids, input.token_type_ids);
         let skipped = self.adapter_drop.skipped_layers(&hidden.device());
+        let first = self.layers.first().and_then(|l| l.adapters.as_ref());
+        let context = AdapterContext::new(first, &input.attention_mask);
         for (i, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(hidden, i >= skipped);
+            hidden = layer.forward(hidden, i >= skipped, &context);
         }
         hidden
     }
@@ -779,10 +794,11 @@ impl TunableBackbone for M2Bert {
     }
 
     fn read_out(&self, input: BertInput, readout: Readout) -> Tensor<2> {
-        let hidden = self.forward(input.input_ids, input.token_type_ids);
+        let attention_mask = input.attention_mask.clone();
+        let hidden = self.forward(input);
         match (readout, &self.pooler) {
             (Readout::Pooler, Some(pooler)) => pooler.forward(hidden),
-            (Readout::Mean, _) => mean_pool(hidden, input.attention_mask),
+            (Readout::Mean, _) => mean_pool(hidden, attention_mask),
             (_, _) => first_token(hidden),
         }
     }
@@ -792,6 +808,7 @@ impl TunableBackbone for M2Bert {
 mod tests {
     use super::*;
     use crate::device::DeviceChoice;
+    use burn::tensor::Int;
 
     fn tiny(width: usize, l_max: usize) -> M2BertConfig {
         let mut config: M2BertConfig = serde_json::from_value(serde_json::json!({
@@ -868,7 +885,11 @@ mod tests {
             TensorData::new((0..2 * l_max as i64).map(|i| i % 16).collect(), [2, l_max]),
             &device,
         );
-        let hidden = model.forward(ids.clone(), ids.zeros_like());
+        let hidden = model.forward(BertInput {
+            input_ids: ids.clone(),
+            attention_mask: ids.ones_like(),
+            token_type_ids: ids.zeros_like(),
+        });
         assert_eq!(hidden.dims(), [2, l_max, width]);
         assert!(values(hidden).iter().all(|v| v.is_finite()));
         // Per layer, as the reference's modules (h 8, I 16, order 8, e 5, 2 blocks):

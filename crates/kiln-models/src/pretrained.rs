@@ -161,10 +161,7 @@ impl Pretrained {
         match &self.backbone {
             Backbone::Bert(model, _) => model.forward(batch.bert_input(device)).last_hidden_state,
             Backbone::Gpt2(model, _) => model.forward(batch.gpt2_input(device)),
-            Backbone::M2Bert(model, _) => {
-                let input = batch.bert_input(device);
-                model.forward(input.input_ids, input.token_type_ids)
-            }
+            Backbone::M2Bert(model, _) => model.forward(batch.bert_input(device)),
         }
     }
 }

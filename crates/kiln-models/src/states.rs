@@ -77,10 +77,21 @@ pub fn first_token(hidden: Tensor<3>) -> Tensor<2> {
     hidden.slice_dim(1, 0..1).reshape([batch, width])
 }
 
+/// `mask` `[texts, seq]` repeated whole batch after whole batch up to `rows` rows: the mask of
+/// states a Parallel adapter composition computed for several copies of the batch.
+fn repeated_mask(mask: Tensor<2, Int>, rows: usize) -> Tensor<2, Int> {
+    let texts = mask.dims()[0];
+    if rows == texts || texts == 0 {
+        mask
+    } else {
+        Tensor::cat(vec![mask; rows / texts], 0)
+    }
+}
+
 /// Mean of `hidden` over the positions where `mask` is 1: `[batch, seq, h]` → `[batch, h]`.
 pub fn mean_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
     let [batch, _, width] = hidden.dims();
-    let weights = mask.float().unsqueeze_dim::<3>(2);
+    let weights = repeated_mask(mask, batch).float().unsqueeze_dim::<3>(2);
     let summed = (hidden * weights.clone())
         .sum_dim(1)
         .reshape([batch, width]);
@@ -96,7 +107,7 @@ pub fn last_token_pool(hidden: Tensor<3>, mask: Tensor<2, Int>) -> Tensor<2> {
     let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
         .unsqueeze_dim::<2>(0)
         .expand([batch, seq]);
-    let last = (positions + 1) * mask - 1;
+    let last = (positions + 1) * repeated_mask(mask, batch) - 1;
     let index = last.max_dim(1).clamp_min(0);
     let index = index.unsqueeze_dim::<3>(2).expand([batch, 1, width]);
     hidden.gather(1, index).reshape([batch, width])

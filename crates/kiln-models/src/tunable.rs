@@ -226,7 +226,7 @@ impl TunableLinear {
                 let dora = delta.dora_rows(rows.clone(), plain.clone(), &self.weight.val());
                 with_bias(plain, bias) + dora
             }
-            Some(delta) => with_bias(plain, bias) + delta.forward_rows(rows.clone()),
+            Some(delta) => with_bias(plain, bias) + delta.forward_gated(rows.clone(), dims[0]),
             None => with_bias(plain, bias),
         };
         if let Some(vera) = self.vera.as_ref().filter(|v| !v.merged) {
@@ -289,7 +289,8 @@ impl TunableLinear {
 
     /// Adds the delta into the base weight; outputs stay the same, the delta's cost is gone.
     pub fn merge_lora(&mut self) {
-        let Some(delta) = self.lora.as_mut().filter(|d| !d.merged) else {
+        // A gated delta (UniPELT) depends on the input: it stays beside the weight.
+        let Some(delta) = self.lora.as_mut().filter(|d| !d.merged && d.gate.is_none()) else {
             return;
         };
         let merged = delta.merge_into(self.weight.val().detach());
@@ -439,19 +440,19 @@ impl From<Linear> for TunableLinear {
 pub fn linear_rows<const D: usize>(layer: &Linear, input: Tensor<D>) -> Tensor<D> {
     let mut dims = input.dims();
     dims[D - 1] = layer.weight.lazy_shape().dims::<2>()[1];
-    affine_rows(as_rows(input), &layer.weight, layer.bias.as_ref()).reshape(dims)
+    affine_rows(as_rows(input), layer.weight.val(), layer.bias.as_ref()).reshape(dims)
 }
 
 /// `x·W + b` as one matrix product over rows. Burn's `linear` keeps a `[batch, seq, d]` input
 /// batched when `seq` is a multiple of 32, and the weight's gradient then goes through a
 /// `[batch, d_in, d_out]` temporary summed over the batch: slower, and the largest buffer of a
 /// training step.
-fn affine_rows(
+pub fn affine_rows(
     rows: Tensor<2>,
-    weight: &Param<Tensor<2>>,
+    weight: Tensor<2>,
     bias: Option<&Param<Tensor<1>>>,
 ) -> Tensor<2> {
-    with_bias(kiln_kernels::matmul(rows, weight.val()), bias)
+    with_bias(kiln_kernels::matmul(rows, weight), bias)
 }
 
 /// `out + b`, the bias broadcast over rows.

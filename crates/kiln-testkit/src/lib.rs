@@ -96,6 +96,9 @@ pub fn add_feed_forward_adapters(model: &mut SequenceClassifier, names: &[&str])
         init: AdapterInit::NearIdentity,
         prefix_len: 0,
         original_ln_before: true,
+        phm: None,
+        gated: false,
+        reft: None,
     };
     for name in names {
         model.add_adapter(name, &layout).expect("adds an adapter");

@@ -7,6 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use kiln_models::paths::{ParamMapper, ParamVisitor, map_params, visit_params};
 use kiln_models::{AdapterConfig, SequenceClassifier};
 
 use crate::checkpoint::{load_params_as, save_params_as};
@@ -108,9 +113,9 @@ pub fn load_adapter(
         .add_adapter(&saved.name, &saved.adapter)
         .map_err(|e| TrainError::checkpoint(&config_path, e.to_string()))?;
     let index = model.adapters.len() - 1;
+    let expected = adapter_tensors(&model, index);
     let weights = dir.join(ADAPTER_WEIGHTS_FILE);
     let (model, loaded) = load_params_as(model, &weights, |path| file_key(path, index))?;
-    let expected = expected_tensors(&saved.adapter) * saved.num_layers;
     if loaded != expected {
         return Err(TrainError::checkpoint(
             &weights,
@@ -120,9 +125,86 @@ pub fn load_adapter(
     Ok((model, saved))
 }
 
-/// Tensors per layer: weight and bias of both projections per bottleneck, key and value rows.
-fn expected_tensors(config: &AdapterConfig) -> usize {
-    4 * config.bottlenecks() + if config.prefix_len > 0 { 2 } else { 0 }
+/// `into` with a copy of `from`'s adapter `name` added as `as_name` (same layout, same weights),
+/// active; nothing else of `into` changes. Both models must share the backbone's shape.
+pub fn copy_adapter(
+    from: &SequenceClassifier,
+    name: &str,
+    into: SequenceClassifier,
+    as_name: &str,
+) -> Result<SequenceClassifier> {
+    let source = from
+        .adapter_index(name)
+        .ok_or_else(|| TrainError::Invalid(format!("the model holds no adapter `{name}`")))?;
+    if (from.hidden_size(), from.num_layers()) != (into.hidden_size(), into.num_layers()) {
+        return Err(TrainError::Invalid(format!(
+            "adapter `{name}` is for {} layers of width {}; the model has {} of {}",
+            from.num_layers(),
+            from.hidden_size(),
+            into.num_layers(),
+            into.hidden_size()
+        )));
+    }
+    struct Collect {
+        index: usize,
+        tensors: HashMap<String, TensorData>,
+    }
+    impl ParamVisitor for Collect {
+        fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+            if let Some(key) = file_key(path, self.index) {
+                self.tensors.insert(key, param.val().into_data());
+            }
+        }
+    }
+    struct Fill {
+        index: usize,
+        tensors: HashMap<String, TensorData>,
+    }
+    impl ParamMapper for Fill {
+        fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match file_key(path, self.index).and_then(|key| self.tensors.remove(&key)) {
+                Some(data) => {
+                    let device = param.lazy_device();
+                    Param::initialized(param.id, Tensor::from_data(data, &device))
+                }
+                None => param,
+            }
+        }
+    }
+    let mut collect = Collect {
+        index: source,
+        tensors: HashMap::new(),
+    };
+    visit_params(from, &mut collect);
+    let mut into = into;
+    into.add_adapter(as_name, &from.adapters[source].config)?;
+    let mut fill = Fill {
+        index: into.adapters.len() - 1,
+        tensors: collect.tensors,
+    };
+    let into = map_params(into, &mut fill);
+    match fill.tensors.keys().next() {
+        Some(left) => Err(TrainError::Invalid(format!(
+            "adapter `{name}`'s tensor `{left}` found no place in the model"
+        ))),
+        None => Ok(into),
+    }
+}
+
+/// How many tensors adapter `index` of `model` has, over every layer.
+fn adapter_tensors(model: &SequenceClassifier, index: usize) -> usize {
+    struct Count {
+        index: usize,
+        tensors: usize,
+    }
+    impl ParamVisitor for Count {
+        fn visit<const D: usize>(&mut self, path: &str, _: &Param<Tensor<D>>) {
+            self.tensors += usize::from(file_key(path, self.index).is_some());
+        }
+    }
+    let mut count = Count { index, tensors: 0 };
+    visit_params(model, &mut count);
+    count.tensors
 }
 
 #[cfg(test)]

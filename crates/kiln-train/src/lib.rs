@@ -4,8 +4,8 @@
 //! [`child_tuning`]), task metrics ([`metrics`]), atomic checkpoints of the trained parameters
 //! ([`checkpoint`]), adapters saved on their own ([`adapters`]), text classification and
 //! regression as a task ([`text_task`]) of any model that says how to take a batch's loss
-//! ([`task_model`]), HF peft and merged checkpoints ([`peft`], [`merge`]), and the
-//! method-comparison report ([`report`]).
+//! ([`task_model`]), HF peft and merged checkpoints ([`peft`], [`merge`]), several runs' adapters
+//! answering in one pass ([`multitask`]), and the method-comparison report ([`report`]).
 
 #![warn(missing_docs)]
 
@@ -24,6 +24,7 @@ pub mod lora_arithmetic;
 pub mod memory;
 pub mod merge;
 pub mod metrics;
+pub mod multitask;
 pub mod peft;
 pub mod plan;
 pub mod predict;
@@ -38,7 +39,8 @@ pub mod trainer;
 pub mod transforms;
 
 pub use adapters::{
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, load_adapter, save_adapter,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SavedAdapter, copy_adapter, load_adapter,
+    save_adapter,
 };
 pub use checkpoint::{
     ensure_fresh_output, load_params, load_params_as, save_params, save_params_as, save_params_hf,

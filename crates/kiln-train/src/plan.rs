@@ -128,25 +128,26 @@ impl Params<'_> {
             .any(|e| e.trainable && e.path.starts_with(prefix))
     }
 
-    /// Widths `m` of the bottleneck adapters under `prefix` (their `down.weight` is `[h, m]`).
-    fn bottlenecks_under(&self, prefix: &str, width: usize) -> Vec<usize> {
+    /// Widths `m` of the bottleneck adapters under `prefix` (their `down.bias` is `[m]`, dense
+    /// or PHM).
+    fn bottlenecks_under(&self, prefix: &str) -> Vec<usize> {
         self.0
             .entries
             .iter()
-            .filter(|e| e.path.starts_with(prefix) && e.path.ends_with(".down.weight"))
-            .map(|e| e.numel / width.max(1))
+            .filter(|e| e.path.starts_with(prefix) && e.path.ends_with(".down.bias"))
+            .map(|e| e.numel)
             .collect()
     }
 
     /// Adapters a fusion layer under `prefix` mixes (0 without fusion).
-    fn fused_under(&self, prefix: &str, width: usize) -> usize {
+    fn fused_under(&self, prefix: &str) -> usize {
         let has_fusion = self
             .0
             .entries
             .iter()
             .any(|e| e.path.starts_with(prefix) && e.path.contains(".fusion."));
         if has_fusion {
-            self.bottlenecks_under(prefix, width).len()
+            self.bottlenecks_under(prefix).len()
         } else {
             0
         }
@@ -334,11 +335,19 @@ fn layer_cost(
             .entries
             .iter()
             .filter(|e| {
-                e.path.starts_with(prefix) && e.path.ends_with(&format!(".{slot}.down.weight"))
+                e.path.starts_with(prefix) && e.path.ends_with(&format!(".{slot}.down.bias"))
             })
-            .map(|e| ((e.numel / width.max(1)) as f64, e.trainable))
+            .map(|e| (e.numel as f64, e.trainable))
             .collect()
     };
+    // LoReFT's units after the layer: ranks `r` of their trained `U` `[r, h]`.
+    let reft_ranks: Vec<f64> = params
+        .0
+        .entries
+        .iter()
+        .filter(|e| e.trainable && e.path.starts_with(prefix) && e.path.ends_with(".rotation"))
+        .map(|e| e.numel as f64 / h)
+        .collect();
     let prefix_rows = params.prefix_rows_under(prefix, width) as f64;
     let prefix_trains = prefix_rows > 0.0 && params.any_trains_under(&format!("{prefix}adapters"));
     let keys = seq + prefix_rows;
@@ -488,7 +497,7 @@ fn layer_cost(
     }
     inner = bottleneck(&mut cost, "feed_forward", inner);
     inner = bottleneck(&mut cost, "parallel", inner || tracked);
-    let fused = params.fused_under(prefix, width) as f64;
+    let fused = params.fused_under(prefix) as f64;
     if fused > 0.0 {
         // Stacked adapter outputs, their keys and values, the query and the mixing products.
         cost.saved += (3.0 * fused + 2.0) * tokens * h;
@@ -496,7 +505,15 @@ fn layer_cost(
         cost.backward += 4.0 * tokens * h * h * (1.0 + 2.0 * fused);
         inner = true;
     }
-    let out = layer_norm(&mut cost, names.norms[1], inner || tracked);
+    let mut out = layer_norm(&mut cost, names.norms[1], inner || tracked);
+    for rank in reft_ranks {
+        // Every position goes through `W`, `R` and `Rᵀ`; the states, the dropout mask and the
+        // rank-r products are kept.
+        cost.forward += 6.0 * tokens * h * rank;
+        cost.backward += 12.0 * tokens * h * rank;
+        cost.saved += 2.0 * tokens * h + 2.0 * tokens * rank;
+        out = true;
+    }
     (cost, out)
 }
 

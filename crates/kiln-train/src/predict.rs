@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
 use kiln_data::{InputRow, TaskKind};
@@ -48,22 +48,32 @@ impl Predictor<'_> {
         for chunk in inputs.chunks(self.batch_size.max(1)) {
             let encoded = self.tokenizer.encode_batch(chunk)?;
             let outputs = self.model.forward(encoded.bert_input(self.device));
-            let [_, width] = outputs.dims();
-            let scores = match self.kind {
-                TaskKind::Classification { .. } => burn::tensor::activation::softmax(outputs, 1),
-                TaskKind::Regression => outputs,
-            };
-            let values: Vec<f32> = scores
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
-            predictions.extend(values.chunks(width).map(|row| self.read(row)));
+            predictions.extend(predictions_of(outputs, self.kind)?);
         }
         Ok(predictions)
     }
 
-    fn read(&self, row: &[f32]) -> Prediction {
-        match self.kind {
+    /// Predictions for `rows` (an input file as read by [`kiln_data::read_inputs`]).
+    pub fn predict_rows(&self, rows: &[InputRow]) -> Result<Vec<Prediction>> {
+        let inputs: Vec<TextInput> = rows.iter().map(input_of).collect();
+        self.predict(&inputs)
+    }
+}
+
+/// What a head's outputs `[batch, outputs]` for a task of `kind` say about each text.
+pub fn predictions_of(outputs: Tensor<2>, kind: &TaskKind) -> Result<Vec<Prediction>> {
+    let [_, width] = outputs.dims();
+    let scores = match kind {
+        TaskKind::Classification { .. } => burn::tensor::activation::softmax(outputs, 1),
+        TaskKind::Regression => outputs,
+    };
+    let values: Vec<f32> = scores
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
+    Ok(values
+        .chunks(width.max(1))
+        .map(|row| match kind {
             TaskKind::Classification { labels } => {
                 let best = (0..row.len())
                     .max_by(|&a, &b| row[a].total_cmp(&row[b]))
@@ -77,14 +87,8 @@ impl Predictor<'_> {
                 }
             }
             TaskKind::Regression => Prediction::Value(row[0]),
-        }
-    }
-
-    /// Predictions for `rows` (an input file as read by [`kiln_data::read_inputs`]).
-    pub fn predict_rows(&self, rows: &[InputRow]) -> Result<Vec<Prediction>> {
-        let inputs: Vec<TextInput> = rows.iter().map(input_of).collect();
-        self.predict(&inputs)
-    }
+        })
+        .collect())
 }
 
 /// The model input of an input row: one text, or a pair.
@@ -98,8 +102,9 @@ pub fn input_of(row: &InputRow) -> TextInput {
 /// File formats [`write_predictions`] writes, from the extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictionFormat {
-    /// Comma-separated, with a header: `id` (when the input has ids), `text`, `pair` (pairs),
-    /// `label` and one `prob_<class>` column per class, or `score` for regression.
+    /// Comma-separated, with a header: `task` (of several answered together), `id` (when the
+    /// input has ids), `text`, `pair` (pairs), `label` and one `prob_<class>` column per class,
+    /// or `score` for regression.
     Csv,
     /// One JSON object per line: the same fields, the probabilities as an object by class.
     Jsonl,
@@ -130,6 +135,28 @@ pub fn format_predictions(
     kind: &TaskKind,
     format: PredictionFormat,
 ) -> Result<String> {
+    format_for(None, rows, predictions, kind, format)
+}
+
+/// [`format_predictions`] for one of several tasks answered together: each record starts with
+/// its `task`.
+pub fn format_task_predictions(
+    task: &str,
+    rows: &[InputRow],
+    predictions: &[Prediction],
+    kind: &TaskKind,
+    format: PredictionFormat,
+) -> Result<String> {
+    format_for(Some(task), rows, predictions, kind, format)
+}
+
+fn format_for(
+    task: Option<&str>,
+    rows: &[InputRow],
+    predictions: &[Prediction],
+    kind: &TaskKind,
+    format: PredictionFormat,
+) -> Result<String> {
     let has_ids = rows.iter().any(|r| r.id.is_some());
     let has_pairs = rows.iter().any(|r| r.pair.is_some());
     let labels: &[String] = match kind {
@@ -141,6 +168,9 @@ pub fn format_predictions(
             let mut text = String::new();
             for (row, prediction) in rows.iter().zip(predictions) {
                 let mut record = serde_json::Map::new();
+                if let Some(task) = task {
+                    record.insert("task".into(), task.into());
+                }
                 if has_ids {
                     record.insert("id".into(), row.id.clone().into());
                 }
@@ -173,6 +203,9 @@ pub fn format_predictions(
         PredictionFormat::Csv => {
             let mut writer = csv::Writer::from_writer(Vec::new());
             let mut header: Vec<String> = Vec::new();
+            if task.is_some() {
+                header.push("task".into());
+            }
             if has_ids {
                 header.push("id".into());
             }
@@ -191,6 +224,9 @@ pub fn format_predictions(
             writer.write_record(&header).map_err(csv_error)?;
             for (row, prediction) in rows.iter().zip(predictions) {
                 let mut record: Vec<String> = Vec::new();
+                if let Some(task) = task {
+                    record.push(task.to_string());
+                }
                 if has_ids {
                     record.push(row.id.clone().unwrap_or_default());
                 }

@@ -423,7 +423,12 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
     let (model, summary) = trainer.fit(model, &data, resume)?;
     let mut model = model;
     run.method.method().after_fit(&mut model)?;
-    if let Some(name) = run.method.method().adapter_name() {
+    if let Some(name) = run
+        .method
+        .method()
+        .adapter_name()
+        .filter(|_| run.method.method().saves_adapter())
+    {
         let dir = out.join(ADAPTER_DIR);
         save_adapter(&model, name, run.method.name(), &dir)?;
         say!(

@@ -4,10 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use kiln_models::{Activation, AdapterConfig, AdapterInit, SequenceClassifier};
+use std::path::PathBuf;
+
+use kiln_models::{
+    Activation, AdapterConfig, AdapterInit, Composition, PhmConfig, SequenceClassifier,
+};
 
 use crate::error::{Result, TuningError};
-use crate::options::{MethodOption, show_name, show_or};
+use crate::options::{MethodOption, parse_list, show_name, show_or};
 
 /// Options of one bottleneck adapter; each method supplies its paper's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +28,10 @@ pub struct BottleneckOptions {
     pub train_norms: bool,
     /// The name the adapter is held, saved and loaded under.
     pub name: String,
+    /// Saved adapters (RUN/adapter directories) the new one is stacked on, frozen: AdapterHub's
+    /// `Stack(lang, task)`, MAD-X's task adapter over a language adapter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack_on: Vec<PathBuf>,
 }
 
 impl BottleneckOptions {
@@ -36,7 +44,50 @@ impl BottleneckOptions {
             init,
             train_norms: false,
             name: "adapter".into(),
+            stack_on: Vec::new(),
         }
+    }
+
+    /// `--stack-on`, for the methods whose adapter can be stacked (sequential bottlenecks).
+    pub fn stack_option<C: 'static>(
+        adapter: fn(&C) -> &Self,
+        adapter_mut: fn(&mut C) -> &mut Self,
+    ) -> MethodOption<C> {
+        MethodOption::parsed(
+            "stack-on",
+            "DIR,DIR",
+            "saved adapters (RUN/adapter) to stack the new one on, frozen (MAD-X)",
+            move |c| {
+                let dirs = &adapter(c).stack_on;
+                if dirs.is_empty() {
+                    "none".into()
+                } else {
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            },
+            move |c, text| {
+                adapter_mut(c).stack_on = parse_list("stack-on", text)?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Adds the adapter of `layout` under its name, stacked on the adapters loaded from
+    /// `stack_on` (every other adapter the model holds) when there are any.
+    pub fn add(&self, model: &mut SequenceClassifier, layout: &AdapterConfig) -> Result<()> {
+        model.add_adapter(&self.name, layout)?;
+        if self.stack_on.is_empty() {
+            return Ok(());
+        }
+        let mut stack: Vec<Composition> = (0..model.adapters.len())
+            .filter(|&k| model.adapters[k].name != self.name)
+            .map(Composition::Adapter)
+            .collect();
+        stack.extend(model.adapter_index(&self.name).map(Composition::Adapter));
+        Ok(model.set_composition(Composition::Stack(stack))?)
     }
 
     /// The options of a method whose config holds its adapter at `adapter` / `adapter_mut`.
@@ -143,6 +194,9 @@ impl BottleneckOptions {
             init: self.init,
             prefix_len,
             original_ln_before: slots.original_ln_before,
+            phm: None,
+            gated: false,
+            reft: None,
         }
     }
 
@@ -169,4 +223,83 @@ pub struct Slots {
     /// The sequential adapters read the closed sub-layer `LN(h + x)` (Pfeiffer; AdapterHub's
     /// `original_ln_before`), not its output `h` (Houlsby).
     pub original_ln_before: bool,
+}
+
+/// What Compacter's methods add to a bottleneck adapter: its projections are PHM layers (see
+/// [`kiln_models::phm`]) of `n` Kronecker terms of rank `r`, their rules shared by every layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhmOptions {
+    /// `n`: Kronecker terms per projection and the size of the shared rules.
+    pub phm_dim: usize,
+    /// `r`: the rank of each term's factor.
+    pub phm_rank: usize,
+}
+
+impl Default for PhmOptions {
+    /// AdapterHub's `phm_dim = 4`, `phm_rank = 1`.
+    fn default() -> Self {
+        let phm = PhmConfig::compacter();
+        Self {
+            phm_dim: phm.dim,
+            phm_rank: phm.rank,
+        }
+    }
+}
+
+impl PhmOptions {
+    /// The options of a method whose config holds these at `phm` / `phm_mut`.
+    pub fn options<C: 'static>(
+        phm: fn(&C) -> &Self,
+        phm_mut: fn(&mut C) -> &mut Self,
+    ) -> Vec<MethodOption<C>> {
+        vec![
+            MethodOption::new(
+                "phm-dim",
+                "N",
+                "Kronecker terms per PHM projection (the shared rules are N x N x N)",
+                move |c| phm(c).phm_dim.to_string(),
+                move |c, v| phm_mut(c).phm_dim = v,
+            ),
+            MethodOption::new(
+                "phm-rank",
+                "R",
+                "rank of each PHM term's weight factor",
+                move |c| phm(c).phm_rank.to_string(),
+                move |c, v| phm_mut(c).phm_rank = v,
+            ),
+        ]
+    }
+
+    /// Refuses a zero `n` or `r`, and an `n` that does not divide the model's width.
+    pub fn check(&self, model: &SequenceClassifier) -> Result<()> {
+        if self.phm_rank == 0 {
+            return Err(TuningError::Option {
+                option: "phm-rank",
+                message: "a PHM factor needs rank at least 1".into(),
+            });
+        }
+        let width = model.hidden_size();
+        if self.phm_dim == 0 || !width.is_multiple_of(self.phm_dim) {
+            return Err(TuningError::Option {
+                option: "phm-dim",
+                message: format!(
+                    "{} must divide the model's width {width} (PHM layers split it into N blocks)",
+                    self.phm_dim
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `layout` with PHM projections. The bottleneck is rounded up to a multiple of `n` where
+    /// it is not one (AdapterHub refuses such a width; kiln's tiny test models meet it).
+    pub fn apply(&self, mut layout: AdapterConfig) -> AdapterConfig {
+        let n = self.phm_dim.max(1);
+        layout.bottleneck = layout.bottleneck.div_ceil(n) * n;
+        layout.phm = Some(PhmConfig {
+            dim: self.phm_dim,
+            rank: self.phm_rank,
+        });
+        layout
+    }
 }

@@ -72,9 +72,16 @@ pub trait Method {
         Ok(())
     }
 
-    /// The name of the adapter this method trains, if any: what a run saves on its own.
+    /// The name of the adapter this method trains, if any: what a run saves on its own and
+    /// exports in AdapterHub's format.
     fn adapter_name(&self) -> Option<&str> {
         None
+    }
+
+    /// Whether a run saves the adapter on its own (kiln's adapter directory, which fusion and
+    /// `--stack-on` load): not where the method trains more than the adapter slots hold.
+    fn saves_adapter(&self) -> bool {
+        self.adapter_name().is_some()
     }
 
     /// The HF peft `peft_type` the trained method exports as, if peft has its format.

@@ -151,3 +151,15 @@ pub fn show_name<T: serde::Serialize>(value: &T) -> String {
         Err(_) => String::new(),
     }
 }
+
+/// Refuses a dropout rate outside `[0, 1)`, naming `option`.
+pub fn probability(option: &'static str, value: f64) -> Result<()> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(TuningError::Option {
+            option,
+            message: format!("{value} is not a probability in [0, 1)"),
+        })
+    }
+}

@@ -94,9 +94,23 @@ pub(crate) fn prefix_len_option<C: 'static>(
     MethodOption::new(
         "prefix-len",
         "L",
-        "MAM, prefix, p-tuning-v2: prefix rows per attention",
+        "MAM, prefix, p-tuning-v2, UniPELT: prefix rows per attention",
         move |c| len(c).to_string(),
         move |c, l| *len_mut(c) = l,
+    )
+}
+
+/// `--prefix-hidden` (prefix, MAM, UniPELT).
+pub(crate) fn prefix_hidden_option<C: 'static>(
+    hidden: fn(&C) -> usize,
+    hidden_mut: fn(&mut C) -> &mut usize,
+) -> MethodOption<C> {
+    MethodOption::new(
+        "prefix-hidden",
+        "H",
+        "hidden width of the prefix reparameterisation MLP (MAM: 0 trains the rows directly)",
+        move |c| hidden(c).to_string(),
+        move |c, h| *hidden_mut(c) = h,
     )
 }
 

@@ -159,3 +159,158 @@ fn without_out_every_run_gets_a_fresh_folder() {
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs.iter().all(|r| r.starts_with("bitfit-20")), "{runs:?}");
 }
+
+/// Trains `method` (with `options`) on the fire/water task into `out`.
+fn train_adapter(out: &std::path::Path, method: &str, options: &[&str]) -> Value {
+    let (model, task) = (
+        fixtures().join("bert-tiny"),
+        fixtures().join("tasks").join("fire-water.csv"),
+    );
+    let mut args = vec![
+        "train",
+        "--model",
+        path(&model),
+        "--task",
+        path(&task),
+        "--method",
+        method,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-len",
+        "16",
+        "--out",
+        path(out),
+    ];
+    args.extend_from_slice(options);
+    let (ok, _, stderr) = kiln(&args);
+    assert!(ok, "{method}: {stderr}");
+    read_json(&out.join("run.json"))
+}
+
+/// MAD-X's stack (a task adapter trained over a frozen saved one), then several runs' tasks
+/// answered in one pass with `kiln predict --run A --run B`.
+#[test]
+fn stacked_adapters_train_and_several_runs_predict_in_one_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (lang, task, other) = (
+        dir.path().join("lang"),
+        dir.path().join("task"),
+        dir.path().join("other"),
+    );
+    train_adapter(&lang, "pfeiffer", &["--adapter-name", "lang"]);
+    let lang_adapter = lang.join("adapter");
+    let config = train_adapter(
+        &task,
+        "pfeiffer",
+        &["--adapter-name", "task", "--stack-on", path(&lang_adapter)],
+    );
+    assert_eq!(config["method"]["stack_on"][0], path(&lang_adapter));
+    // The stacked run evaluates as it trained: the saved adapter is loaded again under it.
+    let (ok, stdout, stderr) = kiln(&["eval", "--run", path(&task), "--split", "test", "--json"]);
+    assert!(ok, "{stderr}");
+    let evaluation: Value = serde_json::from_str(stdout.trim()).expect("json");
+    let summary = read_json(&task.join("summary.json"));
+    assert_eq!(
+        evaluation["metrics"]["accuracy"],
+        summary["test"]["accuracy"]
+    );
+    // Only the new adapter trained: the stacked-on one holds exactly what was saved.
+    let trained = crate::common::tensor_names(&task.join("best/trained.safetensors"));
+    assert!(
+        trained.iter().any(|n| n.contains(".adapters.loaded.1.")),
+        "{trained:?}"
+    );
+    assert!(
+        !trained.iter().any(|n| n.contains(".adapters.loaded.0.")),
+        "{trained:?}"
+    );
+
+    train_adapter(&other, "compacter++", &["--reduction-factor", "4"]);
+    let new = fixtures().join("tasks").join("fire-water-new.csv");
+    let out = dir.path().join("both.csv");
+    let (ok, stdout, stderr) = kiln(&[
+        "predict",
+        "--run",
+        path(&lang),
+        "--run",
+        path(&other),
+        "--input",
+        path(&new),
+        "--output",
+        path(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("lang: "), "{stdout}");
+    // One file per task, each with every row.
+    for task in ["lang", "other"] {
+        let written = std::fs::read_to_string(dir.path().join(format!("both-{task}.csv")))
+            .expect("a file per task");
+        let rows = std::fs::read_to_string(&new)
+            .expect("input")
+            .lines()
+            .count();
+        assert_eq!(written.lines().count(), rows, "{task}: {written}");
+    }
+    // The same labels as each run alone.
+    for (run, task) in [(&lang, "lang"), (&other, "other")] {
+        let (ok, alone, stderr) = kiln(&[
+            "predict",
+            "--run",
+            path(run),
+            "--input",
+            path(&new),
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        let (ok, together, stderr) = kiln(&[
+            "predict",
+            "--run",
+            path(&lang),
+            "--run",
+            path(&other),
+            "--input",
+            path(&new),
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        let labels = |text: &str, task: Option<&str>| -> Vec<String> {
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+                .filter(|v| task.is_none_or(|t| v["task"] == t))
+                .map(|v| v["label"].as_str().expect("label").to_string())
+                .collect()
+        };
+        assert_eq!(
+            labels(&alone, None),
+            labels(&together, Some(task)),
+            "{task}"
+        );
+    }
+    // A run that cannot join (its adapter is a parallel one) is refused by name.
+    let parallel = dir.path().join("parallel");
+    train_adapter(&parallel, "parallel", &[]);
+    let (ok, _, stderr) = kiln_in(
+        dir.path(),
+        &[
+            "predict", "--run", "lang", "--run", "parallel", "--text", "fire",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("not a sequential bottleneck adapter"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = kiln(&[
+        "predict",
+        "--run",
+        path(&lang),
+        "--text",
+        "x",
+        "--drop-layers",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--drop-layers"), "{stderr}");
+}

@@ -32,7 +32,7 @@ impl SequenceClassifier {
 
     fn set_active(&mut self, active: ActiveAdapter) {
         for slots in self.layer_adapters_mut().into_iter().flatten() {
-            slots.active = active;
+            slots.active = active.clone();
         }
     }
 
@@ -55,7 +55,7 @@ impl SequenceClassifier {
         }
         let width = self.hidden_size();
         let device = self.head.output.weight.lazy_device();
-        for slots in self.layer_adapters_mut() {
+        for (i, slots) in self.layer_adapters_mut().into_iter().enumerate() {
             slots
                 .get_or_insert_with(|| LayerAdapters {
                     loaded: Vec::new(),
@@ -63,7 +63,7 @@ impl SequenceClassifier {
                     active: ActiveAdapter::Off,
                 })
                 .loaded
-                .push(config.init_layer(width, &device));
+                .push(config.init_layer(width, i == 0, &device));
         }
         self.adapters.push(NamedAdapter {
             name: name.to_string(),
@@ -101,9 +101,11 @@ impl SequenceClassifier {
                 )));
             }
             slots.loaded.remove(index);
-            slots.active = match slots.active {
+            slots.active = match slots.active.clone() {
                 ActiveAdapter::One(k) if k == index => ActiveAdapter::Off,
                 ActiveAdapter::One(k) if k > index => ActiveAdapter::One(k - 1),
+                // A composition names adapters by index: deleting one ends it.
+                ActiveAdapter::Composed(_) => ActiveAdapter::Off,
                 other => other,
             };
         }

@@ -10,6 +10,7 @@
 
 mod adalora;
 mod adapters;
+mod compose;
 mod lora;
 mod prompts;
 

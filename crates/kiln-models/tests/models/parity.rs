@@ -155,7 +155,11 @@ fn m2_bert_matches_the_reference_code() {
     let (model, _) = M2Bert::from_pretrained(&fixtures().join("m2-tiny"), &device).expect("loads");
     let r: M2Reference = read_reference("m2_tiny.json");
     let ids = int_tensor(&r.input_ids, &device);
-    let hidden = model.forward(ids.clone(), ids.zeros_like());
+    let hidden = model.forward(BertInput {
+        input_ids: ids.clone(),
+        attention_mask: ids.ones_like(),
+        token_type_ids: ids.zeros_like(),
+    });
     let pooled = model
         .pooler
         .as_ref()

@@ -6,13 +6,14 @@ use burn::tensor::Tensor;
 use serde_json::{Value, json};
 
 use kiln_models::weights::{Layout, WeightFile};
-use kiln_models::{Readout, SequenceClassifier};
+use kiln_models::{Readout, ReftUnit, SequenceClassifier};
 
 use crate::checkpoint::save_params_laid_out;
 use crate::error::{Result, TrainError};
 use crate::trainer::write_json;
 
 use super::config::adapterhub_config;
+use super::reft::rotation_to_adapterhub;
 use super::{
     ADAPTERHUB_CONFIG_FILE, ADAPTERHUB_FUSION_CONFIG_FILE, ADAPTERHUB_FUSION_WEIGHTS_FILE,
     ADAPTERHUB_HEAD_CONFIG_FILE, ADAPTERHUB_HEAD_WEIGHTS_FILE, ADAPTERHUB_WEIGHTS_FILE,
@@ -75,30 +76,70 @@ pub(super) fn write_adapter(
     let layout = &model.adapters[index].config;
     let dropped = model.adapter_drop_inference();
     let leave_out: Vec<usize> = (0..dropped).collect();
-    let config = adapterhub_config(layout, model.hidden_size(), &leave_out)?;
+    // UniPELT's gated LoRA deltas sit on the query and value projections, beside the adapter.
+    let lora_rank = layout
+        .gated
+        .then(|| {
+            model
+                .clone()
+                .projections_mut()
+                .into_iter()
+                .find_map(|(_, p)| {
+                    p.lora
+                        .as_ref()
+                        .filter(|d| d.gate.is_some())
+                        .map(|d| d.rank())
+                })
+        })
+        .flatten();
+    let config = adapterhub_config(layout, model.hidden_size(), &leave_out, lora_rank)?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let marker = format!(".adapters.loaded.{index}.");
     let width = model.hidden_size();
     let layers = model.num_layers();
+    let phm = layout.phm.is_some();
     let mut tensors = save_params_laid_out(model, &out.join(ADAPTERHUB_WEIGHTS_FILE), |path| {
+        if lora_rank.is_some()
+            && let Some(named) = gated_lora_name(path, name)
+        {
+            return Some(named);
+        }
         let (layer, rest) = path.strip_prefix("bert.layers.")?.split_once(&marker)?;
         let layer: usize = layer.parse().ok()?;
+        if rest == "phm_rule" {
+            let shared = format!("bert.shared_parameters.{name}.phm_rule");
+            return Some((shared, Layout::Same));
+        }
         if leave_out.contains(&layer) {
             return None;
         }
         let (slot, part) = rest.split_once('.')?;
-        if slot == "prefix" {
+        if slot == "prefix" || slot == "reft" {
             return None;
         }
-        let layout = if part.ends_with("weight") {
-            Layout::Transposed
-        } else {
-            Layout::Same
+        if slot == "prefix_gate" {
+            let gate = format!(
+                "bert.encoder.layer.{layer}.attention.self.prefix_tuning.prefix_gates.{name}.{part}"
+            );
+            return Some((gate, layout_of(part)));
+        }
+        // A PHM layer's factors keep their layout; its bias is `b`.
+        let part = match part.split_once('.') {
+            Some((projection, "phm.left")) => format!("{projection}.W_left"),
+            Some((projection, "phm.right")) => format!("{projection}.W_right"),
+            Some((projection, "bias")) if phm => format!("{projection}.b"),
+            _ => part.to_string(),
         };
-        Some((adapter_tensor_name(layer, slot, name, part), layout))
+        Some((
+            adapter_tensor_name(layer, slot, name, &part),
+            layout_of(&part),
+        ))
     })?;
     if layout.prefix_len > 0 {
         tensors += write_flat_prefix(model, index, name, out, layers, width)?;
+    }
+    if layout.reft.is_some() {
+        tensors += write_reft(model, index, name, out)?;
     }
     write_json(
         &out.join(ADAPTERHUB_CONFIG_FILE),
@@ -113,6 +154,37 @@ pub(super) fn write_adapter(
         tensors,
         with_head,
     })
+}
+
+/// PyTorch's `[out, in]` for a `weight`, the tensor's own layout for the rest.
+fn layout_of(part: &str) -> Layout {
+    if part.ends_with("weight") {
+        Layout::Transposed
+    } else {
+        Layout::Same
+    }
+}
+
+/// UniPELT's gated LoRA tensors under AdapterHub's names: `bert.layers.{i}.attention.query.lora.a`
+/// is `bert.encoder.layer.{i}.attention.self.query.loras.{name}.lora_A` (`[r, in]`), and so on.
+fn gated_lora_name(path: &str, name: &str) -> Option<(String, Layout)> {
+    let (layer, rest) = path
+        .strip_prefix("bert.layers.")?
+        .split_once(".attention.")?;
+    let (matrix, part) = rest.split_once(".lora.")?;
+    let part = match part {
+        "a" => "lora_A",
+        "b" => "lora_B",
+        "gate.weight" | "gate.bias" => part,
+        _ => return None,
+    };
+    let key = format!("bert.encoder.layer.{layer}.attention.self.{matrix}.loras.{name}.{part}");
+    let layout = if part == "gate.bias" {
+        Layout::Same
+    } else {
+        Layout::Transposed
+    };
+    Some((key, layout))
 }
 
 /// AdapterHub keeps a MAM adapter's prefix apart from its bottleneck weights: the flat prefix
@@ -153,6 +225,68 @@ pub(super) fn write_flat_prefix(
     ));
     write_named(&path, &named)?;
     Ok(1)
+}
+
+/// Writes every layer's LoReFT units as AdapterHub's `units.0` (prefix positions, or both when
+/// tied) and `units.1` (suffix positions), each projection in torch's parametrised form. A unit
+/// kiln leaves out because its positions are empty is written as a copy of the other (AdapterHub
+/// always holds two untied units, and never uses that one).
+fn write_reft(model: &SequenceClassifier, index: usize, name: &str, out: &Path) -> Result<usize> {
+    let values = |t: Tensor<2>| -> Result<Vec<f32>> {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("cannot read a LoReFT unit: {e:?}")))
+    };
+    let path = out.join(ADAPTERHUB_WEIGHTS_FILE);
+    let mut named = read_back(&path)?;
+    let mut written = 0;
+    for (layer, slots) in model.backbone().layer_adapters().into_iter().enumerate() {
+        let reft = slots
+            .as_ref()
+            .and_then(|s| s.loaded[index].reft.as_ref())
+            .ok_or_else(|| TrainError::Invalid("a LoReFT adapter without its units".into()))?;
+        let units: Vec<&ReftUnit> = if reft.config.tied {
+            reft.prefix.iter().collect()
+        } else {
+            let first = reft.prefix.as_ref().or(reft.suffix.as_ref());
+            let second = reft.suffix.as_ref().or(reft.prefix.as_ref());
+            first.into_iter().chain(second).collect()
+        };
+        for (u, unit) in units.into_iter().enumerate() {
+            let [width, rank] = unit.source.weight.lazy_shape().dims::<2>();
+            let key = |part: &str| {
+                format!("bert.encoder.layer.{layer}.reft_layer.refts.{name}.units.{u}.{part}")
+            };
+            let bias = unit
+                .source
+                .bias
+                .as_ref()
+                .map_or_else(|| Ok(vec![0.0; rank]), |b| values(b.val().unsqueeze_dim(0)))?;
+            let (original, base) = rotation_to_adapterhub(&values(unit.projection())?, rank, width);
+            named.extend([
+                (
+                    key("learned_source.weight"),
+                    vec![rank, width],
+                    values(unit.source.weight.val().transpose())?,
+                ),
+                (key("learned_source.bias"), vec![rank], bias),
+                (
+                    key("projection.parametrizations.weight.original"),
+                    vec![rank, width],
+                    original,
+                ),
+                (
+                    key("projection.parametrizations.weight.0.base"),
+                    vec![width, width],
+                    base,
+                ),
+            ]);
+            written += 4;
+        }
+    }
+    write_named(&path, &named)?;
+    Ok(written)
 }
 
 pub(super) type Named = Vec<(String, Vec<usize>, Vec<f32>)>;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use kiln_models::weights::{RawTensor, WeightFile};
 use kiln_models::{
-    Activation, AttentionPrefix, BottleneckAdapter, MlpHead, Readout, SequenceClassifier,
+    Activation, AdapterProjection, AttentionPrefix, BottleneckAdapter, MlpHead, Readout,
+    ReftIntervention, SequenceClassifier,
 };
 use kiln_tuning::{MethodConfig, ParamReport, set_trainable};
 
@@ -17,6 +18,7 @@ use crate::error::{Result, TrainError};
 use crate::peft::transposed;
 use crate::trainer::read_json;
 
+use super::reft::rotation_from_adapterhub;
 use super::{
     ADAPTERHUB_CONFIG_FILE, ADAPTERHUB_FUSION_CONFIG_FILE, ADAPTERHUB_FUSION_WEIGHTS_FILE,
     ADAPTERHUB_HEAD_CONFIG_FILE, ADAPTERHUB_HEAD_WEIGHTS_FILE, ADAPTERHUB_TORCH_WEIGHTS_FILE,
@@ -35,15 +37,6 @@ pub(super) fn fill_bottleneck(
     left_out: bool,
     path: &Path,
 ) -> Result<()> {
-    let device = adapter.down.weight.lazy_device();
-    let [width, m] = adapter.down.weight.lazy_shape().dims::<2>();
-    if left_out {
-        adapter.down.weight = Param::from_tensor(Tensor::zeros([width, m], &device));
-        adapter.up.weight = Param::from_tensor(Tensor::zeros([m, width], &device));
-        adapter.down.bias = Some(Param::from_tensor(Tensor::zeros([m], &device)));
-        adapter.up.bias = Some(Param::from_tensor(Tensor::zeros([width], &device)));
-        return Ok(());
-    }
     let get = |part: &str, shape: &[usize]| -> Result<&RawTensor> {
         let key = adapter_tensor_name(layer, slot, name, part);
         let raw = lookup(file, &key).ok_or_else(|| refuse(path, format!("`{key}` is missing")))?;
@@ -55,24 +48,86 @@ pub(super) fn fill_bottleneck(
         }
         Ok(raw)
     };
-    adapter.down.weight = Param::from_tensor(transposed(
-        &get("down.weight", &[m, width])?.values,
-        [m, width],
-        &device,
-    ));
-    adapter.down.bias = Some(Param::from_tensor(tensor_1d(
-        get("down.bias", &[m])?,
-        &device,
-    )));
-    adapter.up.weight = Param::from_tensor(transposed(
-        &get("up.weight", &[width, m])?.values,
-        [width, m],
-        &device,
-    ));
-    adapter.up.bias = Some(Param::from_tensor(tensor_1d(
-        get("up.bias", &[width])?,
-        &device,
-    )));
+    for (part, projection) in [("down", &mut adapter.down), ("up", &mut adapter.up)] {
+        fill_projection(projection, part, left_out, &get)?;
+    }
+    if let Some(gate) = adapter.gate.as_mut() {
+        let device = gate.weight.lazy_device();
+        let width = gate.weight.lazy_shape().dims::<2>()[0];
+        if left_out {
+            gate.weight = Param::from_tensor(Tensor::zeros([width, 1], &device));
+            gate.bias = Some(Param::from_tensor(Tensor::zeros([1], &device)));
+        } else {
+            let weight = get("gate.weight", &[1, width])?;
+            gate.weight = Param::from_tensor(transposed(&weight.values, [1, width], &device));
+            gate.bias = Some(Param::from_tensor(tensor_1d(
+                get("gate.bias", &[1])?,
+                &device,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One projection (`part`: `down` or `up`) from AdapterHub's tensors: a `Linear`'s weight and
+/// bias, or a PHM layer's `W_left`, `W_right` and `b`; zeros where the layer is left out.
+fn fill_projection<'a>(
+    projection: &mut AdapterProjection,
+    part: &str,
+    left_out: bool,
+    get: &impl Fn(&str, &[usize]) -> Result<&'a RawTensor>,
+) -> Result<()> {
+    let [d_in, d_out] = projection.dims();
+    let device = match (&projection.weight, &projection.phm) {
+        (Some(weight), _) => weight.lazy_device(),
+        (None, Some(phm)) => phm.left.lazy_device(),
+        (None, None) => return Ok(()),
+    };
+    if let Some(phm) = projection.phm.as_mut() {
+        let [n, i, r] = phm.left.lazy_shape().dims::<3>();
+        let o = d_out / n.max(1);
+        let (left, right, bias) = if left_out {
+            (
+                Tensor::zeros([n, i, r], &device),
+                Tensor::zeros([n, r, o], &device),
+                Tensor::zeros([d_out], &device),
+            )
+        } else {
+            let read = |key: &str, shape: [usize; 3]| -> Result<Tensor<3>> {
+                let raw = get(&format!("{part}.{key}"), &shape)?;
+                Ok(Tensor::from_data(
+                    TensorData::new(raw.values.clone(), shape),
+                    &device,
+                ))
+            };
+            (
+                read("W_left", [n, i, r])?,
+                read("W_right", [n, r, o])?,
+                tensor_1d(get(&format!("{part}.b"), &[d_out])?, &device),
+            )
+        };
+        phm.left = Param::from_tensor(left);
+        phm.right = Param::from_tensor(right);
+        projection.bias = Some(Param::from_tensor(bias));
+        return Ok(());
+    }
+    let (weight, bias) = if left_out {
+        (
+            Tensor::zeros([d_in, d_out], &device),
+            Tensor::zeros([d_out], &device),
+        )
+    } else {
+        (
+            transposed(
+                &get(&format!("{part}.weight"), &[d_out, d_in])?.values,
+                [d_out, d_in],
+                &device,
+            ),
+            tensor_1d(get(&format!("{part}.bias"), &[d_out])?, &device),
+        )
+    };
+    projection.weight = Some(Param::from_tensor(weight));
+    projection.bias = Some(Param::from_tensor(bias));
     Ok(())
 }
 
@@ -239,8 +294,144 @@ pub fn load_adapterhub(
                 value: Param::from_tensor(value),
             };
         }
+        if let Some(rule) = one.phm_rule.as_mut() {
+            let n = rule.lazy_shape().dims::<3>()[0];
+            let key = format!("bert.shared_parameters.{}.phm_rule", adapter.name);
+            let raw = lookup(&file, &key)
+                .filter(|raw| raw.shape == [n, n, n])
+                .ok_or_else(|| {
+                    refuse(file.path(), format!("`{key}` [{n}, {n}, {n}] is missing"))
+                })?;
+            *rule = Param::from_tensor(Tensor::from_data(
+                TensorData::new(raw.values.clone(), [n, n, n]),
+                &device,
+            ));
+        }
+        if let Some(reft) = one.reft.as_mut() {
+            fill_reft(reft, &file, layer, &adapter.name, &device)?;
+        }
+        if let Some(gate) = one.prefix_gate.as_mut() {
+            let key = |part: &str| {
+                format!(
+                    "bert.encoder.layer.{layer}.attention.self.prefix_tuning.prefix_gates.{}.{part}",
+                    adapter.name
+                )
+            };
+            fill_gate(gate, &file, &key("weight"), &key("bias"), &device)?;
+        }
+    }
+    if adapter.lora_rank.is_some() {
+        fill_gated_lora(model, &file, &adapter.name, &device)?;
     }
     load_head(model, dir, &adapter.name)
+}
+
+/// A UniPELT gate `[h, 1]` from AdapterHub's `weight` `[1, h]` and `bias` `[1]`.
+fn fill_gate(
+    gate: &mut burn::nn::Linear,
+    file: &WeightFile,
+    weight: &str,
+    bias: &str,
+    device: &Device,
+) -> Result<()> {
+    let width = gate.weight.lazy_shape().dims::<2>()[0];
+    let read = |key: &str, shape: &[usize]| -> Result<&RawTensor> {
+        lookup(file, key)
+            .filter(|raw| raw.shape == shape)
+            .ok_or_else(|| refuse(file.path(), format!("`{key}` {shape:?} is missing")))
+    };
+    gate.weight = Param::from_tensor(transposed(
+        &read(weight, &[1, width])?.values,
+        [1, width],
+        device,
+    ));
+    gate.bias = Some(Param::from_tensor(tensor_1d(read(bias, &[1])?, device)));
+    Ok(())
+}
+
+/// UniPELT's gated LoRA deltas of every layer's query and value from AdapterHub's `loras`.
+fn fill_gated_lora(
+    model: &mut SequenceClassifier,
+    file: &WeightFile,
+    name: &str,
+    device: &Device,
+) -> Result<()> {
+    for (path, projection) in model.projections_mut() {
+        let Some(delta) = projection.lora.as_mut() else {
+            continue;
+        };
+        // `bert.layers.{i}.attention.{query,value}`, as AdapterHub's `attention.self.*`.
+        let Some((layer, matrix)) = path
+            .strip_prefix("bert.layers.")
+            .and_then(|rest| rest.split_once(".attention."))
+        else {
+            continue;
+        };
+        let key = |part: &str| {
+            format!("bert.encoder.layer.{layer}.attention.self.{matrix}.loras.{name}.{part}")
+        };
+        let [d_in, rank] = delta.a.lazy_shape().dims::<2>();
+        let d_out = delta.b.lazy_shape().dims::<2>()[1];
+        let read = |part: &str, shape: [usize; 2]| -> Result<Tensor<2>> {
+            let key = key(part);
+            let raw = lookup(file, &key)
+                .filter(|raw| raw.shape == shape)
+                .ok_or_else(|| refuse(file.path(), format!("`{key}` {shape:?} is missing")))?;
+            Ok(transposed(&raw.values, shape, device))
+        };
+        delta.a = Param::from_tensor(read("lora_A", [rank, d_in])?);
+        delta.b = Param::from_tensor(read("lora_B", [d_out, rank])?);
+        if let Some(gate) = delta.gate.as_mut() {
+            fill_gate(gate, file, &key("gate.weight"), &key("gate.bias"), device)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills one layer's LoReFT units from AdapterHub's `units.0` (the prefix's, or both when tied)
+/// and `units.1` (the suffix's), turning torch's parametrised projection into `R`.
+fn fill_reft(
+    reft: &mut ReftIntervention,
+    file: &WeightFile,
+    layer: usize,
+    name: &str,
+    device: &Device,
+) -> Result<()> {
+    let (rank, width) = (reft.config.rank, reft.width());
+    let units = [(0, reft.prefix.as_mut()), (1, reft.suffix.as_mut())];
+    for (index, unit) in units {
+        let Some(unit) = unit else { continue };
+        let get = |part: &str, shape: &[usize]| -> Result<&RawTensor> {
+            let key =
+                format!("bert.encoder.layer.{layer}.reft_layer.refts.{name}.units.{index}.{part}");
+            let raw = lookup(file, &key)
+                .ok_or_else(|| refuse(file.path(), format!("`{key}` is missing")))?;
+            if raw.shape != shape {
+                return Err(refuse(
+                    file.path(),
+                    format!("`{key}` is {:?}; the config gives {shape:?}", raw.shape),
+                ));
+            }
+            Ok(raw)
+        };
+        let source = get("learned_source.weight", &[rank, width])?;
+        unit.source.weight = Param::from_tensor(transposed(&source.values, [rank, width], device));
+        unit.source.bias = Some(Param::from_tensor(tensor_1d(
+            get("learned_source.bias", &[rank])?,
+            device,
+        )));
+        let original = get(
+            "projection.parametrizations.weight.original",
+            &[rank, width],
+        )?;
+        let base = get("projection.parametrizations.weight.0.base", &[width, width])?;
+        let rotation = rotation_from_adapterhub(&original.values, &base.values, rank, width);
+        unit.rotation = Param::from_tensor(Tensor::from_data(
+            TensorData::new(rotation, [rank, width]),
+            device,
+        ));
+    }
+    Ok(())
 }
 
 /// AdapterHub's classification head settings.

@@ -16,6 +16,7 @@
 mod config;
 mod export;
 mod import;
+mod reft;
 
 pub use config::{AdapterHubAdapter, method_from_adapterhub, read_adapterhub_config};
 pub use export::{AdapterHubExport, export_adapterhub, export_adapterhub_fusion};
@@ -109,9 +110,11 @@ fn adapter_tensor_name(layer: usize, slot: &str, name: &str, part: &str) -> Stri
         "output"
     };
     // kiln's `down.weight` is the library's `adapter_down.0.weight` (a Linear, then the
-    // non-linearity, in one Sequential); `up.*` is `adapter_up.*`.
+    // non-linearity, in one Sequential); `up.*` is `adapter_up.*`; UniPELT's `gate.*` keeps its
+    // name.
     let part = match part.strip_prefix("down.") {
         Some(rest) => format!("adapter_down.0.{rest}"),
+        None if part.starts_with("gate.") => part.to_string(),
         None => format!("adapter_{part}"),
     };
     format!("bert.encoder.layer.{layer}.{location}.adapters.{name}.{part}")

@@ -81,7 +81,7 @@ fn gpt2_prefixes(model: &SequenceClassifier) -> Result<Vec<(Tensor<2>, Tensor<2>
                 .adapters
                 .as_ref()
                 .ok_or_else(|| refuse(&format!("layer {i} has no prefix")))?;
-            let bottlenecks = slots.active_one().is_some_and(|a| {
+            let bottlenecks = slots.active_one().is_some_and(|(_, a)| {
                 a.attention.is_some() || a.feed_forward.is_some() || a.parallel.is_some()
             });
             if bottlenecks {
@@ -239,6 +239,9 @@ pub fn import_prefix(
                 key: columns(2 * l),
                 value: columns(2 * l + 1),
             }),
+            prefix_gate: None,
+            phm_rule: None,
+            reft: None,
         };
     }
     let mut patterns = model.adapter_patterns(PEFT_PREFIX_ADAPTER);

@@ -1,9 +1,10 @@
 //! Bottleneck adapters, MAM and AdapterFusion in AdapterHub's format, both ways, against
 //! fixtures written by `scripts/make_adapterhub_fixtures.py` (adapters 1.3.0, transformers
 //! 4.57): adapters the library made load into kiln and give its outputs (which pins kiln's
-//! Pfeiffer, Houlsby, parallel, MAM, AdapterDrop and fusion semantics to the reference
-//! implementation); adapters kiln writes are what that script loaded with `load_adapter` and
-//! recorded outputs for. `KILN_WRITE_FIXTURES=1` rewrites kiln's side (then re-run the script).
+//! Pfeiffer, Houlsby, parallel, MAM, AdapterDrop, fusion, Compacter, LoReFT, UniPELT and
+//! composition semantics to the reference implementation); adapters kiln writes are what that
+//! script loaded with `load_adapter` and recorded outputs for. `KILN_WRITE_FIXTURES=1` rewrites
+//! kiln's side (then re-run the script).
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,11 @@ fn adapterhub_adapters_load_into_kiln_with_the_librarys_outputs() {
         ("ah-bert-parallel", "parallel"),
         ("ah-bert-drop", "adapter-drop"),
         ("ah-bert-mam", "mam"),
+        ("ah-bert-compacter++", "compacter++"),
+        ("ah-bert-compacter", "compacter"),
+        ("ah-bert-loreft", "loreft"),
+        ("ah-bert-loreft-tied", "loreft"),
+        ("ah-bert-unipelt", "unipelt"),
     ] {
         let dir = fixture_dir(adapter);
         assert!(is_adapterhub_dir(&dir), "{adapter}");
@@ -132,7 +138,11 @@ fn an_adapterhub_fusion_loads_into_kiln_with_the_librarys_outputs() {
 fn kiln_adapter(method: &str, options: &[(&str, &str)], readout: Readout) -> SequenceClassifier {
     let method = MethodConfig::parse(method, options).expect("method");
     let (model, _) = method.apply(bert(readout, 3)).expect("applies");
-    map_params(model, &mut Deterministic(0, &[".adapters.", "head."]))
+    // UniPELT's gated LoRA deltas sit on the projections.
+    map_params(
+        model,
+        &mut Deterministic(0, &[".adapters.", ".lora.", "head."]),
+    )
 }
 
 fn kiln_fusion() -> SequenceClassifier {
@@ -235,6 +245,38 @@ fn kiln_adapters_export_to_adapterhub_with_kiln_outputs() {
             ),
         ),
         ("kiln-bert-fusion", None, kiln_fusion()),
+        (
+            "kiln-bert-compacter++",
+            Some("compacter++"),
+            kiln_adapter("compacter++", &[("reduction-factor", "4")], Readout::Mean),
+        ),
+        (
+            "kiln-bert-loreft",
+            Some("loreft"),
+            kiln_adapter(
+                "loreft",
+                &[
+                    ("reft-prefix", "2"),
+                    ("reft-suffix", "2"),
+                    ("reft-rank", "2"),
+                ],
+                Readout::Mean,
+            ),
+        ),
+        (
+            "kiln-bert-unipelt",
+            Some("unipelt"),
+            kiln_adapter(
+                "unipelt",
+                &[
+                    ("reduction-factor", "8"),
+                    ("rank", "4"),
+                    ("prefix-len", "3"),
+                    ("prefix-hidden", "0"),
+                ],
+                Readout::Cls,
+            ),
+        ),
     ];
     let inputs = read_json(&fixture_dir("ah-bert-pfeiffer").join("expected.json"));
     for (fixture, name, model) in cases {
@@ -284,7 +326,6 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
     let original = read_json(&config_path);
     for (field, value) in [
         ("use_gating", serde_json::json!(true)),
-        ("phm_layer", serde_json::json!(true)),
         ("ln_after", serde_json::json!(true)),
         ("scaling", serde_json::json!("learned")),
         (
@@ -296,6 +337,21 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
         config["config"][field] = value;
         std::fs::write(&config_path, config.to_string()).expect("write");
         let err = method_from_adapterhub("pfeiffer", dir.path())
+            .expect_err(field)
+            .to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    // PHM layers only as Compacter makes them.
+    for (field, value) in [
+        ("factorized_phm_rule", true),
+        ("shared_phm_rule", false),
+        ("shared_W_phm", true),
+    ] {
+        let mut config = original.clone();
+        config["config"]["phm_layer"] = serde_json::json!(true);
+        config["config"][field] = serde_json::json!(value);
+        std::fs::write(&config_path, config.to_string()).expect("write");
+        let err = read_adapterhub_config(dir.path())
             .expect_err(field)
             .to_string();
         assert!(err.contains(field), "{field}: {err}");
@@ -319,4 +375,41 @@ fn what_kiln_cannot_represent_is_refused_with_the_field() {
         .expect_err("GPT-2")
         .to_string();
     assert!(err.contains("gpt2"), "{err}");
+}
+
+/// Two SeqBn adapters with AdapterHub's heads, composed as AdapterHub composes them: every
+/// block's last hidden state, and the heads' logits of Stack (the last adapter's head).
+#[test]
+fn compositions_give_adapterhubs_outputs() {
+    let dir = fixture_dir("ah-bert-compose");
+    let recorded = read_json(&dir.join("compositions.json"));
+    let mut model = bert(Readout::Cls, 3);
+    for name in ["a", "b"] {
+        let adapter = read_adapterhub_config(&dir.join(name)).expect("config");
+        model.add_adapter(name, &adapter.layout).expect("adds");
+        // The last one loaded leaves its head: b's, the head of Stack(a, b).
+        load_adapterhub(&mut model, name, &dir.join(name)).expect("loads");
+    }
+    for (key, spec) in [
+        ("stack", "stack(a, b)"),
+        ("parallel", "parallel(a, b)"),
+        ("batch_split", "batch-split(a, b; 1, 1)"),
+        // AdapterHub's weights [1, 3] normalised, and divided once more by the number of
+        // adapters as its `mean` does: a weighted sum with 1/8 and 3/8.
+        ("average", "weighted-sum(a, b; 0.125, 0.375)"),
+    ] {
+        let composition = model.parse_composition(spec).expect(spec);
+        model.set_composition(composition).expect(spec);
+        model.check_composition_batch(2).expect(spec);
+        let want = &recorded[key];
+        assert_close(
+            &hidden(&model, &recorded),
+            &want["last_hidden_state"],
+            &recorded,
+            key,
+        );
+        if key == "stack" {
+            assert_close(&logits(&model, &recorded), &want["logits"], &recorded, key);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_data::{LoadedTask, TaskSpec};
 use kiln_models::m2::m2_keys;
 use kiln_models::{
-    Backbone, HeadConfig, M2Bert, M2BertConfig, PaddingSide, Pretrained, Readout,
+    Backbone, BertInput, HeadConfig, M2Bert, M2BertConfig, PaddingSide, Pretrained, Readout,
     SequenceClassifier, TextTokenizer,
 };
 use kiln_testkit::{cpu, fixtures, seeded_section};
@@ -69,8 +69,13 @@ fn a_checkpoint_in_the_reference_layout_loads_to_the_same_outputs() {
             TensorData::new((0..64i64).map(|i| (i * 7) % 167).collect(), [2, 32]),
             &device,
         );
-        let want = values(model.valid().forward(ids.clone(), ids.zeros_like()));
-        let got = values(loaded.forward(ids.clone(), ids.zeros_like()));
+        let input = BertInput {
+            attention_mask: ids.ones_like(),
+            token_type_ids: ids.zeros_like(),
+            input_ids: ids,
+        };
+        let want = values(model.valid().forward(input.clone()));
+        let got = values(loaded.forward(input));
         for (a, b) in want.iter().zip(&got) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }

@@ -39,13 +39,22 @@ impl Registered for HoulsbyConfig {
                                    norms train (Houlsby et al. 2019)";
 
     fn options() -> Vec<MethodOption<Self>> {
-        BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter)
+        let mut options = BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter);
+        options.push(BottleneckOptions::stack_option(
+            |c: &Self| &c.adapter,
+            |c| &mut c.adapter,
+        ));
+        options
     }
 }
 
 impl Method for HoulsbyConfig {
     fn adapter_name(&self) -> Option<&str> {
         Some(&self.adapter.name)
+    }
+
+    fn saved_adapters(&self) -> &[std::path::PathBuf] {
+        &self.adapter.stack_on
     }
 
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
@@ -60,7 +69,7 @@ impl Method for HoulsbyConfig {
             original_ln_before: false,
         };
         let layout = self.adapter.layout(model, slots, 1.0, 0);
-        Ok(model.add_adapter(&self.adapter.name, &layout)?)
+        self.adapter.add(model, &layout)
     }
 
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {

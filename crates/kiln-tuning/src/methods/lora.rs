@@ -23,7 +23,7 @@ use kiln_models::{LoraInit, LowRankConfig, SequenceClassifier};
 
 use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
-use crate::options::{MethodOption, parse_list, show_name};
+use crate::options::{MethodOption, parse_list, probability, show_name};
 use crate::targets::{fill_targets, is_target, projections_named};
 
 /// LoRA's settings (peft's `LoraConfig` names: `r`, `lora_alpha`, `lora_dropout`,
@@ -192,12 +192,7 @@ impl Method for LoraConfig {
 
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         check_rank(self.rank, "LoRA")?;
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(TuningError::Option {
-                option: "lora-dropout",
-                message: format!("{} is not a probability in [0, 1)", self.dropout),
-            });
-        }
+        probability("lora-dropout", self.dropout)?;
         let (_, targets) = self.split_targets(model)?;
         if self.init.mutates_base() {
             let mut model = model.clone();

@@ -25,7 +25,7 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::methods::parallel::{PARALLEL_SLOTS, check_scale, scale_option};
 use crate::options::MethodOption;
-use crate::prompts::prefix_len_option;
+use crate::prompts::{prefix_hidden_option, prefix_len_option};
 
 /// The MAM adapter's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,13 +67,7 @@ impl Registered for MamConfig {
         let mut options = vec![
             prefix_len_option(|c: &Self| c.prefix_len, |c| &mut c.prefix_len),
             scale_option(|c: &Self| c.scale, |c| &mut c.scale),
-            MethodOption::new(
-                "prefix-hidden",
-                "H",
-                "hidden width of the prefix reparameterisation MLP (0: none)",
-                |c: &Self| c.prefix_hidden.to_string(),
-                |c, v| c.prefix_hidden = v,
-            ),
+            prefix_hidden_option(|c: &Self| c.prefix_hidden, |c| &mut c.prefix_hidden),
         ];
         options.extend(BottleneckOptions::options(
             |c: &Self| &c.adapter,

@@ -38,7 +38,12 @@ impl Registered for PfeifferConfig {
         "one bottleneck adapter after each feed-forward (Pfeiffer et al. 2021)";
 
     fn options() -> Vec<MethodOption<Self>> {
-        BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter)
+        let mut options = BottleneckOptions::options(|c: &Self| &c.adapter, |c| &mut c.adapter);
+        options.push(BottleneckOptions::stack_option(
+            |c: &Self| &c.adapter,
+            |c| &mut c.adapter,
+        ));
+        options
     }
 }
 
@@ -55,13 +60,17 @@ impl Method for PfeifferConfig {
         Some(&self.adapter.name)
     }
 
+    fn saved_adapters(&self) -> &[std::path::PathBuf] {
+        &self.adapter.stack_on
+    }
+
     fn check(&self, model: &SequenceClassifier) -> Result<()> {
         self.adapter.check(model)
     }
 
     fn prepare(&self, model: &mut SequenceClassifier) -> Result<()> {
         let layout = self.adapter.layout(model, PFEIFFER_SLOTS, 1.0, 0);
-        Ok(model.add_adapter(&self.adapter.name, &layout)?)
+        self.adapter.add(model, &layout)
     }
 
     fn trainable_patterns(&self, model: &SequenceClassifier) -> Vec<String> {

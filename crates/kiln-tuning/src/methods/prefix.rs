@@ -20,7 +20,9 @@ use crate::error::{Result, TuningError};
 use crate::method::{Method, Registered};
 use crate::methods::prompt::{check_len, set_prefix_positions};
 use crate::options::MethodOption;
-use crate::prompts::{prefix_len_option, prefix_name_option, prefix_positions_option};
+use crate::prompts::{
+    prefix_hidden_option, prefix_len_option, prefix_name_option, prefix_positions_option,
+};
 
 /// Prefix tuning's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,13 +57,7 @@ impl Registered for PrefixTuningConfig {
     fn options() -> Vec<MethodOption<Self>> {
         vec![
             prefix_len_option(|c: &Self| c.len, |c| &mut c.len),
-            MethodOption::new(
-                "prefix-hidden",
-                "H",
-                "prefix: hidden width of the reparameterisation MLP",
-                |c: &Self| c.hidden.to_string(),
-                |c, h| c.hidden = h,
-            ),
+            prefix_hidden_option(|c: &Self| c.hidden, |c| &mut c.hidden),
             prefix_name_option(|c: &Self| &c.name, |c| &mut c.name),
             prefix_positions_option(|c: &Self| c.prefix_positions, |c| &mut c.prefix_positions),
         ]

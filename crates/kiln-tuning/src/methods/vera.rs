@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use kiln_models::{SequenceClassifier, VeraProjections};
 
-use crate::error::{Result, TuningError};
+use crate::error::Result;
 use crate::method::{Method, Registered};
 use crate::methods::lora::check_rank;
-use crate::options::{MethodOption, parse_list};
+use crate::options::{MethodOption, parse_list, probability};
 use crate::targets::{fill_targets, projections_named};
 
 /// VeRA's settings (peft's `VeraConfig` names: `r`, `d_initial`, `projection_prng_key`,
@@ -112,12 +112,7 @@ impl Method for VeraConfig {
     }
 
     fn check(&self, _model: &SequenceClassifier) -> Result<()> {
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(TuningError::Option {
-                option: "vera-dropout",
-                message: format!("{} is not a probability in [0, 1)", self.dropout),
-            });
-        }
+        probability("vera-dropout", self.dropout)?;
         check_rank(self.rank, "VeRA")
     }
 

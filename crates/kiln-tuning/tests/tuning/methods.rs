@@ -2,7 +2,7 @@
 //! track gradients, the trainable count against each method's closed-form formula, and LoRA's
 //! merge and unmerge.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use kiln_models::{BertInput, SequenceClassifier};
 use kiln_testkit::cpu;
@@ -607,12 +607,12 @@ fn with_two_adapters(device: &Device) -> SequenceClassifier {
     for layer in model.bert.as_mut().expect("bert").layers.iter_mut() {
         for adapter in &mut layer.adapters.as_mut().expect("slots").loaded {
             let up = adapter.feed_forward.as_mut().expect("adapter");
-            let shape = up.up.weight.val().dims();
-            up.up.weight = Param::from_tensor(Tensor::random(
+            let shape = up.up.dims();
+            up.up.weight = Some(Param::from_tensor(Tensor::random(
                 shape,
                 Distribution::Normal(0.0, 0.5),
                 device,
-            ));
+            )));
         }
     }
     model
@@ -738,12 +738,12 @@ fn gpt2_prefixes_see_the_same_text_with_left_or_right_padding() {
             .parallel
             .as_mut()
             .expect("parallel");
-        let shape = parallel.up.weight.val().dims();
-        parallel.up.weight = Param::from_tensor(Tensor::random(
+        let shape = parallel.up.dims();
+        parallel.up.weight = Some(Param::from_tensor(Tensor::random(
             shape,
             Distribution::Normal(0.0, 0.5),
             &device,
-        ));
+        )));
     }
     let batch = |ids: Vec<i64>, mask: Vec<i64>| BertInput {
         input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 5]), &device),
@@ -844,7 +844,7 @@ fn fresh_bottleneck_adapters_start_as_adapterhub_initialises_them() {
             .feed_forward
             .as_ref()
             .expect("adapter");
-        for weight in [adapter.down.weight.val(), adapter.up.weight.val()] {
+        for weight in [adapter.down.weight(None), adapter.up.weight(None)] {
             values.extend(weight.into_data().try_to_vec::<f32>().expect("floats"));
         }
         assert!(adapter.original_ln_before, "Pfeiffer reads LN(h + x)");
@@ -1052,4 +1052,191 @@ fn folded_prefixes_give_the_outputs_of_the_prefix_encoder() {
         );
         assert!(model.fold_prefix_encoder("again").is_err());
     }
+}
+
+/// A PHM bottleneck of width `m` with `n = 4`, rank `r`: `2r(h + m) + m + h`.
+fn phm_bottleneck(m: usize, r: usize) -> usize {
+    2 * r * (H + m) + m + H
+}
+
+#[test]
+fn compacter_trains_phm_factors_and_one_shared_rule() {
+    // h/32 = 1 is rounded up to n = 4 on the tiny models (AdapterHub refuses such a width).
+    for fixture_name in ["bert-tiny", "gpt2-tiny"] {
+        let report = check(fixture_name, &method("compacter++", &[]), |p| {
+            p.starts_with("head.") || p.contains(".adapters.loaded.0.")
+        });
+        assert_eq!(
+            report.trainable(),
+            L * phm_bottleneck(4, 1) + 4 * 4 * 4 + HEAD
+        );
+    }
+    let report = check(
+        "bert-tiny",
+        &method("compacter", &[("phm-rank", "2")]),
+        |p| p.starts_with("head.") || p.contains(".adapters.loaded.0."),
+    );
+    assert_eq!(report.trainable(), L * 2 * phm_bottleneck(4, 2) + 64 + HEAD);
+    // The rules live once, in the first layer.
+    let rules: Vec<&str> = report
+        .trainable_paths()
+        .into_iter()
+        .filter(|p| p.ends_with("phm_rule"))
+        .collect();
+    assert_eq!(rules, ["bert.layers.0.adapters.loaded.0.phm_rule"]);
+    let bad = method("compacter++", &[("phm-dim", "5")]);
+    let device = cpu();
+    let err = bad
+        .apply(classifier("bert-tiny", &bad, &device))
+        .expect_err("5 does not divide 32")
+        .to_string();
+    assert!(err.contains("phm-dim"), "{err}");
+}
+
+#[test]
+fn a_phm_weight_is_the_sum_of_kronecker_products_of_rules_and_factors() {
+    use kiln_models::{PhmConfig, PhmWeight};
+    let device = cpu();
+    let config = PhmConfig { dim: 2, rank: 1 };
+    let phm = PhmWeight::init(4, 6, config, &device);
+    let rule = Tensor::<3>::random([2, 2, 2], Distribution::Default, &device);
+    let h: Vec<f32> = phm
+        .weight(rule.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("floats");
+    let w: Vec<f32> = phm
+        .left
+        .val()
+        .matmul(phm.right.val())
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("floats");
+    let s: Vec<f32> = rule.into_data().try_to_vec::<f32>().expect("floats");
+    // H[a·i + p, c·o + q] = Σ_k S[k, a, c] · W[k, p, q], with i = 2, o = 3.
+    let (n, i, o) = (2, 2, 3);
+    for a in 0..n {
+        for p in 0..i {
+            for c in 0..n {
+                for q in 0..o {
+                    let want: f32 = (0..n)
+                        .map(|k| s[k * n * n + a * n + c] * w[k * i * o + p * o + q])
+                        .sum();
+                    let got = h[(a * i + p) * (n * o) + c * o + q];
+                    assert!(
+                        (want - got).abs() < 1e-6,
+                        "H[{a}{p}, {c}{q}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn loreft_trains_its_units_and_edits_only_its_positions() {
+    // p = 3, s = 0: one unit per layer, `2rh + r`.
+    let report = check("bert-tiny", &method("loreft", &[]), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.reft.")
+    });
+    assert_eq!(report.trainable(), L * (2 * H + 1) + HEAD);
+    let options = &[("reft-suffix", "2"), ("reft-rank", "2")];
+    let report = check("gpt2-tiny", &method("loreft", options), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.reft.")
+    });
+    assert_eq!(report.trainable(), L * 2 * (2 * 2 * H + 2) + HEAD);
+    // Tied: one unit edits both groups.
+    let tied = &[("reft-suffix", "2"), ("reft-tied", "true")];
+    let report = check("bert-tiny", &method("loreft", tied), |p| {
+        p.starts_with("head.") || p.contains(".adapters.loaded.0.reft.")
+    });
+    assert_eq!(report.trainable(), L * (2 * H + 1) + HEAD);
+
+    // Only the first p and last s real tokens of each text change, whichever side pads.
+    let device = cpu();
+    let loreft = method("loreft", &[("reft-prefix", "1"), ("reft-suffix", "1")]);
+    let (mut model, _) = loreft
+        .apply(classifier("bert-tiny", &loreft, &device))
+        .expect("applies");
+    let bert_input = one_row(&device, vec![0, 2, 40, 41, 3], vec![0, 1, 1, 1, 1]);
+    let states = |model: &SequenceClassifier| -> Vec<f32> {
+        let bert = model.bert.as_ref().expect("bert");
+        // One layer, so that only that layer's edit shows.
+        let embedded = bert.embed(bert_input.clone());
+        bert.encode_layers(embedded, 0..1)
+            .hidden
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("floats")
+    };
+    let edited = states(&model.valid());
+    model.set_active_adapter(None).expect("off");
+    let plain = states(&model.valid());
+    for position in 0..5 {
+        let row = |v: &[f32]| v[position * H..(position + 1) * H].to_vec();
+        let moved = row(&edited)
+            .iter()
+            .zip(row(&plain))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // Positions 1 (the first real token) and 4 (the last) are edited.
+        if position == 1 || position == 4 {
+            assert!(moved > 1e-4, "position {position} unchanged");
+        } else {
+            assert!(moved < 1e-6, "position {position} moved by {moved}");
+        }
+    }
+}
+
+#[test]
+fn reft_rotations_have_orthonormal_rows() {
+    use kiln_models::reft::orthonormal_rows;
+    let device = cpu();
+    let u = Tensor::<2>::random([3, 8], Distribution::Default, &device);
+    let r = orthonormal_rows(u);
+    let gram: Vec<f32> = r
+        .clone()
+        .matmul(r.transpose())
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("floats");
+    for i in 0..3 {
+        for j in 0..3 {
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!((gram[i * 3 + j] - want).abs() < 1e-5, "{gram:?}");
+        }
+    }
+}
+
+#[test]
+fn unipelt_trains_gated_lora_prefix_and_adapter() {
+    // As AdapterHub counts it on this model: r 8 on query and value, 10 prefix rows through a
+    // 512-wide MLP, m = h/16 = 2, four gates per layer.
+    let report = check("bert-tiny", &method("unipelt", &[]), |p| {
+        p.starts_with("head.")
+            || p.contains(".lora.")
+            || p.contains(".adapters.loaded.0.")
+            || p.contains(".prefix_encoder.")
+    });
+    let per_layer = 2 * (2 * 8 * H + H + 1) + bottleneck(2) + 2 * (H + 1);
+    let prefix = 10 * H + (H * 512 + 512) + (512 * 2 * L * H + 2 * L * H);
+    assert_eq!(report.trainable(), L * per_layer + prefix + HEAD);
+    assert_eq!(L * per_layer + prefix, 85_516);
+    let device = cpu();
+    let unipelt = method("unipelt", &[("prefix-hidden", "16")]);
+    let (mut model, _) = unipelt
+        .apply(classifier("bert-tiny", &unipelt, &device))
+        .expect("applies");
+    let batch = input(&device);
+    let before = model.valid().forward(batch.clone());
+    // Folding the prefix keeps the outputs; the gated deltas never merge into the weights.
+    unipelt.method().after_fit(&mut model).expect("folds");
+    assert_eq!(model.adapters[0].config.prefix_len, 10);
+    let after = model.valid().forward(batch.clone());
+    assert!(max_diff(before.clone(), after) <= 1e-5);
+    let mut merged = model.clone();
+    for (_, projection) in merged.projections_mut() {
+        projection.merge_lora();
+    }
+    assert!(max_diff(before, merged.valid().forward(batch)) <= 1e-5);
 }

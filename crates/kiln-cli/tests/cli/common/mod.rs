@@ -59,3 +59,17 @@ pub fn read_json(file: &Path) -> Value {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     serde_json::from_str(&text).expect("json")
 }
+
+/// The tensor names of a safetensors file (read from its JSON header).
+pub fn tensor_names(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let size = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + size]).expect("header");
+    header
+        .as_object()
+        .expect("an object")
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect()
+}

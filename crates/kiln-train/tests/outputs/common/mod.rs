@@ -48,7 +48,9 @@ pub fn assert_close(got: &[f32], want: &Value, inputs: &Value, what: &str) {
         serde_json::from_value(inputs["attention_mask"].clone()).expect("mask");
     let attended = |i: usize| match shape.as_slice() {
         &[_, positions, width] => {
-            let (row, position) = (i / (positions * width), (i / width) % positions);
+            // A Parallel composition's rows repeat the batch.
+            let row = (i / (positions * width)) % mask.len();
+            let position = (i / width) % positions;
             let virtual_tokens = positions - mask[row].len();
             position < virtual_tokens || mask[row][position - virtual_tokens] == 1
         }
