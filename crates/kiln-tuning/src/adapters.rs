@@ -2,9 +2,9 @@
 //! initialisation, whether layer norms train, the name it is saved under) and the step that puts
 //! one into the model and names what trains.
 
-use serde::{Deserialize, Serialize};
-
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use kiln_models::{
     Activation, AdapterConfig, AdapterInit, Composition, PhmConfig, SequenceClassifier,
