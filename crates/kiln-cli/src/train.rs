@@ -134,9 +134,27 @@ pub struct TrainArgs {
     /// Clip the joint gradient norm (0 turns clipping off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     max_grad_norm: f64,
-    /// Stop after this many epochs without a better validation metric.
+    /// Stop after this many evaluations without a better validation metric.
     #[arg(long)]
     patience: Option<usize>,
+    /// Add up the gradients of N batches of --batch-size before each optimizer step (the step
+    /// of an N-times batch, in N passes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gradient_accumulation: usize,
+    /// Train for N optimizer steps, whatever --epochs says; the schedule spans them.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+    /// Evaluate (keep the best checkpoint, count --patience) every N optimizer steps and at the
+    /// end, instead of after every epoch.
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+    /// Also checkpoint every N optimizer steps, so --resume continues mid-epoch (dropout is then
+    /// re-seeded every step, so such a run's dropout differs from one without).
+    #[arg(long, value_name = "N")]
+    save_every: Option<usize>,
+    /// Write a step record to metrics.jsonl and metrics.csv every N optimizer steps.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    log_every: usize,
     /// How texts become one vector: mean, cls, pooler (BERT) or last (GPT-2) [default: mean
     /// for BERT, last for GPT-2].
     #[arg(long)]
@@ -169,7 +187,8 @@ pub struct TrainArgs {
     /// Run directory [default: a new runs/METHOD-DATE-TIME, UTC].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in --out after its last complete epoch.
+    /// Continue the run in --out after its last checkpoint (an epoch's end, or a --save-every
+    /// step); --epochs or --max-steps may grow, every other setting must match.
     #[arg(long, requires = "out")]
     resume: bool,
 }
@@ -214,6 +233,11 @@ impl TrainArgs {
         // 0 turns clipping off; anything else, negative included, is checked as a norm.
         train.max_grad_norm = (self.max_grad_norm != 0.0).then_some(self.max_grad_norm);
         train.patience = self.patience;
+        train.gradient_accumulation = self.gradient_accumulation;
+        train.max_steps = self.max_steps;
+        train.eval_every = self.eval_every;
+        train.save_every = self.save_every;
+        train.log_every = self.log_every;
         train.seed = self.seed;
         settings.readout = self.readout;
         settings.max_len = self.max_len;

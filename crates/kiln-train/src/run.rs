@@ -790,7 +790,21 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
         )));
     }
     let recorded: RunConfig = read_json(&path)?;
-    if &recorded != run {
+    // A resume may give the run a longer budget (more epochs, or more steps); nothing else.
+    let mut comparable = recorded.clone();
+    let (had, asked) = (&recorded.train, &run.train);
+    let longer = match (had.max_steps, asked.max_steps) {
+        (None, None) => asked.epochs >= had.epochs,
+        (Some(had_steps), Some(asked_steps)) => {
+            asked_steps >= had_steps && asked.epochs == had.epochs
+        }
+        _ => false,
+    };
+    if longer {
+        comparable.train.epochs = asked.epochs;
+        comparable.train.max_steps = asked.max_steps;
+    }
+    if &comparable != run {
         let mut differences = Vec::new();
         json_differences(
             "",
@@ -800,10 +814,20 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
         );
         return Err(TrainError::Invalid(format!(
             "{} holds a run with other settings or inputs ({}); resume it with the same \
-             options and files",
+             options and files (only --epochs or --max-steps may grow)",
             dir.display(),
             differences.join(", ")
         )));
+    }
+    if &recorded != run {
+        eprintln!(
+            "resuming with a longer budget: {}",
+            match run.train.max_steps {
+                Some(steps) => format!("--max-steps {steps}"),
+                None => format!("--epochs {}", run.train.epochs),
+            }
+        );
+        write_json(&path, run)?;
     }
     Ok(())
 }

@@ -268,8 +268,13 @@ fn runs_keep_one_writer_their_inputs_and_their_history() {
     // A resumed run keeps exactly the history up to its last checkpoint.
     let log = run.join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&log).expect("log");
-    text.push_str("{\"record\":\"step\",\"epoch\":2,\"step\":999,\"loss\":1.0}\n");
-    text.push_str("{\"record\":\"epoch\",\"data\":{\"epoch\":2}}\n");
+    for record in ["step", "epoch"] {
+        text.push_str(&format!(
+            "{{\"record\":\"{record}\",\"epoch\":2,\"step\":999,\"train_loss\":1.0,\
+             \"learning_rate\":null,\"tokens_per_second\":null,\"validation\":null,\
+             \"seconds\":null}}\n"
+        ));
+    }
     std::fs::write(&log, text).expect("write");
     succeeds(&resume);
     let epochs = std::fs::read_to_string(&log)

@@ -1,6 +1,6 @@
 //! `kiln train`, `kiln eval` and `kiln methods` end to end on the tiny fixtures.
 
-use crate::common::{fixtures, kiln, path, read_json};
+use crate::common::{fixtures, kiln, path, quick_train_args, read_json};
 
 use serde_json::Value;
 
@@ -843,4 +843,55 @@ fn training_starts_from_an_adapterhub_adapter_and_exports_to_adapterhub() {
     ];
     let (ok, _, stderr) = train_fixture("bert-tiny", &dir.path().join("par"), &options);
     assert!(!ok && stderr.contains("--method houlsby"), "{stderr}");
+}
+
+/// `--resume` may give a finished run more epochs; any other change is refused, naming it. Both
+/// logs hold one record per line with the same fields.
+#[test]
+fn a_run_resumes_with_more_epochs_and_refuses_other_changes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = dir.path().join("run");
+    let model = fixtures().join("bert-tiny");
+    let task = fixtures().join("tasks").join("fire-water.csv");
+    // The quick run's arguments with `--epochs` last, so that a resume can change it.
+    let args = |epochs: &'static str| {
+        let mut args = quick_train_args(path(&model), path(&task));
+        let at = args
+            .iter()
+            .position(|a| *a == "--epochs")
+            .expect("--epochs");
+        args.drain(at..at + 2);
+        args.extend(["--log-every", "1", "--out", path(&run), "--epochs", epochs]);
+        args
+    };
+    let (ok, _, stderr) = kiln(&args("1"));
+    assert!(ok, "{stderr}");
+    let with = |extra: &[&'static str]| {
+        let epochs = extra[1];
+        let mut resumed = args(epochs);
+        resumed.extend(&extra[2..]);
+        resumed.push("--resume");
+        kiln(&resumed)
+    };
+    let (ok, _, stderr) = with(&["--epochs", "2"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("longer budget: --epochs 2"), "{stderr}");
+    let state = read_json(&run.join("state.json"));
+    assert_eq!(state["completed_epochs"], 2);
+    assert_eq!(read_json(&run.join("run.json"))["train"]["epochs"], 2);
+    let (ok, _, stderr) = with(&["--epochs", "2", "--lr", "0.5"]);
+    assert!(!ok);
+    assert!(stderr.contains("train.lr"), "{stderr}");
+    let (ok, _, stderr) = with(&["--epochs", "1"]);
+    assert!(!ok);
+    assert!(stderr.contains("train.epochs: 2 -> 1"), "{stderr}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let epochs = records.iter().filter(|r| r["record"] == "epoch").count();
+    assert_eq!(epochs, 2);
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), records.len() + 1, "{csv}");
 }

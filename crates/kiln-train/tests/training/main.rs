@@ -6,4 +6,5 @@
 mod fpt;
 mod m2;
 mod pretrain;
+mod steps;
 mod training;
