@@ -181,6 +181,14 @@ fn print_predictions(task: Option<&str>, rows: &[InputRow], predictions: &[Predi
                 println!("{task}{id}{label}\t{p:.4}\t{}", row.text);
             }
             Prediction::Value(score) => println!("{task}{id}{score:.6}\t{}", row.text),
+            Prediction::Labels { labels, .. } => {
+                let labels = if labels.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    labels.join("|")
+                };
+                println!("{task}{id}{labels}\t{}", row.text);
+            }
         }
     }
 }

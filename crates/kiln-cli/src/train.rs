@@ -65,8 +65,16 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub columns: ColumnArgs,
     /// The table's labels are real numbers (regression).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "multi_label")]
     regression: bool,
+    /// Any number of labels per row: a label cell split by --label-separator, or a JSON list
+    /// (JSONL files whose labels are lists are multi-label without this flag). Sigmoid outputs
+    /// and binary cross-entropy; micro/macro F1 and subset accuracy.
+    #[arg(long)]
+    multi_label: bool,
+    /// What splits a multi-label cell [default: |].
+    #[arg(long, requires = "multi_label")]
+    label_separator: Option<String>,
     /// GLUE task of a GLUE directory (sst2, cola, mrpc, rte, sts-b) [default: the directory name].
     #[arg(long)]
     glue: Option<String>,
@@ -78,6 +86,8 @@ impl TaskArgs {
             validation: self.validation_task.clone(),
             test: self.test_task.clone(),
             regression: self.regression,
+            multi_label: self.multi_label,
+            label_separator: self.label_separator.clone(),
             glue: self.glue.clone(),
             ..self.columns.spec(self.task.clone())
         }
@@ -155,6 +165,11 @@ pub struct TrainArgs {
     /// Write a step record to metrics.jsonl and metrics.csv every N optimizer steps.
     #[arg(long, value_name = "N", default_value_t = 10)]
     log_every: usize,
+    /// Multi-label: predict a label where its probability is above T [default: the threshold
+    /// with the best validation micro-F1, tuned after training; evaluations during training use
+    /// 0.5].
+    #[arg(long, value_name = "T")]
+    threshold: Option<f64>,
     /// How texts become one vector: mean, cls, pooler (BERT) or last (GPT-2) [default: mean
     /// for BERT, last for GPT-2].
     #[arg(long)]
@@ -250,6 +265,12 @@ impl TrainArgs {
             saved: self.fisher.clone(),
             batches: self.fisher_batches,
         };
+        if let Some(threshold) = self.threshold
+            && !(threshold > 0.0 && threshold < 1.0)
+        {
+            bail!("--threshold {threshold}: a probability strictly between 0 and 1");
+        }
+        settings.threshold = self.threshold;
         settings.device = device;
         Ok(settings)
     }
@@ -298,7 +319,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
     let data = match &args.task {
-        Some(path) => EvalData::File(args.columns.spec(path.clone())),
+        Some(path) => EvalData::File(Box::new(args.columns.spec(path.clone()))),
         None => EvalData::Split(args.split.parse()?),
     };
     let evaluation = evaluate_run(

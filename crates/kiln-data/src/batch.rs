@@ -25,6 +25,9 @@ pub fn make_batch(tokenizer: &TextTokenizer, examples: &[&TextExample]) -> Resul
         .collect();
     Ok(TextBatch {
         encoded: tokenizer.encode_batch(&inputs)?,
-        targets: examples.iter().map(|example| example.target).collect(),
+        targets: examples
+            .iter()
+            .map(|example| example.target.clone())
+            .collect(),
     })
 }

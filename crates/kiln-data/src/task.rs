@@ -42,6 +42,13 @@ pub struct TaskSpec {
     pub label_column: Option<String>,
     /// Labels are real numbers (tables).
     pub regression: bool,
+    /// Any number of labels per row (tables): a JSON list, or a cell split by
+    /// `label_separator`.
+    #[serde(default)]
+    pub multi_label: bool,
+    /// What splits a multi-label cell; `|` when not given.
+    #[serde(default)]
+    pub label_separator: Option<String>,
     /// GLUE task name for a GLUE directory; defaults to the directory's name.
     pub glue: Option<String>,
     /// WHATWG label of the files' encoding when they are not UTF-8.
@@ -61,6 +68,8 @@ impl TaskSpec {
             pair_column: None,
             label_column: None,
             regression: false,
+            multi_label: false,
+            label_separator: None,
             glue: None,
             encoding: None,
             skip_bad_rows: false,
@@ -90,7 +99,7 @@ impl LoadedTask {
     /// Outputs the model's head needs: the classes, or one for regression.
     pub fn num_outputs(&self) -> usize {
         match &self.kind {
-            TaskKind::Classification { labels } => labels.len(),
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => labels.len(),
             TaskKind::Regression => 1,
         }
     }
@@ -222,6 +231,10 @@ impl TaskSpec {
                     "{}: class folders, but the task is a regression",
                     path.display()
                 ))),
+                Some(TaskKind::MultiLabel { .. }) => Err(DataError::InvalidInput(format!(
+                    "{}: class folders hold one class per document, but the task is multi-label",
+                    path.display()
+                ))),
             };
         }
         if !path.is_file() {
@@ -236,8 +249,16 @@ impl TaskSpec {
         );
         spec.pair_column = self.pair_column.clone();
         spec.regression = self.regression;
+        spec.multi_label = self.multi_label;
+        spec.label_separator = self
+            .multi_label
+            .then(|| self.label_separator.clone().unwrap_or_else(|| "|".into()));
         match labels_of {
             Some(TaskKind::Classification { labels }) => spec.labels = Some(labels.clone()),
+            Some(TaskKind::MultiLabel { labels }) => {
+                spec.multi_label = true;
+                spec.labels = Some(labels.clone());
+            }
             Some(TaskKind::Regression) => spec.regression = true,
             None => {}
         }
@@ -249,6 +270,7 @@ impl TaskSpec {
             || self.pair_column.is_some()
             || self.label_column.is_some()
             || self.regression
+            || self.multi_label
     }
 
     fn load_glue(&self, dir: &Path, options: ReadOptions, seed: u64) -> Result<LoadedTask> {

@@ -14,28 +14,43 @@ use encoding_rs::Encoding;
 use crate::error::{DataError, Result};
 
 /// What a model is asked to predict for one example.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     /// Index into [`TaskKind::Classification`]'s labels.
     Class(usize),
     /// A real-valued score (STS-B).
     Score(f32),
+    /// Indices into [`TaskKind::MultiLabel`]'s labels, ascending: every label that applies
+    /// (none, one or several).
+    Labels(Vec<usize>),
 }
 
 impl Target {
-    /// The class index a classification loss or metric reads (a score is truncated).
+    /// The class index a classification loss or metric reads (a score is truncated; a label
+    /// set gives its first label, 0 when empty: what a stratified split sorts it by).
     pub fn class_index(&self) -> usize {
-        match *self {
-            Target::Class(c) => c,
-            Target::Score(s) => s as usize,
+        match self {
+            Target::Class(c) => *c,
+            Target::Score(s) => *s as usize,
+            Target::Labels(labels) => labels.first().copied().unwrap_or(0),
         }
     }
 
     /// The value a regression loss or metric reads.
     pub fn score(&self) -> f32 {
-        match *self {
-            Target::Score(s) => s,
-            Target::Class(c) => c as f32,
+        match self {
+            Target::Score(s) => *s,
+            Target::Class(c) => *c as f32,
+            Target::Labels(labels) => labels.len() as f32,
+        }
+    }
+
+    /// Whether label `index` applies: one-hot for a class, the set for multi-label.
+    pub fn has_label(&self, index: usize) -> bool {
+        match self {
+            Target::Class(c) => *c == index,
+            Target::Labels(labels) => labels.binary_search(&index).is_ok(),
+            Target::Score(_) => false,
         }
     }
 }
@@ -61,6 +76,21 @@ pub enum TaskKind {
     },
     /// A real number.
     Regression,
+    /// Any number of labels per example (sigmoid outputs, one per label).
+    MultiLabel {
+        /// Label names, in index order.
+        labels: Vec<String>,
+    },
+}
+
+impl TaskKind {
+    /// The label names of a classification or multi-label task (none for regression).
+    pub fn labels(&self) -> &[String] {
+        match self {
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => labels,
+            TaskKind::Regression => &[],
+        }
+    }
 }
 
 /// A row (or document) a reader left out because the user asked it to skip bad rows.
@@ -96,21 +126,24 @@ impl TextDataset {
         self.examples.is_empty()
     }
 
-    /// Classes of a classification set; `None` for regression.
+    /// Classes of a classification set (labels of a multi-label one); `None` for regression.
     pub fn num_classes(&self) -> Option<usize> {
         match &self.task {
-            TaskKind::Classification { labels } => Some(labels.len()),
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => {
+                Some(labels.len())
+            }
             TaskKind::Regression => None,
         }
     }
 
-    /// Class index of every example (regression datasets have none).
+    /// Class index of every example, what a stratified split sorts by (a multi-label example's
+    /// first label); regression datasets have none.
     pub fn classes(&self) -> Option<Vec<usize>> {
         self.examples
             .iter()
             .map(|e| match e.target {
-                Target::Class(c) => Some(c),
                 Target::Score(_) => None,
+                _ => Some(e.target.class_index()),
             })
             .collect()
     }
@@ -415,6 +448,11 @@ pub struct TableSpec {
     pub label_column: String,
     /// Labels are real numbers (regression) rather than class names.
     pub regression: bool,
+    /// Any number of labels per row (multi-label): a JSON array label, or a cell split by
+    /// `label_separator`. A file whose JSONL labels are lists is multi-label without it.
+    pub multi_label: bool,
+    /// What splits a multi-label cell (`|` in `fire|kiln`).
+    pub label_separator: Option<String>,
     /// Class names in index order; `None` takes the sorted distinct labels of the file.
     pub labels: Option<Vec<String>>,
 }
@@ -427,9 +465,27 @@ impl TableSpec {
             pair_column: None,
             label_column: label_column.into(),
             regression: false,
+            multi_label: false,
+            label_separator: None,
             labels: None,
         }
     }
+}
+
+/// A raw label's names as a multi-label cell holds them: a JSON array of strings (`["a", "b"]`,
+/// `[]`), or the text split by `separator`; `None` when it is neither.
+fn label_list(raw: &str, separator: Option<&str>) -> Option<Vec<String>> {
+    if raw.starts_with('[')
+        && let Ok(list) = serde_json::from_str::<Vec<String>>(raw)
+    {
+        return Some(list.into_iter().map(|l| l.trim().to_string()).collect());
+    }
+    separator.map(|sep| {
+        raw.split(sep)
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
 }
 
 /// One raw row: line number and its named fields.
@@ -710,6 +766,7 @@ fn extract(
     }
     let pair = spec.pair_column.as_deref().map(get).transpose()?;
     let label = get(&spec.label_column)?.trim().to_string();
+    // `[]` is a multi-label row with no label; an empty cell is a missing label.
     if label.is_empty() {
         return Err(format!(
             "empty or null label in column `{}`",
@@ -747,8 +804,32 @@ fn rows_to_dataset(
             good.push((row.line, value));
         }
     }
+    // Multi-label when asked for, or when a JSONL label is a list.
+    let multi_label = spec.multi_label
+        || (!spec.regression
+            && good.iter().any(|(_, (_, _, label))| {
+                label.starts_with('[') && label_list(label, None).is_some()
+            }));
+    let separator = spec.label_separator.as_deref();
     let task = if spec.regression {
         TaskKind::Regression
+    } else if multi_label {
+        let labels = match &spec.labels {
+            Some(labels) => labels.clone(),
+            None => good
+                .iter()
+                .flat_map(|(_, (_, _, label))| label_list(label, separator).unwrap_or_default())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        if labels.is_empty() {
+            return Err(DataError::InvalidInput(format!(
+                "{}: no row names any label",
+                path.display()
+            )));
+        }
+        TaskKind::MultiLabel { labels }
     } else {
         let labels = match &spec.labels {
             Some(labels) => labels.clone(),
@@ -802,12 +883,38 @@ fn rows_to_dataset(
                         labels.join(", ")
                     )
                 }),
+            TaskKind::MultiLabel { labels } => multi_label_target(&label, separator, labels),
         };
         if let Some(target) = sink.accept(line, target)? {
             examples.push(TextExample { text, pair, target });
         }
     }
     finish(path, task, examples, sink.skipped)
+}
+
+/// A multi-label cell's target: the indices of its labels in `labels`, or an error naming the
+/// first unknown one.
+fn multi_label_target(
+    raw: &str,
+    separator: Option<&str>,
+    labels: &[String],
+) -> std::result::Result<Target, String> {
+    let names = label_list(raw, separator).ok_or_else(|| {
+        format!("label `{raw}` is not a JSON list of labels (and no --label-separator is set)")
+    })?;
+    let mut indices = Vec::with_capacity(names.len());
+    for name in &names {
+        let index = labels.iter().position(|l| l == name).ok_or_else(|| {
+            format!(
+                "unknown label `{name}` (expected any of: {})",
+                labels.join(", ")
+            )
+        })?;
+        indices.push(index);
+    }
+    indices.sort_unstable();
+    indices.dedup();
+    Ok(Target::Labels(indices))
 }
 
 /// Every label of `rows` outside `labels`, with its row count, in one error: a held-out file

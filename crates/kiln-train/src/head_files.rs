@@ -31,6 +31,13 @@ pub struct HeadFile {
     pub hidden_layers: usize,
     /// The class names in output order; `None` for regression.
     pub labels: Option<Vec<String>>,
+    /// The labels are a multi-label task's: each output's sigmoid is its label's probability,
+    /// and the labels above `threshold` apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_label: bool,
+    /// A multi-label task's decision threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// Tokens per text the run used, special tokens included.
     pub max_len: usize,
     /// Virtual tokens a prompt puts before the text (their states are not read out).
@@ -103,6 +110,12 @@ pub fn readme(
 ) -> String {
     let gpt2 = model.gpt2.is_some();
     let classes = match &head.labels {
+        Some(labels) if head.multi_label => format!(
+            "multi-label, {} labels (sigmoid outputs, threshold {}): {}",
+            labels.len(),
+            head.threshold.unwrap_or(0.5),
+            labels.join(", ")
+        ),
         Some(labels) => format!("{} classes: {}", labels.len(), labels.join(", ")),
         None => "regression (one score)".into(),
     };
@@ -230,10 +243,23 @@ pub fn readme(
         text.push_str("        return out.logits\n");
     }
     text.push_str(
-        "\n\ndef kiln_predict(texts, pairs=None):\n    logits = kiln_logits(texts, pairs)\n    \
-         if not LABELS:\n        return logits[:, 0].tolist()\n    return [LABELS[i] for i in \
-         logits.argmax(-1).tolist()]\n```\n\nWith `FOLDER` set to this folder's path, \
-         `kiln_predict` gives the labels `kiln predict --run RUN` gives.\n",
+        "\n\ndef kiln_predict(texts, pairs=None):\n    logits = kiln_logits(texts, pairs)\n",
+    );
+    if head.multi_label {
+        text.push_str(&format!(
+            "    probabilities = torch.sigmoid(logits).tolist()\n    return [[label for label, \
+             p in zip(LABELS, row) if p > {}] for row in probabilities]\n",
+            head.threshold.unwrap_or(0.5)
+        ));
+    } else {
+        text.push_str(
+            "    if not LABELS:\n        return logits[:, 0].tolist()\n    return [LABELS[i] for \
+             i in logits.argmax(-1).tolist()]\n",
+        );
+    }
+    text.push_str(
+        "```\n\nWith `FOLDER` set to this folder's path, `kiln_predict` gives the labels `kiln \
+         predict --run RUN` gives.\n",
     );
     text
 }

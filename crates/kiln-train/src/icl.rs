@@ -426,6 +426,7 @@ pub fn run_icl(task: &TaskSpec, args: &IclSettings, choice: DeviceChoice) -> Res
         seconds_per_epoch: started.elapsed().as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
         device: choice.to_string(),
+        threshold: None,
     };
     write_json(&args.out.join("summary.json"), &summary)?;
     let (name, value) = metrics.primary();

@@ -39,14 +39,34 @@ pub struct MergedCheckpoint {
     pub merged_deltas: usize,
 }
 
+/// What a sequence classifier's outputs mean, for HF's config: class names, or a multi-label
+/// task's label names (written with `problem_type: multi_label_classification`, which makes
+/// transformers' sequence classifiers use a sigmoid per label and BCE).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadLabels<'a> {
+    /// One class per text.
+    Classes(&'a [String]),
+    /// Any number of labels per text.
+    MultiLabel(&'a [String]),
+}
+
+impl<'a> HeadLabels<'a> {
+    fn names(self) -> &'a [String] {
+        match self {
+            HeadLabels::Classes(names) | HeadLabels::MultiLabel(names) => names,
+        }
+    }
+}
+
 /// Writes `model` with its deltas merged to `out`, taking `config.json` and the tokenizer files
 /// from `base_dir` (the directory the model was loaded from); a sequence classifier's
-/// `id2label` names the classes `labels` (`LABEL_0`, ... without).
+/// `id2label` names the `labels` (`LABEL_0`, ... without; no labels and one output is a
+/// regression).
 pub fn save_merged(
     model: &SequenceClassifier,
     base_dir: &Path,
     out: &Path,
-    labels: Option<&[String]>,
+    labels: Option<HeadLabels>,
 ) -> Result<MergedCheckpoint> {
     let extra = [
         (!model.adapters.is_empty(), "adapters"),
@@ -143,7 +163,7 @@ pub fn save_merged(
         let outputs = model.head.output.weight.lazy_shape().dims::<2>()[1];
         let name = |i: usize| {
             labels
-                .and_then(|l| l.get(i).cloned())
+                .and_then(|l| l.names().get(i).cloned())
                 .unwrap_or_else(|| format!("LABEL_{i}"))
         };
         let names: serde_json::Map<String, serde_json::Value> = (0..outputs)
@@ -152,8 +172,14 @@ pub fn save_merged(
         let ids: serde_json::Map<String, serde_json::Value> =
             (0..outputs).map(|i| (name(i), i.into())).collect();
         fields.insert("num_labels".into(), outputs.into());
-        if labels.is_none() && outputs == 1 {
-            fields.insert("problem_type".into(), "regression".into());
+        match labels {
+            None if outputs == 1 => {
+                fields.insert("problem_type".into(), "regression".into());
+            }
+            Some(HeadLabels::MultiLabel(_)) => {
+                fields.insert("problem_type".into(), "multi_label_classification".into());
+            }
+            _ => {}
         }
         fields.insert("id2label".into(), names.into());
         fields.insert("label2id".into(), ids.into());

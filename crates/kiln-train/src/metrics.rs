@@ -1,5 +1,6 @@
 //! Task metrics: accuracy, macro-F1 and Matthews correlation for classification; Pearson and
-//! Spearman correlation for regression.
+//! Spearman correlation for regression; micro- and macro-F1 and subset accuracy for multi-label
+//! classification, at a decision threshold that can be tuned on validation data.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,15 @@ pub struct Metrics {
     /// Spearman rank correlation (regression).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub spearman: Option<f64>,
+    /// F1 over every (example, label) decision together (multi-label).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub micro_f1: Option<f64>,
+    /// Share of examples whose predicted labels are exactly their labels (multi-label).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subset_accuracy: Option<f64>,
+    /// The probability above which a label is predicted (multi-label).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub threshold: Option<f64>,
 }
 
 impl Metrics {
@@ -38,8 +48,7 @@ impl Metrics {
             accuracy: Some(accuracy(predicted, actual)),
             macro_f1: Some(macro_f1(predicted, actual, classes)),
             mcc: Some(matthews(predicted, actual, classes)),
-            pearson: None,
-            spearman: None,
+            ..Self::loss_only(loss)
         }
     }
 
@@ -52,11 +61,16 @@ impl Metrics {
             mcc: None,
             pearson: Some(pearson(predicted, actual)),
             spearman: Some(spearman(predicted, actual)),
+            ..Self::loss_only(loss)
         }
     }
 
     /// A language model's held-out next-token loss; its perplexity is `exp(loss)`.
     pub fn language_model(loss: f64) -> Self {
+        Self::loss_only(loss)
+    }
+
+    fn loss_only(loss: f64) -> Self {
         Self {
             loss,
             accuracy: None,
@@ -64,6 +78,64 @@ impl Metrics {
             mcc: None,
             pearson: None,
             spearman: None,
+            micro_f1: None,
+            subset_accuracy: None,
+            threshold: None,
+        }
+    }
+
+    /// Multi-label metrics of label probabilities `probabilities[example][label]` against the
+    /// actual label sets `actual[example][label]`, a label predicted where its probability is
+    /// above `threshold`.
+    pub fn multi_label(
+        loss: f64,
+        probabilities: &[Vec<f32>],
+        actual: &[Vec<bool>],
+        threshold: f64,
+    ) -> Self {
+        let predicted: Vec<Vec<bool>> = probabilities
+            .iter()
+            .map(|row| row.iter().map(|&p| f64::from(p) > threshold).collect())
+            .collect();
+        let labels = actual.first().map_or(0, Vec::len);
+        // Per label: true positives, false positives, false negatives.
+        let mut counts = vec![(0.0, 0.0, 0.0); labels];
+        let mut exact = 0usize;
+        for (p, a) in predicted.iter().zip(actual) {
+            exact += usize::from(p == a);
+            for (label, (&p, &a)) in p.iter().zip(a).enumerate() {
+                let c = &mut counts[label];
+                match (p, a) {
+                    (true, true) => c.0 += 1.0,
+                    (true, false) => c.1 += 1.0,
+                    (false, true) => c.2 += 1.0,
+                    (false, false) => {}
+                }
+            }
+        }
+        let f1 = |(tp, fp, fn_): (f64, f64, f64)| {
+            let denominator = 2.0 * tp + fp + fn_;
+            if denominator > 0.0 {
+                2.0 * tp / denominator
+            } else {
+                0.0
+            }
+        };
+        let total = counts
+            .iter()
+            .fold((0.0, 0.0, 0.0), |t, c| (t.0 + c.0, t.1 + c.1, t.2 + c.2));
+        // As the single-label macro-F1: over the labels that occur in truth or prediction.
+        let occurring: Vec<f64> = counts
+            .iter()
+            .filter(|c| c.0 + c.1 + c.2 > 0.0)
+            .map(|&c| f1(c))
+            .collect();
+        Self {
+            macro_f1: Some(occurring.iter().sum::<f64>() / occurring.len().max(1) as f64),
+            micro_f1: Some(f1(total)),
+            subset_accuracy: Some(exact as f64 / actual.len().max(1) as f64),
+            threshold: Some(threshold),
+            ..Self::loss_only(loss)
         }
     }
 
@@ -73,14 +145,32 @@ impl Metrics {
     }
 
     /// The metric early stopping and best-checkpoint keeping follow (higher is better):
-    /// accuracy for classification, Pearson for regression.
+    /// accuracy for classification, Pearson for regression, micro-F1 for multi-label.
     pub fn primary(&self) -> (&'static str, f64) {
-        match (self.accuracy, self.pearson) {
-            (Some(acc), _) => ("accuracy", acc),
-            (None, Some(r)) => ("pearson", r),
-            (None, None) => ("negative loss", -self.loss),
+        match (self.accuracy, self.pearson, self.micro_f1) {
+            (Some(acc), _, _) => ("accuracy", acc),
+            (None, Some(r), _) => ("pearson", r),
+            (None, None, Some(f1)) => ("micro_f1", f1),
+            (None, None, None) => ("negative loss", -self.loss),
         }
     }
+}
+
+/// The threshold in 0.05, 0.10, ..., 0.95 with the best micro-F1 of `probabilities` against
+/// `actual` (the lowest of equals): a multi-label run's decision threshold, tuned on its
+/// validation data.
+pub fn tune_threshold(probabilities: &[Vec<f32>], actual: &[Vec<bool>]) -> f64 {
+    let mut best = (0.5, f64::MIN);
+    for step in 1..20 {
+        let threshold = f64::from(step) * 0.05;
+        let f1 = Metrics::multi_label(0.0, probabilities, actual, threshold)
+            .micro_f1
+            .unwrap_or(0.0);
+        if f1 > best.1 + 1e-12 {
+            best = (threshold, f1);
+        }
+    }
+    best.0
 }
 
 /// Share of predictions equal to the actual class.
@@ -196,6 +286,37 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    /// Three examples, three labels, worked by hand (scikit-learn's `f1_score(average=...)`
+    /// gives the same on these arrays, every label occurring).
+    #[test]
+    fn multi_label_metrics_count_every_decision() {
+        let probabilities = vec![
+            vec![0.9, 0.2, 0.6], // predicted {0, 2}
+            vec![0.1, 0.8, 0.4], // predicted {1}
+            vec![0.7, 0.7, 0.1], // predicted {0, 1}
+        ];
+        let actual = vec![
+            vec![true, false, true],  // exact
+            vec![false, true, true],  // misses 2
+            vec![true, false, false], // adds 1
+        ];
+        let m = Metrics::multi_label(0.3, &probabilities, &actual, 0.5);
+        // tp: 0→2, 1→1, 2→1 (4); fp: label 1 once; fn: label 2 once.
+        assert!(close(m.micro_f1.expect("micro-F1"), 8.0 / 10.0));
+        // Per label: F1 1, 2/3, 2/3.
+        assert!(close(
+            m.macro_f1.expect("macro-F1"),
+            (1.0 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0
+        ));
+        assert!(close(
+            m.subset_accuracy.expect("subset accuracy"),
+            1.0 / 3.0
+        ));
+        assert_eq!(m.primary().0, "micro_f1");
+        // A lower threshold catches the missed label 2 of the second example (0.4).
+        assert!(close(tune_threshold(&probabilities, &actual), 0.25));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct ParallelTasks {
     pub adapters: Vec<String>,
     /// What each task's head predicts.
     pub kinds: Vec<TaskKind>,
+    /// Each task's multi-label decision threshold (0.5 for tasks not loaded from runs).
+    pub thresholds: Vec<f64>,
     /// Each task's data settings (columns, encoding), when loaded from runs.
     pub specs: Vec<TaskSpec>,
     /// Texts per forward pass: the first run's evaluation batch size (32 for tasks not loaded
@@ -96,6 +98,7 @@ impl ParallelTasks {
             model: base,
             heads,
             adapters,
+            thresholds: vec![0.5; kinds.len()],
             kinds,
             specs: Vec::new(),
             batch_size: 32,
@@ -109,6 +112,7 @@ impl ParallelTasks {
         let mut names = Vec::new();
         let mut models = Vec::new();
         let mut kinds = Vec::new();
+        let mut thresholds = Vec::new();
         let mut specs = Vec::new();
         let mut batch_size = None;
         let mut tokenizer = None;
@@ -147,6 +151,7 @@ impl ParallelTasks {
             names.push(name);
             models.push(model);
             kinds.push(run.kind);
+            thresholds.push(run.threshold);
         }
         let tokenizer = tokenizer
             .ok_or_else(|| TrainError::Invalid("parallel tasks need at least one run".into()))?;
@@ -159,6 +164,7 @@ impl ParallelTasks {
         let mut tasks = Self::new(names, models, kinds, tokenizer)?;
         tasks.set_adapter_drop(drop)?;
         tasks.specs = specs;
+        tasks.thresholds = thresholds;
         tasks.batch_size = batch_size.unwrap_or(tasks.batch_size);
         Ok(tasks)
     }
@@ -214,6 +220,7 @@ impl ParallelTasks {
             adapters: self.adapters.clone(),
             names: self.names.clone(),
             kinds: self.kinds.clone(),
+            thresholds: self.thresholds.clone(),
             specs: self.specs.clone(),
             batch_size: self.batch_size,
             tokenizer: self.tokenizer.clone(),
@@ -222,8 +229,11 @@ impl ParallelTasks {
         for chunk in inputs.chunks(batch_size.max(1)) {
             let encoded = self.tokenizer.encode_batch(chunk)?;
             let outputs = tasks.forward(encoded.bert_input(device));
-            for ((task, outputs), kind) in predictions.iter_mut().zip(outputs).zip(&self.kinds) {
-                task.extend(predictions_of(outputs, kind)?);
+            let tasks_kinds = self.kinds.iter().zip(&self.thresholds);
+            for ((task, outputs), (kind, &threshold)) in
+                predictions.iter_mut().zip(outputs).zip(tasks_kinds)
+            {
+                task.extend(predictions_of(outputs, kind, threshold)?);
             }
         }
         Ok(predictions)

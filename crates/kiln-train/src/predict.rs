@@ -25,6 +25,14 @@ pub enum Prediction {
     },
     /// A regression's value.
     Value(f32),
+    /// A multi-label task's labels above the threshold, with every label's probability in label
+    /// order.
+    Labels {
+        /// The labels predicted.
+        labels: Vec<String>,
+        /// Every label's probability, in label order.
+        probabilities: Vec<f32>,
+    },
 }
 
 /// A model ready for inference: the network, its tokenizer and what its outputs mean.
@@ -39,6 +47,8 @@ pub struct Predictor<'a> {
     pub device: &'a Device,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// A multi-label task's decision threshold.
+    pub threshold: f64,
 }
 
 impl Predictor<'_> {
@@ -48,7 +58,7 @@ impl Predictor<'_> {
         for chunk in inputs.chunks(self.batch_size.max(1)) {
             let encoded = self.tokenizer.encode_batch(chunk)?;
             let outputs = self.model.forward(encoded.bert_input(self.device));
-            predictions.extend(predictions_of(outputs, self.kind)?);
+            predictions.extend(predictions_of(outputs, self.kind, self.threshold)?);
         }
         Ok(predictions)
     }
@@ -60,11 +70,17 @@ impl Predictor<'_> {
     }
 }
 
-/// What a head's outputs `[batch, outputs]` for a task of `kind` say about each text.
-pub fn predictions_of(outputs: Tensor<2>, kind: &TaskKind) -> Result<Vec<Prediction>> {
+/// What a head's outputs `[batch, outputs]` for a task of `kind` say about each text (a
+/// multi-label task's labels those whose probability is above `threshold`).
+pub fn predictions_of(
+    outputs: Tensor<2>,
+    kind: &TaskKind,
+    threshold: f64,
+) -> Result<Vec<Prediction>> {
     let [_, width] = outputs.dims();
     let scores = match kind {
         TaskKind::Classification { .. } => burn::tensor::activation::softmax(outputs, 1),
+        TaskKind::MultiLabel { .. } => burn::tensor::activation::sigmoid(outputs),
         TaskKind::Regression => outputs,
     };
     let values: Vec<f32> = scores
@@ -86,6 +102,15 @@ pub fn predictions_of(outputs: Tensor<2>, kind: &TaskKind) -> Result<Vec<Predict
                     probabilities: row.to_vec(),
                 }
             }
+            TaskKind::MultiLabel { labels } => Prediction::Labels {
+                labels: labels
+                    .iter()
+                    .zip(row)
+                    .filter(|(_, p)| f64::from(**p) > threshold)
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+                probabilities: row.to_vec(),
+            },
             TaskKind::Regression => Prediction::Value(row[0]),
         })
         .collect())
@@ -104,7 +129,8 @@ pub fn input_of(row: &InputRow) -> TextInput {
 pub enum PredictionFormat {
     /// Comma-separated, with a header: `task` (of several answered together), `id` (when the
     /// input has ids), `text`, `pair` (pairs), `label` and one `prob_<class>` column per class,
-    /// or `score` for regression.
+    /// `labels` (joined by `|`) and one `prob_<label>` per label for multi-label, or `score` for
+    /// regression.
     Csv,
     /// One JSON object per line: the same fields, the probabilities as an object by class.
     Jsonl,
@@ -159,10 +185,7 @@ fn format_for(
 ) -> Result<String> {
     let has_ids = rows.iter().any(|r| r.id.is_some());
     let has_pairs = rows.iter().any(|r| r.pair.is_some());
-    let labels: &[String] = match kind {
-        TaskKind::Classification { labels } => labels,
-        TaskKind::Regression => &[],
-    };
+    let labels = kind.labels();
     match format {
         PredictionFormat::Jsonl => {
             let mut text = String::new();
@@ -194,6 +217,18 @@ fn format_for(
                     Prediction::Value(score) => {
                         record.insert("score".into(), f64::from(*score).into());
                     }
+                    Prediction::Labels {
+                        labels: predicted,
+                        probabilities,
+                    } => {
+                        record.insert("labels".into(), predicted.clone().into());
+                        let by_label: serde_json::Map<String, serde_json::Value> = labels
+                            .iter()
+                            .zip(probabilities)
+                            .map(|(l, p)| (l.clone(), f64::from(*p).into()))
+                            .collect();
+                        record.insert("probabilities".into(), by_label.into());
+                    }
                 }
                 text.push_str(&serde_json::Value::Object(record).to_string());
                 text.push('\n');
@@ -216,6 +251,10 @@ fn format_for(
             match kind {
                 TaskKind::Classification { labels } => {
                     header.push("label".into());
+                    header.extend(labels.iter().map(|l| format!("prob_{l}")));
+                }
+                TaskKind::MultiLabel { labels } => {
+                    header.push("labels".into());
                     header.extend(labels.iter().map(|l| format!("prob_{l}")));
                 }
                 TaskKind::Regression => header.push("score".into()),
@@ -243,6 +282,14 @@ fn format_for(
                         record.extend(probabilities.iter().map(|p| p.to_string()));
                     }
                     Prediction::Value(score) => record.push(score.to_string()),
+                    Prediction::Labels {
+                        labels,
+                        probabilities,
+                    } => {
+                        // The labels joined as a multi-label cell is written: `fire|kiln`.
+                        record.push(labels.join("|"));
+                        record.extend(probabilities.iter().map(|p| p.to_string()));
+                    }
                 }
                 writer.write_record(&record).map_err(csv_error)?;
             }

@@ -48,12 +48,12 @@ use crate::child_tuning::{
 use crate::error::{Context, Result, TrainError};
 use crate::fingerprint::{self, Fingerprints};
 use crate::head_files::{HeadFile, Written, write_beside};
-use crate::merge::{MergedCheckpoint, save_merged};
-use crate::metrics::Metrics;
+use crate::merge::{HeadLabels, MergedCheckpoint, save_merged};
+use crate::metrics::{Metrics, tune_threshold};
 use crate::peft::{PeftExport, export_peft, import_peft};
 use crate::plan::{Plan, StepShape, plan};
 use crate::predict::{Prediction, Predictor};
-use crate::text_task::{TextTask, evaluate};
+use crate::text_task::{TextTask, evaluate_at, label_probabilities};
 use crate::trainer::{
     BEST_DIR, EpochRecord, TRAINED_FILE, TaskData, TrainConfig, Trainer, read_json, write_json,
 };
@@ -107,6 +107,13 @@ pub struct RunConfig {
     /// written before kiln recorded them, whose task is then read again).
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// The labels are a multi-label task's (sigmoid outputs), not classes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_label: bool,
+    /// The multi-label decision threshold asked for (`None`: tuned on validation after
+    /// training, recorded in `summary.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// SHA-256 of the model's and the task's files when the run started (`None` in runs written
     /// before kiln recorded them).
     #[serde(default)]
@@ -117,6 +124,9 @@ impl RunConfig {
     /// What the run's head predicts: its classes by name, or a number.
     pub fn task_kind(&self) -> Result<TaskKind> {
         match &self.labels {
+            Some(labels) if self.multi_label => Ok(TaskKind::MultiLabel {
+                labels: labels.clone(),
+            }),
             Some(labels) => Ok(TaskKind::Classification {
                 labels: labels.clone(),
             }),
@@ -153,6 +163,10 @@ pub struct RunSummary {
     pub peak_rss_mib: Option<f64>,
     /// The backend it ran on.
     pub device: String,
+    /// A multi-label run's decision threshold: the one asked for, or the one tuned on the
+    /// validation split (the test metrics use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 /// Where Child-Tuning D's Fisher information comes from.
@@ -194,6 +208,10 @@ pub struct RunSettings {
     pub peft_adapter: Option<PathBuf>,
     /// Where Child-Tuning D's Fisher information comes from.
     pub fisher: FisherSource,
+    /// A multi-label task's decision threshold; `None` tunes it on the validation split after
+    /// training (evaluations during training use 0.5).
+    #[serde(default)]
+    pub threshold: Option<f64>,
     /// The backend to train on.
     #[serde(skip)]
     pub device: DeviceChoice,
@@ -222,6 +240,7 @@ impl RunSettings {
             feature_cache: true,
             peft_adapter: None,
             fisher: FisherSource::default(),
+            threshold: None,
             device: DeviceChoice::default(),
             progress: true,
         }
@@ -260,6 +279,7 @@ impl TrainedRun {
             kind: &self.kind,
             device: &self.device,
             batch_size: self.config.train.eval_batch_size,
+            threshold: self.summary.threshold.unwrap_or(0.5),
         }
     }
 }
@@ -333,9 +353,13 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         feature_cache: false,
         peft_adapter: settings.peft_adapter.clone(),
         labels: match &task.kind {
-            TaskKind::Classification { labels } => Some(labels.clone()),
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => {
+                Some(labels.clone())
+            }
             TaskKind::Regression => None,
         },
+        multi_label: matches!(task.kind, TaskKind::MultiLabel { .. }),
+        threshold: settings.threshold,
         fingerprints: Some(fingerprints),
     };
     let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
@@ -410,6 +434,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         child_mask,
     };
     let mut text_task = TextTask::new(tokenizer.clone(), task.kind.clone());
+    text_task.threshold = settings.threshold.unwrap_or(0.5);
     if run.feature_cache
         && let Some(cut) = cut
     {
@@ -439,14 +464,36 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
     }
 
     let model = model.valid();
+    // A multi-label run decides at the threshold asked for, or at the one with the best
+    // validation micro-F1.
+    let threshold = match (&task.kind, settings.threshold) {
+        (TaskKind::MultiLabel { .. }, Some(fixed)) => Some(fixed),
+        (TaskKind::MultiLabel { .. }, None) => {
+            let validation = task.part(&task.split.validation);
+            let scores = label_probabilities(
+                &model,
+                &tokenizer,
+                &validation,
+                device,
+                run.train.eval_batch_size,
+            )?;
+            let tuned = tune_threshold(&scores.probabilities, &scores.actual);
+            say!(
+                say,
+                "decision threshold {tuned:.2}, tuned on the validation split"
+            );
+            Some(tuned)
+        }
+        _ => None,
+    };
     let test = if task.split.test.is_empty() {
         None
     } else {
-        Some(evaluate(
+        Some(evaluate_at(
             &model,
             &tokenizer,
             &task.part(&task.split.test),
-            &task.kind,
+            (&task.kind, threshold.unwrap_or(0.5)),
             device,
             run.train.eval_batch_size,
         )?)
@@ -462,6 +509,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         seconds_per_epoch: summary.seconds_per_epoch(),
         peak_rss_mib: summary.peak_rss_mib,
         device: settings.device.to_string(),
+        threshold,
     };
     write_json(&out.join(SUMMARY_FILE), &run_summary)?;
     if let Some(test) = &test {
@@ -727,6 +775,21 @@ fn report_task(task: &LoadedTask) {
             println!("  {}: {}", row.location, row.reason);
         }
     }
+    if let TaskKind::Classification { labels } = &task.kind
+        && let Some(joined) = labels.iter().find(|l| l.contains('|') || l.contains(','))
+    {
+        println!(
+            "note: class `{joined}` looks like several labels; for a multi-label task pass \
+             --multi-label (and --label-separator)"
+        );
+    }
+    if let TaskKind::MultiLabel { labels } = &task.kind {
+        println!(
+            "multi-label: {} labels ({})",
+            labels.len(),
+            labels.join(", ")
+        );
+    }
 }
 
 /// A run directory's lock file: held by the one process writing the run.
@@ -978,6 +1041,9 @@ pub struct LoadedRun {
     pub kind: TaskKind,
     /// The base model's directory (a hub name resolved to its cached snapshot).
     pub model_dir: PathBuf,
+    /// A multi-label run's decision threshold (its `summary.json`'s, else the one asked for,
+    /// else 0.5).
+    pub threshold: f64,
 }
 
 impl LoadedRun {
@@ -989,6 +1055,7 @@ impl LoadedRun {
             kind: &self.kind,
             device,
             batch_size,
+            threshold: self.threshold,
         }
     }
 }
@@ -1019,9 +1086,17 @@ fn rebuild_run(
     let (model, tokenizer, _) = build(pretrained, &config, false, device)?;
     let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
     let (model, _) = load_params(model, &weights)?;
+    // The tuned threshold is in the summary (a run still training has none yet).
+    let summary = dir.join(SUMMARY_FILE);
+    let tuned = summary
+        .is_file()
+        .then(|| read_json::<RunSummary>(&summary))
+        .transpose()?
+        .and_then(|s| s.threshold);
     Ok(LoadedRun {
         model_dir,
         kind: config.task_kind()?,
+        threshold: tuned.or(config.threshold).unwrap_or(0.5),
         config,
         model,
         tokenizer,
@@ -1076,13 +1151,31 @@ impl RunEvaluation {
             (Some(a), Some(b)) => (a - b).abs() <= 1e-12 * a.abs().max(1.0),
             (a, b) => a == b,
         };
+        // A multi-label run's decisions were recorded at the training threshold; at another
+        // (the tuned one) only the loss can match.
+        let decisions = recorded.threshold == self.metrics.threshold;
+        let decided = |a: Option<f64>| a.filter(|_| decisions);
         let fields = [
             ("loss", Some(recorded.loss), Some(self.metrics.loss)),
             ("accuracy", recorded.accuracy, self.metrics.accuracy),
-            ("macro_f1", recorded.macro_f1, self.metrics.macro_f1),
+            (
+                "macro_f1",
+                decided(recorded.macro_f1),
+                decided(self.metrics.macro_f1),
+            ),
             ("mcc", recorded.mcc, self.metrics.mcc),
             ("pearson", recorded.pearson, self.metrics.pearson),
             ("spearman", recorded.spearman, self.metrics.spearman),
+            (
+                "micro_f1",
+                decided(recorded.micro_f1),
+                decided(self.metrics.micro_f1),
+            ),
+            (
+                "subset_accuracy",
+                decided(recorded.subset_accuracy),
+                decided(self.metrics.subset_accuracy),
+            ),
         ];
         let off: Vec<String> = fields
             .iter()
@@ -1106,7 +1199,7 @@ pub enum EvalData {
     Split(Split),
     /// Labelled examples in a CSV/TSV/JSONL file or a class-folder directory, read with the
     /// spec's column and encoding options where it sets them and the run's otherwise.
-    File(TaskSpec),
+    File(Box<TaskSpec>),
 }
 
 /// Scores the run in `dir` on a part of its split or on a file of labelled examples (whose
@@ -1153,6 +1246,8 @@ pub fn evaluate_run(
                 pair_column: file.pair_column.clone().or(run.pair_column.clone()),
                 label_column: file.label_column.clone().or(run.label_column.clone()),
                 regression: kind == TaskKind::Regression,
+                multi_label: matches!(kind, TaskKind::MultiLabel { .. }),
+                label_separator: file.label_separator.clone().or(run.label_separator.clone()),
                 glue: None,
                 encoding: file.encoding.clone().or(run.encoding.clone()),
                 skip_bad_rows: file.skip_bad_rows || run.skip_bad_rows,
@@ -1165,6 +1260,7 @@ pub fn evaluate_run(
     let LoadedRun {
         mut model,
         tokenizer,
+        threshold,
         ..
     } = rebuild_run(
         dir,
@@ -1189,11 +1285,11 @@ pub fn evaluate_run(
         model.set_adapter_drop(training_max, layers);
     }
     let started = std::time::Instant::now();
-    let metrics = evaluate(
+    let metrics = evaluate_at(
         &model,
         &tokenizer,
         &examples.iter().collect::<Vec<_>>(),
-        &kind,
+        (&kind, threshold),
         device,
         eval_batch_size,
     )?;
@@ -1241,7 +1337,10 @@ pub fn export_run(
         )));
     };
     let LoadedRun {
-        config, mut model, ..
+        config,
+        mut model,
+        threshold,
+        ..
     } = rebuild_run(dir, config, device, false, allow_changed_inputs)?;
     // peft's adapter holds what the method leaves after training (prefixes folded).
     config.method.method().after_fit(&mut model)?;
@@ -1258,7 +1357,7 @@ pub fn export_run(
     } else {
         0
     };
-    let head = head_file(&config, &model, prompt_tokens);
+    let head = head_file(&config, &model, prompt_tokens, threshold);
     let head_apart = write_beside(&model, out, &described, &head)?;
     Ok(Exported {
         config,
@@ -1329,13 +1428,22 @@ pub fn merge_run(
         config,
         model,
         model_dir,
+        threshold,
         ..
     } = load_run(dir, device, allow_changed_inputs)?;
-    let written = save_merged(&model, &model_dir, out, config.labels.as_deref())?;
+    let labels = config.labels.as_deref().map(|labels| {
+        if config.multi_label {
+            HeadLabels::MultiLabel(labels)
+        } else {
+            HeadLabels::Classes(labels)
+        }
+    });
+    let written = save_merged(&model, &model_dir, out, labels)?;
     let described = Written::Merged {
         architecture: written.architecture,
     };
-    let head_apart = write_beside(&model, out, &described, &head_file(&config, &model, 0))?;
+    let head = head_file(&config, &model, 0, threshold);
+    let head_apart = write_beside(&model, out, &described, &head)?;
     Ok(Exported {
         config,
         written,
@@ -1343,11 +1451,18 @@ pub fn merge_run(
     })
 }
 
-fn head_file(config: &RunConfig, model: &SequenceClassifier, virtual_tokens: usize) -> HeadFile {
+fn head_file(
+    config: &RunConfig,
+    model: &SequenceClassifier,
+    virtual_tokens: usize,
+    threshold: f64,
+) -> HeadFile {
     HeadFile {
         readout: model.readout,
         hidden_layers: model.head.hidden.len(),
         labels: config.labels.clone(),
+        multi_label: config.multi_label,
+        threshold: config.multi_label.then_some(threshold),
         max_len: config.max_len,
         virtual_tokens,
     }
@@ -1419,6 +1534,9 @@ mod tests {
             mcc: Some(0.7),
             pearson: None,
             spearman: None,
+            micro_f1: None,
+            subset_accuracy: None,
+            threshold: None,
         };
         let evaluation = |metrics: Metrics| RunEvaluation {
             metrics,
@@ -1470,6 +1588,8 @@ mod tests {
             feature_cache: false,
             peft_adapter: None,
             labels: None,
+            multi_label: false,
+            threshold: None,
             fingerprints: None,
         };
         let (model, _, report) = build(pretrained, &run, false, &device).expect("model");

@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use kiln_data::{Target, TaskKind, TextExample, make_batch};
@@ -28,15 +29,18 @@ pub struct TextTask {
     pub kind: TaskKind,
     /// The frozen bottom's outputs, for methods that train only above it.
     pub features: Option<FeatureCache>,
+    /// Multi-label: the probability above which a label is predicted in evaluations.
+    pub threshold: f64,
 }
 
 impl TextTask {
-    /// The task for `kind` with `tokenizer`, without a feature cache.
+    /// The task for `kind` with `tokenizer`, without a feature cache, at threshold 0.5.
     pub fn new(tokenizer: TextTokenizer, kind: TaskKind) -> Self {
         Self {
             tokenizer,
             kind,
             features: None,
+            threshold: 0.5,
         }
     }
 
@@ -258,7 +262,7 @@ impl TaskModel for SequenceClassifier {
         device: &Device,
     ) -> Result<(Tensor<1>, usize)> {
         let (outputs, tokens) = task.outputs(self, examples, device)?;
-        let targets: Vec<Target> = examples.iter().map(|e| e.target).collect();
+        let targets: Vec<Target> = examples.iter().map(|e| e.target.clone()).collect();
         let loss = task_loss(outputs, &targets, &task.kind, device);
         // AdapterFusion keeps its value matrices near the identity (AdapterHub's default),
         // AdaLoRA its factors near orthogonal (peft's).
@@ -282,7 +286,8 @@ impl TaskModel for SequenceClassifier {
         device: &Device,
         batch_size: usize,
     ) -> Result<Metrics> {
-        evaluate_outputs(examples, &task.kind, device, batch_size, |chunk| {
+        let scoring = (&task.kind, task.threshold);
+        evaluate_outputs(examples, scoring, device, batch_size, |chunk| {
             Ok(task.outputs(self, chunk, device)?.0)
         })
     }
@@ -300,7 +305,9 @@ impl TaskModel for SequenceClassifier {
     }
 }
 
-/// Cross-entropy for classification, mean squared error for regression.
+/// Cross-entropy for classification, mean squared error for regression, binary cross-entropy
+/// on every label's logit for multi-label (the mean over examples and labels, as torch's
+/// `BCEWithLogitsLoss`).
 pub(crate) fn task_loss(
     outputs: Tensor<2>,
     targets: &[Target],
@@ -321,10 +328,22 @@ pub(crate) fn task_loss(
             let scores = Tensor::<1>::from_data(TensorData::from(scores.as_slice()), device);
             (outputs.reshape([n]) - scores).powi_scalar(2).mean()
         }
+        TaskKind::MultiLabel { labels } => {
+            let [rows, width] = [targets.len(), labels.len()];
+            let y: Vec<f32> = targets
+                .iter()
+                .flat_map(|t| (0..width).map(move |l| f32::from(u8::from(t.has_label(l)))))
+                .collect();
+            let y = Tensor::<2>::from_data(TensorData::new(y, [rows, width]), device);
+            // max(x, 0) − x·y + log(1 + exp(−|x|)): the stable form of −y·log σ(x) − (1−y)·log(1−σ(x)).
+            let x = outputs;
+            (x.clone().clamp_min(0.0) - x.clone() * y + (x.abs().neg().exp() + 1.0).log()).mean()
+        }
     }
 }
 
-/// Loss and metrics of `model` (a validation snapshot, see `Module::valid`) on `examples`.
+/// Loss and metrics of `model` (a validation snapshot, see `Module::valid`) on `examples`
+/// (multi-label at threshold 0.5).
 pub fn evaluate(
     model: &SequenceClassifier,
     tokenizer: &TextTokenizer,
@@ -333,16 +352,72 @@ pub fn evaluate(
     device: &Device,
     batch_size: usize,
 ) -> Result<Metrics> {
-    evaluate_outputs(examples, kind, device, batch_size, |chunk| {
+    evaluate_at(model, tokenizer, examples, (kind, 0.5), device, batch_size)
+}
+
+/// [`evaluate`] with a multi-label task's decision threshold: `(kind, threshold)`.
+pub fn evaluate_at(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    examples: &[&TextExample],
+    scoring: (&TaskKind, f64),
+    device: &Device,
+    batch_size: usize,
+) -> Result<Metrics> {
+    evaluate_outputs(examples, scoring, device, batch_size, |chunk| {
         let batch = make_batch(tokenizer, chunk)?;
         Ok(model.forward(batch.encoded.bert_input(device)))
     })
 }
 
-/// Loss and metrics of the outputs `forward` gives for `examples`, `batch_size` at a time.
+/// A multi-label model's label probabilities on some examples, beside their labels.
+pub struct LabelScores {
+    /// Every label's probability, `[example][label]` (the sigmoid of its output).
+    pub probabilities: Vec<Vec<f32>>,
+    /// Whether each label applies, `[example][label]`.
+    pub actual: Vec<Vec<bool>>,
+}
+
+/// A multi-label model's [`LabelScores`] on `examples`: what a decision threshold is tuned on.
+pub fn label_probabilities(
+    model: &SequenceClassifier,
+    tokenizer: &TextTokenizer,
+    examples: &[&TextExample],
+    device: &Device,
+    batch_size: usize,
+) -> Result<LabelScores> {
+    let mut probabilities = Vec::with_capacity(examples.len());
+    let mut actual = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = make_batch(tokenizer, chunk)?;
+        let outputs = sigmoid(model.forward(batch.encoded.bert_input(device)));
+        let width = outputs.dims()[1];
+        let values = read_floats(outputs)?;
+        probabilities.extend(values.chunks(width.max(1)).map(<[f32]>::to_vec));
+        actual.extend(
+            chunk
+                .iter()
+                .map(|e| (0..width).map(|l| e.target.has_label(l)).collect()),
+        );
+    }
+    Ok(LabelScores {
+        probabilities,
+        actual,
+    })
+}
+
+fn read_floats(outputs: Tensor<2>) -> Result<Vec<f32>> {
+    outputs
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))
+}
+
+/// Loss and metrics of the outputs `forward` gives for `examples`, `batch_size` at a time;
+/// `scoring` is the task and a multi-label task's decision threshold.
 pub(crate) fn evaluate_outputs(
     examples: &[&TextExample],
-    kind: &TaskKind,
+    (kind, threshold): (&TaskKind, f64),
     device: &Device,
     batch_size: usize,
     mut forward: impl FnMut(&[&TextExample]) -> Result<Tensor<2>>,
@@ -351,14 +426,11 @@ pub(crate) fn evaluate_outputs(
     let mut outputs_all: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let outputs = forward(chunk)?;
-        let targets: Vec<Target> = chunk.iter().map(|e| e.target).collect();
+        let targets: Vec<Target> = chunk.iter().map(|e| e.target.clone()).collect();
         let [rows, width] = outputs.dims();
         let loss = task_loss(outputs.clone(), &targets, kind, device);
         loss_sum += f64::from(loss.into_scalar::<f32>()) * rows as f64;
-        let values: Vec<f32> = outputs
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| TrainError::Invalid(format!("cannot read model outputs: {e:?}")))?;
+        let values = read_floats(outputs)?;
         outputs_all.extend(values.chunks(width).map(<[f32]>::to_vec));
     }
     let loss = loss_sum / examples.len().max(1) as f64;
@@ -375,6 +447,17 @@ pub(crate) fn evaluate_outputs(
                 .map(|e| f64::from(e.target.score()))
                 .collect();
             Metrics::regression(loss, &predicted, &actual)
+        }
+        TaskKind::MultiLabel { labels } => {
+            let probabilities: Vec<Vec<f32>> = outputs_all
+                .iter()
+                .map(|row| row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect())
+                .collect();
+            let actual: Vec<Vec<bool>> = examples
+                .iter()
+                .map(|e| (0..labels.len()).map(|l| e.target.has_label(l)).collect())
+                .collect();
+            Metrics::multi_label(loss, &probabilities, &actual, threshold)
         }
     })
 }

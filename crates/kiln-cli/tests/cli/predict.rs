@@ -314,3 +314,96 @@ fn stacked_adapters_train_and_several_runs_predict_in_one_pass() {
     assert!(!ok);
     assert!(stderr.contains("--drop-layers"), "{stderr}");
 }
+
+/// A multi-label task end to end: `fire|clay` rows train a sigmoid head, the threshold is tuned
+/// on validation, the held-out JSONL file's lists are read with the run's labels, and predict,
+/// eval and merge speak multi-label.
+#[test]
+fn a_multi_label_task_trains_evaluates_predicts_and_merges() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = dir.path().join("run");
+    let tasks = fixtures().join("tasks");
+    let (ok, stdout, stderr) = kiln(&[
+        "train",
+        "--model",
+        path(&fixtures().join("bert-tiny")),
+        "--task",
+        path(&tasks.join("elements-multi.csv")),
+        "--label-column",
+        "labels",
+        "--multi-label",
+        "--test-task",
+        path(&tasks.join("elements-multi-test.jsonl")),
+        "--method",
+        "lora",
+        "--readout",
+        "pooler",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-2",
+        "--max-len",
+        "16",
+        "--out",
+        path(&run),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("decision threshold"), "{stdout}");
+    assert!(stdout.contains("test micro_f1"), "{stdout}");
+    let summary = read_json(&run.join("summary.json"));
+    let threshold = summary["threshold"].as_f64().expect("a tuned threshold");
+    assert!(threshold > 0.0 && threshold < 1.0);
+    for metric in ["micro_f1", "macro_f1", "subset_accuracy"] {
+        assert!(summary["test"][metric].is_number(), "{metric}: {summary}");
+    }
+    assert_eq!(read_json(&run.join("run.json"))["multi_label"], true);
+
+    // The test file again gives the recorded test metrics, at the tuned threshold.
+    let (ok, stdout, stderr) = kiln(&[
+        "eval",
+        "--run",
+        path(&run),
+        "--task",
+        path(&tasks.join("elements-multi-test.jsonl")),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let evaluation: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(
+        evaluation["metrics"]["micro_f1"],
+        summary["test"]["micro_f1"]
+    );
+    assert_eq!(evaluation["metrics"]["threshold"], summary["threshold"]);
+
+    // Predictions are label lists with every label's probability.
+    let (ok, stdout, stderr) = kiln(&[
+        "predict",
+        "--run",
+        path(&run),
+        "--text",
+        "kiln water clay was",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let prediction: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert!(prediction["labels"].is_array(), "{prediction}");
+    let probabilities = prediction["probabilities"].as_object().expect("by label");
+    assert_eq!(probabilities.len(), 3);
+    let above: Vec<&String> = probabilities
+        .iter()
+        .filter(|(_, p)| p.as_f64().expect("p") > threshold)
+        .map(|(l, _)| l)
+        .collect();
+    assert_eq!(
+        prediction["labels"].as_array().expect("list").len(),
+        above.len()
+    );
+
+    // Merged as transformers' multi-label sequence classifier.
+    let merged = dir.path().join("merged");
+    let (ok, _, stderr) = kiln(&["merge", "--run", path(&run), "--out", path(&merged)]);
+    assert!(ok, "{stderr}");
+    let config = read_json(&merged.join("config.json"));
+    assert_eq!(config["problem_type"], "multi_label_classification");
+    assert_eq!(config["id2label"]["0"], "clay");
+}

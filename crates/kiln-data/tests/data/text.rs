@@ -281,3 +281,63 @@ fn batches_carry_pairs_and_targets() {
     assert_eq!(&batch.encoded.token_type_ids[..6], &[0, 0, 0, 0, 1, 1]);
     assert_eq!(batch.encoded.mask_row(1), &[1, 1, 1, 0, 0, 0]);
 }
+
+#[test]
+fn multi_label_rows_split_on_the_separator_or_come_as_json_lists() {
+    let dir = tempfile::tempdir().expect("temp");
+    let csv = write(
+        dir.path(),
+        "multi.csv",
+        b"text,labels\nhot clay,fire|clay\nrain,water\nplain stone,fire | water\n",
+    );
+    let mut spec = TableSpec::new("text", "labels");
+    // Without --multi-label a separated cell is one class, as it always was.
+    let single = read_table(&csv, &spec, ReadOptions::default()).expect("reads");
+    assert!(matches!(single.task, TaskKind::Classification { .. }));
+    spec.multi_label = true;
+    spec.label_separator = Some("|".into());
+    let data = read_table(&csv, &spec, ReadOptions::default()).expect("reads");
+    assert_eq!(
+        data.task,
+        TaskKind::MultiLabel {
+            labels: vec!["clay".into(), "fire".into(), "water".into()]
+        }
+    );
+    let targets: Vec<Target> = data.examples.iter().map(|e| e.target.clone()).collect();
+    assert_eq!(
+        targets,
+        [
+            Target::Labels(vec![0, 1]),
+            Target::Labels(vec![2]),
+            Target::Labels(vec![1, 2])
+        ]
+    );
+    // JSONL list labels are multi-label on their own; `[]` is a row with no label.
+    let jsonl = write(
+        dir.path(),
+        "multi.jsonl",
+        br#"{"text": "hot clay", "label": ["fire", "clay"]}
+{"text": "calm", "label": []}
+{"text": "rain", "label": ["water"]}
+"#,
+    );
+    let data = read_table(
+        &jsonl,
+        &TableSpec::new("text", "label"),
+        ReadOptions::default(),
+    )
+    .expect("reads");
+    assert_eq!(data.task.labels(), ["clay", "fire", "water"]);
+    assert_eq!(data.examples[1].target, Target::Labels(vec![]));
+    // Held-out rows with a label the training set lacks are refused by name.
+    let mut held = TableSpec::new("text", "label");
+    held.multi_label = true;
+    held.labels = Some(vec!["clay".into(), "fire".into()]);
+    let err = read_table(&jsonl, &held, ReadOptions::default())
+        .expect_err("water is unknown")
+        .to_string();
+    assert!(
+        err.contains("unknown label `water`") && err.contains("row 3"),
+        "{err}"
+    );
+}

@@ -18,7 +18,7 @@ use kiln_models::{
 use kiln_testkit::{cpu, fixtures};
 
 use crate::common::{Deterministic, assert_close, ids, read_json, tensors, writing_fixtures};
-use kiln_train::merge::save_merged;
+use kiln_train::merge::{HeadLabels, save_merged};
 use kiln_train::peft::{
     PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftExport, export_peft, import_lora, import_peft,
     load_lora_adapter,
@@ -547,7 +547,8 @@ fn predictions_match_the_readme_functions_in_transformers_and_peft() {
                 base_model: format!("fixtures/{fixture}"),
             }
         } else {
-            let merged = save_merged(&model, &base, &out, Some(&labels)).expect("merges");
+            let merged = save_merged(&model, &base, &out, Some(HeadLabels::Classes(&labels)))
+                .expect("merges");
             Written::Merged {
                 architecture: merged.architecture,
             }
@@ -556,6 +557,8 @@ fn predictions_match_the_readme_functions_in_transformers_and_peft() {
             readout,
             hidden_layers: layers - 1,
             labels: Some(labels.clone()),
+            multi_label: false,
+            threshold: None,
             max_len: 16,
             virtual_tokens: 0,
         };
@@ -572,6 +575,7 @@ fn predictions_match_the_readme_functions_in_transformers_and_peft() {
             kind: &kind,
             device: &cpu(),
             batch_size: 3,
+            threshold: 0.5,
         }
         .predict(&inputs)
         .expect("predicts");
