@@ -4,6 +4,7 @@ mod compare;
 mod encode;
 mod export;
 mod fpt;
+mod generate;
 mod icl;
 mod method_flags;
 mod plan;
@@ -37,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run texts through a model and print embeddings, token states or next-token predictions.
     Encode(encode::EncodeArgs),
+    /// Continue a prompt with a GPT-2: greedy or sampled, with a key/value cache.
+    Generate(Box<generate::GenerateArgs>),
     /// Fine-tune a model on a task with one transfer method.
     Train(Box<train::TrainArgs>),
     /// Reload a run's best checkpoint and evaluate it on its split or on a file.
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
     let device = cli.device.device()?;
     match cli.command {
         Command::Encode(args) => encode::run(args, cli.device),
+        Command::Generate(args) => generate::run(*args, &device),
         Command::Train(args) => train::train(*args, cli.device),
         Command::Eval(args) => train::eval(args, &device),
         Command::Predict(args) => predict::predict(*args, &device),

@@ -416,6 +416,20 @@ impl AdapterContext {
         }
     }
 
+    /// The context of the last `rows` positions only (LoReFT's positions cut to them): the new
+    /// tokens of a generation step, counted on the whole sequence.
+    pub fn last_positions(mut self, rows: usize) -> Self {
+        let cut = |mask: Tensor<2, burn::tensor::Bool>| {
+            let total = mask.dims()[1];
+            mask.narrow(1, total - rows, rows)
+        };
+        for positions in self.reft_positions.iter_mut().flatten() {
+            positions.prefix = positions.prefix.take().map(cut);
+            positions.suffix = positions.suffix.take().map(cut);
+        }
+        self
+    }
+
     /// Adapter `index`'s PHM rules, if it has them.
     pub fn phm_rule(&self, index: usize) -> Option<&Tensor<3>> {
         self.phm_rules.get(index).and_then(Option::as_ref)

@@ -468,6 +468,68 @@ impl Gpt2 {
         TokenStates { hidden, ..states }
     }
 
+    /// The last hidden state (after the final layer norm) of `input`'s tokens, which follow the
+    /// positions `cache` holds: each block attends over the cached keys and values and its own,
+    /// and `cache` grows by `input`'s. An empty cache takes the whole prompt (virtual tokens and
+    /// all); later calls take the next tokens, each costing one position instead of a rerun of
+    /// everything before it.
+    pub fn forward_cached(&self, input: Gpt2Input, cache: &mut KvCache) -> Tensor<3> {
+        let fresh = input.input_ids.dims()[1];
+        let (states, full_mask) = match &cache.attention_mask {
+            None => {
+                let states = self.embed(input);
+                let mask = states.attention_mask.clone();
+                (states, mask)
+            }
+            Some(past) => {
+                let full_mask = Tensor::cat(vec![past.clone(), input.attention_mask.clone()], 1);
+                let offset = if self.prefix_takes_positions {
+                    self.prefix_rows()
+                } else {
+                    0
+                };
+                // Positions count the attended tokens of the whole sequence.
+                let total = full_mask.dims()[1];
+                let positions = ((full_mask.clone().cumsum(1) - 1).clamp_min(0) + offset as i64)
+                    .narrow(1, total - fresh, fresh);
+                let words = self.wte.forward(input.input_ids);
+                let states = TokenStates {
+                    hidden: kiln_kernels::dropout(
+                        &self.dropout,
+                        words + self.wpe.forward(positions),
+                    ),
+                    attention_mask: input.attention_mask.clone(),
+                    token_mask: input.attention_mask,
+                };
+                (states, full_mask)
+            }
+        };
+        let rows = states.hidden.dims()[1];
+        let total = full_mask.dims()[1];
+        // The new rows' queries against every position so far.
+        let bias = causal_padding_bias(&full_mask).narrow(2, total - rows, rows);
+        let mut prefixes = layer_prefixes(self.prefix_encoder.as_ref());
+        let skipped = self.adapter_drop.skipped_layers(&states.hidden.device());
+        let first = self.blocks.first().and_then(|b| b.adapters.as_ref());
+        let context = AdapterContext::new(first, &full_mask).last_positions(rows);
+        let mut hidden = states.hidden;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let past = cache.layers.get(i).cloned();
+            let (out, kv) = block.forward_with_cache(
+                hidden,
+                &bias,
+                (i >= skipped, prefixes.next(), &context),
+                past,
+            );
+            hidden = out;
+            layers.push(kv);
+        }
+        cache.layers = layers;
+        cache.attention_mask = Some(full_mask);
+        self.ln_f.forward(hidden)
+    }
+
     /// Next-token logits `[batch, seq, vocab]` through the tied head.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [batch, seq, width] = hidden.dims();
@@ -477,6 +539,27 @@ impl Gpt2 {
             .reshape([batch * seq, width])
             .matmul(vocab.transpose())
             .reshape([batch, seq, rows])
+    }
+}
+
+/// Every block's keys and values so far (`[batch, heads, seq, head_dim]`, the prompt's virtual
+/// tokens included, prefixes not) and the attention mask of their positions: what
+/// [`Gpt2::forward_cached`] reuses between the steps of a generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor<4>, Tensor<4>)>,
+    attention_mask: Option<Tensor<2, Int>>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.attention_mask.as_ref().map_or(0, |m| m.dims()[1])
+    }
+
+    /// Whether it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -491,10 +574,25 @@ impl Gpt2Block {
         prefix: Option<(Tensor<2>, Tensor<2>)>,
         context: &AdapterContext,
     ) -> Tensor<3> {
+        self.forward_with_cache(hidden, bias, (adapters_on, prefix, context), None)
+            .0
+    }
+
+    /// [`Gpt2Block::forward`] after the keys and values `past` of earlier positions (which
+    /// `bias` covers after the prefix); also returns the keys and values of all of them.
+    pub fn forward_with_cache(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        (adapters_on, prefix, context): (bool, Option<(Tensor<2>, Tensor<2>)>, &AdapterContext),
+        past: Option<(Tensor<4>, Tensor<4>)>,
+    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
         let adapters = self.adapters.as_ref().filter(|_| adapters_on);
         let normed = self.ln_1.forward(hidden.clone());
         let prefix = LayerAdapters::gated_prefix(adapters, prefix, &normed);
-        let attended = self.attention.forward(normed, bias, prefix);
+        let (attended, kv) = self
+            .attention
+            .forward_with_cache(normed, bias, prefix, past);
         // Pre-LN: the plain block joins each sub-layer's output to the stream by a sum.
         let add = |a: Tensor<3>, b: Tensor<3>| a + b;
         let hidden = match adapters {
@@ -505,14 +603,15 @@ impl Gpt2Block {
         };
         let normed = self.ln_2.forward(hidden.clone());
         let out = self.mlp.forward(normed.clone());
-        match adapters {
+        let out = match adapters {
             Some(adapters) => {
                 let feed_forward = SubLayer::FeedForward { input: normed };
                 let out = adapters.close_sub_layer(feed_forward, out, hidden, add, context);
                 adapters.after_layer(out, context)
             }
             None => hidden + out,
-        }
+        };
+        (out, kv)
     }
 }
 
@@ -524,16 +623,41 @@ impl Gpt2Attention {
         bias: &Tensor<4>,
         prefix: Option<Prefix>,
     ) -> Tensor<3> {
+        self.forward_with_cache(hidden, bias, prefix, None).0
+    }
+
+    /// The attention of `hidden`'s positions over the keys and values `past` of earlier ones
+    /// and their own; also returns the keys and values of all of them.
+    pub fn forward_with_cache(
+        &self,
+        hidden: Tensor<3>,
+        bias: &Tensor<4>,
+        prefix: Option<Prefix>,
+        past: Option<(Tensor<4>, Tensor<4>)>,
+    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
         let width = hidden.dims()[2];
         let qkv = self.c_attn.forward(hidden);
         let q = split_heads(qkv.clone().narrow(2, 0, width), self.heads);
-        let k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
-        let v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
-        let context = attend(q, k, v, bias, self.scale, &self.probs_dropout, prefix);
-        kiln_kernels::dropout(
+        let mut k = split_heads(qkv.clone().narrow(2, width, width), self.heads);
+        let mut v = split_heads(qkv.narrow(2, 2 * width, width), self.heads);
+        if let Some((past_k, past_v)) = past {
+            k = Tensor::cat(vec![past_k, k], 2);
+            v = Tensor::cat(vec![past_v, v], 2);
+        }
+        let context = attend(
+            q,
+            k.clone(),
+            v.clone(),
+            bias,
+            self.scale,
+            &self.probs_dropout,
+            prefix,
+        );
+        let out = kiln_kernels::dropout(
             &self.resid_dropout,
             self.c_proj.forward(merge_heads(context)),
-        )
+        );
+        (out, (k, v))
     }
 }
 

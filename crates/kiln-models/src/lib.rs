@@ -53,7 +53,7 @@ pub use config::ModelKind;
 pub use device::DeviceChoice;
 pub use error::{ModelError, Result};
 pub use fpt::{Fpt, FptConfig, FptTokens};
-pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input};
+pub use gpt2::{Gpt2, Gpt2Config, Gpt2Input, KvCache};
 pub use low_rank::{LoraInit, LowRankConfig, LowRankDelta};
 pub use lycoris::{HadamardDelta, KroneckerDelta};
 pub use m2::{M2Bert, M2BertConfig};

@@ -18,6 +18,7 @@ pub mod compare;
 pub mod error;
 pub mod fingerprint;
 pub mod fpt;
+pub mod generate;
 pub mod head_files;
 pub mod icl;
 pub mod lora_arithmetic;

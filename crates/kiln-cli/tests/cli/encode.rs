@@ -1,7 +1,7 @@
 //! `kiln encode` end to end on the committed fixtures: the JSON it prints agrees with the
 //! `transformers` reference outputs, and bad requests fail with a clear message.
 
-use crate::common::{fixtures, kiln};
+use crate::common::{fixtures, kiln, path};
 
 use serde_json::Value;
 
@@ -164,4 +164,35 @@ fn wgpu_request_matches_the_build() {
     } else {
         assert!(!ok && stderr.contains("--features wgpu"), "{stderr}");
     }
+}
+
+/// `kiln generate` continues a prompt: the same tokens with the cache and without, sampling
+/// repeats with its seed, and a BERT is refused.
+#[test]
+fn generate_continues_a_prompt_with_and_without_the_cache() {
+    let gpt2 = fixtures().join("gpt2-tiny");
+    let gpt2 = path(&gpt2);
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate", "--model", gpt2, "--prompt", "the kiln", "--json",
+        ];
+        args.extend(extra);
+        let (ok, stdout, stderr) = kiln(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(stdout.trim()).expect("json")
+    };
+    let cached = json(&["--max-new-tokens", "8"]);
+    assert_eq!(cached["tokens"].as_array().expect("tokens").len(), 8);
+    assert_eq!(cached["cache"], true);
+    let uncached = json(&["--max-new-tokens", "8", "--no-cache"]);
+    assert_eq!(cached["tokens"], uncached["tokens"]);
+    let sampled = |seed: &'static str| {
+        json(&["--temperature", "0.8", "--top-k", "20", "--seed", seed])["tokens"].clone()
+    };
+    assert_eq!(sampled("1"), sampled("1"));
+    let bert = fixtures().join("bert-tiny");
+    let (ok, _, stderr) = kiln(&["generate", "--model", path(&bert), "--prompt", "x"]);
+    assert!(!ok && stderr.contains("needs a GPT-2"), "{stderr}");
+    let (ok, _, stderr) = kiln(&["generate", "--model", gpt2, "--prompt", "x", "--top-p", "0"]);
+    assert!(!ok && stderr.contains("--top-p 0"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 
 mod adapterhub;
 mod common;
+mod generate;
 mod icl;
 mod lora_arithmetic;
 mod lora_family;
