@@ -58,6 +58,9 @@ impl From<&str> for TextInput {
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer without truncation or padding, for [`TextTokenizer::encode_words`]
+    /// (HF tokenizers truncate every encoding once truncation is set).
+    words: tokenizers::Tokenizer,
     pad_id: u32,
     source: PathBuf,
     max_len: usize,
@@ -112,8 +115,17 @@ impl TextTokenizer {
                 path: source.clone(),
                 message: format!("vocabulary has no `{pad_token}` token"),
             })?;
+        let mut words = inner.clone();
+        words
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer {
+                path: source.clone(),
+                message: e.to_string(),
+            })?
+            .with_padding(None);
         let mut tokenizer = Self {
             inner,
+            words,
             pad_id,
             source,
             max_len: 0,
@@ -206,9 +218,10 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Ids of one text without special tokens, not truncated (prompt initialisation words).
+    /// Ids of one text without special tokens, never truncated (prompt initialisation words,
+    /// language-model corpora, generation prompts).
     pub fn encode_words(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
+        let encoding = self.words.encode(text, false).map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
     }
 

@@ -176,3 +176,15 @@ fn real_gpt2_vocabulary_encodes_hello_world() {
     );
     assert_eq!(tokenizer.vocab_size(), 50257);
 }
+
+#[test]
+fn words_are_never_truncated_whatever_the_batch_length() {
+    let mut tokenizer =
+        TextTokenizer::from_dir(&fixtures().join("gpt2-tiny"), ModelKind::Gpt2).expect("tokenizer");
+    let long = "the cat sat on the mat ".repeat(200);
+    let whole = tokenizer.encode_words(&long).expect("ids");
+    assert!(whole.len() > 1000, "{} ids", whole.len());
+    tokenizer.configure(8, PaddingSide::Right).expect("configures");
+    assert_eq!(tokenizer.encode_words(&long).expect("ids"), whole);
+    assert_eq!(tokenizer.encode(&long).expect("ids").len(), 8, "batches still truncate");
+}
