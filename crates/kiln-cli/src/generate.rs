@@ -1,5 +1,6 @@
-//! `kiln generate`: continue a prompt with a GPT-2 (a HF directory, a hub name, or the model a
-//! `kiln pretrain` run wrote); arguments, then [`kiln_train::generate`].
+//! `kiln generate`: continue a prompt with a GPT-2 (a HF directory, a hub name, the model a
+//! `kiln pretrain` run wrote) or a `kiln train --objective causal-lm` run; arguments, then
+//! [`kiln_train::generate`].
 
 use std::path::PathBuf;
 
@@ -13,8 +14,15 @@ use kiln_train::generate::{GenerateSettings, generate};
 #[derive(Args)]
 pub struct GenerateArgs {
     /// A GPT-2 model: HF directory (a `kiln pretrain` run's RUN/model) or hub name.
+    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+    model: Option<PathBuf>,
+    /// A `kiln train --objective causal-lm` run: its base model with the method it trained
+    /// (LoRA, adapters, prompts, ...), at its best evaluation.
     #[arg(long)]
-    model: PathBuf,
+    run: Option<PathBuf>,
+    /// With --run: go on when the base model's files changed since the run trained.
+    #[arg(long, requires = "run")]
+    allow_changed_inputs: bool,
     /// The text to continue.
     #[arg(long)]
     prompt: String,
@@ -44,14 +52,6 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs, device: &burn::tensor::Device) -> Result<()> {
-    let pretrained = Pretrained::load(&args.model, device)?;
-    let Backbone::Gpt2(model, _) = pretrained.backbone else {
-        bail!(
-            "--model {}: generation needs a GPT-2 (a causal language model); this is BERT or \
-             M2-BERT",
-            args.model.display()
-        );
-    };
     let settings = GenerateSettings {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -60,13 +60,28 @@ pub fn run(args: GenerateArgs, device: &burn::tensor::Device) -> Result<()> {
         seed: args.seed,
         cache: !args.no_cache,
     };
-    let generation = generate(
-        &model.valid(),
-        &pretrained.tokenizer,
-        &args.prompt,
-        &settings,
-        device,
-    )?;
+    let generation = match (&args.run, &args.model) {
+        (Some(run), _) => kiln_train::causal_lm::load(run, device, args.allow_changed_inputs)?
+            .generate(&args.prompt, &settings)?,
+        (None, Some(model)) => {
+            let pretrained = Pretrained::load(model, device)?;
+            let Backbone::Gpt2(gpt2, _) = pretrained.backbone else {
+                bail!(
+                    "--model {}: generation needs a GPT-2 (a causal language model); this is \
+                     BERT or M2-BERT",
+                    model.display()
+                );
+            };
+            generate(
+                &gpt2.valid(),
+                &pretrained.tokenizer,
+                &args.prompt,
+                &settings,
+                device,
+            )?
+        }
+        (None, None) => bail!("give --model or --run"),
+    };
     if args.json {
         let record = serde_json::json!({
             "prompt": args.prompt,

@@ -1,14 +1,14 @@
 //! `kiln train`, `kiln eval` and `kiln methods`: arguments, then one call of
 //! [`kiln_train::run`] each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use kiln_data::TaskSpec;
 use kiln_models::{DeviceChoice, Readout};
-use kiln_train::run::{EvalData, FisherSource, RunSettings, evaluate_run};
+use kiln_train::run::{EvalData, FisherSource, Objective, RunSettings, evaluate_run};
 use kiln_train::{ChildTuning, Decay};
 
 use crate::method_flags::MethodFlags;
@@ -127,7 +127,15 @@ pub struct TrainArgs {
     lr: Option<f64>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Tokens per text, special tokens included; longer texts are truncated.
+    /// What the run learns: sequence (a class, labels or a score per text, through a task
+    /// head) or causal-lm (the next token of plain text, on a GPT-2: --task is then a directory
+    /// of .txt documents or a file with one document per line, --validation-task and
+    /// --test-task corpora the same; without --validation-task 10% of the documents are held
+    /// out; the summary reports perplexity).
+    #[arg(long, default_value = "sequence")]
+    objective: Objective,
+    /// Tokens per text, special tokens included; longer texts are truncated. With --objective
+    /// causal-lm: tokens per training block.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
     /// Seeds the split, the initialisation, the data order and dropout.
@@ -271,6 +279,7 @@ impl TrainArgs {
             bail!("--threshold {threshold}: a probability strictly between 0 and 1");
         }
         settings.threshold = self.threshold;
+        settings.objective = self.objective;
         settings.device = device;
         Ok(settings)
     }
@@ -278,18 +287,23 @@ impl TrainArgs {
 
 pub fn train(args: TrainArgs, device: DeviceChoice) -> Result<()> {
     let settings = args.settings(device)?;
+    let train = |out: &Path, resume: bool| -> Result<()> {
+        match settings.objective {
+            Objective::Sequence => drop(kiln_train::run::train(&settings, out, resume)?),
+            Objective::CausalLm => drop(kiln_train::causal_lm::train(&settings, out, resume)?),
+        }
+        Ok(())
+    };
     let Some(out) = &args.out else {
         let out = kiln_train::run::fresh_run_dir("runs".as_ref(), &settings.method.label())?;
-        let trained = kiln_train::run::train(&settings, &out, false);
+        let trained = train(&out, false);
         if trained.is_err() {
             // A run that failed before writing anything leaves no empty folder behind.
             let _ = std::fs::remove_dir(&out);
         }
-        trained?;
-        return Ok(());
+        return trained;
     };
-    kiln_train::run::train(&settings, out, args.resume)?;
-    Ok(())
+    train(out, args.resume)
 }
 
 #[derive(Args)]
@@ -330,7 +344,12 @@ pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
         args.allow_changed_inputs,
     )?;
     let metrics = &evaluation.metrics;
-    let (name, value) = metrics.primary();
+    // A language model's perplexity reads better than its negative loss.
+    let headline = |m: &kiln_train::Metrics| match m.perplexity {
+        Some(perplexity) => ("perplexity", perplexity),
+        None => m.primary(),
+    };
+    let (name, value) = headline(metrics);
     let scored = match &args.task {
         Some(path) => path.display().to_string(),
         None => args.split.clone(),
@@ -346,7 +365,7 @@ pub fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
             metrics.loss, evaluation.examples, evaluation.seconds
         );
         if let Some((epoch, recorded)) = &evaluation.recorded {
-            println!("recorded at epoch {epoch}: {:.6}", recorded.primary().1);
+            println!("recorded at epoch {epoch}: {:.6}", headline(recorded).1);
         }
     }
     evaluation.check_reproduced()?;

@@ -180,7 +180,8 @@ impl TaskSpec {
         self.read_part(path, self.read_options()?, Some(kind))
     }
 
-    fn read_options(&self) -> Result<ReadOptions> {
+    /// The reading options of the task's files (bad rows, encoding).
+    pub fn read_options(&self) -> Result<ReadOptions> {
         let options = ReadOptions {
             on_bad_row: if self.skip_bad_rows {
                 OnBadRow::Skip

@@ -31,7 +31,7 @@ use kiln_models::paths::{ParamVisitor, visit_params};
 
 use crate::checkpoint::{f32_bytes, f32_values, write_f32_tensors};
 use crate::error::{Result, TrainError};
-use crate::task_model::TaskModel;
+use crate::task_model::{Task, TaskModel};
 
 /// Which Child-Tuning variant, with its reserve share `p`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -239,10 +239,10 @@ pub struct FisherSettings {
 /// path starts with one of `settings.ranked`: the mean over the training batches of the squared
 /// (clipped) gradient. Any [`TaskModel`] works: the text classifier, FPT, the causal LM. `model`
 /// sits on an autodiff `device`; the result lives on its inner device.
-pub fn estimate_fisher<M: TaskModel>(
+pub fn estimate_fisher<T: Task, M: TaskModel<T>>(
     model: &M,
-    task: &M::Task,
-    examples: &[&M::Example],
+    task: &T,
+    examples: &[&T::Example],
     device: &Device,
     settings: &FisherSettings,
 ) -> Result<PathTensors> {
@@ -254,7 +254,7 @@ pub fn estimate_fisher<M: TaskModel>(
         progress,
     } = settings;
     let (batch_size, batches, progress) = (*batch_size, *batches, *progress);
-    let chunks: Vec<&[&M::Example]> = examples
+    let chunks: Vec<&[&T::Example]> = examples
         .chunks(batch_size.max(1))
         .take(batches.unwrap_or(usize::MAX))
         .collect();

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Result, TrainError};
 use crate::metrics::Metrics;
-use crate::task_model::TaskModel;
+use crate::task_model::{Task, TaskModel};
 use crate::trainer::{TaskData, TrainConfig, Trainer, write_json};
 
 /// Right-padded tokens and the attention mask of `examples`.
@@ -135,10 +135,11 @@ fn cross_entropy(logits: Tensor<2>, labels: &[usize], device: &Device) -> Tensor
         .forward(logits, labels)
 }
 
-impl TaskModel for Fpt {
-    type Task = SequenceTask;
+impl Task for SequenceTask {
     type Example = SequenceExample;
+}
 
+impl TaskModel<SequenceTask> for Fpt {
     fn batch_loss(
         &self,
         task: &SequenceTask,

@@ -427,6 +427,7 @@ pub fn run_icl(task: &TaskSpec, args: &IclSettings, choice: DeviceChoice) -> Res
         peak_rss_mib: peak_rss_mib(),
         device: choice.to_string(),
         threshold: None,
+        validation_before: None,
     };
     write_json(&args.out.join("summary.json"), &summary)?;
     let (name, value) = metrics.primary();

@@ -11,6 +11,7 @@
 
 pub mod adapterhub;
 pub mod adapters;
+pub mod causal_lm;
 pub mod checkpoint;
 pub mod child_tuning;
 pub mod compare;
@@ -53,6 +54,6 @@ pub use child_tuning::{
 pub use error::{Context, Result, TrainError};
 pub use metrics::Metrics;
 pub use schedule::{Decay, learning_rate};
-pub use task_model::TaskModel;
+pub use task_model::{Task, TaskModel};
 pub use text_task::{FeatureCache, TextTask, evaluate};
 pub use trainer::{EpochRecord, TaskData, TrainConfig, TrainState, TrainSummary, Trainer};

@@ -33,6 +33,9 @@ pub struct Metrics {
     /// The probability above which a label is predicted (multi-label).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub threshold: Option<f64>,
+    /// `exp(loss)` of a language model's mean next-token loss.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub perplexity: Option<f64>,
 }
 
 impl Metrics {
@@ -67,7 +70,10 @@ impl Metrics {
 
     /// A language model's held-out next-token loss; its perplexity is `exp(loss)`.
     pub fn language_model(loss: f64) -> Self {
-        Self::loss_only(loss)
+        Self {
+            perplexity: Some(loss.exp()),
+            ..Self::loss_only(loss)
+        }
     }
 
     fn loss_only(loss: f64) -> Self {
@@ -81,6 +87,7 @@ impl Metrics {
             micro_f1: None,
             subset_accuracy: None,
             threshold: None,
+            perplexity: None,
         }
     }
 

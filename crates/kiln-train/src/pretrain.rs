@@ -1,107 +1,24 @@
-//! Causal language modelling for GPT-2: documents become fixed-length blocks of token ids (each
-//! document ends with the end-of-text token, as GPT-2 was trained), the loss is next-token
-//! cross-entropy, and evaluation reports it with its perplexity. The trained model is written
-//! as a HF GPT-2 directory (config.json, model.safetensors under HF's names, the tokenizer
-//! files) that kiln and transformers load.
+//! `kiln pretrain`: a GPT-2 configuration trained from random initialisation as a causal
+//! language model ([`crate::causal_lm`]'s objective, blocks and loss) on plain text. The
+//! trained model is written as a HF GPT-2 directory (config.json, model.safetensors under HF's
+//! names, the tokenizer files) that kiln and transformers load.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-
-use kiln_data::{OnBadRow, ReadOptions, read_corpus};
+use kiln_data::TaskSpec;
 use kiln_models::config::ModelKind;
 use kiln_models::gpt2::GPT2_KEYS;
-use kiln_models::{DeviceChoice, Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
+use kiln_models::{DeviceChoice, Gpt2, Gpt2Config, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::causal_lm::{LanguageModelData, LanguageModeling};
 use crate::checkpoint::{save_params_hf, write_atomically};
 use crate::error::{Context, Result, TrainError};
 use crate::metrics::Metrics;
 use crate::task_model::TaskModel;
 use crate::trainer::{TaskData, TrainConfig, Trainer, write_json};
-
-/// Concatenates the documents (each followed by `eos`) and cuts them into blocks of `block`
-/// tokens; the ragged end is dropped.
-pub fn token_blocks(documents: &[Vec<u32>], eos: u32, block: usize) -> Vec<Vec<u32>> {
-    let stream: Vec<u32> = documents
-        .iter()
-        .flat_map(|d| d.iter().copied().chain(std::iter::once(eos)))
-        .collect();
-    stream
-        .chunks_exact(block.max(2))
-        .map(<[u32]>::to_vec)
-        .collect()
-}
-
-/// Next-token logits `[blocks * (block - 1), vocab]` and the ids they predict.
-fn next_token_logits(
-    model: &Gpt2,
-    blocks: &[&Vec<u32>],
-    device: &Device,
-) -> Result<(Tensor<2>, Tensor<1, Int>)> {
-    let (batch, len) = (blocks.len(), blocks.first().map_or(0, |b| b.len()));
-    if len < 2 || blocks.iter().any(|b| b.len() != len) {
-        return Err(TrainError::Invalid(
-            "language-model blocks must share one length of at least 2".into(),
-        ));
-    }
-    let ids: Vec<i64> = blocks
-        .iter()
-        .flat_map(|b| b.iter().map(|&t| i64::from(t)))
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, len]), device);
-    let hidden = model.forward(Gpt2Input {
-        input_ids: ids.clone(),
-        attention_mask: ids.ones_like(),
-    });
-    let logits = model.lm_logits(hidden.narrow(1, 0, len - 1));
-    let vocab = logits.dims()[2];
-    let targets = ids.narrow(1, 1, len - 1).reshape([batch * (len - 1)]);
-    Ok((logits.reshape([batch * (len - 1), vocab]), targets))
-}
-
-fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, device: &Device) -> Tensor<1> {
-    CrossEntropyLossConfig::new()
-        .init(device)
-        .forward(logits, targets)
-}
-
-impl TaskModel for Gpt2 {
-    type Task = ();
-    type Example = Vec<u32>;
-
-    fn batch_loss(
-        &self,
-        _task: &(),
-        blocks: &[&Vec<u32>],
-        device: &Device,
-    ) -> Result<(Tensor<1>, usize)> {
-        let (logits, targets) = next_token_logits(self, blocks, device)?;
-        let tokens = targets.dims()[0];
-        Ok((cross_entropy(logits, targets, device), tokens))
-    }
-
-    fn evaluate(
-        &self,
-        _task: &(),
-        blocks: &[&Vec<u32>],
-        device: &Device,
-        batch_size: usize,
-    ) -> Result<Metrics> {
-        let (mut loss_sum, mut count) = (0.0, 0usize);
-        for chunk in blocks.chunks(batch_size.max(1)) {
-            let (logits, targets) = next_token_logits(self, chunk, device)?;
-            let n = targets.dims()[0];
-            let loss = cross_entropy(logits, targets, device);
-            loss_sum += f64::from(loss.into_scalar::<f32>()) * n as f64;
-            count += n;
-        }
-        Ok(Metrics::language_model(loss_sum / count.max(1) as f64))
-    }
-}
 
 /// Writes `model` as a HF GPT-2 directory: `config.json` (with `model_type`, the tied LM head
 /// and the end-of-text id), `model.safetensors` under HF's names, and the tokenizer's
@@ -233,14 +150,6 @@ pub const MODEL_DIR: &str = "model";
 /// directory `args.out/model` with `summary.json` beside it.
 pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<PretrainSummary> {
     let device = &choice.device()?;
-    let options = ReadOptions {
-        on_bad_row: if args.skip_bad_rows {
-            OnBadRow::Skip
-        } else {
-            OnBadRow::Fail
-        },
-        encoding: None,
-    };
     if !args.resume {
         crate::ensure_fresh_output(&args.out, args.force)?;
     }
@@ -268,17 +177,11 @@ pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<Pretrai
             args.held_out
         )));
     }
-    let corpus = read_corpus(&args.corpus, options)?;
-    if corpus.documents.len() < 2 {
+    if args.heads == 0 || !args.width.is_multiple_of(args.heads) {
         return Err(TrainError::Invalid(format!(
-            "{}: {} document(s); pretraining holds documents out for perplexity, so it needs \
-             at least 2",
-            args.corpus.display(),
-            corpus.documents.len()
+            "--width {} must be a multiple of --heads {}",
+            args.width, args.heads
         )));
-    }
-    for skipped in &corpus.skipped {
-        eprintln!("skipped {}: {}", skipped.location, skipped.reason);
     }
     let tokenizer = TextTokenizer::from_dir(&args.tokenizer, ModelKind::Gpt2)
         .context(|| format!("--tokenizer {}", args.tokenizer.display()))?;
@@ -296,40 +199,22 @@ pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<Pretrai
         args.heads,
         eos as usize,
     );
-    if args.heads == 0 || !args.width.is_multiple_of(args.heads) {
-        return Err(TrainError::Invalid(format!(
-            "--width {} must be a multiple of --heads {}",
-            args.width, args.heads
-        )));
-    }
-    let eos = u32::try_from(config.eos_token_id)
-        .ok()
-        .filter(|&eos| (eos as usize) < config.vocab_size)
-        .ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "the tokenizer has {} tokens, no end-of-text id {}",
-                config.vocab_size, config.eos_token_id
-            ))
-        })?;
-    let (train_docs, held_docs) = corpus.split(args.held_out, args.seed);
-    let encode = |docs: &[&str]| -> Result<Vec<Vec<u32>>> {
-        docs.iter()
-            .map(|d| tokenizer.encode_words(d).map_err(Into::into))
-            .collect()
+    let corpus = TaskSpec {
+        skip_bad_rows: args.skip_bad_rows,
+        ..TaskSpec::new(&args.corpus)
     };
-    let train = token_blocks(&encode(&train_docs)?, eos, args.block_size);
-    let held_out = token_blocks(&encode(&held_docs)?, eos, args.block_size);
-    if train.is_empty() || held_out.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "{}: too little text for one block of {} tokens on each side of the split",
-            args.corpus.display(),
-            args.block_size
-        )));
-    }
+    let blocks = LanguageModelData::read(
+        &corpus,
+        &tokenizer,
+        args.block_size,
+        args.held_out,
+        args.seed,
+    )?;
+    let (train, held_out) = (blocks.train, blocks.validation);
     println!(
         "corpus: {} documents ({} held out) -> {} training and {} held-out blocks of {} tokens",
-        corpus.documents.len(),
-        held_docs.len(),
+        blocks.documents[0] + blocks.documents[1],
+        blocks.documents[1],
         train.len(),
         held_out.len(),
         args.block_size
@@ -342,7 +227,7 @@ pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<Pretrai
     let held: Vec<&Vec<u32>> = held_out.iter().collect();
     let before = model
         .valid()
-        .evaluate(&(), &held, device, args.batch_size)?;
+        .evaluate(&LanguageModeling, &held, device, args.batch_size)?;
     println!(
         "GPT-2 {} layers x {} wide: {parameters} parameters; held-out perplexity before training {:.1}",
         args.layers,
@@ -367,14 +252,15 @@ pub fn pretrain(args: &PretrainSettings, choice: DeviceChoice) -> Result<Pretrai
         vec!["*".into()],
     );
     let data = TaskData {
-        task: &(),
+        task: &LanguageModeling,
         train: train.iter().collect(),
         validation: held.clone(),
     };
     let (model, summary) = trainer.fit(model, &data, args.resume)?;
-    let after: Metrics = model
-        .valid()
-        .evaluate(&(), &held, device, args.batch_size)?;
+    let after: Metrics =
+        model
+            .valid()
+            .evaluate(&LanguageModeling, &held, device, args.batch_size)?;
     let dir = args.out.join(MODEL_DIR);
     save_hf_gpt2(&model, &config, &args.tokenizer, &dir)?;
     let run_summary = PretrainSummary {

@@ -69,6 +69,42 @@ pub const FISHER_FILE: &str = "fisher.safetensors";
 /// The most memory the frozen-feature cache may take (its rows are kept on the host).
 const FEATURE_CACHE_LIMIT: usize = 4 << 30;
 
+/// What a run learns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// A class, a set of labels or a score per text (classification, multi-label, regression),
+    /// through the task head: [`train`].
+    #[default]
+    Sequence,
+    /// The next token of plain text, through a GPT-2's tied embedding:
+    /// [`crate::causal_lm::train`].
+    CausalLm,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sequence" => Ok(Self::Sequence),
+            "causal-lm" => Ok(Self::CausalLm),
+            other => Err(TrainError::Invalid(format!(
+                "--objective {other}: expected sequence (classification, multi-label, \
+                 regression) or causal-lm (next-token language modelling on GPT-2)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sequence => "sequence",
+            Self::CausalLm => "causal-lm",
+        })
+    }
+}
+
 /// Everything needed to rebuild a run's model and data: `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -114,6 +150,9 @@ pub struct RunConfig {
     /// training, recorded in `summary.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// What the run learns (runs written before kiln recorded it are `sequence` runs).
+    #[serde(default, skip_serializing_if = "is_sequence")]
+    pub objective: Objective,
     /// SHA-256 of the model's and the task's files when the run started (`None` in runs written
     /// before kiln recorded them).
     #[serde(default)]
@@ -123,6 +162,13 @@ pub struct RunConfig {
 impl RunConfig {
     /// What the run's head predicts: its classes by name, or a number.
     pub fn task_kind(&self) -> Result<TaskKind> {
+        if self.objective == Objective::CausalLm {
+            return Err(TrainError::Invalid(
+                "this run is a causal language model, which predicts no classes or scores: \
+                 `kiln generate --run` continues text with it"
+                    .into(),
+            ));
+        }
         match &self.labels {
             Some(labels) if self.multi_label => Ok(TaskKind::MultiLabel {
                 labels: labels.clone(),
@@ -167,6 +213,13 @@ pub struct RunSummary {
     /// validation split (the test metrics use it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// A language model's validation metrics before training (loss and perplexity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_before: Option<Metrics>,
+}
+
+fn is_sequence(objective: &Objective) -> bool {
+    *objective == Objective::Sequence
 }
 
 /// Where Child-Tuning D's Fisher information comes from.
@@ -212,6 +265,10 @@ pub struct RunSettings {
     /// training (evaluations during training use 0.5).
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// What the run learns: `sequence` runs train with [`train`], `causal-lm` runs with
+    /// [`crate::causal_lm::train`] (the task is then a plain-text corpus).
+    #[serde(default)]
+    pub objective: Objective,
     /// The backend to train on.
     #[serde(skip)]
     pub device: DeviceChoice,
@@ -241,6 +298,7 @@ impl RunSettings {
             peft_adapter: None,
             fisher: FisherSource::default(),
             threshold: None,
+            objective: Objective::Sequence,
             device: DeviceChoice::default(),
             progress: true,
         }
@@ -296,6 +354,12 @@ macro_rules! say {
 /// `out` must not hold another run; with `resume`, a run there with the same settings continues
 /// after its last complete epoch.
 pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<TrainedRun> {
+    if settings.objective != Objective::Sequence {
+        return Err(TrainError::Invalid(format!(
+            "--objective {}: crate::causal_lm::train trains it",
+            settings.objective
+        )));
+    }
     let settings = &absolute(settings);
     let say = settings.progress;
     let device = &settings.device.device()?;
@@ -360,6 +424,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         },
         multi_label: matches!(task.kind, TaskKind::MultiLabel { .. }),
         threshold: settings.threshold,
+        objective: Objective::Sequence,
         fingerprints: Some(fingerprints),
     };
     let (model, tokenizer, report) = build(pretrained, &run, say, &train_device)?;
@@ -510,6 +575,7 @@ pub fn train(settings: &RunSettings, out: &Path, resume: bool) -> Result<Trained
         peak_rss_mib: summary.peak_rss_mib,
         device: settings.device.to_string(),
         threshold,
+        validation_before: None,
     };
     write_json(&out.join(SUMMARY_FILE), &run_summary)?;
     if let Some(test) = &test {
@@ -617,7 +683,7 @@ fn refuse_steps_beyond(
 
 /// `max_len`, or as many tokens as the model's `positions` leave beside the method's virtual
 /// tokens when it asks for more (with a notice).
-fn fitted_max_len(
+pub(crate) fn fitted_max_len(
     max_len: usize,
     method: &MethodConfig,
     positions: usize,
@@ -834,7 +900,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
 
 /// A run directory is never overwritten: a new run needs one without a run, a resumed run one
 /// with a run of the same settings.
-fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
+pub(crate) fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
     let path = dir.join(RUN_FILE);
     if !path.is_file() {
         if resume {
@@ -897,7 +963,7 @@ fn prepare_run_dir(dir: &Path, run: &RunConfig, resume: bool) -> Result<()> {
 
 /// `settings` with the model directory (when it is one, not a hub name) and the task's paths
 /// made absolute, so that a run can be reloaded from any working directory.
-fn absolute(settings: &RunSettings) -> RunSettings {
+pub(crate) fn absolute(settings: &RunSettings) -> RunSettings {
     let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut settings = settings.clone();
     if settings.model.is_dir() {
@@ -1078,14 +1144,9 @@ fn rebuild_run(
     task: bool,
     allow_changed_inputs: bool,
 ) -> Result<LoadedRun> {
-    let pretrained = load_pretrained(&config.model, config.random_init, device)?;
-    if !config.random_init {
-        verify_inputs(&config, &pretrained.dir, task, allow_changed_inputs)?;
-    }
-    let model_dir = pretrained.dir.clone();
-    let (model, tokenizer, _) = build(pretrained, &config, false, device)?;
-    let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
-    let (model, _) = load_params(model, &weights)?;
+    let kind = config.task_kind()?;
+    let (model, tokenizer, model_dir) =
+        rebuild_model(dir, &config, device, task, allow_changed_inputs)?;
     // The tuned threshold is in the summary (a run still training has none yet).
     let summary = dir.join(SUMMARY_FILE);
     let tuned = summary
@@ -1095,12 +1156,33 @@ fn rebuild_run(
         .and_then(|s| s.threshold);
     Ok(LoadedRun {
         model_dir,
-        kind: config.task_kind()?,
+        kind,
         threshold: tuned.or(config.threshold).unwrap_or(0.5),
         config,
         model,
         tokenizer,
     })
+}
+
+/// The model of the run in `dir` (whose `run.json` was read as `config`) with its best
+/// weights, its tokenizer and the base model's directory, after its inputs are checked (the
+/// task's too with `task`).
+pub(crate) fn rebuild_model(
+    dir: &Path,
+    config: &RunConfig,
+    device: &Device,
+    task: bool,
+    allow_changed_inputs: bool,
+) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
+    let pretrained = load_pretrained(&config.model, config.random_init, device)?;
+    if !config.random_init {
+        verify_inputs(config, &pretrained.dir, task, allow_changed_inputs)?;
+    }
+    let model_dir = pretrained.dir.clone();
+    let (model, tokenizer, _) = build(pretrained, config, false, device)?;
+    let weights = dir.join(BEST_DIR).join(TRAINED_FILE);
+    let (model, _) = load_params(model, &weights)?;
+    Ok((model, tokenizer, model_dir))
 }
 
 /// Which part of a run's split to score.
@@ -1214,6 +1296,14 @@ pub fn evaluate_run(
     allow_changed_inputs: bool,
 ) -> Result<RunEvaluation> {
     let config: RunConfig = read_json(&dir.join(RUN_FILE))?;
+    if config.objective == Objective::CausalLm {
+        if adapter_drop.is_some() {
+            return Err(TrainError::Invalid(
+                "--adapter-drop: for classification runs; this one is a language model".into(),
+            ));
+        }
+        return crate::causal_lm::evaluate_run(dir, config, data, device, allow_changed_inputs);
+    }
     let (examples, kind) = match data {
         EvalData::Split(split) => {
             let task = config
@@ -1537,6 +1627,7 @@ mod tests {
             micro_f1: None,
             subset_accuracy: None,
             threshold: None,
+            perplexity: None,
         };
         let evaluation = |metrics: Metrics| RunEvaluation {
             metrics,
@@ -1590,6 +1681,7 @@ mod tests {
             labels: None,
             multi_label: false,
             threshold: None,
+            objective: Objective::Sequence,
             fingerprints: None,
         };
         let (model, _, report) = build(pretrained, &run, false, &device).expect("model");

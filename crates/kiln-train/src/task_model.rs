@@ -1,8 +1,9 @@
-//! [`TaskModel`]: what the training loop asks of a model: the loss of a batch of its examples,
-//! an evaluation, and optional hooks. The text classifier ([`crate::text_task`]), the Frozen
-//! Pretrained Transformer and the causal language model each implement it, so one loop
-//! (schedule, clipping, Child-Tuning, checkpoints, resume, logs) trains them all. (Burn's own
-//! `Learner` is a different thing: its training loop's state.)
+//! [`TaskModel`]: what the training loop asks of a model on a [`Task`]: the loss of a batch of
+//! the task's examples, an evaluation, and optional hooks. The text classifier on text tasks
+//! ([`crate::text_task`]) and on language modelling ([`crate::causal_lm`]), the Frozen
+//! Pretrained Transformer and the from-scratch GPT-2 each implement it, so one loop (schedule,
+//! clipping, Child-Tuning, checkpoints, resume, logs) trains them all. A model may implement it
+//! for several tasks. (Burn's own `Learner` is a different thing: its training loop's state.)
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
@@ -14,26 +15,28 @@ use kiln_models::OptimizerGroup;
 use crate::error::Result;
 use crate::metrics::Metrics;
 
-/// A model the [`Trainer`](crate::trainer::Trainer) can train on its task.
-pub trait TaskModel: Module + Sized {
-    /// What batches are made with besides the examples (for text: tokenizer and task kind).
-    type Task;
+/// What batches are made with besides the examples (for text: tokenizer and task kind), and
+/// what one example is.
+pub trait Task {
     /// One example.
     type Example;
+}
 
+/// A model the [`Trainer`](crate::trainer::Trainer) can train on task `T`.
+pub trait TaskModel<T: Task>: Module + Sized {
     /// The training loss of one batch on the autodiff `device`, and how many tokens it held.
     fn batch_loss(
         &self,
-        task: &Self::Task,
-        examples: &[&Self::Example],
+        task: &T,
+        examples: &[&T::Example],
         device: &Device,
     ) -> Result<(Tensor<1>, usize)>;
 
     /// Loss and metrics of this model (a validation snapshot) on `examples`.
     fn evaluate(
         &self,
-        task: &Self::Task,
-        examples: &[&Self::Example],
+        task: &T,
+        examples: &[&T::Example],
         device: &Device,
         batch_size: usize,
     ) -> Result<Metrics>;

@@ -18,7 +18,7 @@ use kiln_models::{FrozenCut, OptimizerGroup, SequenceClassifier, TextTokenizer, 
 use crate::error::{Result, TrainError};
 use crate::metrics::Metrics;
 use crate::schedule::layer_decayed;
-use crate::task_model::TaskModel;
+use crate::task_model::{Task, TaskModel};
 
 /// A text task as batches need it.
 #[derive(Clone)]
@@ -251,10 +251,11 @@ impl FeatureCache {
     }
 }
 
-impl TaskModel for SequenceClassifier {
-    type Task = TextTask;
+impl Task for TextTask {
     type Example = TextExample;
+}
 
+impl TaskModel<TextTask> for SequenceClassifier {
     fn batch_loss(
         &self,
         task: &TextTask,

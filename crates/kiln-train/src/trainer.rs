@@ -43,7 +43,7 @@ use crate::error::{Result, TrainError};
 use crate::memory::peak_rss_mib;
 use crate::metrics::Metrics;
 use crate::schedule::{Decay, learning_rate};
-use crate::task_model::TaskModel;
+use crate::task_model::{Task, TaskModel};
 use crate::transforms::clip_global_norm;
 
 /// The trainer's settings (a run's `run.json` records them).
@@ -190,13 +190,13 @@ fn one() -> usize {
 }
 
 /// Train and validation examples of one task.
-pub struct TaskData<'a, L: TaskModel> {
+pub struct TaskData<'a, T: Task> {
     /// What batches are made with.
-    pub task: &'a L::Task,
+    pub task: &'a T,
     /// Training examples.
-    pub train: Vec<&'a L::Example>,
+    pub train: Vec<&'a T::Example>,
     /// Validation examples.
-    pub validation: Vec<&'a L::Example>,
+    pub validation: Vec<&'a T::Example>,
 }
 
 /// What one evaluation saw: after an epoch, or every `eval_every` steps.
@@ -411,10 +411,10 @@ impl Trainer {
     /// Trains `model` and returns it as it was at the best evaluation, with the run's summary.
     /// With `resume`, a run directory holding a `state.json` continues after its last
     /// checkpoint (an epoch's end, or a `save_every` step).
-    pub fn fit<L: TaskModel>(
+    pub fn fit<T: Task, L: TaskModel<T>>(
         &self,
         model: L,
-        data: &TaskData<L>,
+        data: &TaskData<T>,
         resume: bool,
     ) -> Result<(L, TrainSummary)> {
         let config = &self.config;
@@ -529,7 +529,7 @@ impl Trainer {
                 let mut step_loss = 0.0;
                 let mut step_tokens = 0;
                 for batch in step_batches.iter() {
-                    let examples: Vec<&L::Example> = batch.iter().map(|&j| data.train[j]).collect();
+                    let examples: Vec<&T::Example> = batch.iter().map(|&j| data.train[j]).collect();
                     let (loss, batch_tokens) =
                         model.batch_loss(data.task, &examples, &self.device)?;
                     let loss_value = f64::from(loss.clone().into_scalar::<f32>());
@@ -729,10 +729,10 @@ impl Trainer {
     }
 
     /// Validates `model` and makes the record of what happened since the previous evaluation.
-    fn evaluation<L: TaskModel>(
+    fn evaluation<T: Task, L: TaskModel<T>>(
         &self,
         model: &L,
-        data: &TaskData<L>,
+        data: &TaskData<T>,
         device: &Device,
         (epoch, state): (usize, &TrainState),
         since: &mut Since,

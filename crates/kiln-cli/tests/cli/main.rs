@@ -2,6 +2,7 @@
 //! keeps the build's link time and disk use down. Each module is one area.
 
 mod broken_inputs;
+mod causal_lm;
 mod combine;
 mod common;
 mod encode;

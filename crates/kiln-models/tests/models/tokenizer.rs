@@ -184,7 +184,13 @@ fn words_are_never_truncated_whatever_the_batch_length() {
     let long = "the cat sat on the mat ".repeat(200);
     let whole = tokenizer.encode_words(&long).expect("ids");
     assert!(whole.len() > 1000, "{} ids", whole.len());
-    tokenizer.configure(8, PaddingSide::Right).expect("configures");
+    tokenizer
+        .configure(8, PaddingSide::Right)
+        .expect("configures");
     assert_eq!(tokenizer.encode_words(&long).expect("ids"), whole);
-    assert_eq!(tokenizer.encode(&long).expect("ids").len(), 8, "batches still truncate");
+    assert_eq!(
+        tokenizer.encode(&long).expect("ids").len(),
+        8,
+        "batches still truncate"
+    );
 }

@@ -6,6 +6,7 @@
 //! keep the build's link time and disk use down.)
 
 mod adapterhub;
+mod causal_lm;
 mod common;
 mod generate;
 mod icl;

@@ -9,7 +9,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use kiln_models::config::ModelKind;
 use kiln_models::{Gpt2, Gpt2Config, Gpt2Input, TextTokenizer};
 use kiln_testkit::cpu;
-use kiln_train::pretrain::{save_hf_gpt2, token_blocks};
+use kiln_train::causal_lm::{LanguageModeling, token_blocks};
+use kiln_train::pretrain::save_hf_gpt2;
 use kiln_train::{TaskData, TaskModel, TrainConfig, Trainer};
 
 fn fixture() -> PathBuf {
@@ -52,7 +53,7 @@ fn pretraining_lowers_held_out_perplexity_and_saves_a_loadable_checkpoint() {
     let held_refs: Vec<&Vec<u32>> = held.iter().collect();
     let before = model
         .valid()
-        .evaluate(&(), &held_refs, &cpu(), 8)
+        .evaluate(&LanguageModeling, &held_refs, &cpu(), 8)
         .expect("eval");
     // A fresh model is close to uniform over the vocabulary.
     let uniform = (tokenizer.vocab_size() as f64).ln();
@@ -78,14 +79,14 @@ fn pretraining_lowers_held_out_perplexity_and_saves_a_loadable_checkpoint() {
     );
     trainer.progress = false;
     let data = TaskData {
-        task: &(),
+        task: &LanguageModeling,
         train: train.iter().collect(),
         validation: held_refs.clone(),
     };
     let (model, _) = trainer.fit(model, &data, false).expect("trains");
     let after = model
         .valid()
-        .evaluate(&(), &held_refs, &cpu(), 8)
+        .evaluate(&LanguageModeling, &held_refs, &cpu(), 8)
         .expect("eval");
     assert!(
         after.perplexity() < 0.5 * before.perplexity(),
